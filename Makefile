@@ -1,0 +1,49 @@
+# Two commands from a fresh clone: `make run` and `make test`. Everything goes into .venv.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: run test test-fast lint format bench asyncapi clean
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Antechamber needs Python 3.11 or newer")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed-run: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	@touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+	@touch $@ $(VENV)/.installed-run
+
+run: $(VENV)/.installed-run
+	$(BIN)/antechamber up
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+	$(BIN)/antechamber asyncapi --check
+
+test: lint
+	$(BIN)/pytest
+
+# Skips the slow suites (chaos, platform, benchmark smoke); CI runs everything.
+test-fast: lint
+	$(BIN)/pytest --fast
+
+format: $(VENV)/.installed-test
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+asyncapi: $(VENV)/.installed-run
+	$(BIN)/antechamber asyncapi
+
+bench: $(VENV)/.installed-test
+	$(BIN)/python bench/eventstore.py
+
+clean:
+	rm -rf $(VENV) .antechamber .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The ``antechamber`` command: runs services, migrations and the embedded platform."""

@@ -1,0 +1,3 @@
+from antechamber.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,157 @@
+"""``antechamber``: the one command for operators and developers."""
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from antechamber import catalog
+from runtime.settings import RuntimeSettings
+
+
+def _settings(**overrides: object) -> RuntimeSettings:
+    return RuntimeSettings().model_copy(update={k: v for k, v in overrides.items() if v is not None})
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from runtime.service import build_app
+
+    definition = catalog.definition(args.service)
+    settings = _settings(http_host=args.host, http_port=args.port or definition.default_port)
+    app = build_app(definition, settings)
+    uvicorn.run(
+        app,
+        host=settings.http_host,
+        port=settings.http_port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+async def _migrate(names: Sequence[str]) -> None:
+    from runtime.db import create_pool
+    from runtime.migrations import migrate
+
+    dsn = RuntimeSettings().database_url.get_secret_value()
+    for name in names:
+        definition = catalog.definition(name)
+        pool = await create_pool(dsn, name, size=2)
+        try:
+            async with pool.acquire() as conn:
+                applied = await migrate(conn, name, definition.migrations())
+        finally:
+            await pool.close()
+        print(f"{name}: {len(applied)} migration(s) applied")
+
+
+async def _rebuild(name: str) -> None:
+    from runtime.db import create_pool
+    from runtime.eventstore import EventStore
+    from runtime.projections import rebuild
+
+    definition = catalog.definition(name)
+    pool = await create_pool(RuntimeSettings().database_url.get_secret_value(), name, size=2)
+    try:
+        store = EventStore(pool, name, definition.projections())
+        count = await rebuild(store)
+    finally:
+        await pool.close()
+    names = ", ".join(p.name for p in store.projections) or "no projections"
+    print(f"{name}: rebuilt {names} from {count} events")
+
+
+async def _republish(name: str, from_position: int) -> None:
+    from runtime.db import create_pool
+    from runtime.relay import republish
+    from runtime.service import connect_nats
+
+    catalog.definition(name)
+    settings = RuntimeSettings()
+    pool = await create_pool(settings.database_url.get_secret_value(), name, size=2)
+    nc = await connect_nats(settings.nats_url, f"antechamber-{name}-republish")
+    try:
+        sent = await republish(pool, nc.jetstream(), name, from_position)
+    finally:
+        await nc.drain()
+        await pool.close()
+    print(f"{name}: published {sent} events from position {from_position}")
+
+
+def asyncapi(args: argparse.Namespace) -> int:
+    from antechamber.asyncapi import document
+
+    text = document()
+    target = Path(args.output)
+    if args.check:
+        if not target.exists() or target.read_text() != text:
+            print(f"{target} is stale: run `antechamber asyncapi` and commit it", file=sys.stderr)
+            return 1
+        print(f"{target} is current")
+        return 0
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text)
+    print(f"wrote {target}")
+    return 0
+
+
+def up(args: argparse.Namespace) -> int:
+    from antechamber.embedded import Platform
+
+    return Platform(Path(args.data_dir)).run()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="antechamber", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("up", help="start NATS, Postgres and every service (development)")
+    p.add_argument("--data-dir", default=".antechamber", help="where NATS and Postgres keep data")
+    p.set_defaults(func=up)
+
+    p = commands.add_parser("serve", help="run one service against NATS_URL and DATABASE_URL")
+    p.add_argument("service", choices=catalog.SERVICES)
+    p.add_argument("--host", default=None)
+    p.add_argument("--port", type=int, default=None)
+    p.set_defaults(func=serve)
+
+    p = commands.add_parser("migrate", help="apply the SQL migrations of services")
+    p.add_argument("services", nargs="*", metavar="SERVICE", help="default: every service")
+    p.add_argument("--all", action="store_true", help="every service")
+    p.set_defaults(
+        func=lambda a: _run(_migrate(catalog.SERVICES if a.all or not a.services else a.services))
+    )
+
+    p = commands.add_parser("projections", help="read models")
+    sub = p.add_subparsers(dest="action", required=True)
+    r = sub.add_parser("rebuild", help="rebuild a service's projections from its events")
+    r.add_argument("service", choices=catalog.SERVICES)
+    r.set_defaults(func=lambda a: _run(_rebuild(a.service)))
+
+    p = commands.add_parser("events", help="the event streams")
+    sub = p.add_subparsers(dest="action", required=True)
+    r = sub.add_parser("republish", help="re-fill a service's JetStream stream from Postgres")
+    r.add_argument("service", choices=catalog.SERVICES)
+    r.add_argument("--from", dest="from_position", type=int, default=1, metavar="POSITION")
+    r.set_defaults(func=lambda a: _run(_republish(a.service, a.from_position)))
+
+    p = commands.add_parser("asyncapi", help="write the AsyncAPI document for integrators")
+    p.add_argument("--output", default="docs/asyncapi.yaml")
+    p.add_argument("--check", action="store_true", help="fail if the committed file is stale")
+    p.set_defaults(func=asyncapi)
+    return parser
+
+
+def _run(coroutine: object) -> int:
+    asyncio.run(coroutine)  # type: ignore[arg-type]
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result

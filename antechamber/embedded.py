@@ -1,0 +1,134 @@
+"""``antechamber up``: the whole platform on one machine, for trying it and for development."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from antechamber.catalog import definitions
+from runtime.embedded import EmbeddedPostgres, NatsServer, free_port
+
+NATS_DEFAULT_PORT = 4222
+READY_TIMEOUT_S = 90.0
+
+
+@dataclass
+class RunningService:
+    name: str
+    port: int
+    process: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+class Platform:
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir.resolve()
+        self.services: list[RunningService] = []
+        self.nats: NatsServer | None = None
+        self.postgres: EmbeddedPostgres | None = None
+        self._stopping = False
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        try:
+            self._start()
+            return self._wait()
+        except KeyboardInterrupt:
+            return 0
+        finally:
+            self._stop()
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    def _start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        port = free_port(NATS_DEFAULT_PORT)
+        if port != NATS_DEFAULT_PORT:
+            print(f"port {NATS_DEFAULT_PORT} is taken; NATS listens on {port} instead")
+        self.nats = NatsServer(self.data_dir / "nats", port).start()
+        print(f"NATS (JetStream)   {self.nats.url}   data in {self.data_dir / 'nats'}")
+        dsn = os.environ.get("DATABASE_URL")
+        if dsn:
+            print("Postgres           DATABASE_URL from the environment")
+        else:
+            self.postgres = EmbeddedPostgres(self.data_dir / "pg").start()
+            dsn = self.postgres.dsn
+            print(f"Postgres           embedded, data in {self.data_dir / 'pg'}")
+        for definition in definitions():
+            port = free_port(definition.default_port)
+            env = os.environ | {
+                "DATABASE_URL": dsn,
+                "NATS_URL": self.nats.url,
+                "ANTECHAMBER_LOG_FORMAT": os.environ.get("ANTECHAMBER_LOG_FORMAT", "console"),
+            }
+            process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+                [sys.executable, "-m", "antechamber", "serve", definition.name, "--port", str(port)],
+                env=env,
+                start_new_session=True,
+            )
+            self.services.append(RunningService(definition.name, port, process))
+        for service in self.services:
+            print(f"{service.name:<18} {service.url}   (/readyz, /metrics, /docs)")
+        self._wait_until_ready()
+        print("Antechamber is ready. Press Ctrl-C to stop.", flush=True)
+
+    def _wait_until_ready(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        waiting = list(self.services)
+        while waiting:
+            self._check_children()
+            if time.monotonic() > deadline:
+                names = ", ".join(s.name for s in waiting)
+                raise SystemExit(f"not ready after {READY_TIMEOUT_S:.0f}s: {names}")
+            waiting = [s for s in waiting if not _ready(s.url)]
+            time.sleep(0.2)
+
+    def _check_children(self) -> None:
+        for service in self.services:
+            code = service.process.poll()
+            if code is not None:
+                raise SystemExit(f"the {service.name} service stopped (exit code {code})")
+
+    def _wait(self) -> int:
+        while True:
+            self._check_children()
+            time.sleep(0.5)
+
+    def _stop(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        print("stopping...", flush=True)
+        for service in self.services:
+            if service.process.poll() is None:
+                service.process.send_signal(signal.SIGTERM)
+        for service in self.services:
+            try:
+                service.process.wait(15)
+            except subprocess.TimeoutExpired:
+                service.process.kill()
+                service.process.wait()
+        if self.nats is not None:
+            self.nats.stop()
+        if self.postgres is not None:
+            self.postgres.stop()
+        print("stopped", flush=True)
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/readyz", timeout=1) as response:  # noqa: S310
+            return bool(response.status == 200)
+    except OSError:
+        return False

@@ -1,0 +1,29 @@
+"""Marking fields that carry personal data.
+
+A field declared with :func:`personal_data` gets ``"x-personal-data": true`` in its JSON schema
+(and so in the AsyncAPI document), so integrators and operators can see what to protect, and
+the runtime can keep such values out of logs.
+"""
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+PERSONAL_DATA_KEY = "x-personal-data"
+
+
+def personal_data(*, description: str, **kwargs: Any) -> Any:
+    """A pydantic ``Field`` for a value that identifies a person (name, email, phone)."""
+    extra = dict(kwargs.pop("json_schema_extra", None) or {})
+    extra[PERSONAL_DATA_KEY] = True
+    return Field(description=description, json_schema_extra=extra, **kwargs)
+
+
+def personal_fields(model: type[BaseModel]) -> frozenset[str]:
+    """Names of the fields of ``model`` that are marked as personal data."""
+    return frozenset(
+        name
+        for name, field in model.model_fields.items()
+        if isinstance(field.json_schema_extra, dict)
+        and field.json_schema_extra.get(PERSONAL_DATA_KEY) is True
+    )

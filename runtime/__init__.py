@@ -1,0 +1,1 @@
+"""What every Antechamber service runs on: event store, relay, consumers, HTTP, telemetry."""

@@ -1,0 +1,235 @@
+"""Durable JetStream consumers (FastStream) whose effects happen exactly once.
+
+A handler's effects and an inbox row (consumer name + event id) commit in one Postgres
+transaction, and only then is the message acknowledged. A redelivered message finds its inbox
+row and is acknowledged without running the handler again.
+
+A message that cannot be read, or whose handler keeps failing, is published to
+``antechamber.deadletter.<service>`` with the reason and terminated, so the consumer moves on.
+Failures to reach Postgres are not the message's fault: they are retried with back-off and do
+not count towards dead-lettering, up to a hard bound (``CRASH_FACTOR`` x ``max_deliver``
+deliveries) that also catches a message that crashes the process every time.
+"""
+
+import base64
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import structlog
+from faststream.middlewares import AckPolicy
+from faststream.nats import ConsumerConfig, JStream, NatsBroker, PullSub
+from faststream.nats.annotations import NatsMessage
+from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
+from opentelemetry.trace import SpanKind
+from pydantic import ValidationError
+
+from contracts.deadletter import DeadLetter, deadletter_subject
+from contracts.envelope import RawEnvelope, event_subject
+from contracts.events import Event, EventRegistry, UnknownEventError
+from runtime import metrics
+from runtime.context import ServiceContext
+from runtime.eventstore import Executor
+from runtime.streams import stream_name
+from runtime.telemetry import context_from, tracer
+
+log = structlog.get_logger(__name__)
+
+Handler = Callable[[ServiceContext, Executor, Any, RawEnvelope], Awaitable[None]]
+"""``async def handler(ctx, conn, event, envelope)``: effects go through ``conn``, which is in
+the transaction that also records the inbox row (pass it to ``ctx.store.append(conn=conn)``)."""
+
+CRASH_FACTOR = 10
+INFRASTRUCTURE_ERRORS = (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError)
+
+
+@dataclass(frozen=True)
+class Consumer:
+    """One durable subscription of a service to events another service publishes."""
+
+    name: str
+    source: str
+    registry: EventRegistry
+    handlers: Mapping[str, Handler]
+    max_deliver: int = 5
+    ack_wait_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        unknown = set(self.handlers) - {cls.event_type() for cls in self.registry}
+        if unknown:
+            raise ValueError(f"{self.source} publishes no event named {sorted(unknown)}")
+
+    def durable(self, service: str) -> str:
+        return f"{service}-{self.name}"
+
+    def subjects(self) -> list[str]:
+        return sorted(event_subject("*", self.source, t) for t in self.handlers)
+
+
+class _Delivery:
+    """Handles one message of one consumer; see the module docstring for the rules."""
+
+    def __init__(
+        self,
+        consumer: Consumer,
+        *,
+        service: str,
+        context: ServiceContext,
+        after_commit: Callable[[RawEnvelope], Awaitable[None]] | None,
+    ) -> None:
+        self.consumer = consumer
+        self.service = service
+        self.durable = consumer.durable(service)
+        self.context = context
+        self.pool = context.pool
+        self.js = context.nats.jetstream()
+        self.after_commit = after_commit
+
+    def _count(self, outcome: str) -> None:
+        metrics.consumer_outcomes.labels(self.service, self.durable, outcome).inc()
+
+    async def __call__(self, msg: Msg) -> None:
+        deliveries = msg.metadata.num_delivered or 1
+        try:
+            envelope = RawEnvelope.model_validate_json(msg.data)
+            event = self.consumer.registry.decode(
+                envelope.type, envelope.schema_version, envelope.data
+            )
+        except (ValidationError, UnknownEventError, ValueError) as exc:
+            return await self._dead_letter(msg, "unparseable", _first_line(exc))
+        handler = self.consumer.handlers.get(envelope.type)
+        if handler is None:
+            return await self._dead_letter(
+                msg, "unknown_event", f"{self.durable} has no handler for {envelope.type}"
+            )
+        if deliveries > CRASH_FACTOR * self.consumer.max_deliver:
+            return await self._dead_letter(
+                msg,
+                "handler_failed",
+                f"delivered {deliveries} times without being acknowledged "
+                "(the consumer stopped or could not reach Postgres each time)",
+            )
+        with tracer.start_as_current_span(
+            f"consume {envelope.type}", context=context_from(msg.headers), kind=SpanKind.CONSUMER
+        ) as span:
+            span.set_attribute("messaging.consumer.group.name", self.durable)
+            await self._handle(msg, handler, event, envelope, deliveries)
+
+    async def _handle(
+        self, msg: Msg, handler: Handler, event: Event, envelope: RawEnvelope, deliveries: int
+    ) -> None:
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                fresh = await conn.fetchval(
+                    "INSERT INTO inbox (consumer, event_id) VALUES ($1, $2) "
+                    "ON CONFLICT DO NOTHING RETURNING true",
+                    self.durable,
+                    envelope.event_id,
+                )
+                if fresh:
+                    await handler(self.context, conn, event, envelope)
+        except INFRASTRUCTURE_ERRORS as exc:
+            log.warning("consumer cannot reach Postgres", consumer=self.durable, error=str(exc))
+            self._count("retried")
+            await msg.nak(delay=min(2.0 ** min(deliveries, 5), 30.0))
+            return
+        except Exception as exc:
+            if deliveries >= self.consumer.max_deliver:
+                reason = f"handler failed {deliveries} times: {type(exc).__name__}: {exc}"
+                await self._dead_letter(msg, "handler_failed", _first_line(reason))
+                return
+            log.warning(
+                "handler failed, will retry",
+                consumer=self.durable,
+                event_id=str(envelope.event_id),
+                event_type=envelope.type,
+                delivery=deliveries,
+                exc_info=True,
+            )
+            self._count("retried")
+            await msg.nak(delay=min(0.5 * 2 ** (deliveries - 1), 30.0))
+            return
+        self._count("handled" if fresh else "duplicate")
+        if self.after_commit is not None:
+            await self.after_commit(envelope)
+        await msg.ack_sync()
+
+    async def _dead_letter(self, msg: Msg, kind: str, reason: str) -> None:
+        metadata = msg.metadata
+        letter = DeadLetter(
+            service=self.service,
+            consumer=self.durable,
+            reason=reason,
+            kind=kind,
+            subject=msg.subject,
+            stream_sequence=metadata.sequence.stream if metadata.sequence else None,
+            deliveries=metadata.num_delivered or 1,
+            event_id=(msg.headers or {}).get("Nats-Msg-Id"),
+            payload_b64=base64.b64encode(msg.data).decode(),
+            dead_lettered_at=datetime.now(UTC),
+        )
+        await self.js.publish(
+            deadletter_subject(self.service),
+            letter.model_dump_json().encode(),
+            headers={"Nats-Msg-Id": f"{self.durable}:{letter.stream_sequence}:{kind}"},
+        )
+        await msg.term()
+        metrics.deadletters.labels(self.service, self.durable, kind).inc()
+        self._count("deadlettered")
+        log.error(
+            "message dead-lettered",
+            consumer=self.durable,
+            kind=kind,
+            reason=reason,
+            subject=msg.subject,
+            stream_sequence=letter.stream_sequence,
+        )
+
+
+def _first_line(exc: object) -> str:
+    return str(exc).strip().splitlines()[0][:500] if str(exc).strip() else repr(exc)
+
+
+def attach(
+    broker: NatsBroker,
+    consumer: Consumer,
+    *,
+    service: str,
+    context: ServiceContext | None,
+    after_commit: Callable[[RawEnvelope], Awaitable[None]] | None = None,
+) -> None:
+    """Register ``consumer`` as a durable pull subscriber on ``broker``.
+
+    Without a context (documentation only) the subscriber is declared but cannot run.
+    """
+    deliver = (
+        _Delivery(consumer, service=service, context=context, after_commit=after_commit)
+        if context is not None
+        else None
+    )
+    subscriber = broker.subscriber(
+        stream=JStream(stream_name(consumer.source), declare=False),
+        durable=consumer.durable(service),
+        pull_sub=PullSub(batch_size=64, timeout=1.0),
+        ack_policy=AckPolicy.MANUAL,
+        config=ConsumerConfig(
+            durable_name=consumer.durable(service),
+            filter_subjects=consumer.subjects(),
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=consumer.ack_wait_s,
+            max_deliver=-1,  # our own bound dead-letters instead of dropping silently
+        ),
+        title=consumer.durable(service),
+        description=f"{service} consumes {', '.join(sorted(consumer.handlers))} from {consumer.source}",
+    )
+
+    @subscriber
+    async def on_event(message: NatsMessage) -> None:
+        if deliver is None:
+            raise RuntimeError(f"{consumer.durable(service)} was declared for documentation only")
+        await deliver(message.raw_message)
+
+    _ = on_event

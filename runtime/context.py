@@ -1,0 +1,18 @@
+"""What a running service's handlers and routes get, built once at start."""
+
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from nats.aio.client import Client as NATS
+
+from runtime.eventstore import EventStore
+from runtime.settings import RuntimeSettings
+
+
+@dataclass
+class ServiceContext:
+    settings: RuntimeSettings
+    pool: "asyncpg.Pool[Any]"
+    store: EventStore
+    nats: NATS

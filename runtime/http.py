@@ -1,0 +1,146 @@
+"""The HTTP side every service shares: problem details, health, readiness, metrics, tracing."""
+
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from http import HTTPStatus
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from runtime import metrics
+from runtime.telemetry import context_from, tracer
+
+log = structlog.get_logger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+ReadinessCheck = Callable[[], Awaitable[str | None]]
+"""Returns None when ready, or a sentence saying what is missing."""
+
+
+class Problem(Exception):
+    """An error the caller can act on, answered as an RFC 9457 problem body."""
+
+    def __init__(self, status: int, detail: str, *, title: str | None = None, **extra: Any) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.title = title or HTTPStatus(status).phrase
+        self.detail = detail
+        self.extra = extra
+
+
+def problem_response(
+    request: Request, status: int, detail: str, title: str | None = None, **extra: Any
+) -> JSONResponse:
+    body = {
+        "type": "about:blank",
+        "title": title or HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+        "instance": request.url.path,
+        **extra,
+    }
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON)
+
+
+def _describe_validation(exc: RequestValidationError) -> tuple[str, list[dict[str, Any]]]:
+    errors = [
+        {"field": ".".join(str(p) for p in e["loc"] if p != "body"), "message": e["msg"]}
+        for e in exc.errors()
+    ]
+    first = errors[0] if errors else {"field": "", "message": "invalid request"}
+    where = f"'{first['field']}': " if first["field"] else ""
+    return f"The request is not valid: {where}{first['message']}.", errors
+
+
+def create_http_app(
+    service: str,
+    *,
+    readiness: list[ReadinessCheck],
+    lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None = None,
+    version: str = "0.1.0",
+) -> FastAPI:
+    app = FastAPI(
+        title=f"Antechamber {service}",
+        version=version,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+
+    @app.exception_handler(Problem)
+    async def _problem(request: Request, exc: Problem) -> JSONResponse:
+        return problem_response(request, exc.status, exc.detail, exc.title, **exc.extra)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = f"There is nothing at {request.url.path}."
+        if exc.status_code == 405:
+            detail = f"{request.method} is not allowed on {request.url.path}."
+        return problem_response(request, exc.status_code, detail)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        detail, errors = _describe_validation(exc)
+        return problem_response(request, 422, detail, errors=errors)
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, exc: Exception) -> JSONResponse:
+        log.error("request failed", path=request.url.path, exc_info=exc)
+        span = trace.get_current_span().get_span_context()
+        return problem_response(
+            request,
+            500,
+            "Something went wrong on our side; the request was not completed. "
+            "Quote the trace id if you report it.",
+            trace_id=format(span.trace_id, "032x"),
+        )
+
+    @app.middleware("http")
+    async def _trace(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        started = time.perf_counter()
+        route = request.scope.get("route")
+        name = f"{request.method} {getattr(route, 'path', request.url.path)}"
+        with tracer.start_as_current_span(
+            name, context=context_from(dict(request.headers)), kind=SpanKind.SERVER
+        ) as span:
+            response = await call_next(request)
+            span.set_attribute("http.response.status_code", response.status_code)
+        route = request.scope.get("route")
+        metrics.http_requests.labels(
+            service,
+            request.method,
+            getattr(route, "path", "unmatched"),
+            str(response.status_code),
+        ).observe(time.perf_counter() - started)
+        return response
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        """The process answers; says nothing about its dependencies."""
+        return {"status": "ok", "service": service}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz(request: Request) -> Response:
+        """Ready only when Postgres and NATS answer and the migrations ran."""
+        problems = [p for check in readiness if (p := await check()) is not None]
+        if problems:
+            return problem_response(
+                request, 503, "Not ready: " + "; ".join(problems), checks=problems
+            )
+        return JSONResponse({"status": "ready", "service": service})
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app

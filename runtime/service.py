@@ -1,0 +1,209 @@
+"""A service's composition root: what it is (``ServiceDefinition``) and how it runs.
+
+``build_app`` returns the service's ASGI app; its lifespan starts the runtime in the
+background (pool, migrations, relay, consumers), so ``/healthz`` answers at once and
+``/readyz`` turns ready when Postgres and NATS answer and the migrations have run.
+"""
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import nats
+import structlog
+from fastapi import FastAPI, Request
+from faststream.nats import NatsBroker
+from nats.aio.client import Client as NATS
+
+from contracts.deadletter import DeadLetter, deadletter_subject
+from contracts.envelope import EventEnvelope, event_subject
+from contracts.events import EventRegistry
+from runtime.consumer import Consumer, attach
+from runtime.context import ServiceContext
+from runtime.db import create_pool
+from runtime.eventstore import EventStore, Projection
+from runtime.http import Problem, ReadinessCheck, create_http_app
+from runtime.logging import configure_logging
+from runtime.migrations import Migration, discover, migrate, pending, runtime_migrations
+from runtime.relay import Relay
+from runtime.settings import RuntimeSettings
+from runtime.streams import deadletter_stream, ensure_stream, service_stream
+from runtime.telemetry import configure_tracing
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class ServiceDefinition:
+    name: str
+    default_port: int
+    events: EventRegistry
+    migrations_package: str | None = None
+    projections: Callable[[], Sequence[Projection]] = tuple
+    consumers: Sequence[Consumer] = ()
+    routes: Callable[[FastAPI], None] | None = None
+    description: str = ""
+
+    def migrations(self) -> list[Migration]:
+        own = discover(self.migrations_package) if self.migrations_package else []
+        return runtime_migrations() + own
+
+
+def document_events(broker: NatsBroker, definition: ServiceDefinition) -> None:
+    """Declare what the service publishes, so the AsyncAPI document lists it."""
+    broker.publisher(
+        deadletter_subject(definition.name),
+        schema=DeadLetter,
+        title=f"{definition.name}.deadletter",
+        description=f"Messages the {definition.name} service's consumers gave up on.",
+    )
+    for cls in definition.events:
+        broker.publisher(
+            event_subject("{clinic_id}", definition.name, cls.event_type()),
+            schema=EventEnvelope[cls],  # type: ignore[valid-type]
+            title=f"{definition.name}.{cls.event_type()}",
+            description=(cls.__doc__ or "").strip(),
+        )
+
+
+async def _retry(what: str, attempt: Callable[[], Any]) -> Any:
+    delay = 0.2
+    while True:
+        try:
+            return await attempt()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            log.warning("waiting for dependency", dependency=what, error=str(exc), retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+async def connect_nats(url: str, name: str) -> NATS:
+    return await nats.connect(
+        url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.25, connect_timeout=2
+    )
+
+
+class ServiceRuntime:
+    def __init__(self, definition: ServiceDefinition, settings: RuntimeSettings) -> None:
+        self.definition = definition
+        self.settings = settings
+        self.context: ServiceContext | None = None
+        self.started = asyncio.Event()
+        self.failure: str | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._broker: NatsBroker | None = None
+
+    @property
+    def dsn(self) -> str:
+        return self.settings.database_url.get_secret_value()
+
+    async def start(self) -> None:
+        d, s = self.definition, self.settings
+        pool = await _retry(
+            "postgres",
+            lambda: create_pool(self.dsn, d.name, size=s.db_pool_size, lock_timeout_ms=s.lock_timeout_ms),
+        )
+        async with pool.acquire() as conn:
+            await migrate(conn, d.name, d.migrations())
+        nc = await _retry("nats", lambda: connect_nats(s.nats_url, f"antechamber-{d.name}"))
+        store = EventStore(pool, d.name, d.projections())
+        self.context = context = ServiceContext(s, pool, store, nc)
+        consumers = list(d.consumers)
+        js = nc.jetstream()
+        for config in [service_stream(d.name), deadletter_stream()] + [
+            service_stream(c.source) for c in consumers
+        ]:
+            await _retry("jetstream", lambda config=config: ensure_stream(js, config))
+        relay = Relay(
+            dsn=self.dsn,
+            service=d.name,
+            nats=nc,
+            batch_size=s.relay_batch_size,
+            ack_timeout=s.relay_ack_timeout_s,
+        )
+        self._tasks.append(asyncio.create_task(relay.run(), name=f"{d.name}-relay"))
+        broker = NatsBroker(s.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=1)
+        document_events(broker, d)
+        for consumer in consumers:
+            attach(broker, consumer, service=d.name, context=context)
+        await broker.start()
+        self._broker = broker
+        self.started.set()
+        log.info("service started", port=s.http_port)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._broker is not None:
+            await self._broker.stop()
+        if self.context is not None:
+            with contextlib.suppress(Exception):
+                await self.context.nats.drain()
+            await self.context.pool.close()
+
+    def readiness(self) -> list[ReadinessCheck]:
+        async def started() -> str | None:
+            if self.failure:
+                return f"start-up failed: {self.failure}"
+            return None if self.started.is_set() else "still starting (waiting for Postgres or NATS)"
+
+        async def postgres() -> str | None:
+            if self.context is None:
+                return None
+            try:
+                async with self.context.pool.acquire(timeout=2) as conn:
+                    missing = await pending(conn, self.definition.name, self.definition.migrations())
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                return f"Postgres does not answer ({type(exc).__name__})"
+            return f"{len(missing)} migrations not applied" if missing else None
+
+        async def nats_up() -> str | None:
+            if self.context is None or self.context.nats.is_connected:
+                return None
+            return "NATS is not connected"
+
+        return [started, postgres, nats_up]
+
+
+def build_app(definition: ServiceDefinition, settings: RuntimeSettings) -> FastAPI:
+    """The service as an ASGI app; the runtime starts in its lifespan."""
+    configure_logging(definition.name, settings.log_level, settings.log_format)
+    configure_tracing(definition.name, settings.otel_exporter)
+    runtime = ServiceRuntime(definition, settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async def start() -> None:
+            try:
+                await runtime.start()
+            except Exception as exc:
+                runtime.failure = f"{type(exc).__name__}: {exc}"
+                log.error("service failed to start", exc_info=True)
+                raise
+
+        task = asyncio.create_task(start(), name=f"{definition.name}-start")
+        try:
+            yield
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await runtime.stop()
+
+    app = create_http_app(definition.name, readiness=runtime.readiness(), lifespan=lifespan)
+    app.state.runtime = runtime
+    if definition.routes is not None:
+        definition.routes(app)
+    return app
+
+
+def context_of(request: Request) -> ServiceContext:
+    """FastAPI dependency: the running service's context (503 until started)."""
+    runtime: ServiceRuntime = request.app.state.runtime
+    if runtime.context is None or not runtime.started.is_set():
+        raise Problem(503, "The service is still starting; try again in a moment.")
+    return runtime.context
+

@@ -1,0 +1,34 @@
+"""Settings shared by every service, read from the environment."""
+
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class RuntimeSettings(BaseSettings):
+    """One service process. Env vars: ``DATABASE_URL``, ``NATS_URL``, ``ANTECHAMBER_*``."""
+
+    model_config = SettingsConfigDict(env_prefix="ANTECHAMBER_", extra="ignore")
+
+    database_url: SecretStr = Field(
+        default=SecretStr("postgresql://postgres@127.0.0.1:5432/postgres"),
+        validation_alias="DATABASE_URL",
+        description="Postgres DSN; each service uses its own schema in it.",
+    )
+    nats_url: str = Field(default="nats://127.0.0.1:4222", validation_alias="NATS_URL")
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console"] = "json"
+    otel_exporter: Literal["none", "console", "otlp"] = Field(
+        default="none", description="Where spans go; trace ids are logged either way."
+    )
+    db_pool_size: int = Field(default=10, ge=2)
+    lock_timeout_ms: int = Field(
+        default=10_000, description="How long an append waits for the store's commit-order lock."
+    )
+    relay_batch_size: int = Field(default=500, ge=1)
+    relay_ack_timeout_s: float = Field(default=5.0, gt=0)
+    consumer_max_deliver: int = Field(default=5, ge=1)
+    consumer_ack_wait_s: float = Field(default=30.0, gt=0)

@@ -1,0 +1,1 @@
+"""The media service. SFU nodes, room placement, the seat cap and recordings."""

@@ -1,0 +1,1 @@
+"""The notify service. Invitations, reminders, clinic templates and the delivery log."""

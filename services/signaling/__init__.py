@@ -1,0 +1,1 @@
+"""The signaling service. WebSocket endpoint for browsers: waiting rooms, admissions, presence, host controls."""
