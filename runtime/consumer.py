@@ -15,13 +15,14 @@ import base64
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import asyncpg
 import structlog
 from faststream.middlewares import AckPolicy
 from faststream.nats import ConsumerConfig, JStream, NatsBroker, PullSub
-from faststream.nats.annotations import NatsMessage
+from faststream import Context
+from faststream.nats.message import NatsBatchMessage
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 from opentelemetry.trace import SpanKind
@@ -95,11 +96,19 @@ class _Delivery:
         deliveries = msg.metadata.num_delivered or 1
         try:
             envelope = RawEnvelope.model_validate_json(msg.data)
+        except ValidationError as exc:
+            return await self._dead_letter(
+                msg, "unparseable", f"not a valid event envelope: {_describe(exc)}"
+            )
+        try:
             event = self.consumer.registry.decode(
                 envelope.type, envelope.schema_version, envelope.data
             )
-        except (ValidationError, UnknownEventError, ValueError) as exc:
-            return await self._dead_letter(msg, "unparseable", _first_line(exc))
+        except ValidationError as exc:
+            reason = f"{envelope.type} v{envelope.schema_version} payload is not valid: "
+            return await self._dead_letter(msg, "unparseable", reason + _describe(exc))
+        except UnknownEventError as exc:
+            return await self._dead_letter(msg, "unknown_event", str(exc))
         handler = self.consumer.handlers.get(envelope.type)
         if handler is None:
             return await self._dead_letter(
@@ -189,8 +198,16 @@ class _Delivery:
         )
 
 
-def _first_line(exc: object) -> str:
-    return str(exc).strip().splitlines()[0][:500] if str(exc).strip() else repr(exc)
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0][:500] if text.strip() else "(no message)"
+
+
+def _describe(exc: ValidationError) -> str:
+    errors = exc.errors()
+    first = errors[0]
+    where = ".".join(str(part) for part in first["loc"])
+    more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
+    return f"{where + ': ' if where else ''}{first['msg']}{more}"
 
 
 def attach(
@@ -213,7 +230,9 @@ def attach(
     subscriber = broker.subscriber(
         stream=JStream(stream_name(consumer.source), declare=False),
         durable=consumer.durable(service),
-        pull_sub=PullSub(batch_size=64, timeout=1.0),
+        # A batch handed over whole and handled in stream order: FastStream runs the messages
+        # of a plain pull batch concurrently, which would reorder a stream's events.
+        pull_sub=PullSub(batch_size=64, timeout=1.0, batch=True),
         ack_policy=AckPolicy.MANUAL,
         config=ConsumerConfig(
             durable_name=consumer.durable(service),
@@ -227,9 +246,10 @@ def attach(
     )
 
     @subscriber
-    async def on_event(message: NatsMessage) -> None:
+    async def on_events(batch: Annotated[NatsBatchMessage, Context("message")]) -> None:
         if deliver is None:
             raise RuntimeError(f"{consumer.durable(service)} was declared for documentation only")
-        await deliver(message.raw_message)
+        for msg in batch.raw_message:
+            await deliver(msg)
 
-    _ = on_event
+    _ = on_events

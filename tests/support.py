@@ -114,3 +114,46 @@ async def stream_messages(js: JetStreamContext, stream: str) -> list[Any]:
         chunk = range(start, min(start + 200, last + 1))
         out.extend(await asyncio.gather(*(js.get_msg(stream, seq=s) for s in chunk)))
     return out
+
+
+def envelope_for(event: Event, *, service: str, clinic_id: str = "c_test", position: int = 1) -> RawEnvelope:
+    """An envelope as the source service's relay would publish it."""
+    import uuid
+    from datetime import UTC, datetime
+
+    return RawEnvelope(
+        event_id=uuid.uuid4(),
+        type=event.event_type(),
+        schema_version=event.schema_version,
+        service=service,
+        clinic_id=clinic_id,
+        stream_id=f"note-{position}",
+        version=1,
+        position=position,
+        occurred_at=datetime.now(UTC),
+        correlation_id=uuid.uuid4(),
+        data=event.model_dump(mode="json"),
+    )
+
+
+async def publish_envelope(js: JetStreamContext, envelope: RawEnvelope, msg_id: str | None = None) -> None:
+    from contracts.envelope import event_subject
+
+    await js.publish(
+        event_subject(envelope.clinic_id, envelope.service, envelope.type),
+        envelope.model_dump_json().encode(),
+        headers={"Nats-Msg-Id": msg_id or str(envelope.event_id)},
+    )
+
+
+def notes_consumer(source: str, *, max_deliver: int = 3, ack_wait_s: float = 30.0) -> Any:
+    from runtime.consumer import Consumer
+
+    return Consumer(
+        name="notes",
+        source=source,
+        registry=notes,
+        handlers={"NoteTaken": record_effect},
+        max_deliver=max_deliver,
+        ack_wait_s=ack_wait_s,
+    )
