@@ -1,0 +1,71 @@
+"""`antechamber up`: the embedded platform starts, answers, stops cleanly and reuses its data."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+def start(data_dir: Path, log: Path) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "antechamber", "up", "--data-dir", str(data_dir)],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def wait_for(log: Path, text: str, process: subprocess.Popen[bytes], timeout: float = 120) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        content = log.read_text(errors="replace")
+        if text in content:
+            return content
+        if process.poll() is not None:
+            pytest.fail(f"antechamber up exited ({process.returncode}):\n{content[-3000:]}")
+        time.sleep(0.2)
+    pytest.fail(f"{text!r} not printed within {timeout}s:\n{log.read_text()[-3000:]}")
+
+
+def run_once(data_dir: Path, log: Path) -> str:
+    process = start(data_dir, log)
+    try:
+        output = wait_for(log, "Antechamber is ready", process)
+        urls = re.findall(r"^(\w+)\s+(http://127\.0\.0\.1:\d+)", output, re.MULTILINE)
+        assert [name for name, _ in urls] == ["scheduling", "links", "signaling", "media", "notify"]
+        for _, url in urls:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=5) as response:
+                assert response.status == 200
+        process.send_signal(signal.SIGINT)
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    output = log.read_text(errors="replace")
+    assert "stopped" in output
+    return output
+
+
+def test_up_starts_everything_stops_on_ctrl_c_and_reuses_its_data(short_tmp: Path) -> None:
+    data_dir = short_tmp / "up"
+    first = run_once(data_dir, short_tmp / "up-1.log")
+    assert "NATS (JetStream)   nats://127.0.0.1:" in first
+    assert first.count("migration applied") == 5
+
+    second = run_once(data_dir, short_tmp / "up-2.log")
+    assert "migration applied" not in second, "the second run should find its schemas in place"
+    assert (data_dir / "pg" / "PG_VERSION").exists()
+    assert (data_dir / "nats" / "jetstream").is_dir()

@@ -1,0 +1,115 @@
+"""A service composed as in production: HTTP -> Postgres -> NATS -> another service's consumer."""
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+import httpx
+from fastapi import Depends, FastAPI
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from pydantic import BaseModel
+
+from runtime.context import ServiceContext
+from runtime.embedded import NatsServer
+from runtime.eventstore import Cause
+from runtime.migrations import migrate
+from runtime.service import ServiceDefinition, build_app, context_of
+from runtime.settings import RuntimeSettings
+from tests.conftest import NOTES_MIGRATION
+from tests.support import NoteTaken, eventually, notes, notes_consumer
+
+
+class NoteRequest(BaseModel):
+    n: int
+
+
+def note_routes(app: FastAPI) -> None:
+    @app.post("/notes/{stream}", status_code=201)
+    async def take_note(
+        stream: str, body: NoteRequest, ctx: Annotated[ServiceContext, Depends(context_of)]
+    ) -> dict[str, int]:
+        recorded = await ctx.store.append(stream, 0, [NoteTaken(n=body.n)], clinic_id="c_http", cause=Cause())
+        return {"position": recorded[0].position}
+
+
+@contextlib.asynccontextmanager
+async def serving(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+
+            async def ready() -> bool:
+                return (await client.get("/readyz")).status_code == 200
+
+            await eventually(ready, what="the service ready")
+            yield client
+
+
+def settings(dsn: str, nats_url: str) -> RuntimeSettings:
+    return RuntimeSettings(DATABASE_URL=dsn, NATS_URL=nats_url, log_format="console")
+
+
+async def test_one_user_action_is_one_trace_from_http_to_the_consumers_effect(
+    postgres_dsn: str, nats_server: NatsServer, service_name: str, spans: InMemorySpanExporter
+) -> None:
+    source = ServiceDefinition(
+        name=f"{service_name}a", default_port=0, events=notes, routes=note_routes
+    )
+    sink = ServiceDefinition(
+        name=f"{service_name}b",
+        default_port=0,
+        events=notes,
+        consumers=[notes_consumer(f"{service_name}a")],
+    )
+    source_app = build_app(source, settings(postgres_dsn, nats_server.url))
+    sink_app = build_app(sink, settings(postgres_dsn, nats_server.url))
+    async with serving(sink_app) as sink_client, serving(source_app) as client:
+        await _add_notes_table(sink_app)
+        response = await client.post(
+            "/notes/n-1",
+            json={"n": 42},
+            headers={"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+        )
+        assert response.status_code == 201, response.text
+
+        async def consumed() -> bool:
+            pool = sink_app.state.runtime.context.pool
+            return bool(await pool.fetchval("SELECT count(*) FROM effects") == 1)
+
+        await eventually(consumed, what="the consumer's effect")
+        assert (await sink_client.get("/readyz")).json()["status"] == "ready"
+
+    names_by_trace: dict[int, set[str]] = {}
+    for span in spans.get_finished_spans():
+        names_by_trace.setdefault(span.context.trace_id, set()).add(span.name)
+    trace = names_by_trace[0x0AF7651916CD43DD8448EB211C80319C]
+    assert {"POST /notes/n-1", "eventstore.append", "publish NoteTaken", "consume NoteTaken"} <= trace
+
+
+async def _add_notes_table(app: FastAPI) -> None:
+    runtime = app.state.runtime
+    async with runtime.context.pool.acquire() as conn:
+        await migrate(conn, runtime.definition.name, [NOTES_MIGRATION])
+
+
+async def test_readiness_says_what_is_missing_until_the_runtime_has_started(
+    postgres_dsn: str, service_name: str
+) -> None:
+    unreachable = "nats://127.0.0.1:9"  # nothing listens there
+    app = build_app(
+        ServiceDefinition(name=service_name, default_port=0, events=notes),
+        settings(postgres_dsn, unreachable),
+    )
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            assert (await client.get("/healthz")).json() == {"status": "ok", "service": service_name}
+            await asyncio.sleep(0.5)
+            response = await client.get("/readyz")
+            assert response.status_code == 503
+            assert response.headers["content-type"] == "application/problem+json"
+            assert "still starting" in response.json()["detail"]
+            metrics = await client.get("/metrics")
+            assert "antechamber_http_request_seconds" in metrics.text
+
