@@ -11,7 +11,9 @@ from runtime.settings import RuntimeSettings
 
 
 def _settings(**overrides: object) -> RuntimeSettings:
-    return RuntimeSettings().model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    return RuntimeSettings().model_copy(
+        update={k: v for k, v in overrides.items() if v is not None}
+    )
 
 
 def serve(args: argparse.Namespace) -> int:

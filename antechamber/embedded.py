@@ -71,8 +71,16 @@ class Platform:
                 "NATS_URL": self.nats.url,
                 "ANTECHAMBER_LOG_FORMAT": os.environ.get("ANTECHAMBER_LOG_FORMAT", "console"),
             }
-            process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-                [sys.executable, "-m", "antechamber", "serve", definition.name, "--port", str(port)],
+            process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "antechamber",
+                    "serve",
+                    definition.name,
+                    "--port",
+                    str(port),
+                ],
                 env=env,
                 start_new_session=True,
             )

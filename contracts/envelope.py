@@ -22,13 +22,17 @@ class EventEnvelope(BaseModel, Generic[P]):
     model_config = ConfigDict(frozen=True)
 
     event_id: UUID = Field(description="Unique id of this event; also the Nats-Msg-Id header.")
-    type: str = Field(description="Event type, e.g. SessionScheduled.", examples=["SessionScheduled"])
+    type: str = Field(
+        description="Event type, e.g. SessionScheduled.", examples=["SessionScheduled"]
+    )
     schema_version: int = Field(ge=1, description="Version of the payload's schema.")
     service: ServiceName = Field(description="Service whose store holds the event.")
     clinic_id: ClinicId
     stream_id: str = Field(description="Aggregate the event belongs to, e.g. session-<uuid>.")
     version: int = Field(ge=1, description="Position of the event within its stream.")
-    position: int = Field(ge=1, description="Position in the owning service's store (commit order).")
+    position: int = Field(
+        ge=1, description="Position in the owning service's store (commit order)."
+    )
     occurred_at: datetime = Field(description="When the event was recorded (UTC).")
     correlation_id: UUID = Field(description="Shared by every event that one user action caused.")
     causation_id: UUID | None = Field(

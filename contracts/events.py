@@ -77,6 +77,8 @@ class EventRegistry:
         for version in range(schema_version, cls.schema_version):
             upcast = self._upcasters.get((event_type, version))
             if upcast is None:
-                raise UnknownEventError(f"no upcaster for {event_type} v{version} -> v{version + 1}")
+                raise UnknownEventError(
+                    f"no upcaster for {event_type} v{version} -> v{version + 1}"
+                )
             payload = upcast(payload)
         return cls.model_validate(payload)

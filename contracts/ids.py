@@ -4,12 +4,12 @@ from typing import Annotated
 
 from pydantic import Field
 
-SUBJECT_TOKEN = r"^[A-Za-z0-9_-]{1,64}$"
+SUBJECT_PART = r"^[A-Za-z0-9_-]{1,64}$"
 
 ClinicId = Annotated[
     str,
     Field(
-        pattern=SUBJECT_TOKEN,
+        pattern=SUBJECT_PART,
         description="Opaque clinic identifier; one NATS subject token, never a name.",
         examples=["c_5b1f0e3a9d2c4e7f"],
     ),

@@ -19,9 +19,9 @@ from typing import Annotated, Any
 
 import asyncpg
 import structlog
+from faststream import Context
 from faststream.middlewares import AckPolicy
 from faststream.nats import ConsumerConfig, JStream, NatsBroker, PullSub
-from faststream import Context
 from faststream.nats.message import NatsBatchMessage
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
@@ -33,7 +33,7 @@ from contracts.envelope import RawEnvelope, event_subject
 from contracts.events import Event, EventRegistry, UnknownEventError
 from runtime import metrics
 from runtime.context import ServiceContext
-from runtime.eventstore import Executor
+from runtime.db import Executor
 from runtime.streams import stream_name
 from runtime.telemetry import context_from, tracer
 
@@ -242,7 +242,9 @@ def attach(
             max_deliver=-1,  # our own bound dead-letters instead of dropping silently
         ),
         title=consumer.durable(service),
-        description=f"{service} consumes {', '.join(sorted(consumer.handlers))} from {consumer.source}",
+        description=(
+            f"{service} consumes {', '.join(sorted(consumer.handlers))} from {consumer.source}"
+        ),
     )
 
     @subscriber

@@ -3,9 +3,16 @@
 import hashlib
 import json
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import asyncpg
+
+# A connection, from a pool or dedicated; what queries run on. (The proxy class is generic
+# only in asyncpg's stubs, so the subscripted form exists for the type checker alone.)
+if TYPE_CHECKING:
+    Executor: TypeAlias = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy[Any]
+else:
+    Executor = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
 _SCHEMA = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
 

@@ -75,11 +75,15 @@ class NatsServer:
         self.process = subprocess.Popen(
             [
                 nats_server_binary(),
-                "-a", "127.0.0.1",
-                "-p", str(self.port),
+                "-a",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
                 "-js",
-                "-sd", str(self.store_dir),
-                "--server_name", "antechamber-embedded",
+                "-sd",
+                str(self.store_dir),
+                "--server_name",
+                "antechamber-embedded",
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -115,7 +119,7 @@ class EmbeddedPostgres:
 
     def start(self) -> "EmbeddedPostgres":
         try:
-            import pgserver
+            from pgserver.postgres_server import get_server
         except ImportError as exc:
             raise RuntimeError(f"pgserver is not installed: {HOW_TO_INSTALL}") from exc
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -124,7 +128,7 @@ class EmbeddedPostgres:
             raise RuntimeError(
                 f"the Postgres data folder path is too long for its socket: {self.data_dir}"
             )
-        self._server = pgserver.get_server(self.data_dir, cleanup_mode="stop")
+        self._server = get_server(self.data_dir, cleanup_mode="stop")
         return self
 
     @property

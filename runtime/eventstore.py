@@ -17,10 +17,8 @@ import asyncpg
 from contracts.envelope import EventEnvelope, RawEnvelope
 from contracts.events import Event
 from runtime import metrics
-from runtime.db import check_schema, lock_key
+from runtime.db import Executor, check_schema, lock_key
 from runtime.telemetry import current_trace_context, tracer
-
-Executor = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy  # type: ignore[type-arg]
 
 
 class ConcurrencyError(Exception):

@@ -106,7 +106,9 @@ def create_http_app(
         )
 
     @app.middleware("http")
-    async def _trace(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    async def _trace(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
         started = time.perf_counter()
         route = request.scope.get("route")
         name = f"{request.method} {getattr(route, 'path', request.url.path)}"

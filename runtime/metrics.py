@@ -14,7 +14,9 @@ relay_published = Counter(
     "antechamber_relay_published_total", "Events acknowledged by JetStream.", ["service"]
 )
 relay_failures = Counter(
-    "antechamber_relay_failures_total", "Relay publish rounds that failed and backed off.", ["service"]
+    "antechamber_relay_failures_total",
+    "Relay publish rounds that failed and backed off.",
+    ["service"],
 )
 relay_lag = Histogram(
     "antechamber_relay_lag_seconds",

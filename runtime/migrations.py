@@ -8,10 +8,9 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 
-import asyncpg
 import structlog
 
-from runtime.db import check_schema, lock_key
+from runtime.db import Executor, check_schema, lock_key
 
 log = structlog.get_logger(__name__)
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -53,7 +52,7 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 )"""
 
 
-async def pending(conn: asyncpg.Connection, schema: str, wanted: list[Migration]) -> list[Migration]:
+async def pending(conn: Executor, schema: str, wanted: list[Migration]) -> list[Migration]:
     exists = await conn.fetchval(
         "SELECT to_regclass($1) IS NOT NULL", f"{check_schema(schema)}.schema_migrations"
     )
@@ -64,14 +63,16 @@ async def pending(conn: asyncpg.Connection, schema: str, wanted: list[Migration]
     return [m for m in wanted if (m.source, m.version) not in done]
 
 
-async def migrate(conn: asyncpg.Connection, schema: str, wanted: list[Migration]) -> list[Migration]:
+async def migrate(conn: Executor, schema: str, wanted: list[Migration]) -> list[Migration]:
     """Apply what is missing; returns the migrations applied now."""
     check_schema(schema)
     key = lock_key(schema, "migrations")
     await conn.execute("SELECT pg_advisory_lock($1)", key)
     try:
         await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
-        await conn.execute(_CREATE_LEDGER.replace("schema_migrations", f"{schema}.schema_migrations"))
+        await conn.execute(
+            _CREATE_LEDGER.replace("schema_migrations", f"{schema}.schema_migrations")
+        )
         todo = await pending(conn, schema, wanted)
         for migration in todo:
             async with conn.transaction():
@@ -84,7 +85,10 @@ async def migrate(conn: asyncpg.Connection, schema: str, wanted: list[Migration]
                     migration.name,
                 )
             log.info(
-                "migration applied", schema=schema, source=migration.source, version=migration.version
+                "migration applied",
+                schema=schema,
+                source=migration.source,
+                version=migration.version,
             )
         return todo
     finally:

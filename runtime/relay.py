@@ -13,6 +13,7 @@ import contextlib
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 import structlog
@@ -49,7 +50,7 @@ def _headers(event: RecordedEvent) -> dict[str, str]:
 
 
 async def publish_events(
-    js: JetStreamContext, service: str, events: Sequence[RecordedEvent], timeout: float
+    js: JetStreamContext, service: str, events: Sequence[RecordedEvent], ack_timeout: float
 ) -> None:
     """Publish ``events`` in order and wait until JetStream acknowledged every one."""
     futures = []
@@ -63,7 +64,7 @@ async def publish_events(
                 subject = event_subject(event.clinic_id, service, event.type)
                 # Awaited one by one so they go on the wire in position order; acks come later.
                 futures.append(await js.publish_async(subject, body, headers=_headers(event)))
-        await asyncio.wait_for(asyncio.gather(*futures), timeout)
+        await asyncio.wait_for(asyncio.gather(*futures), ack_timeout)
     except (TimeoutError, NatsError, OSError) as exc:
         for future in futures:
             future.cancel()
@@ -183,14 +184,16 @@ class Relay:
         stream_position = int(headers.get(POSITION_HEADER, 0))
         if stream_position <= checkpoint:
             return checkpoint
-        stored = await conn.fetchval("SELECT event_id FROM events WHERE position = $1", stream_position)
+        stored = await conn.fetchval(
+            "SELECT event_id FROM events WHERE position = $1", stream_position
+        )
         if stored is not None and str(stored) == headers.get("Nats-Msg-Id"):
             return stream_position
         return checkpoint
 
 
 async def republish(
-    pool: "asyncpg.Pool[object]",
+    pool: "asyncpg.Pool[Any]",
     js: JetStreamContext,
     service: str,
     from_position: int = 1,
@@ -208,5 +211,7 @@ async def republish(
         await publish_events(js, service, batch, ack_timeout)
         sent += len(batch)
         after = batch[-1].position
-    log.info("republished", service=service, events=sent, seconds=round(time.monotonic() - started, 2))
+    log.info(
+        "republished", service=service, events=sent, seconds=round(time.monotonic() - started, 2)
+    )
     return sent

@@ -7,6 +7,7 @@ background (pool, migrations, relay, consumers), so ``/healthz`` answers at once
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,7 @@ import structlog
 from fastapi import FastAPI, Request
 from faststream.nats import NatsBroker
 from nats.aio.client import Client as NATS
+from nats.errors import Error as NatsError
 
 from contracts.deadletter import DeadLetter, deadletter_subject
 from contracts.envelope import EventEnvelope, event_subject
@@ -74,7 +76,13 @@ async def _retry(what: str, attempt: Callable[[], Any]) -> Any:
     while True:
         try:
             return await attempt()
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        except (
+            OSError,
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            TimeoutError,
+            NatsError,
+        ) as exc:
             log.warning("waiting for dependency", dependency=what, error=str(exc), retry_in=delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
@@ -102,10 +110,13 @@ class ServiceRuntime:
 
     async def start(self) -> None:
         d, s = self.definition, self.settings
-        pool = await _retry(
-            "postgres",
-            lambda: create_pool(self.dsn, d.name, size=s.db_pool_size, lock_timeout_ms=s.lock_timeout_ms),
-        )
+
+        async def open_pool() -> "asyncpg.Pool[Any]":
+            return await create_pool(
+                self.dsn, d.name, size=s.db_pool_size, lock_timeout_ms=s.lock_timeout_ms
+            )
+
+        pool = await _retry("postgres", open_pool)
         async with pool.acquire() as conn:
             await migrate(conn, d.name, d.migrations())
         nc = await _retry("nats", lambda: connect_nats(s.nats_url, f"antechamber-{d.name}"))
@@ -113,10 +124,14 @@ class ServiceRuntime:
         self.context = context = ServiceContext(s, pool, store, nc)
         consumers = list(d.consumers)
         js = nc.jetstream()
-        for config in [service_stream(d.name), deadletter_stream()] + [
-            service_stream(c.source) for c in consumers
-        ]:
-            await _retry("jetstream", lambda config=config: ensure_stream(js, config))
+        streams = [service_stream(d.name), deadletter_stream()]
+        streams += [service_stream(c.source) for c in consumers]
+
+        async def declare_streams() -> None:
+            for config in streams:
+                await ensure_stream(js, config)
+
+        await _retry("jetstream", declare_streams)
         relay = Relay(
             dsn=self.dsn,
             service=d.name,
@@ -125,7 +140,10 @@ class ServiceRuntime:
             ack_timeout=s.relay_ack_timeout_s,
         )
         self._tasks.append(asyncio.create_task(relay.run(), name=f"{d.name}-relay"))
-        broker = NatsBroker(s.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=1)
+        # Per-message access lines at DEBUG: our own log lines say what matters.
+        broker = NatsBroker(
+            s.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=1, log_level=logging.DEBUG
+        )
         document_events(broker, d)
         for consumer in consumers:
             attach(broker, consumer, service=d.name, context=context)
@@ -149,14 +167,18 @@ class ServiceRuntime:
         async def started() -> str | None:
             if self.failure:
                 return f"start-up failed: {self.failure}"
-            return None if self.started.is_set() else "still starting (waiting for Postgres or NATS)"
+            return (
+                None if self.started.is_set() else "still starting (waiting for Postgres or NATS)"
+            )
 
         async def postgres() -> str | None:
             if self.context is None:
                 return None
             try:
                 async with self.context.pool.acquire(timeout=2) as conn:
-                    missing = await pending(conn, self.definition.name, self.definition.migrations())
+                    missing = await pending(
+                        conn, self.definition.name, self.definition.migrations()
+                    )
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
                 return f"Postgres does not answer ({type(exc).__name__})"
             return f"{len(missing)} migrations not applied" if missing else None
@@ -206,4 +228,3 @@ def context_of(request: Request) -> ServiceContext:
     if runtime.context is None or not runtime.started.is_set():
         raise Problem(503, "The service is still starting; try again in a moment.")
     return runtime.context
-

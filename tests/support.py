@@ -10,7 +10,8 @@ from nats.js.errors import NotFoundError
 
 from contracts.envelope import RawEnvelope
 from contracts.events import Event, EventRegistry
-from runtime.eventstore import Executor, RecordedEvent
+from runtime.db import Executor
+from runtime.eventstore import RecordedEvent
 from runtime.migrations import Migration
 from runtime.streams import stream_name
 
@@ -116,7 +117,9 @@ async def stream_messages(js: JetStreamContext, stream: str) -> list[Any]:
     return out
 
 
-def envelope_for(event: Event, *, service: str, clinic_id: str = "c_test", position: int = 1) -> RawEnvelope:
+def envelope_for(
+    event: Event, *, service: str, clinic_id: str = "c_test", position: int = 1
+) -> RawEnvelope:
     """An envelope as the source service's relay would publish it."""
     import uuid
     from datetime import UTC, datetime
@@ -136,7 +139,9 @@ def envelope_for(event: Event, *, service: str, clinic_id: str = "c_test", posit
     )
 
 
-async def publish_envelope(js: JetStreamContext, envelope: RawEnvelope, msg_id: str | None = None) -> None:
+async def publish_envelope(
+    js: JetStreamContext, envelope: RawEnvelope, msg_id: str | None = None
+) -> None:
     from contracts.envelope import event_subject
 
     await js.publish(

@@ -22,7 +22,9 @@ def antechamber(*args: str, env: dict[str, str] | None = None) -> subprocess.Com
     )
 
 
-def test_migrate_rebuild_and_republish_a_service(postgres_dsn: str, nats_server: NatsServer) -> None:
+def test_migrate_rebuild_and_republish_a_service(
+    postgres_dsn: str, nats_server: NatsServer
+) -> None:
     env = {"DATABASE_URL": postgres_dsn, "NATS_URL": nats_server.url}
     first = antechamber("migrate", "notify", env=env)
     assert first.returncode == 0, first.stderr

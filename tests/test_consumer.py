@@ -102,7 +102,9 @@ async def test_unreadable_and_failing_messages_are_dead_lettered_and_the_rest_ha
                 found.append(DeadLetter.model_validate_json(message.data))
         return found
 
-    async with consuming(notes_consumer(source, max_deliver=3), service_name, pool, nc, nats_server.url):
+    async with consuming(
+        notes_consumer(source, max_deliver=3), service_name, pool, nc, nats_server.url
+    ):
         await eventually(lambda: _has_effect(pool, good.event_id), what="the good event handled")
 
         async def two_letters() -> bool:
@@ -137,7 +139,14 @@ async def test_a_consumer_killed_after_commit_before_ack_has_each_effect_once(
     envelopes = [envelope_for(NoteTaken(n=i), service=source, position=i + 1) for i in range(3)]
     for envelope in envelopes:
         await publish_envelope(js, envelope)
-    command = [sys.executable, "-m", "tests.procs.consumer_proc", postgres_dsn, service_name, source]
+    command = [
+        sys.executable,
+        "-m",
+        "tests.procs.consumer_proc",
+        postgres_dsn,
+        service_name,
+        source,
+    ]
     try:
         crashing = subprocess.run(
             [*command, nats_server.url, "crash-after-commit"],
@@ -149,7 +158,9 @@ async def test_a_consumer_killed_after_commit_before_ack_has_each_effect_once(
         assert crashing.returncode == -9, crashing.stderr.decode()[-2000:]
         # Its effect committed, but NATS never heard an ack.
         assert len(await effects(pool)) == 1
-        survivor = subprocess.Popen([*command, nats_server.url], cwd=ROOT, stderr=subprocess.DEVNULL)
+        survivor = subprocess.Popen(
+            [*command, nats_server.url], cwd=ROOT, stderr=subprocess.DEVNULL
+        )
         try:
 
             async def all_handled() -> bool:

@@ -80,10 +80,13 @@ async def test_projection_commits_with_the_append_or_not_at_all(
 async def test_append_commits_with_the_callers_other_effects(
     store: EventStore, pool: "asyncpg.Pool[Any]"
 ) -> None:
-    with pytest.raises(RuntimeError):
+    async def append_then_fail() -> None:
         async with store.transaction() as conn:
             await store.append("note-1", 0, [NoteTaken(n=1)], clinic_id=CLINIC, conn=conn)
             raise RuntimeError("the caller's other effect failed")
+
+    with pytest.raises(RuntimeError):
+        await append_then_fail()
     assert await store.read_stream("note-1") == []
     assert await pool.fetchval("SELECT count(*) FROM note_counts") == 0
 

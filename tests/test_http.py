@@ -55,8 +55,13 @@ async def test_invalid_body_names_the_field(client: httpx.AsyncClient) -> None:
     response = await client.post("/bookings", json={"minutes": 1})
     body = response.json()
     assert response.status_code == 422
-    assert body["detail"] == "The request is not valid: 'minutes': Input should be greater than or equal to 5."
-    assert body["errors"] == [{"field": "minutes", "message": "Input should be greater than or equal to 5"}]
+    assert (
+        body["detail"]
+        == "The request is not valid: 'minutes': Input should be greater than or equal to 5."
+    )
+    assert body["errors"] == [
+        {"field": "minutes", "message": "Input should be greater than or equal to 5"}
+    ]
 
 
 async def test_malformed_json_is_a_422_problem(client: httpx.AsyncClient) -> None:

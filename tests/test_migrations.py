@@ -5,6 +5,7 @@ import uuid
 from typing import Any
 
 import asyncpg
+import pytest
 
 from runtime.db import create_pool
 from runtime.migrations import Migration, migrate, pending, runtime_migrations
@@ -15,7 +16,7 @@ LATER = Migration("svc", 2, "room_titles", "ALTER TABLE rooms ADD COLUMN title t
 
 async def test_migrations_apply_once_in_order_and_concurrently(postgres_dsn: str) -> None:
     schema = f"m{uuid.uuid4().hex[:12]}"
-    pool: "asyncpg.Pool[Any]" = await create_pool(postgres_dsn, schema, size=4)
+    pool: asyncpg.Pool[Any] = await create_pool(postgres_dsn, schema, size=4)
     try:
         wanted = [*runtime_migrations(), EXTRA]
         async with pool.acquire() as conn:
@@ -40,14 +41,14 @@ async def test_migrations_apply_once_in_order_and_concurrently(postgres_dsn: str
 
 async def test_a_failing_migration_leaves_nothing_half_done(postgres_dsn: str) -> None:
     schema = f"m{uuid.uuid4().hex[:12]}"
-    broken = Migration("svc", 1, "broken", "CREATE TABLE ok_part (id int); SELECT nope FROM nowhere")
-    pool: "asyncpg.Pool[Any]" = await create_pool(postgres_dsn, schema, size=2)
+    broken = Migration(
+        "svc", 1, "broken", "CREATE TABLE ok_part (id int); SELECT nope FROM nowhere"
+    )
+    pool: asyncpg.Pool[Any] = await create_pool(postgres_dsn, schema, size=2)
     try:
         async with pool.acquire() as conn:
-            try:
+            with pytest.raises(asyncpg.UndefinedTableError):
                 await migrate(conn, schema, [broken])
-            except asyncpg.UndefinedTableError:
-                pass
             assert await pending(conn, schema, [broken]) == [broken]
             assert await conn.fetchval("SELECT to_regclass($1)", f"{schema}.ok_part") is None
     finally:

@@ -39,7 +39,9 @@ async def running(relay: Relay) -> AsyncIterator[asyncio.Task[None]]:
 async def append_many(store: EventStore, count: int, prefix: str = "s") -> list[uuid.UUID]:
     ids = []
     for i in range(count):
-        recorded = await store.append(f"{prefix}-{i % 7}-{i}", 0, [NoteTaken(n=i)], clinic_id=CLINIC)
+        recorded = await store.append(
+            f"{prefix}-{i % 7}-{i}", 0, [NoteTaken(n=i)], clinic_id=CLINIC
+        )
         ids.extend(e.event_id for e in recorded)
     return ids
 
@@ -142,13 +144,26 @@ async def test_republish_refills_a_lost_stream(
 
 @pytest.mark.slow
 async def test_relay_killed_about_once_a_second_during_10k_appends(
-    postgres_dsn: str, service_name: str, nats_server: NatsServer, nc: NATS, pool: "asyncpg.Pool[Any]"
+    postgres_dsn: str,
+    service_name: str,
+    nats_server: NatsServer,
+    nc: NATS,
+    pool: "asyncpg.Pool[Any]",
 ) -> None:
     store = EventStore(pool, service_name)
-    command = [sys.executable, "-m", "tests.procs.relay_proc", postgres_dsn, service_name, nats_server.url]
+    command = [
+        sys.executable,
+        "-m",
+        "tests.procs.relay_proc",
+        postgres_dsn,
+        service_name,
+        nats_server.url,
+    ]
 
     def spawn() -> subprocess.Popen[bytes]:
-        return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return subprocess.Popen(
+            command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
 
     relay = spawn()
     kills = 0

@@ -29,7 +29,9 @@ def note_routes(app: FastAPI) -> None:
     async def take_note(
         stream: str, body: NoteRequest, ctx: Annotated[ServiceContext, Depends(context_of)]
     ) -> dict[str, int]:
-        recorded = await ctx.store.append(stream, 0, [NoteTaken(n=body.n)], clinic_id="c_http", cause=Cause())
+        recorded = await ctx.store.append(
+            stream, 0, [NoteTaken(n=body.n)], clinic_id="c_http", cause=Cause()
+        )
         return {"position": recorded[0].position}
 
 
@@ -84,7 +86,12 @@ async def test_one_user_action_is_one_trace_from_http_to_the_consumers_effect(
     for span in spans.get_finished_spans():
         names_by_trace.setdefault(span.context.trace_id, set()).add(span.name)
     trace = names_by_trace[0x0AF7651916CD43DD8448EB211C80319C]
-    assert {"POST /notes/n-1", "eventstore.append", "publish NoteTaken", "consume NoteTaken"} <= trace
+    assert {
+        "POST /notes/n-1",
+        "eventstore.append",
+        "publish NoteTaken",
+        "consume NoteTaken",
+    } <= trace
 
 
 async def _add_notes_table(app: FastAPI) -> None:
@@ -104,7 +111,10 @@ async def test_readiness_says_what_is_missing_until_the_runtime_has_started(
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            assert (await client.get("/healthz")).json() == {"status": "ok", "service": service_name}
+            assert (await client.get("/healthz")).json() == {
+                "status": "ok",
+                "service": service_name,
+            }
             await asyncio.sleep(0.5)
             response = await client.get("/readyz")
             assert response.status_code == 503
@@ -112,4 +122,3 @@ async def test_readiness_says_what_is_missing_until_the_runtime_has_started(
             assert "still starting" in response.json()["detail"]
             metrics = await client.get("/metrics")
             assert "antechamber_http_request_seconds" in metrics.text
-

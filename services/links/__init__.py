@@ -1,1 +1,3 @@
-"""The links service. Every join link: token hashes, kinds, windows and states; decides who may join now."""
+"""The links service.
+
+Every join link: token hashes, kinds, windows and states; decides who may join now."""

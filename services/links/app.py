@@ -7,5 +7,7 @@ definition = ServiceDefinition(
     name="links",
     default_port=8102,
     events=EventRegistry("links"),
-    description="Every join link: token hashes, kinds, windows and states; decides who may join now.",
+    description=(
+        "Every join link: token hashes, kinds, windows and states; decides who may join now."
+    ),
 )

@@ -1,1 +1,3 @@
-"""The media service. SFU nodes, room placement, the seat cap and recordings."""
+"""The media service.
+
+SFU nodes, room placement, the seat cap and recordings."""

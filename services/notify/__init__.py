@@ -1,1 +1,3 @@
-"""The notify service. Invitations, reminders, clinic templates and the delivery log."""
+"""The notify service.
+
+Invitations, reminders, clinic templates and the delivery log."""

@@ -1,1 +1,3 @@
-"""The scheduling service. Clinics, practitioners, clients, rooms, sessions and invitees: who and when."""
+"""The scheduling service.
+
+Clinics, practitioners, clients, rooms, sessions and invitees: who and when."""

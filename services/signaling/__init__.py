@@ -1,1 +1,3 @@
-"""The signaling service. WebSocket endpoint for browsers: waiting rooms, admissions, presence, host controls."""
+"""The signaling service.
+
+WebSocket endpoint for browsers: waiting rooms, admissions, presence, host controls."""

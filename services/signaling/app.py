@@ -7,5 +7,7 @@ definition = ServiceDefinition(
     name="signaling",
     default_port=8103,
     events=EventRegistry("signaling"),
-    description="WebSocket endpoint for browsers: waiting rooms, admissions, presence, host controls.",
+    description=(
+        "WebSocket endpoint for browsers: waiting rooms, admissions, presence, host controls."
+    ),
 )

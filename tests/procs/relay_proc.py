@@ -1,4 +1,7 @@
-"""A relay in its own process, so a test can SIGKILL it: python -m tests.procs.relay_proc DSN SERVICE NATS_URL."""
+"""A relay in its own process, so a test can SIGKILL it.
+
+python -m tests.procs.relay_proc DSN SERVICE NATS_URL
+"""
 
 import asyncio
 import sys
