@@ -230,9 +230,10 @@ def attach(
     subscriber = broker.subscriber(
         stream=JStream(stream_name(consumer.source), declare=False),
         durable=consumer.durable(service),
-        # A batch handed over whole and handled in stream order: FastStream runs the messages
-        # of a plain pull batch concurrently, which would reorder a stream's events.
-        pull_sub=PullSub(batch_size=64, timeout=1.0, batch=True),
+        # One message per fetch, handled in stream order. FastStream runs the messages of a
+        # larger pull batch concurrently (reordering a stream), and nats-py's lingering pull
+        # waits until a larger batch is full (adding up to the fetch timeout of latency).
+        pull_sub=PullSub(batch_size=1, timeout=5.0, batch=True),
         ack_policy=AckPolicy.MANUAL,
         config=ConsumerConfig(
             durable_name=consumer.durable(service),

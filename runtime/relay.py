@@ -11,7 +11,7 @@ event already in the stream, so even a restart after the duplicate window adds n
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -81,7 +81,9 @@ class Relay:
         schema: str | None = None,
         batch_size: int = 500,
         ack_timeout: float = 5.0,
+        on_acked: Callable[[Sequence[RecordedEvent]], None] | None = None,
     ) -> None:
+        """``on_acked`` is called with each batch once JetStream acknowledged it."""
         self.dsn = dsn
         self.service = service
         self.schema = schema or service
@@ -89,6 +91,7 @@ class Relay:
         self.js = nats.jetstream()
         self.batch_size = batch_size
         self.ack_timeout = ack_timeout
+        self.on_acked = on_acked
         self.leader = asyncio.Event()
         self.position = 0
 
@@ -155,6 +158,8 @@ class Relay:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
+            if self.on_acked is not None:
+                self.on_acked(batch)
             now = datetime.now(UTC)
             metrics.relay_published.labels(self.service).inc(len(batch))
             for event in batch:

@@ -1,0 +1,234 @@
+"""Event store and relay figures, each next to a baseline measured in the same run.
+
+    python bench/eventstore.py [--quick]
+
+1. Append rate through ``EventStore.append`` (optimistic concurrency + commit-order lock +
+   NOTIFY) against plain asyncpg INSERTs of the same rows into an identical table without
+   the lock. Goal: ratio >= 0.5.
+2. Relay lag, commit -> JetStream ack, p50/p99 with events appended at a steady 1,000/s.
+   Baseline: the bare JetStream publish round trip (publish, await ack) at the same rate.
+   Goal: p99 <= 20 ms.
+3. An event appended in one service -> the effect committed by a consumer in another service
+   (relay, JetStream, FastStream pull consumer, inbox transaction), p50/p99.
+
+It starts its own nats-server and Postgres (pgserver) in a temporary folder.
+"""
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from faststream.nats import NatsBroker  # noqa: E402
+
+from contracts.envelope import RawEnvelope  # noqa: E402
+from runtime.consumer import attach  # noqa: E402
+from runtime.context import ServiceContext  # noqa: E402
+from runtime.db import create_pool  # noqa: E402
+from runtime.embedded import EmbeddedPostgres, NatsServer  # noqa: E402
+from runtime.eventstore import EventStore, RecordedEvent  # noqa: E402
+from runtime.migrations import migrate, runtime_migrations  # noqa: E402
+from runtime.relay import Relay  # noqa: E402
+from runtime.service import connect_nats  # noqa: E402
+from runtime.settings import RuntimeSettings  # noqa: E402
+from runtime.streams import ensure_stream, service_stream  # noqa: E402
+from tests.support import NOTES_MIGRATION, NoteTaken, notes_consumer  # noqa: E402
+
+CLINIC = "c_bench"
+
+
+def pct(values: Sequence[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:7.2f} ms"
+
+
+async def schema_pool(dsn: str, name: str) -> Any:
+    pool = await create_pool(dsn, name, size=12)
+    async with pool.acquire() as conn:
+        await migrate(conn, name, [*runtime_migrations(), NOTES_MIGRATION])
+    return pool
+
+
+async def append_rate(dsn: str, writers: int, per_writer: int) -> None:
+    pool = await schema_pool(dsn, "bench_append")
+    store = EventStore(pool, "bench_append")
+    await pool.execute("CREATE TABLE raw_events (LIKE events INCLUDING ALL)")
+    row = NoteTaken(n=1).model_dump(mode="json")
+
+    async def through_store(w: int) -> None:
+        for i in range(per_writer):
+            await store.append(f"s{w}-{i}", 0, [NoteTaken(n=1)], clinic_id=CLINIC)
+
+    async def raw_insert(w: int) -> None:
+        async with pool.acquire() as conn:
+            for i in range(per_writer):
+                await conn.execute(
+                    "INSERT INTO raw_events (stream_id, version, event_id, type, schema_version, "
+                    "clinic_id, occurred_at, correlation_id, data) "
+                    "VALUES ($1, 1, $2, 'NoteTaken', 1, $3, now(), $4, $5)",
+                    f"s{w}-{i}",
+                    uuid.uuid4(),
+                    CLINIC,
+                    uuid.uuid4(),
+                    row,
+                )
+
+    results = {}
+    for name, work in (("raw asyncpg INSERT", raw_insert), ("EventStore.append", through_store)):
+        started = time.perf_counter()
+        await asyncio.gather(*(work(w) for w in range(writers)))
+        results[name] = writers * per_writer / (time.perf_counter() - started)
+    await pool.close()
+    ratio = results["EventStore.append"] / results["raw asyncpg INSERT"]
+    print(f"\n1. append rate, {writers} concurrent writers x {per_writer} single-event appends")
+    for name, rate in results.items():
+        print(f"   {name:<22} {rate:9.0f} events/s")
+    print(f"   ratio                  {ratio:9.2f}x   (goal >= 0.5x)")
+
+
+async def paced(rate: float, count: int, action: Any) -> None:
+    """Call ``action(i)`` ``count`` times at ``rate`` per second, without waiting on it."""
+    started = time.perf_counter()
+    tasks = []
+    for i in range(count):
+        delay = started + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(action(i)))
+    await asyncio.gather(*tasks)
+
+
+async def relay_lag(dsn: str, nats_url: str, rate: float, seconds: float) -> None:
+    count = int(rate * seconds)
+    pool = await schema_pool(dsn, "bench_relay")
+    store = EventStore(pool, "bench_relay")
+    nc = await connect_nats(nats_url, "bench")
+    js = nc.jetstream()
+    await ensure_stream(js, service_stream("bench_relay"))
+    committed: dict[uuid.UUID, float] = {}
+    acked: dict[uuid.UUID, float] = {}
+
+    def on_acked(batch: Sequence[RecordedEvent]) -> None:
+        now = time.perf_counter()
+        for event in batch:
+            acked[event.event_id] = now
+
+    relay = Relay(dsn=dsn, service="bench_relay", nats=nc, on_acked=on_acked)
+    task = asyncio.create_task(relay.run())
+    await relay.leader.wait()
+
+    async def append(i: int) -> None:
+        recorded = await store.append(f"r-{i}", 0, [NoteTaken(n=i)], clinic_id=CLINIC)
+        committed[recorded[0].event_id] = time.perf_counter()
+
+    await paced(rate, count, append)
+    while len(acked) < count:
+        await asyncio.sleep(0.01)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    lags = [acked[i] - committed[i] for i in committed]
+
+    bare: list[float] = []
+
+    async def publish(i: int) -> None:
+        started = time.perf_counter()
+        await js.publish(
+            f"antechamber.{CLINIC}.bench_relay.Bare", b"{}", headers={"Nats-Msg-Id": f"bare-{i}"}
+        )
+        bare.append(time.perf_counter() - started)
+
+    await paced(rate, count, publish)
+    await nc.drain()
+    await pool.close()
+    print(f"\n2. relay lag at {rate:.0f} events/s for {seconds:.0f} s ({count} events)")
+    print(f"   commit -> JetStream ack     p50 {ms(pct(lags, 50))}   p99 {ms(pct(lags, 99))}")
+    print(f"   bare publish round trip     p50 {ms(pct(bare, 50))}   p99 {ms(pct(bare, 99))}")
+    print("   goal: relay p99 <= 20 ms")
+
+
+async def end_to_end(dsn: str, nats_url: str, rate: float, seconds: float) -> None:
+    count = int(rate * seconds)
+    source_pool = await schema_pool(dsn, "bench_source")
+    sink_pool = await schema_pool(dsn, "bench_sink")
+    source = EventStore(source_pool, "bench_source")
+    nc = await connect_nats(nats_url, "bench-e2e")
+    await ensure_stream(nc.jetstream(), service_stream("bench_source"))
+    relay = Relay(dsn=dsn, service="bench_source", nats=nc)
+    relay_task = asyncio.create_task(relay.run())
+    committed: dict[uuid.UUID, float] = {}
+    effected: dict[uuid.UUID, float] = {}
+
+    async def after_commit(envelope: RawEnvelope) -> None:
+        effected[envelope.event_id] = time.perf_counter()
+
+    context = ServiceContext(RuntimeSettings(), sink_pool, EventStore(sink_pool, "bench_sink"), nc)
+    broker = NatsBroker(nats_url, log_level=10)
+    attach(
+        broker,
+        notes_consumer("bench_source"),
+        service="bench_sink",
+        context=context,
+        after_commit=after_commit,
+    )
+    await broker.start()
+    await relay.leader.wait()
+
+    async def append(i: int) -> None:
+        recorded = await source.append(f"e-{i}", 0, [NoteTaken(n=i)], clinic_id=CLINIC)
+        committed[recorded[0].event_id] = time.perf_counter()
+
+    await paced(rate, count, append)
+    deadline = time.monotonic() + 60
+    while len(effected) < count and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    await broker.stop()
+    relay_task.cancel()
+    await asyncio.gather(relay_task, return_exceptions=True)
+    await nc.drain()
+    await source_pool.close()
+    await sink_pool.close()
+    latencies = [effected[i] - committed[i] for i in committed if i in effected]
+    print(f"\n3. appended in one service -> effect committed in another, {rate:.0f} events/s")
+    print(
+        f"   {len(latencies)}/{count} delivered   p50 {ms(pct(latencies, 50))}"
+        f"   p99 {ms(pct(latencies, 99))}   mean {ms(statistics.mean(latencies))}"
+    )
+
+
+async def main(quick: bool) -> None:
+    with tempfile.TemporaryDirectory(prefix="acb-") as folder:
+        nats = NatsServer(Path(folder) / "nats").start()
+        postgres = EmbeddedPostgres(Path(folder) / "pg").start()
+        try:
+            print(f"Antechamber event-store benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
+            if quick:
+                await append_rate(postgres.dsn, writers=4, per_writer=50)
+                await relay_lag(postgres.dsn, nats.url, rate=200, seconds=1)
+                await end_to_end(postgres.dsn, nats.url, rate=100, seconds=1)
+            else:
+                await append_rate(postgres.dsn, writers=8, per_writer=1000)
+                await relay_lag(postgres.dsn, nats.url, rate=1000, seconds=10)
+                await end_to_end(postgres.dsn, nats.url, rate=200, seconds=10)
+        finally:
+            nats.stop()
+            postgres.stop()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, for the smoke test")
+    asyncio.run(main(parser.parse_args().quick))
