@@ -5,6 +5,7 @@ store's commit-order lock (see ``sql/0001_event_store.sql``), updates the projec
 same transaction and wakes the relay with NOTIFY.
 """
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -86,6 +87,46 @@ class Projection(Protocol):
     async def apply(self, conn: Executor, event: RecordedEvent) -> None: ...
 
 
+GROUP_LIMIT = 200
+"""Most appends that share one commit."""
+
+
+@dataclass(frozen=True)
+class _Request:
+    stream_id: str
+    expected: int
+    args: tuple[Any, ...]  # the parameters of append_events after p_request
+
+    def recorded(self, i: int, row: asyncpg.Record) -> RecordedEvent:
+        a = self.args
+        return RecordedEvent(
+            position=row["out_position"],
+            stream_id=self.stream_id,
+            version=row["out_version"],
+            event_id=a[4][i],
+            type=a[5][i],
+            schema_version=a[6][i],
+            clinic_id=a[7],
+            occurred_at=a[8],
+            correlation_id=a[9],
+            causation_id=a[10],
+            data=a[11][i],
+            trace_context=a[12],
+        )
+
+
+_Outcome = list[RecordedEvent] | ConcurrencyError
+
+
+def _settle(future: "asyncio.Future[_Outcome]", outcome: "_Outcome | BaseException") -> None:
+    if future.done():  # its caller was cancelled; the append itself stands
+        return
+    if isinstance(outcome, BaseException) and not isinstance(outcome, ConcurrencyError):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
 _COLUMNS = (
     "position, stream_id, version, event_id, type, schema_version, clinic_id, occurred_at, "
     "correlation_id, causation_id, data, trace_context"
@@ -108,6 +149,8 @@ class EventStore:
         self.projections = tuple(projections)
         self.lock_key = lock_key(schema, "append")
         self.channel = f"{schema}_events"
+        self._waiting: list[tuple[_Request, asyncio.Future[_Outcome]]] = []
+        self._drainer: asyncio.Task[None] | None = None
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Executor]:
@@ -128,7 +171,9 @@ class EventStore:
         """Append ``events`` after version ``expected_version`` (0 for a new stream).
 
         With ``conn`` (already in a transaction) the append commits with the caller's other
-        effects; otherwise it commits on its own. Raises :class:`ConcurrencyError`.
+        effects. Otherwise it commits with whatever other appends are waiting at that moment
+        (group commit: they all wait behind the store's lock, so sharing one commit turns
+        many WAL flushes into one). Raises :class:`ConcurrencyError`.
         """
         if not events:
             return []
@@ -136,72 +181,92 @@ class EventStore:
         with tracer.start_as_current_span("eventstore.append") as span:
             span.set_attribute("db.system", "postgresql")
             span.set_attribute("antechamber.stream_id", stream_id)
-            args = (
-                self.lock_key,
-                self.channel,
+            request = _Request(
                 stream_id,
                 expected_version,
-                [uuid4() for _ in events],
-                [e.event_type() for e in events],
-                [e.schema_version for e in events],
-                clinic_id,
-                datetime.now(UTC),
-                cause.correlation_id,
-                cause.causation_id,
-                [e.model_dump(mode="json") for e in events],
-                current_trace_context(),
+                (
+                    self.lock_key,
+                    self.channel,
+                    stream_id,
+                    expected_version,
+                    [uuid4() for _ in events],
+                    [e.event_type() for e in events],
+                    [e.schema_version for e in events],
+                    clinic_id,
+                    datetime.now(UTC),
+                    cause.correlation_id,
+                    cause.causation_id,
+                    [e.model_dump(mode="json") for e in events],
+                    current_trace_context(),
+                ),
             )
-            try:
-                if conn is not None:
-                    recorded = await self._append(conn, args, events)
-                elif self.projections:
-                    async with self.transaction() as tx:
-                        recorded = await self._append(tx, args, events)
-                else:  # one statement, one round trip, its own transaction
-                    async with self.pool.acquire() as own:
-                        recorded = await self._append(own, args, events)
-            except asyncpg.PostgresError as exc:
-                if exc.sqlstate == "AC409":
-                    metrics.append_conflicts.labels(self.schema).inc()
-                    detail = getattr(exc, "detail", None)
-                    actual = int(detail) if detail and detail.isdigit() else None
-                    raise ConcurrencyError(stream_id, expected_version, actual) from exc
-                if isinstance(exc, asyncpg.UniqueViolationError):
-                    metrics.append_conflicts.labels(self.schema).inc()
-                    raise ConcurrencyError(stream_id, expected_version, None) from exc
-                raise
-        metrics.events_appended.labels(self.schema).inc(len(recorded))
-        return recorded
+            if conn is not None:
+                outcome = (await self._append_batch(conn, [request]))[0]
+            else:
+                outcome = await self._enqueue(request)
+        if isinstance(outcome, ConcurrencyError):
+            metrics.append_conflicts.labels(self.schema).inc()
+            raise outcome
+        metrics.events_appended.labels(self.schema).inc(len(outcome))
+        return outcome
 
-    async def _append(
-        self, conn: Executor, args: tuple[Any, ...], events: Sequence[Event]
-    ) -> list[RecordedEvent]:
-        rows = await conn.fetch(
-            "SELECT out_position, out_version FROM append_events"
-            "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::jsonb[], $13)",
-            *args,
+    async def _enqueue(self, request: "_Request") -> "_Outcome":
+        future: asyncio.Future[_Outcome] = asyncio.get_running_loop().create_future()
+        self._waiting.append((request, future))
+        if self._drainer is None or self._drainer.done():
+            # A task of its own, so a caller that is cancelled never strands the others.
+            self._drainer = asyncio.create_task(self._drain(), name=f"{self.schema}-appends")
+        return await future
+
+    async def _drain(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting[:GROUP_LIMIT], self._waiting[GROUP_LIMIT:]
+            try:
+                outcomes = await self._commit([request for request, _ in batch])
+            except Exception:
+                # One append's failure (say, a projection refusing it) must not fail the
+                # others that happened to share its transaction: give each its own.
+                for request, future in batch:
+                    try:
+                        outcome = (await self._commit([request]))[0]
+                    except Exception as exc:
+                        _settle(future, exc)
+                    else:
+                        _settle(future, outcome)
+                continue
+            for (_, future), outcome in zip(batch, outcomes, strict=True):
+                _settle(future, outcome)
+
+    async def _commit(self, requests: list["_Request"]) -> list["_Outcome"]:
+        async with self.pool.acquire() as conn:
+            if len(requests) == 1 and not self.projections:
+                return await self._append_batch(conn, requests)  # one statement, autocommit
+            async with conn.transaction():
+                return await self._append_batch(conn, requests)
+
+    async def _append_batch(self, conn: Executor, requests: list["_Request"]) -> list["_Outcome"]:
+        rows = await conn.fetchmany(
+            "SELECT out_request, out_position, out_version FROM append_events"
+            "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::jsonb[], $14)",
+            [(i, *request.args) for i, request in enumerate(requests)],
         )
-        recorded = [
-            RecordedEvent(
-                position=row["out_position"],
-                stream_id=args[2],
-                version=row["out_version"],
-                event_id=args[4][i],
-                type=args[5][i],
-                schema_version=args[6][i],
-                clinic_id=args[7],
-                occurred_at=args[8],
-                correlation_id=args[9],
-                causation_id=args[10],
-                data=args[11][i],
-                trace_context=args[12],
-            )
-            for i, row in enumerate(rows)
-        ]
-        for event in recorded:
-            for projection in self.projections:
-                await projection.apply(conn, event)
-        return recorded
+        by_request: dict[int, list[asyncpg.Record]] = {}
+        for row in rows:
+            by_request.setdefault(row["out_request"], []).append(row)
+        outcomes: list[_Outcome] = []
+        for i, request in enumerate(requests):
+            mine = by_request[i]
+            if mine[0]["out_position"] is None:
+                outcomes.append(
+                    ConcurrencyError(request.stream_id, request.expected, mine[0]["out_version"])
+                )
+                continue
+            recorded = [request.recorded(j, row) for j, row in enumerate(mine)]
+            for event in recorded:
+                for projection in self.projections:
+                    await projection.apply(conn, event)
+            outcomes.append(recorded)
+        return outcomes
 
     async def read_stream(self, stream_id: str, after_version: int = 0) -> list[RecordedEvent]:
         rows = await self.pool.fetch(

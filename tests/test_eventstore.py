@@ -185,3 +185,32 @@ async def test_two_stores_in_one_database_do_not_share_positions(
         assert [e.data["n"] for e in await store.read_all(0)] == [1]
     finally:
         await other_pool.close()
+
+
+async def test_appends_that_share_a_commit_fail_alone(
+    store: EventStore, pool: "asyncpg.Pool[Any]"
+) -> None:
+    """Concurrent appends are committed together; a conflict or a refusal stays with its own."""
+    await store.append("taken", 0, [NoteTaken(n=1)], clinic_id=CLINIC)
+    results = await asyncio.gather(
+        *(store.append(f"ok-{i}", 0, [NoteTaken(n=i)], clinic_id=CLINIC) for i in range(20)),
+        store.append("taken", 0, [NoteTaken(n=2)], clinic_id=CLINIC),
+        store.append("refused", 0, [NoteTaken(n=666)], clinic_id=CLINIC),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, list) for r in results[:20])
+    assert isinstance(results[20], ConcurrencyError)
+    assert isinstance(results[21], ValueError)
+    assert len(await store.read_all(0)) == 21
+    assert await pool.fetchval("SELECT sum(taken) FROM note_counts") == 21
+
+
+async def test_a_cancelled_caller_does_not_strand_the_others(store: EventStore) -> None:
+    tasks = [
+        asyncio.create_task(store.append(f"s-{i}", 0, [NoteTaken(n=i)], clinic_id=CLINIC))
+        for i in range(30)
+    ]
+    await asyncio.sleep(0)
+    tasks[0].cancel()
+    done = await asyncio.wait_for(asyncio.gather(*tasks[1:]), timeout=10)
+    assert len(done) == 29

@@ -38,7 +38,12 @@ CREATE TABLE inbox (
 -- that reader (the relay) would skip it forever (the bigserial trap). The eventsourcing
 -- library takes LOCK TABLE ... IN EXCLUSIVE MODE for the same reason; an advisory lock per
 -- store leaves plain reads and other tables untouched.
+--
+-- A version conflict inserts nothing and returns one row with a NULL position and the
+-- stream's current version, so several appends can share one transaction (group commit)
+-- without one conflict aborting the others.
 CREATE FUNCTION append_events(
+    p_request         integer,
     p_lock_key        bigint,
     p_channel         text,
     p_stream_id       text,
@@ -52,7 +57,7 @@ CREATE FUNCTION append_events(
     p_causation_id    uuid,
     p_data            jsonb[],
     p_trace_context   jsonb
-) RETURNS TABLE (out_position bigint, out_version integer)
+) RETURNS TABLE (out_request integer, out_position bigint, out_version integer)
 LANGUAGE plpgsql AS $$
 DECLARE
     current_version integer;
@@ -61,10 +66,11 @@ BEGIN
     SELECT coalesce(max(e.version), 0) INTO current_version
       FROM events e WHERE e.stream_id = p_stream_id;
     IF current_version <> p_expected THEN
-        RAISE EXCEPTION 'stream % is at version %, not %', p_stream_id, current_version, p_expected
-            USING ERRCODE = 'AC409', DETAIL = current_version::text;
+        RETURN QUERY SELECT p_request, NULL::bigint, current_version;
+        RETURN;
     END IF;
     RETURN QUERY
+    WITH inserted AS (
     INSERT INTO events (stream_id, version, event_id, type, schema_version, clinic_id,
                         occurred_at, correlation_id, causation_id, data, trace_context)
     SELECT p_stream_id, p_expected + n::integer, ev.event_id, ev.type, ev.schema_version,
@@ -72,7 +78,9 @@ BEGIN
       FROM unnest(p_event_ids, p_types, p_schema_versions, p_data)
            WITH ORDINALITY AS ev(event_id, type, schema_version, data, n)
      ORDER BY n
-    RETURNING events.position, events.version;
+    RETURNING events.position, events.version
+    )
+    SELECT p_request, inserted.position, inserted.version FROM inserted ORDER BY inserted.position;
     -- Wakes the relay; delivered at COMMIT, never for a rolled-back append.
     PERFORM pg_notify(p_channel, '');
 END;

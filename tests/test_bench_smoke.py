@@ -1,0 +1,30 @@
+"""The benchmark script runs end to end (tiny sizes); the figures come from `make bench`."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_the_eventstore_benchmark_prints_its_figures_and_baselines() -> None:
+    result = subprocess.run(
+        [sys.executable, "bench/eventstore.py", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for line in (
+        "raw asyncpg INSERT",
+        "EventStore.append",
+        "commit -> JetStream ack",
+        "bare publish round trip",
+        "effect committed in another",
+    ):
+        assert line in result.stdout
