@@ -13,7 +13,7 @@ deliveries) that also catches a message that crashes the process every time.
 
 import base64
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -34,6 +34,7 @@ from contracts.events import Event, EventRegistry, UnknownEventError
 from runtime import metrics
 from runtime.context import ServiceContext
 from runtime.db import Executor
+from runtime.settings import RuntimeSettings
 from runtime.streams import stream_name
 from runtime.telemetry import context_from, tracer
 
@@ -55,13 +56,22 @@ class Consumer:
     source: str
     registry: EventRegistry
     handlers: Mapping[str, Handler]
-    max_deliver: int = 5
-    ack_wait_s: float = 30.0
+    max_deliver: int | None = None
+    """Handler failures before dead-lettering; None: the service's setting."""
+    ack_wait_s: float | None = None
+    """How long an unacknowledged message waits before redelivery; None: the setting."""
 
     def __post_init__(self) -> None:
         unknown = set(self.handlers) - {cls.event_type() for cls in self.registry}
         if unknown:
             raise ValueError(f"{self.source} publishes no event named {sorted(unknown)}")
+
+    def with_defaults(self, settings: RuntimeSettings) -> "Consumer":
+        return replace(
+            self,
+            max_deliver=self.max_deliver or settings.consumer_max_deliver,
+            ack_wait_s=self.ack_wait_s or settings.consumer_ack_wait_s,
+        )
 
     def durable(self, service: str) -> str:
         return f"{service}-{self.name}"
@@ -82,6 +92,7 @@ class _Delivery:
         after_commit: Callable[[RawEnvelope], Awaitable[None]] | None,
     ) -> None:
         self.consumer = consumer
+        self.max_deliver = consumer.max_deliver or RuntimeSettings().consumer_max_deliver
         self.service = service
         self.durable = consumer.durable(service)
         self.context = context
@@ -114,7 +125,7 @@ class _Delivery:
             return await self._dead_letter(
                 msg, "unknown_event", f"{self.durable} has no handler for {envelope.type}"
             )
-        if deliveries > CRASH_FACTOR * self.consumer.max_deliver:
+        if deliveries > CRASH_FACTOR * self.max_deliver:
             return await self._dead_letter(
                 msg,
                 "handler_failed",
@@ -146,7 +157,7 @@ class _Delivery:
             await msg.nak(delay=min(2.0 ** min(deliveries, 5), 30.0))
             return
         except Exception as exc:
-            if deliveries >= self.consumer.max_deliver:
+            if deliveries >= self.max_deliver:
                 reason = f"handler failed {deliveries} times: {type(exc).__name__}: {exc}"
                 await self._dead_letter(msg, "handler_failed", _first_line(reason))
                 return
@@ -222,6 +233,7 @@ def attach(
 
     Without a context (documentation only) the subscriber is declared but cannot run.
     """
+    consumer = consumer.with_defaults(context.settings if context else RuntimeSettings())
     deliver = (
         _Delivery(consumer, service=service, context=context, after_commit=after_commit)
         if context is not None

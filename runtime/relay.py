@@ -64,7 +64,8 @@ async def publish_events(
                 subject = event_subject(event.clinic_id, service, event.type)
                 # Awaited one by one so they go on the wire in position order; acks come later.
                 futures.append(await js.publish_async(subject, body, headers=_headers(event)))
-        await asyncio.wait_for(asyncio.gather(*futures), ack_timeout)
+        async with asyncio.timeout(ack_timeout):
+            await asyncio.gather(*futures)
     except (TimeoutError, NatsError, OSError) as exc:
         for future in futures:
             future.cancel()
@@ -121,8 +122,11 @@ class Relay:
                 wake.clear()
                 batch = await read_all(conn, self.position, self.batch_size)
                 if not batch:
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for drops a cancellation
+                    # that arrives as the wake-up does, and the relay would never stop.
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(wake.wait(), IDLE_RECHECK_S)
+                        async with asyncio.timeout(IDLE_RECHECK_S):
+                            await wake.wait()
                     continue
                 await self._publish_until_acked(batch)
                 self.position = batch[-1].position
@@ -133,8 +137,9 @@ class Relay:
                 )
         finally:
             self.leader.clear()
-            with contextlib.suppress(Exception):
-                await asyncio.shield(conn.close(timeout=2))
+            # Not a graceful close: cancelled mid-query, close() can time out and leave the
+            # session, and so the leadership lock, alive. Dropping the socket ends both.
+            conn.terminate()
 
     async def _ensure_stream(self) -> None:
         delay = 0.1

@@ -180,9 +180,10 @@ async def test_relay_killed_about_once_a_second_during_10k_appends(
             relay = spawn()
 
     async def writer(w: int) -> None:
-        for i in range(1250):
+        for i in range(1250):  # paced to about 1,000 appends a second over ~10 s
             recorded = await store.append(f"w{w}-{i}", 0, [NoteTaken(n=i)], clinic_id=CLINIC)
             ids.extend(e.event_id for e in recorded)
+            await asyncio.sleep(0.007)
 
     killer = asyncio.create_task(chaos())
     try:
@@ -197,7 +198,7 @@ async def test_relay_killed_about_once_a_second_during_10k_appends(
         writing = False
         relay.kill()
         relay.wait()
-    assert kills >= 3, f"the relay was killed only {kills} times"
+    assert kills >= 5, f"the relay was killed only {kills} times"
     assert len(ids) == 10_000
     assert_exactly(messages, ids)
 
