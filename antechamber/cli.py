@@ -2,12 +2,17 @@
 
 import argparse
 import asyncio
+import contextlib
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from antechamber import catalog
 from runtime.settings import RuntimeSettings
+
+if TYPE_CHECKING:
+    import asyncpg
 
 
 def _settings(**overrides: object) -> RuntimeSettings:
@@ -35,52 +40,51 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _migrate(names: Sequence[str]) -> None:
+@contextlib.asynccontextmanager
+async def _service_pool(name: str) -> AsyncIterator["asyncpg.Pool[Any]"]:
+    """A small pool in ``name``'s schema, for one command."""
     from runtime.db import create_pool
+
+    pool = await create_pool(RuntimeSettings().database_url.get_secret_value(), name, size=2)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+async def _migrate(names: Sequence[str]) -> None:
     from runtime.migrations import migrate
 
-    dsn = RuntimeSettings().database_url.get_secret_value()
     for name in names:
         definition = catalog.definition(name)
-        pool = await create_pool(dsn, name, size=2)
-        try:
-            async with pool.acquire() as conn:
-                applied = await migrate(conn, name, definition.migrations())
-        finally:
-            await pool.close()
+        async with _service_pool(name) as pool, pool.acquire() as conn:
+            applied = await migrate(conn, name, definition.migrations())
         print(f"{name}: {len(applied)} migration(s) applied")
 
 
 async def _rebuild(name: str) -> None:
-    from runtime.db import create_pool
     from runtime.eventstore import EventStore
     from runtime.projections import rebuild
 
     definition = catalog.definition(name)
-    pool = await create_pool(RuntimeSettings().database_url.get_secret_value(), name, size=2)
-    try:
+    async with _service_pool(name) as pool:
         store = EventStore(pool, name, definition.projections())
         count = await rebuild(store)
-    finally:
-        await pool.close()
     names = ", ".join(p.name for p in store.projections) or "no projections"
     print(f"{name}: rebuilt {names} from {count} events")
 
 
 async def _republish(name: str, from_position: int) -> None:
-    from runtime.db import create_pool
     from runtime.relay import republish
     from runtime.service import connect_nats
 
     catalog.definition(name)
-    settings = RuntimeSettings()
-    pool = await create_pool(settings.database_url.get_secret_value(), name, size=2)
-    nc = await connect_nats(settings.nats_url, f"antechamber-{name}-republish")
+    nc = await connect_nats(RuntimeSettings().nats_url, f"antechamber-{name}-republish")
     try:
-        sent = await republish(pool, nc.jetstream(), name, from_position)
+        async with _service_pool(name) as pool:
+            sent = await republish(pool, nc.jetstream(), name, from_position)
     finally:
         await nc.drain()
-        await pool.close()
     print(f"{name}: published {sent} events from position {from_position}")
 
 

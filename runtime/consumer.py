@@ -13,7 +13,7 @@ deliveries) that also catches a message that crashes the process every time.
 
 import base64
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -66,13 +66,6 @@ class Consumer:
         if unknown:
             raise ValueError(f"{self.source} publishes no event named {sorted(unknown)}")
 
-    def with_defaults(self, settings: RuntimeSettings) -> "Consumer":
-        return replace(
-            self,
-            max_deliver=self.max_deliver or settings.consumer_max_deliver,
-            ack_wait_s=self.ack_wait_s or settings.consumer_ack_wait_s,
-        )
-
     def durable(self, service: str) -> str:
         return f"{service}-{self.name}"
 
@@ -88,11 +81,12 @@ class _Delivery:
         consumer: Consumer,
         *,
         service: str,
+        max_deliver: int,
         context: ServiceContext,
         after_commit: Callable[[RawEnvelope], Awaitable[None]] | None,
     ) -> None:
         self.consumer = consumer
-        self.max_deliver = consumer.max_deliver or RuntimeSettings().consumer_max_deliver
+        self.max_deliver = max_deliver
         self.service = service
         self.durable = consumer.durable(service)
         self.context = context
@@ -233,28 +227,36 @@ def attach(
 
     Without a context (documentation only) the subscriber is declared but cannot run.
     """
-    consumer = consumer.with_defaults(context.settings if context else RuntimeSettings())
+    settings = context.settings if context is not None else RuntimeSettings()
+    max_deliver = consumer.max_deliver or settings.consumer_max_deliver
+    durable = consumer.durable(service)
     deliver = (
-        _Delivery(consumer, service=service, context=context, after_commit=after_commit)
+        _Delivery(
+            consumer,
+            service=service,
+            max_deliver=max_deliver,
+            context=context,
+            after_commit=after_commit,
+        )
         if context is not None
         else None
     )
     subscriber = broker.subscriber(
         stream=JStream(stream_name(consumer.source), declare=False),
-        durable=consumer.durable(service),
+        durable=durable,
         # One message per fetch, handled in stream order. FastStream runs the messages of a
         # larger pull batch concurrently (reordering a stream), and nats-py's lingering pull
         # waits until a larger batch is full (adding up to the fetch timeout of latency).
         pull_sub=PullSub(batch_size=1, timeout=5.0, batch=True),
         ack_policy=AckPolicy.MANUAL,
         config=ConsumerConfig(
-            durable_name=consumer.durable(service),
+            durable_name=durable,
             filter_subjects=consumer.subjects(),
             deliver_policy=DeliverPolicy.ALL,
-            ack_wait=consumer.ack_wait_s,
+            ack_wait=consumer.ack_wait_s or settings.consumer_ack_wait_s,
             max_deliver=-1,  # our own bound dead-letters instead of dropping silently
         ),
-        title=consumer.durable(service),
+        title=durable,
         description=(
             f"{service} consumes {', '.join(sorted(consumer.handlers))} from {consumer.source}"
         ),
@@ -263,7 +265,7 @@ def attach(
     @subscriber
     async def on_events(batch: Annotated[NatsBatchMessage, Context("message")]) -> None:
         if deliver is None:
-            raise RuntimeError(f"{consumer.durable(service)} was declared for documentation only")
+            raise RuntimeError(f"{durable} was declared for documentation only")
         for msg in batch.raw_message:
             await deliver(msg)
 

@@ -93,25 +93,56 @@ GROUP_LIMIT = 200
 
 @dataclass(frozen=True)
 class _Request:
+    """One caller's append, waiting to be committed."""
+
     stream_id: str
     expected: int
-    args: tuple[Any, ...]  # the parameters of append_events after p_request
+    events: Sequence[Event]
+    clinic_id: str
+    cause: Cause
+    event_ids: list[UUID] = field(init=False)
+    data: list[dict[str, Any]] = field(init=False)
+    occurred_at: datetime = field(init=False, default_factory=lambda: datetime.now(UTC))
+    trace_context: dict[str, str] = field(init=False, default_factory=current_trace_context)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "event_ids", [uuid4() for _ in self.events])
+        object.__setattr__(self, "data", [e.model_dump(mode="json") for e in self.events])
+
+    def parameters(self, index: int, lock_key: int, channel: str) -> tuple[Any, ...]:
+        """The arguments of ``append_events``, in its order."""
+        return (
+            index,
+            lock_key,
+            channel,
+            self.stream_id,
+            self.expected,
+            self.event_ids,
+            [e.event_type() for e in self.events],
+            [e.schema_version for e in self.events],
+            self.clinic_id,
+            self.occurred_at,
+            self.cause.correlation_id,
+            self.cause.causation_id,
+            self.data,
+            self.trace_context,
+        )
 
     def recorded(self, i: int, row: asyncpg.Record) -> RecordedEvent:
-        a = self.args
+        event = self.events[i]
         return RecordedEvent(
             position=row["out_position"],
             stream_id=self.stream_id,
             version=row["out_version"],
-            event_id=a[4][i],
-            type=a[5][i],
-            schema_version=a[6][i],
-            clinic_id=a[7],
-            occurred_at=a[8],
-            correlation_id=a[9],
-            causation_id=a[10],
-            data=a[11][i],
-            trace_context=a[12],
+            event_id=self.event_ids[i],
+            type=event.event_type(),
+            schema_version=event.schema_version,
+            clinic_id=self.clinic_id,
+            occurred_at=self.occurred_at,
+            correlation_id=self.cause.correlation_id,
+            causation_id=self.cause.causation_id,
+            data=self.data[i],
+            trace_context=self.trace_context,
         )
 
 
@@ -177,29 +208,11 @@ class EventStore:
         """
         if not events:
             return []
-        cause = cause or Cause()
         with tracer.start_as_current_span("eventstore.append") as span:
             span.set_attribute("db.system", "postgresql")
             span.set_attribute("antechamber.stream_id", stream_id)
-            request = _Request(
-                stream_id,
-                expected_version,
-                (
-                    self.lock_key,
-                    self.channel,
-                    stream_id,
-                    expected_version,
-                    [uuid4() for _ in events],
-                    [e.event_type() for e in events],
-                    [e.schema_version for e in events],
-                    clinic_id,
-                    datetime.now(UTC),
-                    cause.correlation_id,
-                    cause.causation_id,
-                    [e.model_dump(mode="json") for e in events],
-                    current_trace_context(),
-                ),
-            )
+            # Built inside the span, so the stored trace context is this append's.
+            request = _Request(stream_id, expected_version, events, clinic_id, cause or Cause())
             if conn is not None:
                 outcome = (await self._append_batch(conn, [request]))[0]
             else:
@@ -239,16 +252,18 @@ class EventStore:
 
     async def _commit(self, requests: list["_Request"]) -> list["_Outcome"]:
         async with self.pool.acquire() as conn:
-            if len(requests) == 1 and not self.projections:
-                return await self._append_batch(conn, requests)  # one statement, autocommit
-            async with conn.transaction():
+            if not self.projections:
+                # fetchmany pipelines the calls and runs them atomically in one implicit
+                # transaction: the whole group commits in one round trip.
+                return await self._append_batch(conn, requests)
+            async with conn.transaction():  # projections run statements of their own
                 return await self._append_batch(conn, requests)
 
     async def _append_batch(self, conn: Executor, requests: list["_Request"]) -> list["_Outcome"]:
         rows = await conn.fetchmany(
             "SELECT out_request, out_position, out_version FROM append_events"
             "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::jsonb[], $14)",
-            [(i, *request.args) for i, request in enumerate(requests)],
+            [r.parameters(i, self.lock_key, self.channel) for i, r in enumerate(requests)],
         )
         by_request: dict[int, list[asyncpg.Record]] = {}
         for row in rows:

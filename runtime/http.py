@@ -110,10 +110,10 @@ def create_http_app(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
         started = time.perf_counter()
-        route = request.scope.get("route")
-        name = f"{request.method} {getattr(route, 'path', request.url.path)}"
         with tracer.start_as_current_span(
-            name, context=context_from(dict(request.headers)), kind=SpanKind.SERVER
+            f"{request.method} {request.url.path}",
+            context=context_from(dict(request.headers)),
+            kind=SpanKind.SERVER,
         ) as span:
             response = await call_next(request)
             span.set_attribute("http.response.status_code", response.status_code)

@@ -27,6 +27,7 @@ from contracts.envelope import event_subject
 from runtime import metrics
 from runtime.db import connect, lock_key
 from runtime.eventstore import RecordedEvent, read_all
+from runtime.retry import retry
 from runtime.streams import ensure_stream, service_stream, stream_name
 from runtime.telemetry import context_from, current_trace_context, tracer
 
@@ -79,7 +80,6 @@ class Relay:
         dsn: str,
         service: str,
         nats: NATS,
-        schema: str | None = None,
         batch_size: int = 500,
         ack_timeout: float = 5.0,
         on_acked: Callable[[Sequence[RecordedEvent]], None] | None = None,
@@ -87,7 +87,7 @@ class Relay:
         """``on_acked`` is called with each batch once JetStream acknowledged it."""
         self.dsn = dsn
         self.service = service
-        self.schema = schema or service
+        self.schema = service  # a service's store lives in the schema named after it
         self.nats = nats
         self.js = nats.jetstream()
         self.batch_size = batch_size
@@ -98,15 +98,11 @@ class Relay:
 
     async def run(self) -> None:
         """Lead (or wait to lead) until cancelled, reconnecting after Postgres failures."""
-        delay = 0.1
-        while True:
-            try:
-                await self._lead()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("relay lost Postgres, retrying", error=str(exc), retry_in=delay)
-            self.leader.clear()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+        await retry(
+            self._lead,
+            errors=(OSError, asyncpg.PostgresError, asyncpg.InterfaceError),
+            what="relay: Postgres",
+        )
 
     async def _lead(self) -> None:
         conn = await connect(self.dsn, self.schema, lock_timeout="0")
@@ -142,36 +138,28 @@ class Relay:
             conn.terminate()
 
     async def _ensure_stream(self) -> None:
-        delay = 0.1
-        while True:
-            try:
-                await ensure_stream(self.js, service_stream(self.service))
-                return
-            except (TimeoutError, NatsError, OSError) as exc:
-                log.warning("relay cannot reach JetStream", error=str(exc), retry_in=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        await retry(
+            lambda: ensure_stream(self.js, service_stream(self.service)),
+            errors=(TimeoutError, NatsError, OSError),
+            what="relay: JetStream",
+        )
 
     async def _publish_until_acked(self, batch: list[RecordedEvent]) -> None:
-        delay = 0.05
-        while True:
-            try:
-                await publish_events(self.js, self.service, batch, self.ack_timeout)
-            except PublishError as exc:
-                metrics.relay_failures.labels(self.service).inc()
-                log.warning("relay publish failed, backing off", error=str(exc), retry_in=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            if self.on_acked is not None:
-                self.on_acked(batch)
-            now = datetime.now(UTC)
-            metrics.relay_published.labels(self.service).inc(len(batch))
-            for event in batch:
-                metrics.relay_lag.labels(self.service).observe(
-                    (now - event.occurred_at).total_seconds()
-                )
-            return
+        await retry(
+            lambda: publish_events(self.js, self.service, batch, self.ack_timeout),
+            errors=(PublishError,),
+            what="relay: publish",
+            first_delay=0.05,
+            on_failure=lambda _: metrics.relay_failures.labels(self.service).inc(),
+        )
+        if self.on_acked is not None:
+            self.on_acked(batch)
+        now = datetime.now(UTC)
+        metrics.relay_published.labels(self.service).inc(len(batch))
+        for event in batch:
+            metrics.relay_lag.labels(self.service).observe(
+                (now - event.occurred_at).total_seconds()
+            )
 
     async def _resume_position(self, conn: asyncpg.Connection) -> int:
         """The checkpoint, or the last event already in the stream if that is further on.

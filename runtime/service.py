@@ -31,6 +31,7 @@ from runtime.http import Problem, ReadinessCheck, create_http_app
 from runtime.logging import configure_logging
 from runtime.migrations import Migration, discover, migrate, pending, runtime_migrations
 from runtime.relay import Relay
+from runtime.retry import retry
 from runtime.settings import RuntimeSettings
 from runtime.streams import deadletter_stream, ensure_stream, service_stream
 from runtime.telemetry import configure_tracing
@@ -71,21 +72,14 @@ def document_events(broker: NatsBroker, definition: ServiceDefinition) -> None:
         )
 
 
-async def _retry(what: str, attempt: Callable[[], Any]) -> Any:
-    delay = 0.2
-    while True:
-        try:
-            return await attempt()
-        except (
-            OSError,
-            asyncpg.PostgresError,
-            asyncpg.InterfaceError,
-            TimeoutError,
-            NatsError,
-        ) as exc:
-            log.warning("waiting for dependency", dependency=what, error=str(exc), retry_in=delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+DEPENDENCY_ERRORS = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    TimeoutError,
+    NatsError,
+)
+"""What a dependency that is still starting (or briefly down) raises."""
 
 
 async def connect_nats(url: str, name: str) -> NATS:
@@ -98,6 +92,7 @@ class ServiceRuntime:
     def __init__(self, definition: ServiceDefinition, settings: RuntimeSettings) -> None:
         self.definition = definition
         self.settings = settings
+        self.migrations = definition.migrations()  # read from disk once, not on every probe
         self.context: ServiceContext | None = None
         self.started = asyncio.Event()
         self.failure: str | None = None
@@ -116,10 +111,15 @@ class ServiceRuntime:
                 self.dsn, d.name, size=s.db_pool_size, lock_timeout_ms=s.lock_timeout_ms
             )
 
-        pool = await _retry("postgres", open_pool)
+        pool = await retry(open_pool, errors=DEPENDENCY_ERRORS, what="postgres", first_delay=0.2)
         async with pool.acquire() as conn:
-            await migrate(conn, d.name, d.migrations())
-        nc = await _retry("nats", lambda: connect_nats(s.nats_url, f"antechamber-{d.name}"))
+            await migrate(conn, d.name, self.migrations)
+        nc = await retry(
+            lambda: connect_nats(s.nats_url, f"antechamber-{d.name}"),
+            errors=DEPENDENCY_ERRORS,
+            what="nats",
+            first_delay=0.2,
+        )
         store = EventStore(pool, d.name, d.projections())
         self.context = context = ServiceContext(s, pool, store, nc)
         consumers = list(d.consumers)
@@ -131,7 +131,7 @@ class ServiceRuntime:
             for config in streams:
                 await ensure_stream(js, config)
 
-        await _retry("jetstream", declare_streams)
+        await retry(declare_streams, errors=DEPENDENCY_ERRORS, what="jetstream", first_delay=0.2)
         relay = Relay(
             dsn=self.dsn,
             service=d.name,
@@ -176,9 +176,7 @@ class ServiceRuntime:
                 return None
             try:
                 async with self.context.pool.acquire(timeout=2) as conn:
-                    missing = await pending(
-                        conn, self.definition.name, self.definition.migrations()
-                    )
+                    missing = await pending(conn, self.definition.name, self.migrations)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
                 return f"Postgres does not answer ({type(exc).__name__})"
             return f"{len(missing)} migrations not applied" if missing else None

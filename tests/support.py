@@ -2,14 +2,17 @@
 
 import asyncio
 import time
+import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from contracts.envelope import RawEnvelope
+from contracts.envelope import RawEnvelope, event_subject
 from contracts.events import Event, EventRegistry
+from runtime.consumer import Consumer
 from runtime.db import Executor
 from runtime.eventstore import RecordedEvent
 from runtime.migrations import Migration
@@ -121,9 +124,6 @@ def envelope_for(
     event: Event, *, service: str, clinic_id: str = "c_test", position: int = 1
 ) -> RawEnvelope:
     """An envelope as the source service's relay would publish it."""
-    import uuid
-    from datetime import UTC, datetime
-
     return RawEnvelope(
         event_id=uuid.uuid4(),
         type=event.event_type(),
@@ -142,8 +142,6 @@ def envelope_for(
 async def publish_envelope(
     js: JetStreamContext, envelope: RawEnvelope, msg_id: str | None = None
 ) -> None:
-    from contracts.envelope import event_subject
-
     await js.publish(
         event_subject(envelope.clinic_id, envelope.service, envelope.type),
         envelope.model_dump_json().encode(),
@@ -151,9 +149,7 @@ async def publish_envelope(
     )
 
 
-def notes_consumer(source: str, *, max_deliver: int = 3, ack_wait_s: float = 30.0) -> Any:
-    from runtime.consumer import Consumer
-
+def notes_consumer(source: str, *, max_deliver: int = 3, ack_wait_s: float = 30.0) -> Consumer:
     return Consumer(
         name="notes",
         source=source,

@@ -36,6 +36,13 @@ async def running(relay: Relay) -> AsyncIterator[asyncio.Task[None]]:
         await asyncio.gather(task, return_exceptions=True)
 
 
+async def relay_until_published(dsn: str, service: str, nc: NATS, count: int) -> None:
+    """Run a relay until the stream holds ``count`` events, then stop it."""
+    js = nc.jetstream()
+    async with running(Relay(dsn=dsn, service=service, nats=nc)):
+        await eventually(lambda: _has(js, service, count), what=f"{count} events in the stream")
+
+
 async def append_many(store: EventStore, count: int, prefix: str = "s") -> list[uuid.UUID]:
     ids = []
     for i in range(count):
@@ -116,9 +123,7 @@ async def test_a_relay_without_checkpoint_resumes_after_the_streams_last_event(
     postgres_dsn: str, store: EventStore, service_name: str, nc: NATS, pool: "asyncpg.Pool[Any]"
 ) -> None:
     await append_many(store, 5)
-    js = nc.jetstream()
-    async with running(Relay(dsn=postgres_dsn, service=service_name, nats=nc)):
-        await eventually(lambda: _has(js, service_name, 5), what="5 events")
+    await relay_until_published(postgres_dsn, service_name, nc, 5)
     await pool.execute("DELETE FROM relay_checkpoints")
     relay = Relay(dsn=postgres_dsn, service=service_name, nats=nc)
     async with running(relay):
@@ -130,9 +135,8 @@ async def test_republish_refills_a_lost_stream(
     postgres_dsn: str, store: EventStore, service_name: str, nc: NATS, pool: "asyncpg.Pool[Any]"
 ) -> None:
     ids = await append_many(store, 30)
+    await relay_until_published(postgres_dsn, service_name, nc, 30)
     js = nc.jetstream()
-    async with running(Relay(dsn=postgres_dsn, service=service_name, nats=nc)):
-        await eventually(lambda: _has(js, service_name, 30), what="30 events")
     await js.delete_stream(stream_name(service_name))
 
     assert await republish(pool, js, service_name) == 30

@@ -31,7 +31,8 @@ CREATE TABLE inbox (
     PRIMARY KEY (consumer, event_id)
 );
 
--- Append in one round trip. The advisory lock is transaction-scoped, so it is held until
+-- One call per append (calls are pipelined, and grouped into one transaction when several
+-- appends wait at once). The advisory lock is transaction-scoped, so it is held until
 -- COMMIT: a writer takes its positions only after the previous writer has committed, which
 -- makes position order equal commit order. Without it, a transaction that drew position 7
 -- and commits after the one that drew 8 is invisible to a reader that has moved past 7, and
