@@ -27,3 +27,17 @@ def personal_fields(model: type[BaseModel]) -> frozenset[str]:
         if isinstance(field.json_schema_extra, dict)
         and field.json_schema_extra.get(PERSONAL_DATA_KEY) is True
     )
+
+
+ACCESS_MARK = "x-secret"
+
+
+def secret(*, description: str, **kwargs: Any) -> Any:
+    """A pydantic ``Field`` for a value that grants access (a join link with its token).
+
+    Marked ``"x-secret": true``: it travels only to the services and integrators that deliver
+    it to its holder, and is never logged.
+    """
+    extra = dict(kwargs.pop("json_schema_extra", None) or {})
+    extra[ACCESS_MARK] = True
+    return Field(description=description, json_schema_extra=extra, **kwargs)

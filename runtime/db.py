@@ -11,8 +11,11 @@ import asyncpg
 # only in asyncpg's stubs, so the subscripted form exists for the type checker alone.)
 if TYPE_CHECKING:
     Executor: TypeAlias = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy[Any]
+    Queryable: TypeAlias = Executor | asyncpg.Pool[Any]
 else:
     Executor = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+    Queryable = Executor | asyncpg.Pool
+"""What reads run on: a connection (maybe in a transaction) or the pool."""
 
 _SCHEMA = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
 

@@ -28,16 +28,30 @@ ReadinessCheck = Callable[[], Awaitable[str | None]]
 class Problem(Exception):
     """An error the caller can act on, answered as an RFC 9457 problem body."""
 
-    def __init__(self, status: int, detail: str, *, title: str | None = None, **extra: Any) -> None:
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        title: str | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.title = title or HTTPStatus(status).phrase
         self.detail = detail
+        self.headers = headers
         self.extra = extra
 
 
 def problem_response(
-    request: Request, status: int, detail: str, title: str | None = None, **extra: Any
+    request: Request,
+    status: int,
+    detail: str,
+    title: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
 ) -> JSONResponse:
     body = {
         "type": "about:blank",
@@ -47,7 +61,7 @@ def problem_response(
         "instance": request.url.path,
         **extra,
     }
-    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON)
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
 def _describe_validation(exc: RequestValidationError) -> tuple[str, list[dict[str, Any]]]:
@@ -77,7 +91,9 @@ def create_http_app(
 
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> JSONResponse:
-        return problem_response(request, exc.status, exc.detail, exc.title, **exc.extra)
+        return problem_response(
+            request, exc.status, exc.detail, exc.title, exc.headers, **exc.extra
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -16,6 +16,7 @@ import asyncpg
 import nats
 import structlog
 from fastapi import FastAPI, Request
+from fastapi.middleware import Middleware
 from faststream.nats import NatsBroker
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
@@ -28,6 +29,7 @@ from runtime.context import ServiceContext
 from runtime.db import create_pool
 from runtime.eventstore import EventStore, Projection
 from runtime.http import Problem, ReadinessCheck, create_http_app
+from runtime.idempotency import IdempotencyMiddleware
 from runtime.logging import configure_logging
 from runtime.migrations import Migration, discover, migrate, pending, runtime_migrations
 from runtime.relay import Relay
@@ -215,6 +217,15 @@ def build_app(definition: ServiceDefinition, settings: RuntimeSettings) -> FastA
 
     app = create_http_app(definition.name, readiness=runtime.readiness(), lifespan=lifespan)
     app.state.runtime = runtime
+    # Innermost, so replayed answers are traced and counted like the first one.
+    app.user_middleware.append(
+        Middleware(
+            IdempotencyMiddleware,
+            pool=lambda: (
+                runtime.context.pool if runtime.started.is_set() and runtime.context else None
+            ),
+        )
+    )
     if definition.routes is not None:
         definition.routes(app)
     return app

@@ -1,11 +1,61 @@
 """Composition root of the scheduling service."""
 
-from contracts.events import EventRegistry
+from fastapi import FastAPI
+
+from contracts.links import links_events
+from contracts.scheduling import scheduling_events
+from contracts.signaling import signaling_events
+from runtime.consumer import Consumer
+from runtime.ratelimit import RateLimiter
 from runtime.service import ServiceDefinition
+from services.scheduling import api, booking_api, handlers, operator_api, sessions_api
+from services.scheduling.auth import Access
+from services.scheduling.config import SchedulingSettings
+from services.scheduling.domain import Refused
+from services.scheduling.projections import SchedulingReadModel
+
+
+def routes(app: FastAPI, settings: SchedulingSettings | None = None) -> None:
+    settings = settings or SchedulingSettings()
+    app.state.scheduling_access = Access(
+        operator_key_hash=settings.operator_key_hash(),
+        booking_limiter=RateLimiter(settings.booking_per_minute, settings.booking_burst),
+    )
+    app.add_exception_handler(Refused, api.refused)
+    for router in (operator_api.router, api.router, sessions_api.router, booking_api.router):
+        app.include_router(router)
+
+
+calls = Consumer(
+    name="calls",
+    source="signaling",
+    registry=signaling_events,
+    handlers={
+        "SessionStarted": handlers.on_call_started,
+        "SessionEnded": handlers.on_call_ended,
+    },
+)
+"""Sessions go live, end early or complete as signaling reports their calls."""
+
+join_links = Consumer(
+    name="join-links",
+    source="links",
+    registry=links_events,
+    handlers={
+        "LinkIssued": handlers.on_link_issued,
+        "LinkRegenerated": handlers.on_link_regenerated,
+        "LinkRevoked": handlers.on_link_revoked,
+    },
+)
+"""The links that belong to appointments, for the client portal query."""
 
 definition = ServiceDefinition(
     name="scheduling",
     default_port=8101,
-    events=EventRegistry("scheduling"),
+    events=scheduling_events,
+    migrations_package="services.scheduling.sql",
+    projections=lambda: [SchedulingReadModel()],
+    consumers=[calls, join_links],
+    routes=routes,
     description="Clinics, practitioners, clients, rooms, sessions and invitees: who and when.",
 )

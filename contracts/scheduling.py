@@ -1,0 +1,351 @@
+"""What the scheduling service publishes: clinics, practitioners, clients, rooms, sessions.
+
+Other services build on these: links issues a link per room and session, notify mails the
+invitations and reminders, signaling reads the clinic's settings through links' decisions.
+"""
+
+from datetime import datetime
+from enum import StrEnum
+from functools import cache
+from typing import Annotated
+from uuid import UUID
+from zoneinfo import ZoneInfo, available_timezones
+
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+
+from contracts.events import Event, EventRegistry
+from contracts.personal import personal_data
+
+scheduling_events = EventRegistry("scheduling")
+
+SLUG = r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$"
+"""Readable part of a room link (``/r/{clinic}/{room}``): lower-case letters, digits, dashes."""
+
+MAX_PARTICIPANTS = 16
+MAX_SESSION_HOURS = 12
+
+
+class Plan(StrEnum):
+    basic = "basic"
+    professional = "professional"
+    enterprise = "enterprise"
+
+
+class VideoMode(StrEnum):
+    """Where an appointment's call happens."""
+
+    session_link = "session_link"
+    """A new one-time link for this appointment."""
+    practitioner_room = "practitioner_room"
+    """The practitioner's persistent room."""
+    client_room = "client_room"
+    """One of the client's personalised rooms."""
+
+
+PLAN_VIDEO_MODES: dict[Plan, frozenset[VideoMode]] = {
+    Plan.basic: frozenset({VideoMode.practitioner_room, VideoMode.client_room}),
+    Plan.professional: frozenset(VideoMode),
+    Plan.enterprise: frozenset(VideoMode),
+}
+"""Which video modes each plan includes; session links start at professional."""
+
+
+class GuestAdmission(StrEnum):
+    waiting_room = "waiting_room"
+    """Guests wait until a host admits them."""
+    direct = "direct"
+    """Guests take a seat at once."""
+
+
+class RoomKind(StrEnum):
+    practitioner = "practitioner"
+    client = "client"
+
+
+class SessionSource(StrEnum):
+    api = "api"
+    public_booking = "public_booking"
+    ad_hoc = "ad_hoc"
+
+
+class CompletedBecause(StrEnum):
+    ended_for_all = "ended_for_all"
+    """A host ended the meeting for everyone."""
+    last_participant_left = "last_participant_left"
+    """The last person left after the scheduled end."""
+    marked_by_host = "marked_by_host"
+    """The host marked a session that ended early as complete."""
+
+
+@cache
+def _time_zones() -> frozenset[str]:
+    return frozenset(available_timezones())
+
+
+def _known_time_zone(name: str) -> str:
+    if name not in _time_zones():
+        raise ValueError(f"{name!r} is not a known IANA time zone (e.g. Europe/Berlin)")
+    return name
+
+
+TimeZoneName = Annotated[
+    str,
+    AfterValidator(_known_time_zone),
+    Field(description="IANA time zone name.", examples=["Europe/Berlin"]),
+]
+
+
+def zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
+def _distinct_offsets(offsets: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(sorted(set(offsets), reverse=True))
+
+
+class ClinicSettings(BaseModel):
+    """How a clinic works; every field has the default a new clinic gets."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    plan: Plan = Field(default=Plan.basic, description="basic | professional | enterprise.")
+    time_zone: TimeZoneName = "UTC"
+    early_join_minutes: int = Field(
+        default=10, ge=0, le=120, description="How early a session link opens before the start."
+    )
+    buffer_minutes: int = Field(
+        default=15, ge=0, le=240, description="How long a session link stays open after the end."
+    )
+    rejoin_grace_minutes: int = Field(
+        default=5, ge=0, le=120, description="How long someone who dropped may rejoin."
+    )
+    reminder_offsets_minutes: Annotated[
+        tuple[Annotated[int, Field(ge=5, le=20_160)], ...], AfterValidator(_distinct_offsets)
+    ] = Field(
+        default=(1440, 60),
+        max_length=5,
+        description="Reminders, in minutes before the start (5 minutes to 14 days).",
+    )
+    guest_admission: GuestAdmission = Field(
+        default=GuestAdmission.waiting_room, description="Default for new sessions."
+    )
+    max_participants: int = Field(
+        default=MAX_PARTICIPANTS, ge=2, le=MAX_PARTICIPANTS, description="Seats in a call."
+    )
+    public_booking: bool = Field(default=False, description="Whether the booking page is open.")
+
+
+class Contact(BaseModel):
+    """Someone connected to a client who may be invited: a linked account or alternate contact."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    contact_id: UUID
+    display_name: str = personal_data(description="The contact's name.", max_length=200)
+    email: str = personal_data(description="Where invitations go.", max_length=320)
+
+
+# -- clinics and keys --------------------------------------------------------------------------
+
+
+@scheduling_events.register
+class ClinicRegistered(Event):
+    """An operator registered a clinic (a tenant)."""
+
+    name: str = personal_data(description="The clinic's name; a solo practice may bear a person's.")
+    slug: str = Field(pattern=SLUG, description="First part of its room links.")
+    settings: ClinicSettings
+
+
+@scheduling_events.register
+class ClinicSettingsChanged(Event):
+    """The clinic's settings now read as given (the whole set, not a difference)."""
+
+    settings: ClinicSettings
+
+
+@scheduling_events.register
+class ClinicSuspended(Event):
+    """An operator suspended the clinic: its API keys and links stop working."""
+
+    reason: str = Field(description="Why, for the operator's records.")
+
+
+@scheduling_events.register
+class ClinicReinstated(Event):
+    """An operator lifted the clinic's suspension."""
+
+
+@scheduling_events.register
+class ApiKeyIssued(Event):
+    """A clinic API key was created. Its secret is never published; only its prefix is."""
+
+    key_id: UUID
+    prefix: str = Field(description="The key's first characters, to recognise it.")
+    label: str = Field(description="What the key is for.")
+
+
+@scheduling_events.register
+class ApiKeyRevoked(Event):
+    """The key stopped working."""
+
+    key_id: UUID
+
+
+# -- people and rooms --------------------------------------------------------------------------
+
+
+@scheduling_events.register
+class PractitionerAdded(Event):
+    """A practitioner joined the clinic; their room was created with them (RoomCreated)."""
+
+    practitioner_id: UUID
+    display_name: str = personal_data(description="The practitioner's name.")
+    room_id: UUID
+    room_slug: str = Field(pattern=SLUG)
+
+
+@scheduling_events.register
+class ClientAdded(Event):
+    """A client of the clinic."""
+
+    client_id: UUID
+    display_name: str = personal_data(description="The client's name.")
+    email: str | None = personal_data(description="The client's email.", default=None)
+    phone: str | None = personal_data(description="The client's phone number.", default=None)
+    linked_accounts: tuple[Contact, ...] = ()
+    alternate_contacts: tuple[Contact, ...] = ()
+
+
+@scheduling_events.register
+class ClientUpdated(Event):
+    """A client's details now read as given (the whole profile)."""
+
+    client_id: UUID
+    display_name: str = personal_data(description="The client's name.")
+    email: str | None = personal_data(description="The client's email.", default=None)
+    phone: str | None = personal_data(description="The client's phone number.", default=None)
+    linked_accounts: tuple[Contact, ...] = ()
+    alternate_contacts: tuple[Contact, ...] = ()
+
+
+@scheduling_events.register
+class RoomCreated(Event):
+    """A practitioner's room (with the practitioner) or a client's personalised room."""
+
+    room_id: UUID
+    kind: RoomKind
+    practitioner_id: UUID
+    client_id: UUID | None = None
+    slug: str | None = Field(default=None, description="Practitioner rooms: the readable part.")
+    title: str = personal_data(description="Chosen by the practitioner; may name the client.")
+
+
+@scheduling_events.register
+class RoomRenamed(Event):
+    room_id: UUID
+    title: str = personal_data(description="The room's new title.")
+
+
+@scheduling_events.register
+class RoomDeleted(Event):
+    """A client room was deleted; its link stops working."""
+
+    room_id: UUID
+
+
+# -- sessions ----------------------------------------------------------------------------------
+
+
+@scheduling_events.register
+class SessionScheduled(Event):
+    """An appointment (or an ad-hoc call, source ``ad_hoc``) was put in the calendar."""
+
+    session_id: UUID
+    practitioner_id: UUID
+    client_ids: tuple[UUID, ...]
+    starts_at: AwareDatetime
+    ends_at: AwareDatetime
+    time_zone: TimeZoneName
+    video_mode: VideoMode
+    room_id: UUID | None = Field(
+        default=None, description="The practitioner's or client's room, for those video modes."
+    )
+    link_sharing: bool = Field(description="Whether a guest link is issued.")
+    guest_admission: GuestAdmission
+    source: SessionSource
+
+
+@scheduling_events.register
+class SessionRescheduled(Event):
+    session_id: UUID
+    starts_at: AwareDatetime
+    ends_at: AwareDatetime
+    time_zone: TimeZoneName
+    previous_starts_at: datetime
+    previous_ends_at: datetime
+
+
+@scheduling_events.register
+class SessionCancelled(Event):
+    """The appointment will not happen; its links are revoked and reminders dropped."""
+
+    session_id: UUID
+    reason: str | None = personal_data(description="Free text; may mention people.", default=None)
+
+
+@scheduling_events.register
+class AttendeeInvited(Event):
+    """Someone besides the clients was invited; they get their own drop-in link."""
+
+    session_id: UUID
+    attendee_id: UUID
+    email: str = personal_data(description="Where the invitation goes.")
+    display_name: str | None = personal_data(description="The attendee's name.", default=None)
+    client_id: UUID | None = Field(default=None, description="Set for a client's contact.")
+    contact_id: UUID | None = None
+    while_live: bool = Field(
+        default=False, description="Invited from inside a live call: mail at once."
+    )
+
+
+@scheduling_events.register
+class AttendeeRemoved(Event):
+    """The attendee is no longer invited; their drop-in link stops working."""
+
+    session_id: UUID
+    attendee_id: UUID
+
+
+@scheduling_events.register
+class LinkSharingEnabled(Event):
+    """Guests may join with the session's guest link; drop-in links are issued anew."""
+
+    session_id: UUID
+
+
+@scheduling_events.register
+class LinkSharingDisabled(Event):
+    """Every guest and drop-in link of the session stops working."""
+
+    session_id: UUID
+
+
+@scheduling_events.register
+class SessionWentLive(Event):
+    """The first host entered the call (from signaling's SessionStarted)."""
+
+    session_id: UUID
+
+
+@scheduling_events.register
+class SessionEndedEarly(Event):
+    """Everyone left before the scheduled end: ended, not completed (the host may complete it)."""
+
+    session_id: UUID
+
+
+@scheduling_events.register
+class SessionCompleted(Event):
+    session_id: UUID
+    because: CompletedBecause

@@ -1,0 +1,237 @@
+"""``Idempotency-Key`` on POST: a retried request gets the first request's response.
+
+The first request with a key claims it (a row with no status yet), runs, and stores its
+response. A retry with the same key and the same request replays that response (header
+``Idempotent-Replayed: true``); with a different request it is refused (422); while the first
+is still running it is told to retry shortly (409). A server error stores nothing, so the
+retry runs again. A claim whose request died (the process was killed) is taken over after
+``ABANDONED_AFTER``. Keys are kept for ``KEEP_FOR``.
+"""
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from runtime.http import PROBLEM_JSON
+
+HEADER = "idempotency-key"
+MAX_KEY_LENGTH = 255
+ABANDONED_AFTER = timedelta(seconds=60)
+KEEP_FOR = timedelta(hours=24)
+CLEANUP_EVERY_S = 600.0
+_REPLAYED_HEADERS = ("content-type", "location")
+
+PoolSource = Callable[[], "asyncpg.Pool[Any] | None"]
+
+
+def _problem(scope: Scope, status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
+    body = {
+        "type": "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": scope["path"],
+        **extra,
+    }
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON)
+
+
+class IdempotencyMiddleware:
+    def __init__(self, app: ASGIApp, pool: PoolSource) -> None:
+        self.app = app
+        self.pool = pool
+        self._last_cleanup = 0.0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        key = headers.get(HEADER)
+        if key is None:
+            await self.app(scope, receive, send)
+            return
+        if not 0 < len(key) <= MAX_KEY_LENGTH:
+            response = _problem(
+                scope,
+                400,
+                "Bad Request",
+                f"The Idempotency-Key header must have 1 to {MAX_KEY_LENGTH} characters.",
+                code="invalid_idempotency_key",
+            )
+            await response(scope, receive, send)
+            return
+        pool = self.pool()
+        if pool is None:
+            response = _problem(
+                scope,
+                503,
+                "Service Unavailable",
+                "The service is still starting; try again in a moment.",
+            )
+            await response(scope, receive, send)
+            return
+        await self._handle(pool, key, headers, scope, receive, send)
+
+    async def _handle(
+        self,
+        pool: "asyncpg.Pool[Any]",
+        key: str,
+        headers: Headers,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        body = await _read_body(receive)
+        client = scope.get("client") or ("", 0)
+        who = headers.get("authorization") or f"address:{client[0]}"
+        caller = hashlib.sha256(who.encode()).digest()
+        fingerprint = hashlib.sha256(
+            b"\0".join(
+                [scope["method"].encode(), scope["path"].encode(), scope["query_string"], body]
+            )
+        ).digest()
+        await self._cleanup(pool)
+        claimed = await pool.fetchval(
+            "INSERT INTO idempotency_keys (scope, key, fingerprint) VALUES ($1, $2, $3) "
+            "ON CONFLICT (scope, key) DO UPDATE "
+            "SET started_at = now(), fingerprint = EXCLUDED.fingerprint "
+            "WHERE idempotency_keys.status IS NULL AND idempotency_keys.started_at < $4 "
+            "RETURNING true",
+            caller,
+            key,
+            fingerprint,
+            _ago(ABANDONED_AFTER),
+        )
+        if not claimed:
+            await self._answer_retry(pool, caller, key, fingerprint, scope, receive, send)
+            return
+
+        status = 500
+        response_headers: list[tuple[bytes, bytes]] = []
+        chunks: list[bytes] = []
+
+        async def replay() -> Message:
+            nonlocal body
+            chunk, body = body, b""
+            return {"type": "http.request", "body": chunk, "more_body": False}
+
+        async def capture(message: Message) -> None:
+            nonlocal status, response_headers
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                response_headers = list(message.get("headers", []))
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, replay, capture)
+        finally:
+            if status >= 500:
+                await pool.execute(
+                    "DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2", caller, key
+                )
+            else:
+                kept = {
+                    name.decode("latin-1"): value.decode("latin-1")
+                    for name, value in response_headers
+                    if name.decode("latin-1").lower() in _REPLAYED_HEADERS
+                }
+                await pool.execute(
+                    "UPDATE idempotency_keys SET status = $3, headers = $4, body = $5 "
+                    "WHERE scope = $1 AND key = $2",
+                    caller,
+                    key,
+                    status,
+                    kept,
+                    b"".join(chunks),
+                )
+
+    async def _answer_retry(
+        self,
+        pool: "asyncpg.Pool[Any]",
+        caller: bytes,
+        key: str,
+        fingerprint: bytes,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        row = await pool.fetchrow(
+            "SELECT fingerprint, status, headers, body FROM idempotency_keys "
+            "WHERE scope = $1 AND key = $2",
+            caller,
+            key,
+        )
+        if row is None:  # expired between the two statements: vanishingly rare
+            response = _problem(
+                scope, 409, "Conflict", "Retry the request.", code="idempotency_key_in_use"
+            )
+        elif row["fingerprint"] != fingerprint:
+            response = _problem(
+                scope,
+                422,
+                "Unprocessable Content",
+                "This Idempotency-Key was already used for a different request; "
+                "use a new key for a new request.",
+                code="idempotency_key_reused",
+            )
+        elif row["status"] is None:
+            response = _problem(
+                scope,
+                409,
+                "Conflict",
+                "A request with this Idempotency-Key is still being processed; retry in a moment.",
+                code="idempotency_key_in_use",
+            )
+            response.headers["Retry-After"] = "1"
+        else:
+            await _replay(row, send)
+            return
+        await response(scope, receive, send)
+
+    async def _cleanup(self, pool: "asyncpg.Pool[Any]") -> None:
+        now = time.monotonic()
+        if now - self._last_cleanup < CLEANUP_EVERY_S:
+            return
+        self._last_cleanup = now
+        await pool.execute("DELETE FROM idempotency_keys WHERE started_at < $1", _ago(KEEP_FOR))
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+async def _replay(row: asyncpg.Record, send: Send) -> None:
+    stored: dict[str, str] = row["headers"] or {}
+    if isinstance(stored, str):
+        stored = json.loads(stored)
+    body: bytes = row["body"] or b""
+    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in stored.items()]
+    headers += [
+        (b"content-length", str(len(body)).encode()),
+        (b"idempotent-replayed", b"true"),
+    ]
+    await send({"type": "http.response.start", "status": row["status"], "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _ago(delta: timedelta) -> datetime:
+    return datetime.now(UTC) - delta

@@ -1,0 +1,92 @@
+"""Who is calling: the operator, or a clinic through one of its API keys."""
+
+import hmac
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from contracts.scheduling import ClinicSettings
+from runtime.context import ServiceContext
+from runtime.http import Problem
+from runtime.ratelimit import RateLimiter
+from runtime.service import context_of
+from services.scheduling.handlers import API_KEY_PREFIX, hash_secret
+
+
+@dataclass(frozen=True)
+class Access:
+    """What the routes need besides the service context, built once per app."""
+
+    operator_key_hash: bytes | None
+    booking_limiter: RateLimiter
+
+
+@dataclass(frozen=True)
+class ClinicCaller:
+    clinic_id: str
+    slug: str
+    settings: ClinicSettings
+
+
+def access_of(request: Request) -> Access:
+    access: Access = request.app.state.scheduling_access
+    return access
+
+
+def _bearer(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, credential = header.partition(" ")
+    if scheme.lower() != "bearer" or not credential.strip():
+        raise Problem(
+            401,
+            "Send your key as 'Authorization: Bearer <key>'.",
+            code="unauthenticated",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return credential.strip()
+
+
+async def operator(request: Request, access: Annotated[Access, Depends(access_of)]) -> None:
+    key = _bearer(request)
+    if access.operator_key_hash is None:
+        raise Problem(
+            503,
+            "No operator key is configured; set ANTECHAMBER_OPERATOR_KEY (or _FILE).",
+            code="operator_key_missing",
+        )
+    if not hmac.compare_digest(hash_secret(key), access.operator_key_hash):
+        raise Problem(401, "That is not the operator key.", code="unauthenticated")
+
+
+async def clinic_caller(
+    request: Request, ctx: Annotated[ServiceContext, Depends(context_of)]
+) -> ClinicCaller:
+    key = _bearer(request)
+    if not key.startswith(API_KEY_PREFIX):
+        raise Problem(
+            401, f"Clinic API keys start with {API_KEY_PREFIX!r}.", code="unauthenticated"
+        )
+    # The lookup is by hash, so no stored key is compared byte by byte with the input.
+    row = await ctx.pool.fetchrow(
+        "SELECT c.clinic_id, c.slug, c.settings, c.suspended "
+        "FROM api_key_secrets s JOIN api_keys k USING (key_id) JOIN clinics c USING (clinic_id) "
+        "WHERE s.secret_hash = $1 AND k.revoked_at IS NULL",
+        hash_secret(key),
+    )
+    if row is None:
+        raise Problem(401, "This API key is unknown or was revoked.", code="unauthenticated")
+    if row["suspended"]:
+        raise Problem(
+            403,
+            "This clinic is suspended; its keys and links do not work. Contact your operator.",
+            code="clinic_suspended",
+        )
+    return ClinicCaller(
+        row["clinic_id"], row["slug"], ClinicSettings.model_validate(row["settings"])
+    )
+
+
+Operator = Depends(operator)
+Clinic = Annotated[ClinicCaller, Depends(clinic_caller)]
+Context = Annotated[ServiceContext, Depends(context_of)]

@@ -1,0 +1,422 @@
+"""Commands and subscribed events, turned into domain decisions and appended events.
+
+Each command loads its aggregate from its stream, lets the domain decide, and appends with
+the version it read; when another request got there first it decides again on the new state.
+Another clinic's stream reads as absent, so its objects answer "not found".
+"""
+
+import hashlib
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Generic, TypeVar
+from uuid import UUID, uuid4
+
+import asyncpg
+
+from contracts.envelope import RawEnvelope
+from contracts.events import Event
+from contracts.links import LinkIssued, LinkRegenerated, LinkRevoked
+from contracts.scheduling import (
+    ClinicSettings,
+    Contact,
+    GuestAdmission,
+    RoomKind,
+    SessionSource,
+    VideoMode,
+    scheduling_events,
+)
+from contracts.signaling import SessionEnded, SessionStarted
+from runtime.context import ServiceContext
+from runtime.db import Executor, Queryable
+from runtime.eventstore import Cause, ConcurrencyError, EventStore, RecordedEvent
+from services.scheduling import domain, sessions
+from services.scheduling.domain import Client, Conflict, Invalid, Room, not_found
+from services.scheduling.sessions import Appointment, Attendee
+
+S = TypeVar("S")
+Decide = Callable[[S | None], list[Event]]
+CONFLICT_RETRIES = 5
+API_KEY_PREFIX = "ac_"
+"""Clinic API keys start with this, so scanners and people recognise them."""
+
+
+@dataclass(frozen=True)
+class Aggregate(Generic[S]):
+    prefix: str
+    evolve: Callable[[S | None, Event], S | None]
+
+    def stream(self, key: object) -> str:
+        return f"{self.prefix}-{key}"
+
+    async def load(self, store: EventStore, key: object, clinic_id: str) -> tuple[S | None, int]:
+        """The state and version; another clinic's aggregate raises NotFound."""
+        recorded = await store.read_stream(self.stream(key))
+        if recorded and recorded[0].clinic_id != clinic_id:
+            raise not_found(self.prefix)
+        state: S | None = None
+        for r in recorded:
+            state = self.evolve(state, scheduling_events.decode(r.type, r.schema_version, r.data))
+        return state, recorded[-1].version if recorded else 0
+
+
+CLINIC = Aggregate("clinic", domain.evolve_clinic)
+PRACTITIONER: Aggregate[None] = Aggregate("practitioner", lambda state, _event: state)
+CLIENT = Aggregate("client", domain.evolve_client)
+ROOM = Aggregate("room", domain.evolve_room)
+SESSION = Aggregate("session", sessions.evolve_session)
+
+
+async def execute(
+    store: EventStore,
+    aggregate: Aggregate[S],
+    key: object,
+    clinic_id: str,
+    decide: Decide[S],
+    *,
+    cause: Cause | None = None,
+    conn: Executor | None = None,
+) -> list[RecordedEvent]:
+    for _ in range(CONFLICT_RETRIES):
+        state, version = await aggregate.load(store, key, clinic_id)
+        events = decide(state)
+        if not events:
+            return []
+        try:
+            return await store.append(
+                aggregate.stream(key), version, events, clinic_id=clinic_id, cause=cause, conn=conn
+            )
+        except ConcurrencyError:
+            continue
+    raise Conflict("changed_concurrently", "It was changed by another request just now; retry.")
+
+
+# -- clinics and keys --------------------------------------------------------------------------
+
+
+def hash_secret(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+async def register_clinic(
+    store: EventStore, name: str, slug: str, settings: ClinicSettings, clinic_id: str | None = None
+) -> str:
+    clinic_id = clinic_id or f"c_{secrets.token_hex(8)}"
+    events = domain.register_clinic(None, name, slug, settings)
+    try:
+        await store.append(CLINIC.stream(clinic_id), 0, events, clinic_id=clinic_id)
+    except ConcurrencyError as exc:
+        raise Conflict("clinic_exists", "A clinic with that id is already registered.") from exc
+    except asyncpg.UniqueViolationError as exc:
+        raise Conflict(
+            "clinic_slug_taken", f"Another clinic already uses the slug {slug!r}."
+        ) from exc
+    return clinic_id
+
+
+async def issue_api_key(store: EventStore, clinic_id: str, label: str) -> tuple[UUID, str]:
+    """A new key's id and its secret, which is returned this once and stored only hashed."""
+    key_id = uuid4()
+    secret = API_KEY_PREFIX + secrets.token_urlsafe(32)
+    prefix = secret[:11]
+    async with store.transaction() as conn:
+        await execute(
+            store,
+            CLINIC,
+            clinic_id,
+            clinic_id,
+            lambda s: domain.issue_api_key(s, key_id, prefix, label),
+            conn=conn,
+        )
+        await conn.execute(
+            "INSERT INTO api_key_secrets (key_id, secret_hash) VALUES ($1, $2)",
+            key_id,
+            hash_secret(secret),
+        )
+    return key_id, secret
+
+
+# -- people and rooms --------------------------------------------------------------------------
+
+
+async def add_practitioner(store: EventStore, clinic_id: str, name: str, room_slug: str) -> UUID:
+    practitioner_id, room_id = uuid4(), uuid4()
+    added, room = domain.add_practitioner(practitioner_id, room_id, name, room_slug)
+    try:
+        async with store.transaction() as conn:
+            await store.append(
+                PRACTITIONER.stream(practitioner_id), 0, added, clinic_id=clinic_id, conn=conn
+            )
+            await store.append(ROOM.stream(room_id), 0, room, clinic_id=clinic_id, conn=conn)
+    except asyncpg.UniqueViolationError as exc:
+        raise Conflict(
+            "room_slug_taken", f"Another practitioner of this clinic has the room {room_slug!r}."
+        ) from exc
+    return practitioner_id
+
+
+async def add_client(
+    store: EventStore, clinic_id: str, client: Client, conn: Executor | None = None
+) -> None:
+    events = domain.add_client(None, client)
+    await store.append(CLIENT.stream(client.client_id), 0, events, clinic_id=clinic_id, conn=conn)
+
+
+async def practitioner_room(conn: Queryable, clinic_id: str, practitioner_id: UUID) -> UUID:
+    room_id: UUID | None = await conn.fetchval(
+        "SELECT room_id FROM practitioners WHERE clinic_id = $1 AND practitioner_id = $2",
+        clinic_id,
+        practitioner_id,
+    )
+    if room_id is None:
+        raise not_found("practitioner")
+    return room_id
+
+
+async def find_room(conn: Queryable, clinic_id: str, room_id: UUID) -> Room:
+    row = await conn.fetchrow(
+        "SELECT room_id, kind, practitioner_id, client_id, title, deleted_at IS NOT NULL AS gone "
+        "FROM rooms WHERE clinic_id = $1 AND room_id = $2",
+        clinic_id,
+        room_id,
+    )
+    if row is None or row["gone"]:
+        raise not_found("room")
+    return Room(
+        row["room_id"],
+        RoomKind(row["kind"]),
+        row["practitioner_id"],
+        row["client_id"],
+        row["title"],
+    )
+
+
+async def create_client_room(
+    store: EventStore, clinic_id: str, client_id: UUID, practitioner_id: UUID, title: str
+) -> UUID:
+    found = await store.pool.fetchval(
+        "SELECT count(*) FROM clients WHERE clinic_id = $1 AND client_id = $2",
+        clinic_id,
+        client_id,
+    )
+    if not found:
+        raise not_found("client")
+    await practitioner_room(store.pool, clinic_id, practitioner_id)
+    room_id = uuid4()
+    events = domain.create_client_room(None, room_id, practitioner_id, client_id, title)
+    await store.append(ROOM.stream(room_id), 0, events, clinic_id=clinic_id)
+    return room_id
+
+
+# -- sessions ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScheduleRequest:
+    practitioner_id: UUID
+    client_ids: tuple[UUID, ...]
+    starts_at: datetime
+    ends_at: datetime
+    time_zone: str | None
+    video_mode: VideoMode
+    room_id: UUID | None
+    link_sharing: bool
+    guest_admission: GuestAdmission | None
+
+
+async def schedule_session(
+    store: EventStore,
+    clinic_id: str,
+    settings: ClinicSettings,
+    request: ScheduleRequest,
+    source: SessionSource,
+    now: datetime,
+    conn: Executor | None = None,
+) -> UUID:
+    """Schedule; with ``conn`` it reads and commits in the caller's transaction."""
+    r = request
+    session_id = uuid4()
+    db: Queryable = conn or store.pool
+    own_room = await practitioner_room(db, clinic_id, r.practitioner_id)
+    await _check_clients(db, clinic_id, r.client_ids)
+    room: Room | None = None
+    if r.video_mode is VideoMode.practitioner_room:
+        if r.room_id not in (None, own_room):
+            raise Invalid("room_of_another_practitioner", "That room is not the practitioner's.")
+        room = await find_room(db, clinic_id, own_room)
+    elif r.video_mode is VideoMode.client_room:
+        if r.room_id is None:
+            raise Invalid("room_required", "Choose the client room (room_id) for this mode.")
+        room = await find_room(db, clinic_id, r.room_id)
+    elif r.room_id is not None:
+        raise Invalid("room_not_used", "A session link needs no room; leave room_id out.")
+    appointment = Appointment(
+        session_id=session_id,
+        practitioner_id=r.practitioner_id,
+        client_ids=r.client_ids,
+        starts_at=r.starts_at,
+        ends_at=r.ends_at,
+        time_zone=r.time_zone or settings.time_zone,
+        video_mode=r.video_mode,
+        room=room,
+        link_sharing=r.link_sharing,
+        guest_admission=r.guest_admission or settings.guest_admission,
+        source=source,
+    )
+    events = sessions.schedule_session(None, appointment, settings, now)
+    await store.append(SESSION.stream(session_id), 0, events, clinic_id=clinic_id, conn=conn)
+    return session_id
+
+
+async def _check_clients(conn: Queryable, clinic_id: str, client_ids: Sequence[UUID]) -> None:
+    if not client_ids:
+        return
+    found = await conn.fetchval(
+        "SELECT count(*) FROM clients WHERE clinic_id = $1 AND client_id = ANY($2::uuid[])",
+        clinic_id,
+        list(set(client_ids)),
+    )
+    if found != len(set(client_ids)):
+        raise not_found("client")
+
+
+async def overlapping(
+    conn: Queryable, clinic_id: str, practitioner_id: UUID, starts_at: datetime, ends_at: datetime
+) -> bool:
+    """Whether the practitioner already has a session (not cancelled) in that time."""
+    return bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM sessions WHERE clinic_id = $1 AND practitioner_id = $2 "
+            "AND status <> 'cancelled' AND starts_at < $4 AND ends_at > $3)",
+            clinic_id,
+            practitioner_id,
+            starts_at,
+            ends_at,
+        )
+    )
+
+
+async def attendee_from_contact(
+    conn: Queryable, clinic_id: str, client_id: UUID, contact_id: UUID
+) -> Attendee:
+    row = await conn.fetchrow(
+        "SELECT client_id, display_name, email, phone, linked_accounts, alternate_contacts "
+        "FROM clients WHERE clinic_id = $1 AND client_id = $2",
+        clinic_id,
+        client_id,
+    )
+    if row is None:
+        raise not_found("client")
+    client = client_from_row(row)
+    contact = client.contact(contact_id)
+    if contact is None:
+        raise not_found("contact")
+    return Attendee(uuid4(), contact.email, contact.display_name, client_id, contact_id)
+
+
+def client_from_row(row: asyncpg.Record) -> Client:
+    return Client(
+        client_id=row["client_id"],
+        display_name=row["display_name"],
+        email=row["email"],
+        phone=row["phone"],
+        linked_accounts=tuple(Contact.model_validate(c) for c in row["linked_accounts"]),
+        alternate_contacts=tuple(Contact.model_validate(c) for c in row["alternate_contacts"]),
+    )
+
+
+# -- what other services report ----------------------------------------------------------------
+
+
+async def on_call_started(
+    ctx: ServiceContext, conn: Executor, event: SessionStarted, envelope: RawEnvelope
+) -> None:
+    if event.session_id is not None:
+        await _session_reaction(ctx, conn, event.session_id, envelope, sessions.call_started)
+
+
+async def on_call_ended(
+    ctx: ServiceContext, conn: Executor, event: SessionEnded, envelope: RawEnvelope
+) -> None:
+    if event.session_id is not None:
+        await _session_reaction(
+            ctx,
+            conn,
+            event.session_id,
+            envelope,
+            lambda s: sessions.call_ended(s, event.because, event.ended_at),
+        )
+
+
+async def _session_reaction(
+    ctx: ServiceContext,
+    conn: Executor,
+    session_id: UUID,
+    envelope: RawEnvelope,
+    decide: Decide[sessions.Session],
+) -> None:
+    try:
+        await execute(
+            ctx.store,
+            SESSION,
+            session_id,
+            envelope.clinic_id,
+            decide,
+            cause=Cause.of(envelope),
+            conn=conn,
+        )
+    except domain.NotFound:
+        return  # a call in a room with no appointment here, or another clinic's id: nothing to do
+
+
+async def on_link_issued(
+    _ctx: ServiceContext, conn: Executor, event: LinkIssued, envelope: RawEnvelope
+) -> None:
+    await _record_link(conn, event, envelope)
+
+
+async def on_link_regenerated(
+    _ctx: ServiceContext, conn: Executor, event: LinkRegenerated, envelope: RawEnvelope
+) -> None:
+    await conn.execute(
+        "UPDATE join_links SET revoked_at = $3 WHERE link_id = $1 AND clinic_id = $2",
+        event.replaces_link_id,
+        envelope.clinic_id,
+        envelope.occurred_at,
+    )
+    await _record_link(conn, event, envelope)
+
+
+async def on_link_revoked(
+    _ctx: ServiceContext, conn: Executor, event: LinkRevoked, envelope: RawEnvelope
+) -> None:
+    await conn.execute(
+        "UPDATE join_links SET revoked_at = $3 WHERE link_id = $1 AND clinic_id = $2",
+        event.link_id,
+        envelope.clinic_id,
+        envelope.occurred_at,
+    )
+
+
+async def _record_link(
+    conn: Executor, event: LinkIssued | LinkRegenerated, envelope: RawEnvelope
+) -> None:
+    await conn.execute(
+        "INSERT INTO join_links (link_id, clinic_id, kind, url, session_id, room_id, client_id, "
+        "attendee_id, practitioner_id, opens_at, closes_at, issued_at) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) "
+        "ON CONFLICT (link_id) DO NOTHING",
+        event.link_id,
+        envelope.clinic_id,
+        event.kind.value,
+        event.url,
+        event.session_id,
+        event.room_id,
+        event.client_id,
+        event.attendee_id,
+        event.practitioner_id,
+        event.opens_at,
+        event.closes_at,
+        envelope.occurred_at,
+    )

@@ -1,0 +1,80 @@
+"""Operator API: clinics (tenants) and their API keys. Needs the operator key."""
+
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Query, Response
+
+from runtime.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page, decode_cursor
+from services.scheduling import domain, handlers, queries
+from services.scheduling.auth import Context, Operator
+from services.scheduling.handlers import CLINIC, execute
+from services.scheduling.models import (
+    ApiKeyCreate,
+    ApiKeyView,
+    ClinicCreate,
+    ClinicSuspend,
+    ClinicView,
+    IssuedApiKey,
+)
+
+router = APIRouter(prefix="/v1/clinics", tags=["operator"], dependencies=[Operator])
+
+
+@router.post("", status_code=201)
+async def register_clinic(body: ClinicCreate, ctx: Context, response: Response) -> ClinicView:
+    """Register a clinic (a tenant) with its settings."""
+    clinic_id = await handlers.register_clinic(ctx.store, body.name, body.slug, body.settings)
+    response.headers["Location"] = f"/v1/clinics/{clinic_id}"
+    return await queries.clinic(ctx.pool, clinic_id)
+
+
+@router.get("")
+async def list_clinics(
+    ctx: Context,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+) -> Page[ClinicView]:
+    return await queries.clinics(ctx.pool, decode_cursor(cursor, 2), limit)
+
+
+@router.get("/{clinic_id}")
+async def get_clinic(clinic_id: str, ctx: Context) -> ClinicView:
+    return await queries.clinic(ctx.pool, clinic_id)
+
+
+@router.post("/{clinic_id}/suspend")
+async def suspend_clinic(clinic_id: str, body: ClinicSuspend, ctx: Context) -> ClinicView:
+    """Suspend a clinic: its API keys and links stop working until it is reinstated."""
+    await execute(
+        ctx.store, CLINIC, clinic_id, clinic_id, lambda s: domain.suspend_clinic(s, body.reason)
+    )
+    return await queries.clinic(ctx.pool, clinic_id)
+
+
+@router.post("/{clinic_id}/reinstate")
+async def reinstate_clinic(clinic_id: str, ctx: Context) -> ClinicView:
+    await execute(ctx.store, CLINIC, clinic_id, clinic_id, domain.reinstate_clinic)
+    return await queries.clinic(ctx.pool, clinic_id)
+
+
+@router.post("/{clinic_id}/api-keys", status_code=201)
+async def issue_api_key(clinic_id: str, body: ApiKeyCreate, ctx: Context) -> IssuedApiKey:
+    """Create a clinic API key. The key is in this response only; it is stored hashed."""
+    key_id, secret = await handlers.issue_api_key(ctx.store, clinic_id, body.label)
+    view = next(k for k in await queries.api_keys(ctx.pool, clinic_id) if k.key_id == key_id)
+    return IssuedApiKey(**view.model_dump(), key=secret)
+
+
+@router.get("/{clinic_id}/api-keys")
+async def list_api_keys(clinic_id: str, ctx: Context) -> list[ApiKeyView]:
+    await queries.clinic(ctx.pool, clinic_id)
+    return await queries.api_keys(ctx.pool, clinic_id)
+
+
+@router.delete("/{clinic_id}/api-keys/{key_id}", status_code=204)
+async def revoke_api_key(clinic_id: str, key_id: UUID, ctx: Context) -> None:
+    """Revoke a key: it stops working at once."""
+    await execute(
+        ctx.store, CLINIC, clinic_id, clinic_id, lambda s: domain.revoke_api_key(s, key_id)
+    )

@@ -1,0 +1,261 @@
+"""Reads of the read models; every one is scoped to a clinic."""
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+from zoneinfo import ZoneInfo
+
+import asyncpg
+
+from runtime.db import Queryable
+from runtime.pagination import Page, encode_cursor
+from services.scheduling.domain import not_found
+from services.scheduling.models import (
+    ApiKeyView,
+    AttendeeView,
+    ClientView,
+    ClinicView,
+    PractitionerView,
+    RoomView,
+    SessionView,
+    UpcomingSession,
+)
+
+
+def _page(items: list[Any], limit: int, *key: str) -> tuple[list[Any], str | None]:
+    """Trim the one extra row fetched to learn whether another page exists."""
+    if len(items) <= limit:
+        return items, None
+    items = items[:limit]
+    last = items[-1]
+    return items, encode_cursor(*(last[k] for k in key))
+
+
+async def clinic(conn: Queryable, clinic_id: str) -> ClinicView:
+    row = await conn.fetchrow("SELECT * FROM clinics WHERE clinic_id = $1", clinic_id)
+    if row is None:
+        raise not_found("clinic")
+    return ClinicView.model_validate(dict(row))
+
+
+async def clinics(conn: Queryable, after: list[str] | None, limit: int) -> Page[ClinicView]:
+    rows = await conn.fetch(
+        "SELECT * FROM clinics WHERE ($1::timestamptz IS NULL OR (registered_at, clinic_id) > "
+        "($1, $2)) ORDER BY registered_at, clinic_id LIMIT $3",
+        datetime.fromisoformat(after[0]) if after else None,
+        after[1] if after else "",
+        limit + 1,
+    )
+    items, cursor = _page(list(rows), limit, "registered_at", "clinic_id")
+    return Page(items=[ClinicView.model_validate(dict(r)) for r in items], next_cursor=cursor)
+
+
+async def api_keys(conn: Queryable, clinic_id: str) -> list[ApiKeyView]:
+    rows = await conn.fetch(
+        "SELECT key_id, prefix, label, issued_at, revoked_at FROM api_keys "
+        "WHERE clinic_id = $1 ORDER BY issued_at, key_id",
+        clinic_id,
+    )
+    return [ApiKeyView.model_validate(dict(r)) for r in rows]
+
+
+def _practitioner(row: asyncpg.Record, clinic_slug: str) -> PractitionerView:
+    return PractitionerView(**dict(row), room_path=f"/r/{clinic_slug}/{row['room_slug']}")
+
+
+async def practitioner(
+    conn: Queryable, clinic_id: str, clinic_slug: str, practitioner_id: UUID
+) -> PractitionerView:
+    row = await conn.fetchrow(
+        "SELECT practitioner_id, display_name, room_id, room_slug, added_at FROM practitioners "
+        "WHERE clinic_id = $1 AND practitioner_id = $2",
+        clinic_id,
+        practitioner_id,
+    )
+    if row is None:
+        raise not_found("practitioner")
+    return _practitioner(row, clinic_slug)
+
+
+async def practitioners(
+    conn: Queryable, clinic_id: str, clinic_slug: str, after: list[str] | None, limit: int
+) -> Page[PractitionerView]:
+    rows = await conn.fetch(
+        "SELECT practitioner_id, display_name, room_id, room_slug, added_at FROM practitioners "
+        "WHERE clinic_id = $1 AND ($2::timestamptz IS NULL OR (added_at, practitioner_id) > "
+        "($2, $3::uuid)) ORDER BY added_at, practitioner_id LIMIT $4",
+        clinic_id,
+        datetime.fromisoformat(after[0]) if after else None,
+        UUID(after[1]) if after else UUID(int=0),
+        limit + 1,
+    )
+    items, cursor = _page(list(rows), limit, "added_at", "practitioner_id")
+    return Page(items=[_practitioner(r, clinic_slug) for r in items], next_cursor=cursor)
+
+
+_CLIENT = (
+    "SELECT client_id, display_name, email, phone, linked_accounts, alternate_contacts, "
+    "added_at, updated_at FROM clients"
+)
+
+
+async def client(conn: Queryable, clinic_id: str, client_id: UUID) -> ClientView:
+    row = await conn.fetchrow(
+        f"{_CLIENT} WHERE clinic_id = $1 AND client_id = $2", clinic_id, client_id
+    )
+    if row is None:
+        raise not_found("client")
+    return ClientView.model_validate(dict(row))
+
+
+async def clients(
+    conn: Queryable, clinic_id: str, after: list[str] | None, limit: int
+) -> Page[ClientView]:
+    rows = await conn.fetch(
+        f"{_CLIENT} WHERE clinic_id = $1 AND ($2::timestamptz IS NULL OR "
+        "(added_at, client_id) > ($2, $3::uuid)) ORDER BY added_at, client_id LIMIT $4",
+        clinic_id,
+        datetime.fromisoformat(after[0]) if after else None,
+        UUID(after[1]) if after else UUID(int=0),
+        limit + 1,
+    )
+    items, cursor = _page(list(rows), limit, "added_at", "client_id")
+    return Page(items=[ClientView.model_validate(dict(r)) for r in items], next_cursor=cursor)
+
+
+_ROOM = "SELECT room_id, kind, practitioner_id, client_id, slug, title, created_at FROM rooms"
+
+
+async def room(conn: Queryable, clinic_id: str, room_id: UUID) -> RoomView:
+    row = await conn.fetchrow(
+        f"{_ROOM} WHERE clinic_id = $1 AND room_id = $2 AND deleted_at IS NULL",
+        clinic_id,
+        room_id,
+    )
+    if row is None:
+        raise not_found("room")
+    return RoomView.model_validate(dict(row))
+
+
+async def rooms(
+    conn: Queryable,
+    clinic_id: str,
+    client_id: UUID | None,
+    practitioner_id: UUID | None,
+    after: list[str] | None,
+    limit: int,
+) -> Page[RoomView]:
+    rows = await conn.fetch(
+        f"{_ROOM} WHERE clinic_id = $1 AND deleted_at IS NULL "
+        "AND ($2::uuid IS NULL OR client_id = $2) AND ($3::uuid IS NULL OR practitioner_id = $3) "
+        "AND ($4::timestamptz IS NULL OR (created_at, room_id) > ($4, $5::uuid)) "
+        "ORDER BY created_at, room_id LIMIT $6",
+        clinic_id,
+        client_id,
+        practitioner_id,
+        datetime.fromisoformat(after[0]) if after else None,
+        UUID(after[1]) if after else UUID(int=0),
+        limit + 1,
+    )
+    items, cursor = _page(list(rows), limit, "created_at", "room_id")
+    return Page(items=[RoomView.model_validate(dict(r)) for r in items], next_cursor=cursor)
+
+
+_SESSION = (
+    "SELECT session_id, practitioner_id, client_ids, starts_at, ends_at, time_zone, video_mode, "
+    "room_id, link_sharing, guest_admission, source, status, completed_because, scheduled_at, "
+    "updated_at FROM sessions"
+)
+
+
+def _session(row: asyncpg.Record, attendees: list[AttendeeView]) -> SessionView:
+    tz = ZoneInfo(row["time_zone"])
+    return SessionView(
+        **dict(row),
+        local_starts_at=row["starts_at"].astimezone(tz),
+        local_ends_at=row["ends_at"].astimezone(tz),
+        attendees=attendees,
+    )
+
+
+async def session(conn: Queryable, clinic_id: str, session_id: UUID) -> SessionView:
+    row = await conn.fetchrow(
+        f"{_SESSION} WHERE clinic_id = $1 AND session_id = $2", clinic_id, session_id
+    )
+    if row is None:
+        raise not_found("session")
+    attendees = await conn.fetch(
+        "SELECT attendee_id, email, display_name, client_id, contact_id, invited_at "
+        "FROM attendees WHERE session_id = $1 AND clinic_id = $2 ORDER BY invited_at",
+        session_id,
+        clinic_id,
+    )
+    return _session(row, [AttendeeView.model_validate(dict(a)) for a in attendees])
+
+
+async def sessions(
+    conn: Queryable,
+    clinic_id: str,
+    practitioner_id: UUID | None,
+    starts_from: datetime | None,
+    starts_before: datetime | None,
+    after: list[str] | None,
+    limit: int,
+) -> Page[SessionView]:
+    """Sessions by start time (attendees are listed on each session's own page)."""
+    rows = await conn.fetch(
+        f"{_SESSION} WHERE clinic_id = $1 AND ($2::uuid IS NULL OR practitioner_id = $2) "
+        "AND ($3::timestamptz IS NULL OR starts_at >= $3) "
+        "AND ($4::timestamptz IS NULL OR starts_at < $4) "
+        "AND ($5::timestamptz IS NULL OR (starts_at, session_id) > ($5, $6::uuid)) "
+        "ORDER BY starts_at, session_id LIMIT $7",
+        clinic_id,
+        practitioner_id,
+        starts_from,
+        starts_before,
+        datetime.fromisoformat(after[0]) if after else None,
+        UUID(after[1]) if after else UUID(int=0),
+        limit + 1,
+    )
+    items, cursor = _page(list(rows), limit, "starts_at", "session_id")
+    return Page(items=[_session(r, []) for r in items], next_cursor=cursor)
+
+
+async def upcoming_sessions(
+    conn: Queryable, clinic_id: str, client_id: UUID, now: datetime
+) -> list[UpcomingSession]:
+    """What a client portal shows: the client's sessions still to come, each with its link."""
+    exists = await conn.fetchval(
+        "SELECT 1 FROM clients WHERE clinic_id = $1 AND client_id = $2", clinic_id, client_id
+    )
+    if exists is None:
+        raise not_found("client")
+    rows = await conn.fetch(
+        """
+        SELECT s.session_id, s.practitioner_id, s.starts_at, s.ends_at, s.time_zone,
+               s.video_mode, s.status,
+               (SELECT l.url FROM join_links l
+                 WHERE l.clinic_id = s.clinic_id AND l.revoked_at IS NULL AND (
+                       (s.video_mode = 'session_link' AND l.kind = 'session'
+                          AND l.session_id = s.session_id)
+                    OR (s.video_mode = 'practitioner_room' AND l.kind = 'practitioner_room'
+                          AND l.room_id = s.room_id)
+                    OR (s.video_mode = 'client_room' AND l.kind = 'client_room'
+                          AND l.room_id = s.room_id))
+                 ORDER BY l.issued_at DESC LIMIT 1) AS join_url
+          FROM session_clients c JOIN sessions s USING (session_id)
+         WHERE c.clinic_id = $1 AND c.client_id = $2 AND s.ends_at > $3
+           AND s.status IN ('scheduled', 'live', 'ended')
+         ORDER BY s.starts_at, s.session_id
+         LIMIT 200
+        """,
+        clinic_id,
+        client_id,
+        now,
+    )
+    return [
+        UpcomingSession(
+            **dict(r), local_starts_at=r["starts_at"].astimezone(ZoneInfo(r["time_zone"]))
+        )
+        for r in rows
+    ]

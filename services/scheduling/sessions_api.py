@@ -1,0 +1,238 @@
+"""Session API: schedule, change, invite, complete, and the queries a calendar needs."""
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+from uuid import UUID, uuid4
+
+from fastapi import APIRouter, Query, Response
+
+from contracts.events import Event
+from contracts.scheduling import PLAN_VIDEO_MODES, SessionSource, VideoMode
+from runtime.http import Problem
+from runtime.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page, decode_cursor
+from services.scheduling import handlers, queries, sessions
+from services.scheduling.auth import Clinic, ClinicCaller, Context
+from services.scheduling.domain import not_found
+from services.scheduling.handlers import SESSION, ScheduleRequest, execute
+from services.scheduling.models import (
+    AdHocCreate,
+    AttendeeCreate,
+    Cancel,
+    HistoryEntry,
+    LinkSharing,
+    Reschedule,
+    SessionCreate,
+    SessionView,
+    UpcomingSession,
+)
+from services.scheduling.sessions import Attendee
+
+router = APIRouter(prefix="/v1", tags=["sessions"])
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def default_video_mode(caller: ClinicCaller) -> VideoMode:
+    if VideoMode.session_link in PLAN_VIDEO_MODES[caller.settings.plan]:
+        return VideoMode.session_link
+    return VideoMode.practitioner_room
+
+
+@router.post("/sessions", status_code=201)
+async def schedule_session(
+    body: SessionCreate, caller: Clinic, ctx: Context, response: Response
+) -> SessionView:
+    """Schedule an appointment; the links service issues its link in reaction."""
+    request = ScheduleRequest(
+        practitioner_id=body.practitioner_id,
+        client_ids=tuple(body.client_ids),
+        starts_at=body.starts_at,
+        ends_at=body.ends_at,
+        time_zone=body.time_zone,
+        video_mode=body.video_mode or default_video_mode(caller),
+        room_id=body.room_id,
+        link_sharing=body.link_sharing,
+        guest_admission=body.guest_admission,
+    )
+    session_id = await handlers.schedule_session(
+        ctx.store, caller.clinic_id, caller.settings, request, SessionSource.api, now()
+    )
+    response.headers["Location"] = f"/v1/sessions/{session_id}"
+    return await queries.session(ctx.pool, caller.clinic_id, session_id)
+
+
+@router.post("/sessions/ad-hoc", status_code=201)
+async def start_ad_hoc_session(
+    body: AdHocCreate, caller: Clinic, ctx: Context, response: Response
+) -> SessionView:
+    """Open a call now, without an appointment; share its link or invite people into it."""
+    started = now()
+    request = ScheduleRequest(
+        practitioner_id=body.practitioner_id,
+        client_ids=tuple(body.client_ids),
+        starts_at=started,
+        ends_at=started + timedelta(minutes=body.duration_minutes),
+        time_zone=body.time_zone,
+        video_mode=body.video_mode,
+        room_id=body.room_id,
+        link_sharing=body.link_sharing,
+        guest_admission=body.guest_admission,
+    )
+    session_id = await handlers.schedule_session(
+        ctx.store, caller.clinic_id, caller.settings, request, SessionSource.ad_hoc, started
+    )
+    response.headers["Location"] = f"/v1/sessions/{session_id}"
+    return await queries.session(ctx.pool, caller.clinic_id, session_id)
+
+
+@router.get("/sessions")
+async def list_sessions(
+    caller: Clinic,
+    ctx: Context,
+    practitioner_id: UUID | None = None,
+    starts_from: Annotated[
+        datetime | None, Query(alias="from", description="Start at or after (ISO 8601).")
+    ] = None,
+    starts_before: Annotated[
+        datetime | None, Query(alias="to", description="Start before (ISO 8601).")
+    ] = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+) -> Page[SessionView]:
+    """Sessions by start time, e.g. one practitioner's day or week."""
+    for value, name in ((starts_from, "from"), (starts_before, "to")):
+        if value is not None and value.tzinfo is None:
+            raise Problem(
+                422,
+                f"'{name}' needs a UTC offset, e.g. 2026-12-01T00:00:00+01:00.",
+                code="offset_required",
+            )
+    return await queries.sessions(
+        ctx.pool,
+        caller.clinic_id,
+        practitioner_id,
+        starts_from,
+        starts_before,
+        decode_cursor(cursor, 2),
+        limit,
+    )
+
+
+@router.get("/sessions/{session_id}")
+async def get_session(session_id: UUID, caller: Clinic, ctx: Context) -> SessionView:
+    return await queries.session(ctx.pool, caller.clinic_id, session_id)
+
+
+@router.get("/sessions/{session_id}/history")
+async def session_history(session_id: UUID, caller: Clinic, ctx: Context) -> list[HistoryEntry]:
+    """Everything that happened to the session, in order (its events)."""
+    recorded = await ctx.store.read_stream(SESSION.stream(session_id))
+    if not recorded or recorded[0].clinic_id != caller.clinic_id:
+        raise not_found("session")
+    return [
+        HistoryEntry(
+            event_id=r.event_id,
+            type=r.type,
+            version=r.version,
+            occurred_at=r.occurred_at,
+            correlation_id=r.correlation_id,
+            data=r.data,
+        )
+        for r in recorded
+    ]
+
+
+@router.post("/sessions/{session_id}/reschedule")
+async def reschedule_session(
+    session_id: UUID, body: Reschedule, caller: Clinic, ctx: Context
+) -> SessionView:
+    """Move the session; its links' windows and its reminders move with it."""
+
+    def decide(state: sessions.Session | None) -> list[Event]:
+        tz = body.time_zone or (state.time_zone if state else caller.settings.time_zone)
+        return sessions.reschedule_session(state, body.starts_at, body.ends_at, tz, now())
+
+    await execute(ctx.store, SESSION, session_id, caller.clinic_id, decide)
+    return await queries.session(ctx.pool, caller.clinic_id, session_id)
+
+
+@router.post("/sessions/{session_id}/cancel")
+async def cancel_session(
+    session_id: UUID, body: Cancel, caller: Clinic, ctx: Context
+) -> SessionView:
+    """Cancel: the links stop working and the reminders are dropped."""
+    await execute(
+        ctx.store,
+        SESSION,
+        session_id,
+        caller.clinic_id,
+        lambda s: sessions.cancel_session(s, body.reason),
+    )
+    return await queries.session(ctx.pool, caller.clinic_id, session_id)
+
+
+@router.post("/sessions/{session_id}/attendees", status_code=201)
+async def invite_attendee(
+    session_id: UUID, body: AttendeeCreate, caller: Clinic, ctx: Context
+) -> SessionView:
+    """Invite a client's contact or anyone by email; they get their own drop-in link.
+
+    While the session is live, the invitation is mailed at once.
+    """
+    if body.client_id is not None and body.contact_id is not None:
+        attendee = await handlers.attendee_from_contact(
+            ctx.pool, caller.clinic_id, body.client_id, body.contact_id
+        )
+    else:
+        attendee = Attendee(uuid4(), str(body.email), body.display_name, None, None)
+    await execute(
+        ctx.store,
+        SESSION,
+        session_id,
+        caller.clinic_id,
+        lambda s: sessions.invite_attendee(s, attendee, caller.settings),
+    )
+    return await queries.session(ctx.pool, caller.clinic_id, session_id)
+
+
+@router.delete("/sessions/{session_id}/attendees/{attendee_id}", status_code=204)
+async def remove_attendee(
+    session_id: UUID, attendee_id: UUID, caller: Clinic, ctx: Context
+) -> None:
+    await execute(
+        ctx.store,
+        SESSION,
+        session_id,
+        caller.clinic_id,
+        lambda s: sessions.remove_attendee(s, attendee_id),
+    )
+
+
+@router.put("/sessions/{session_id}/link-sharing")
+async def set_link_sharing(
+    session_id: UUID, body: LinkSharing, caller: Clinic, ctx: Context
+) -> SessionView:
+    """Turn guest links on or off; turning off stops every guest and drop-in link."""
+    await execute(
+        ctx.store,
+        SESSION,
+        session_id,
+        caller.clinic_id,
+        lambda s: sessions.set_link_sharing(s, body.enabled),
+    )
+    return await queries.session(ctx.pool, caller.clinic_id, session_id)
+
+
+@router.post("/sessions/{session_id}/complete")
+async def mark_complete(session_id: UUID, caller: Clinic, ctx: Context) -> SessionView:
+    """Complete a session that ended before its scheduled end."""
+    await execute(ctx.store, SESSION, session_id, caller.clinic_id, sessions.mark_complete)
+    return await queries.session(ctx.pool, caller.clinic_id, session_id)
+
+
+@router.get("/clients/{client_id}/sessions/upcoming", tags=["clients"])
+async def upcoming_sessions(client_id: UUID, caller: Clinic, ctx: Context) -> list[UpcomingSession]:
+    """What a client portal shows: the client's coming sessions, each with its join link."""
+    return await queries.upcoming_sessions(ctx.pool, caller.clinic_id, client_id, now())
