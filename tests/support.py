@@ -1,12 +1,15 @@
 """Events, a projection and helpers that the runtime tests share."""
 
 import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
+from fastapi import FastAPI
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
@@ -16,6 +19,7 @@ from runtime.consumer import Consumer
 from runtime.db import Executor
 from runtime.eventstore import RecordedEvent
 from runtime.migrations import Migration
+from runtime.settings import RuntimeSettings
 from runtime.streams import stream_name
 
 notes = EventRegistry("notes")
@@ -158,3 +162,20 @@ def notes_consumer(source: str, *, max_deliver: int = 3, ack_wait_s: float = 30.
         max_deliver=max_deliver,
         ack_wait_s=ack_wait_s,
     )
+
+
+@contextlib.asynccontextmanager
+async def serving(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+
+            async def ready() -> bool:
+                return (await client.get("/readyz")).status_code == 200
+
+            await eventually(ready, what="the service ready")
+            yield client
+
+
+def settings(dsn: str, nats_url: str) -> RuntimeSettings:
+    return RuntimeSettings(DATABASE_URL=dsn, NATS_URL=nats_url, log_format="console")

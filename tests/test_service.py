@@ -1,8 +1,6 @@
 """A service composed as in production: HTTP -> Postgres -> NATS -> another service's consumer."""
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from typing import Annotated
 
 import httpx
@@ -15,9 +13,8 @@ from runtime.embedded import NatsServer
 from runtime.eventstore import Cause
 from runtime.migrations import migrate
 from runtime.service import ServiceDefinition, build_app, context_of
-from runtime.settings import RuntimeSettings
 from tests.conftest import NOTES_MIGRATION
-from tests.support import NoteTaken, eventually, notes, notes_consumer
+from tests.support import NoteTaken, eventually, notes, notes_consumer, serving, settings
 
 
 class NoteRequest(BaseModel):
@@ -33,23 +30,6 @@ def note_routes(app: FastAPI) -> None:
             stream, 0, [NoteTaken(n=body.n)], clinic_id="c_http", cause=Cause()
         )
         return {"position": recorded[0].position}
-
-
-@contextlib.asynccontextmanager
-async def serving(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-
-            async def ready() -> bool:
-                return (await client.get("/readyz")).status_code == 200
-
-            await eventually(ready, what="the service ready")
-            yield client
-
-
-def settings(dsn: str, nats_url: str) -> RuntimeSettings:
-    return RuntimeSettings(DATABASE_URL=dsn, NATS_URL=nats_url, log_format="console")
 
 
 async def test_one_user_action_is_one_trace_from_http_to_the_consumers_effect(

@@ -173,7 +173,7 @@ class Client:
 
 def evolve_client(state: Client | None, event: Event) -> Client | None:
     if isinstance(event, ClientAdded | ClientUpdated):
-        return Client(**event.model_dump(include=set(Client.__dataclass_fields__)))
+        return Client(**{name: getattr(event, name) for name in Client.__dataclass_fields__})
     return state
 
 

@@ -77,7 +77,8 @@ class Session:
 
 def evolve_session(state: Session | None, event: Event) -> Session | None:
     if isinstance(event, SessionScheduled):
-        return Session(**event.model_dump(include=set(Session.__dataclass_fields__)))
+        fields = set(Session.__dataclass_fields__) & set(SessionScheduled.model_fields)
+        return Session(**{name: getattr(event, name) for name in fields})
     if state is None:
         return None
     match event:
