@@ -11,6 +11,7 @@ from pathlib import Path
 from types import FrameType
 
 from antechamber.catalog import definitions
+from antechamber.demo import operator_key, seed
 from runtime.embedded import EmbeddedPostgres, NatsServer, free_port
 
 NATS_DEFAULT_PORT = 4222
@@ -64,11 +65,15 @@ class Platform:
             self.postgres = EmbeddedPostgres(self.data_dir / "pg").start()
             dsn = self.postgres.dsn
             print(f"Postgres           embedded, data in {self.data_dir / 'pg'}")
+        key_file = Path(
+            os.environ.get("ANTECHAMBER_OPERATOR_KEY_FILE") or operator_key(self.data_dir)
+        )
         for definition in definitions():
             port = free_port(definition.default_port)
             env = os.environ | {
                 "DATABASE_URL": dsn,
                 "NATS_URL": self.nats.url,
+                "ANTECHAMBER_OPERATOR_KEY_FILE": str(key_file),
                 "ANTECHAMBER_LOG_FORMAT": os.environ.get("ANTECHAMBER_LOG_FORMAT", "console"),
             }
             process = subprocess.Popen(
@@ -88,7 +93,17 @@ class Platform:
         for service in self.services:
             print(f"{service.name:<18} {service.url}   (/readyz, /metrics, /docs)")
         self._wait_until_ready()
+        self._show_demo(key_file)
         print("Antechamber is ready. Press Ctrl-C to stop.", flush=True)
+
+    def _show_demo(self, key_file: Path) -> None:
+        scheduling = next(s for s in self.services if s.name == "scheduling")
+        demo = seed(scheduling.url, key_file.read_text().strip(), self.data_dir)
+        print(f"operator key       in {key_file}")
+        print(f"demo clinic        {demo['clinic_id']}  (API key in {self.data_dir / 'demo.json'})")
+        print(f"  practitioner room  {demo['practitioner_room']}")
+        print(f"  session            {scheduling.url}/v1/sessions/{demo['session_id']}")
+        print(f"  API docs           {scheduling.url}/docs")
 
     def _wait_until_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S

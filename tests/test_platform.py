@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from antechamber.catalog import definitions
+
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
@@ -63,9 +65,15 @@ def test_up_starts_everything_stops_on_ctrl_c_and_reuses_its_data(short_tmp: Pat
     data_dir = short_tmp / "up"
     first = run_once(data_dir, short_tmp / "up-1.log")
     assert "NATS (JetStream)   nats://127.0.0.1:" in first
-    assert first.count("migration applied") == 5
+    migrations = sum(len(d.migrations()) for d in definitions())
+    assert first.count("migration applied") == migrations
+    assert "demo clinic        c_" in first
+    assert "practitioner room  /r/demo-" in first
 
     second = run_once(data_dir, short_tmp / "up-2.log")
     assert "migration applied" not in second, "the second run should find its schemas in place"
+    clinic = re.search(r"demo clinic +(c_\w+)", first)
+    assert clinic is not None
+    assert f"demo clinic        {clinic.group(1)}" in second, "the demo clinic is kept"
     assert (data_dir / "pg" / "PG_VERSION").exists()
     assert (data_dir / "nats" / "jetstream").is_dir()
