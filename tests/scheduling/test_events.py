@@ -10,6 +10,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from contracts.envelope import event_subject
 from contracts.signaling import SessionStarted
+from runtime.projections import rebuild
 from tests.scheduling.conftest import OPERATOR, ClinicHandle, report
 from tests.scheduling.test_sessions import at, history
 from tests.support import eventually, publish_envelope
@@ -171,3 +172,23 @@ async def test_another_clinics_report_does_not_touch_the_session(
 
     await eventually(marker_live, what="the marker session live")
     assert await history(clinic, session["session_id"]) == ["SessionScheduled"]
+
+
+async def test_rebuilt_read_models_equal_the_live_ones(app: FastAPI, clinic: ClinicHandle) -> None:
+    practitioner = await clinic.practitioner()
+    client = await clinic.client(alternate_contacts=[{"display_name": "J", "email": "j@x.org"}])
+    session = await clinic.session(practitioner, [client])
+    await clinic.ok(
+        "POST", f"/v1/sessions/{session['session_id']}/attendees", 201, json={"email": "a@x.org"}
+    )
+    await clinic.ok("POST", f"/v1/sessions/{session['session_id']}/cancel", json={})
+    paths = [
+        "/v1/clinic",
+        f"/v1/sessions/{session['session_id']}",
+        f"/v1/clients/{client['client_id']}",
+        "/v1/practitioners",
+        "/v1/rooms",
+    ]
+    before = [await clinic.ok("GET", path) for path in paths]
+    await rebuild(app.state.runtime.context.store)
+    assert [await clinic.ok("GET", path) for path in paths] == before
