@@ -11,6 +11,7 @@ from uuid import uuid4
 from fastapi import APIRouter, Depends, Request, Response
 
 from contracts.scheduling import ClinicSettings, SessionSource
+from runtime.db import lock_key
 from runtime.http import Problem
 from services.scheduling import handlers, queries
 from services.scheduling.auth import Access, ClinicCaller, Context, access_of
@@ -75,10 +76,6 @@ async def book(
     )
     if practitioner_id is None:
         raise Problem(404, "This clinic has no practitioner by that name.", code="not_found")
-    if await handlers.overlapping(
-        ctx.pool, clinic.clinic_id, practitioner_id, body.starts_at, body.ends_at
-    ):
-        raise Conflict("slot_taken", "That time is no longer free; choose another.")
     client = Client(uuid4(), body.display_name, str(body.email), body.phone)
     request = ScheduleRequest(
         practitioner_id=practitioner_id,
@@ -91,8 +88,17 @@ async def book(
         link_sharing=False,
         guest_admission=None,
     )
-    # One transaction: a booking the domain refuses leaves no client behind.
+    # One transaction: a booking the domain refuses leaves no client behind. Bookings of one
+    # practitioner queue on a lock, so two people cannot both take the same free slot.
     async with ctx.store.transaction() as conn:
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock($1)",
+            lock_key(ctx.store.schema, "booking", str(practitioner_id)),
+        )
+        if await handlers.overlapping(
+            conn, clinic.clinic_id, practitioner_id, body.starts_at, body.ends_at
+        ):
+            raise Conflict("slot_taken", "That time is no longer free; choose another.")
         await handlers.add_client(ctx.store, clinic.clinic_id, client, conn=conn)
         session_id = await handlers.schedule_session(
             ctx.store,
