@@ -5,13 +5,14 @@ response. A retry with the same key and the same request replays that response (
 ``Idempotent-Replayed: true``); with a different request it is refused (422); while the first
 is still running it is told to retry shortly (409). A server error stores nothing, so the
 retry runs again. A claim whose request died (the process was killed) is taken over after
-``ABANDONED_AFTER``. Keys are kept for ``KEEP_FOR``.
+``ABANDONED_AFTER``. Keys are kept for ``KEEP_FOR``. A service may set a ``ReplayGuard`` so a
+retry whose credential stopped working is refused rather than answered from the store.
 """
 
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,6 +31,9 @@ CLEANUP_EVERY_S = 600.0
 _REPLAYED_HEADERS = ("content-type", "location")
 
 PoolSource = Callable[[], "asyncpg.Pool[Any] | None"]
+ReplayGuard = Callable[[Scope], Awaitable[bool]]
+"""Set as ``app.state.idempotency_guard``: whether the caller's credential still works, so a
+revoked key cannot fetch stored answers."""
 
 
 def _problem(scope: Scope, status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
@@ -112,7 +116,7 @@ class IdempotencyMiddleware:
             _ago(ABANDONED_AFTER),
         )
         if not claimed:
-            await self._answer_retry(pool, caller, key, fingerprint, scope, receive, send)
+            await self._answer_retry(pool, caller, key, fingerprint, body, scope, send)
             return
 
         status = 500
@@ -162,10 +166,13 @@ class IdempotencyMiddleware:
         caller: bytes,
         key: str,
         fingerprint: bytes,
+        body: bytes,
         scope: Scope,
-        receive: Receive,
         send: Send,
     ) -> None:
+        async def receive() -> Message:
+            return {"type": "http.request", "body": body, "more_body": False}
+
         row = await pool.fetchrow(
             "SELECT fingerprint, status, headers, body FROM idempotency_keys "
             "WHERE scope = $1 AND key = $2",
@@ -195,7 +202,12 @@ class IdempotencyMiddleware:
             )
             response.headers["Retry-After"] = "1"
         else:
-            await _replay(row, send)
+            guard: ReplayGuard | None = getattr(scope["app"].state, "idempotency_guard", None)
+            if guard is None or await guard(scope):
+                await _replay(row, send)
+            else:
+                # The credential no longer works (revoked, suspended): let the app refuse it.
+                await self.app(scope, receive, send)
             return
         await response(scope, receive, send)
 

@@ -9,7 +9,7 @@ from runtime.consumer import Consumer
 from runtime.ratelimit import RateLimiter
 from runtime.service import ServiceDefinition
 from services.scheduling import api, booking_api, handlers, operator_api, sessions_api
-from services.scheduling.auth import Access
+from services.scheduling.auth import Access, credential_still_works
 from services.scheduling.config import SchedulingSettings
 from services.scheduling.domain import Refused
 from services.scheduling.projections import SchedulingReadModel
@@ -21,6 +21,7 @@ def routes(app: FastAPI, settings: SchedulingSettings | None = None) -> None:
         operator_key_hash=settings.operator_key_hash(),
         booking_limiter=RateLimiter(settings.booking_per_minute, settings.booking_burst),
     )
+    app.state.idempotency_guard = credential_still_works
     app.add_exception_handler(Refused, api.refused)
     for router in (operator_api.router, api.router, sessions_api.router, booking_api.router):
         app.include_router(router)

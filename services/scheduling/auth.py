@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
+from starlette.types import Scope
 
 from contracts.scheduling import ClinicSettings
 from runtime.context import ServiceContext
@@ -90,3 +91,18 @@ async def clinic_caller(
 Operator = Depends(operator)
 Clinic = Annotated[ClinicCaller, Depends(clinic_caller)]
 Context = Annotated[ServiceContext, Depends(context_of)]
+
+
+async def credential_still_works(scope: Scope) -> bool:
+    """The idempotency replay guard: replay only to a caller who may still call."""
+    request = Request(scope)
+    if request.url.path.startswith("/v1/public/"):
+        return True
+    try:
+        if request.url.path.startswith("/v1/clinics"):
+            await operator(request, access_of(request))
+        else:
+            await clinic_caller(request, context_of(request))
+    except Problem:
+        return False
+    return True

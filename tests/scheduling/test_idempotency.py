@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.scheduling.conftest import ClinicHandle, register_clinic
+from tests.scheduling.conftest import OPERATOR, ClinicHandle, register_clinic
 
 
 def key() -> dict[str, str]:
@@ -176,3 +176,18 @@ async def test_concurrent_retries_schedule_one_session(
     assert len(await scheduled_events(clinic, session_id)) == 1
     # Once the first has finished, a retry gets its answer.
     assert_replay(original, await clinic.call("POST", "/v1/sessions", json=body, headers=headers))
+
+
+async def test_a_revoked_key_cannot_fetch_stored_answers(clinic: ClinicHandle) -> None:
+    body, headers = {"display_name": "Grace Hopper", "email": "grace@example.org"}, key()
+    first = await clinic.call("POST", "/v1/clients", json=body, headers=headers)
+    assert first.status_code == 201, first.text
+    [issued] = (
+        await clinic.api.get(f"/v1/clinics/{clinic.clinic_id}/api-keys", headers=OPERATOR)
+    ).json()
+    await clinic.api.delete(
+        f"/v1/clinics/{clinic.clinic_id}/api-keys/{issued['key_id']}", headers=OPERATOR
+    )
+    again = await clinic.call("POST", "/v1/clients", json=body, headers=headers)
+    assert_problem(again, 401, "unauthenticated")
+    assert "idempotent-replayed" not in again.headers
