@@ -44,6 +44,7 @@ asyncapi: $(VENV)/.installed-run
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/eventstore.py
+	$(BIN)/python bench/scheduling.py
 
 clean:
 	rm -rf $(VENV) .antechamber .pytest_cache .mypy_cache .ruff_cache

@@ -28,3 +28,26 @@ def test_the_eventstore_benchmark_prints_its_figures_and_baselines() -> None:
         "effect committed in another",
     ):
         assert line in result.stdout
+
+
+@pytest.mark.slow
+def test_the_scheduling_benchmark_prints_its_rate_and_baseline() -> None:
+    result = subprocess.run(
+        [sys.executable, "bench/scheduling.py", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for line in (
+        "HTTP schedule -> JetStream ack",
+        "sessions/s",
+        "raw event-store append",
+        "appends/s",
+        "ratio",
+        "goal >= 500/s:",
+        "HTTP latency   p50",
+    ):
+        assert line in result.stdout
