@@ -45,6 +45,15 @@ def connection_settings(schema: str, lock_timeout_ms: int = 10_000) -> dict[str,
     }
 
 
+async def _release(_conn: asyncpg.Connection) -> None:
+    """Replaces asyncpg's reset query, a round trip on every release (asyncpg still rolls
+    back an open transaction itself).
+
+    Pooled connections hold no session state: advisory locks are transaction-scoped, LISTEN
+    and the relay's session lock use dedicated connections, and migrations unlock explicitly.
+    """
+
+
 async def create_pool(
     dsn: str, schema: str, *, size: int = 10, lock_timeout_ms: int = 10_000
 ) -> "asyncpg.Pool[Any]":
@@ -53,6 +62,7 @@ async def create_pool(
         min_size=1,
         max_size=size,
         init=_init_connection,
+        reset=_release,
         server_settings=connection_settings(schema, lock_timeout_ms),
     )
     assert pool is not None

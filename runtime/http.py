@@ -10,10 +10,10 @@ import structlog
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from runtime import metrics
 from runtime.telemetry import context_from, tracer
@@ -74,6 +74,49 @@ def _describe_validation(exc: RequestValidationError) -> tuple[str, list[dict[st
     return f"The request is not valid: {where}{first['message']}.", errors
 
 
+TRACE_ID_KEY = "antechamber.trace_id"
+"""Where the request's trace id waits in the ASGI scope for the error handler, which runs
+outside the request's span."""
+
+
+class TracingMiddleware:
+    """One server span and one latency observation per request (plain ASGI: no per-request
+    task or stream wrapping)."""
+
+    def __init__(self, app: ASGIApp, service: str) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+
+        async def observe(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        with tracer.start_as_current_span(
+            f"{scope['method']} {scope['path']}",
+            context=context_from(headers),
+            kind=SpanKind.SERVER,
+        ) as span:
+            scope[TRACE_ID_KEY] = format(span.get_span_context().trace_id, "032x")
+            try:
+                await self.app(scope, receive, observe)
+            finally:
+                span.set_attribute("http.response.status_code", status)
+                route = scope.get("route")
+                metrics.http_requests.labels(
+                    self.service, scope["method"], getattr(route, "path", "unmatched"), str(status)
+                ).observe(time.perf_counter() - started)
+
+
 def create_http_app(
     service: str,
     *,
@@ -87,6 +130,9 @@ def create_http_app(
         lifespan=lifespan,
         docs_url="/docs",
         redoc_url=None,
+        # Our own middleware below traces and counts requests; FastAPI's would add a
+        # second set of spans to every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
 
     @app.exception_handler(Problem)
@@ -111,36 +157,17 @@ def create_http_app(
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:
-        log.error("request failed", path=request.url.path, exc_info=exc)
-        span = trace.get_current_span().get_span_context()
+        trace_id = request.scope.get(TRACE_ID_KEY, "0" * 32)
+        log.error("request failed", path=request.url.path, trace_id=trace_id, exc_info=exc)
         return problem_response(
             request,
             500,
             "Something went wrong on our side; the request was not completed. "
             "Quote the trace id if you report it.",
-            trace_id=format(span.trace_id, "032x"),
+            trace_id=trace_id,
         )
 
-    @app.middleware("http")
-    async def _trace(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        started = time.perf_counter()
-        with tracer.start_as_current_span(
-            f"{request.method} {request.url.path}",
-            context=context_from(dict(request.headers)),
-            kind=SpanKind.SERVER,
-        ) as span:
-            response = await call_next(request)
-            span.set_attribute("http.response.status_code", response.status_code)
-        route = request.scope.get("route")
-        metrics.http_requests.labels(
-            service,
-            request.method,
-            getattr(route, "path", "unmatched"),
-            str(response.status_code),
-        ).observe(time.perf_counter() - started)
-        return response
+    app.add_middleware(TracingMiddleware, service=service)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

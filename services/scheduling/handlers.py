@@ -238,13 +238,13 @@ async def schedule_session(
     r = request
     session_id = uuid4()
     db: Queryable = conn or store.pool
-    own_room = await practitioner_room(db, clinic_id, r.practitioner_id)
-    await _check_clients(db, clinic_id, r.client_ids)
+    own_room = await _check_people(db, clinic_id, r.practitioner_id, r.client_ids)
     room: Room | None = None
     if r.video_mode is VideoMode.practitioner_room:
         if r.room_id not in (None, own_room):
             raise Invalid("room_of_another_practitioner", "That room is not the practitioner's.")
-        room = await find_room(db, clinic_id, own_room)
+        # A practitioner's room is never deleted, so it needs no lookup.
+        room = Room(own_room, RoomKind.practitioner, r.practitioner_id, None, "")
     elif r.video_mode is VideoMode.client_room:
         if r.room_id is None:
             raise Invalid("room_required", "Choose the client room (room_id) for this mode.")
@@ -269,16 +269,25 @@ async def schedule_session(
     return session_id
 
 
-async def _check_clients(conn: Queryable, clinic_id: str, client_ids: Sequence[UUID]) -> None:
-    if not client_ids:
-        return
-    found = await conn.fetchval(
-        "SELECT count(*) FROM clients WHERE clinic_id = $1 AND client_id = ANY($2::uuid[])",
+async def _check_people(
+    conn: Queryable, clinic_id: str, practitioner_id: UUID, client_ids: Sequence[UUID]
+) -> UUID:
+    """The practitioner's room, once the practitioner and every client are the clinic's."""
+    wanted = list(set(client_ids))
+    row = await conn.fetchrow(
+        "SELECT p.room_id, (SELECT count(*) FROM clients "
+        "WHERE clinic_id = $1 AND client_id = ANY($3::uuid[])) AS clients "
+        "FROM practitioners p WHERE p.clinic_id = $1 AND p.practitioner_id = $2",
         clinic_id,
-        list(set(client_ids)),
+        practitioner_id,
+        wanted,
     )
-    if found != len(set(client_ids)):
+    if row is None:
+        raise not_found("practitioner")
+    if row["clients"] != len(wanted):
         raise not_found("client")
+    room_id: UUID = row["room_id"]
+    return room_id
 
 
 async def overlapping(

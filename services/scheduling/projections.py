@@ -51,7 +51,6 @@ class SchedulingReadModel:
         "clients",
         "rooms",
         "sessions",
-        "session_clients",
         "attendees",
     )
 
@@ -216,12 +215,6 @@ async def _session_scheduled(conn: Executor, r: RecordedEvent, e: SessionSchedul
         e.source.value,
         r.occurred_at,
     )
-    if e.client_ids:
-        await conn.executemany(
-            "INSERT INTO session_clients (client_id, session_id, clinic_id, starts_at) "
-            "VALUES ($1, $2, $3, $4)",
-            [(c, e.session_id, r.clinic_id, e.starts_at) for c in e.client_ids],
-        )
 
 
 async def _session_rescheduled(conn: Executor, r: RecordedEvent, e: SessionRescheduled) -> None:
@@ -234,11 +227,6 @@ async def _session_rescheduled(conn: Executor, r: RecordedEvent, e: SessionResch
         e.ends_at,
         e.time_zone,
         r.occurred_at,
-    )
-    await conn.execute(
-        "UPDATE session_clients SET starts_at = $2 WHERE session_id = $1",
-        e.session_id,
-        e.starts_at,
     )
 
 

@@ -1,5 +1,6 @@
 """Reads of the read models; every one is scoped to a clinic."""
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -168,7 +169,7 @@ _SESSION = (
 )
 
 
-def _session(row: asyncpg.Record, attendees: list[AttendeeView]) -> SessionView:
+def _session(row: Mapping[str, Any], attendees: list[AttendeeView]) -> SessionView:
     tz = ZoneInfo(row["time_zone"])
     return SessionView(
         **dict(row),
@@ -180,17 +181,22 @@ def _session(row: asyncpg.Record, attendees: list[AttendeeView]) -> SessionView:
 
 async def session(conn: Queryable, clinic_id: str, session_id: UUID) -> SessionView:
     row = await conn.fetchrow(
-        f"{_SESSION} WHERE clinic_id = $1 AND session_id = $2", clinic_id, session_id
+        f"""
+        SELECT s.*, (
+            SELECT coalesce(jsonb_agg(to_jsonb(a) - 'session_id' - 'clinic_id'
+                                      ORDER BY a.invited_at), '[]')
+              FROM attendees a WHERE a.session_id = s.session_id AND a.clinic_id = $1
+        ) AS attendee_list
+          FROM ({_SESSION} WHERE clinic_id = $1 AND session_id = $2) s
+        """,
+        clinic_id,
+        session_id,
     )
     if row is None:
         raise not_found("session")
-    attendees = await conn.fetch(
-        "SELECT attendee_id, email, display_name, client_id, contact_id, invited_at "
-        "FROM attendees WHERE session_id = $1 AND clinic_id = $2 ORDER BY invited_at",
-        session_id,
-        clinic_id,
-    )
-    return _session(row, [AttendeeView.model_validate(dict(a)) for a in attendees])
+    attendees = [AttendeeView.model_validate(a) for a in row["attendee_list"]]
+    fields = {k: v for k, v in dict(row).items() if k != "attendee_list"}
+    return _session(fields, attendees)
 
 
 async def sessions(
@@ -243,8 +249,8 @@ async def upcoming_sessions(
                     OR (s.video_mode = 'client_room' AND l.kind = 'client_room'
                           AND l.room_id = s.room_id))
                  ORDER BY l.issued_at DESC LIMIT 1) AS join_url
-          FROM session_clients c JOIN sessions s USING (session_id)
-         WHERE c.clinic_id = $1 AND c.client_id = $2 AND s.ends_at > $3
+          FROM sessions s
+         WHERE s.clinic_id = $1 AND s.client_ids @> ARRAY[$2::uuid] AND s.ends_at > $3
            AND s.status IN ('scheduled', 'live', 'ended')
          ORDER BY s.starts_at, s.session_id
          LIMIT 200

@@ -80,14 +80,8 @@ CREATE TABLE sessions (
 CREATE INDEX sessions_by_practitioner ON sessions (clinic_id, practitioner_id, starts_at, session_id);
 CREATE INDEX sessions_by_start ON sessions (clinic_id, starts_at, session_id);
 
-CREATE TABLE session_clients (
-    client_id   uuid        NOT NULL,
-    session_id  uuid        NOT NULL,
-    clinic_id   text        NOT NULL,
-    starts_at   timestamptz NOT NULL,
-    PRIMARY KEY (client_id, session_id)
-);
-CREATE INDEX session_clients_upcoming ON session_clients (clinic_id, client_id, starts_at);
+-- A client's sessions (client_ids @> ARRAY[client]), for the client portal.
+CREATE INDEX sessions_by_client ON sessions USING gin (client_ids);
 
 CREATE TABLE attendees (
     attendee_id   uuid        PRIMARY KEY,
