@@ -12,6 +12,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from runtime.sealing import new_key
+
 
 class ApiError(RuntimeError):
     pass
@@ -37,6 +39,15 @@ def operator_key(data_dir: Path) -> Path:
     path = data_dir / "operator-key"
     if not path.exists():
         path.write_text(secrets.token_urlsafe(32))
+        path.chmod(0o600)
+    return path
+
+
+def link_key_file(data_dir: Path) -> Path:
+    """The key that seals join links between services, created on first use."""
+    path = data_dir / "link-key"
+    if not path.exists():
+        path.write_text(new_key())
         path.chmod(0o600)
     return path
 

@@ -74,6 +74,7 @@ class Platform:
                 "DATABASE_URL": dsn,
                 "NATS_URL": self.nats.url,
                 "ANTECHAMBER_OPERATOR_KEY_FILE": str(key_file),
+                "ANTECHAMBER_LINK_KEY_FILE": str(link_key),
                 "ANTECHAMBER_LOG_FORMAT": os.environ.get("ANTECHAMBER_LOG_FORMAT", "console"),
             }
             process = subprocess.Popen(

@@ -1,33 +1,44 @@
-"""What the links service publishes about the links it issues.
+"""What the links service publishes about the links it issues, and how it answers "may I join?".
 
-A link's token exists in clear only in ``url`` here, so that notify can mail it and scheduling
-can show it in a client portal; the links service keeps nothing but its hash.
+A link's token exists in clear only inside ``url_sealed`` (AES-GCM, see ``runtime/sealing.py``),
+so that notify can mail it and scheduling can show it in a client portal; the links service
+keeps nothing but the token's SHA-256.
 """
 
+from datetime import datetime
 from enum import StrEnum
 from uuid import UUID
 
-from pydantic import AwareDatetime, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from contracts.events import Event, EventRegistry
 from contracts.personal import secret
 
 links_events = EventRegistry("links")
 
+RESOLVE_SUBJECT = "rpc.links.resolve"
+"""NATS request/reply: a :class:`ResolveRequest` in, a :class:`Decision` out."""
+
 
 class LinkKind(StrEnum):
     practitioner_room = "practitioner_room"
-    """Readable and persistent: ``/r/{clinic}/{room}``; anyone may knock."""
+    """Readable and persistent: ``/r/{clinic}/{room}``; anyone may knock, a host admits."""
     client_room = "client_room"
     """A client's personalised room; stable until regenerated."""
     session = "session"
-    """One appointment; open from start - early join to end + buffer."""
+    """One appointment; open from start - early join to end + buffer, and while live."""
     guest = "guest"
     """A session's shareable guest link (link sharing on)."""
     drop_in = "drop_in"
-    """One invited attendee's own link."""
+    """One invited attendee's own link (link sharing on)."""
     host = "host"
-    """A practitioner's way in as host."""
+    """A practitioner's way in as host: their room, or any of their sessions."""
+
+
+class Role(StrEnum):
+    host = "host"
+    client = "client"
+    guest = "guest"
 
 
 class RevokedBecause(StrEnum):
@@ -35,31 +46,38 @@ class RevokedBecause(StrEnum):
     room_deleted = "room_deleted"
     sharing_disabled = "sharing_disabled"
     attendee_removed = "attendee_removed"
-    regenerated = "regenerated"
-    retired = "retired"
 
 
 class _Link(Event):
     link_id: UUID
     kind: LinkKind
-    url: str = secret(description="The join link, token included. Deliver it; never log it.")
+    role: Role
+    url_sealed: str = secret(
+        description="The join link, token included, sealed with the link key. Unseal to "
+        "deliver it; never log it."
+    )
+    path: str | None = Field(
+        default=None, description="Readable links only (practitioner rooms): the path, in clear."
+    )
     session_id: UUID | None = None
     room_id: UUID | None = None
     client_id: UUID | None = None
     attendee_id: UUID | None = None
     practitioner_id: UUID | None = None
-    opens_at: AwareDatetime | None = Field(default=None, description="Session links only.")
-    closes_at: AwareDatetime | None = Field(default=None, description="Session links only.")
 
 
 @links_events.register
 class LinkIssued(_Link):
-    """A new link exists and works (within its window, for session links)."""
+    """A new link works (within its window, for session links)."""
+
+    replaces_link_id: UUID | None = Field(
+        default=None, description="Set when a retired link gets its successor."
+    )
 
 
 @links_events.register
 class LinkRegenerated(_Link):
-    """A link replaced ``replaces_link_id``, which is refused from this event on."""
+    """A new link replaced ``replaces_link_id``, which is refused from this event on."""
 
     replaces_link_id: UUID
 
@@ -70,3 +88,82 @@ class LinkRevoked(Event):
 
     link_id: UUID
     because: RevokedBecause
+
+
+@links_events.register
+class LinkDeprecated(Event):
+    """A retired link: it works with a warning until ``sunset_at``, then is refused with a
+    hint to use ``replaced_by``."""
+
+    link_id: UUID
+    sunset_at: AwareDatetime
+    replaced_by: UUID | None = None
+
+
+class Refusal(StrEnum):
+    """Why a link may not be used now; each comes with an HTTP status and a sentence."""
+
+    unknown = "unknown"
+    not_yet_open = "not_yet_open"
+    ended = "ended"
+    regenerated = "regenerated"
+    sharing_disabled = "sharing_disabled"
+    revoked = "revoked"
+    retired = "retired"
+    plan_not_included = "plan_not_included"
+    clinic_suspended = "clinic_suspended"
+
+
+REFUSAL_STATUS: dict[Refusal, int] = {
+    Refusal.unknown: 404,
+    Refusal.not_yet_open: 423,
+    Refusal.ended: 410,
+    Refusal.regenerated: 410,
+    Refusal.sharing_disabled: 410,
+    Refusal.revoked: 410,
+    Refusal.retired: 410,
+    Refusal.plan_not_included: 403,
+    Refusal.clinic_suspended: 403,
+}
+
+
+class ResolveRequest(BaseModel):
+    """Either a token (from ``/j/{token}`` or ``/h/{token}``) or a readable room path."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    token: str | None = secret(default=None, description="The token from the link.")
+    clinic_slug: str | None = None
+    room_slug: str | None = None
+    session_id: UUID | None = Field(
+        default=None, description="Host tokens: the session to join as host."
+    )
+    client_address: str | None = Field(
+        default=None, description="The browser's address, for rate limiting unknown tokens."
+    )
+
+
+class Decision(BaseModel):
+    """May this link join now, as whom, and if not, why not."""
+
+    allowed: bool
+    status: int = Field(description="200 when allowed; else the refusal's HTTP status.")
+    reason: Refusal | None = None
+    message: str = Field(description="A sentence for the person holding the link.")
+    warning: str | None = Field(default=None, description="E.g. a retired link's sunset.")
+    role: Role | None = None
+    kind: LinkKind | None = None
+    link_id: UUID | None = None
+    clinic_id: str | None = None
+    session_id: UUID | None = None
+    room_id: UUID | None = None
+    practitioner_id: UUID | None = None
+    admission: str | None = Field(default=None, description="waiting_room | direct")
+    opens_at: datetime | None = None
+    closes_at: datetime | None = None
+    live: bool = False
+    max_participants: int | None = None
+    rejoin_grace_minutes: int | None = None
+    replaced_by_hint: str | None = Field(
+        default=None, description="Refused old links: where the newest link can be found."
+    )

@@ -349,3 +349,22 @@ class SessionEndedEarly(Event):
 class SessionCompleted(Event):
     session_id: UUID
     because: CompletedBecause
+
+
+# -- request/reply -----------------------------------------------------------------------------
+
+AUTHENTICATE_SUBJECT = "rpc.scheduling.authenticate"
+"""NATS request/reply: which clinic a clinic API key belongs to. Other services' clinic APIs
+accept the same keys by asking here (:class:`KeyCheck` in, :class:`KeyOwner` out)."""
+
+
+class KeyCheck(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    key_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the key, hex.")
+
+
+class KeyOwner(BaseModel):
+    known: bool = Field(description="False for an unknown or revoked key.")
+    clinic_id: str | None = None
+    suspended: bool = False

@@ -43,6 +43,7 @@ class ParticipantJoined(Event):
     session_id: UUID | None = None
     participant_id: UUID
     role: Role
+    link_id: UUID | None = Field(default=None, description="The link they came in with.")
 
 
 @signaling_events.register
@@ -50,6 +51,7 @@ class ParticipantLeft(Event):
     room_id: UUID
     session_id: UUID | None = None
     participant_id: UUID
+    link_id: UUID | None = Field(default=None, description="The link they came in with.")
     reason: str = Field(description="left | removed | disconnected | ended")
 
 

@@ -8,7 +8,7 @@ background (pool, migrations, relay, consumers), so ``/healthz`` answers at once
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +34,7 @@ from runtime.logging import configure_logging
 from runtime.migrations import Migration, discover, migrate, pending, runtime_migrations
 from runtime.relay import Relay
 from runtime.retry import retry
+from runtime.rpc import Endpoint, serve
 from runtime.settings import RuntimeSettings
 from runtime.streams import deadletter_stream, ensure_stream, service_stream
 from runtime.telemetry import configure_tracing
@@ -50,6 +51,10 @@ class ServiceDefinition:
     projections: Callable[[], Sequence[Projection]] = tuple
     consumers: Sequence[Consumer] = ()
     routes: Callable[[FastAPI], None] | None = None
+    endpoints: Sequence[Endpoint] = ()
+    """NATS request/reply endpoints (``rpc.<service>.<name>``)."""
+    tasks: Sequence[Callable[[ServiceContext], Coroutine[Any, Any, None]]] = ()
+    """Background work that runs while the service does (cancelled at stop)."""
     description: str = ""
 
     def migrations(self) -> list[Migration]:
@@ -151,6 +156,10 @@ class ServiceRuntime:
             attach(broker, consumer, service=d.name, context=context)
         await broker.start()
         self._broker = broker
+        if d.endpoints:
+            await serve(nc, list(d.endpoints), context, queue=d.name)
+        for work in d.tasks:
+            self._tasks.append(asyncio.create_task(work(context), name=f"{d.name}-task"))
         self.started.set()
         log.info("service started", port=s.http_port)
 

@@ -3,10 +3,12 @@
 from fastapi import FastAPI
 
 from contracts.links import links_events
-from contracts.scheduling import scheduling_events
+from contracts.scheduling import AUTHENTICATE_SUBJECT, scheduling_events
 from contracts.signaling import signaling_events
 from runtime.consumer import Consumer
 from runtime.ratelimit import RateLimiter
+from runtime.rpc import Endpoint
+from runtime.sealing import Sealer, SealingSettings
 from runtime.service import ServiceDefinition
 from services.scheduling import api, booking_api, handlers, operator_api, sessions_api
 from services.scheduling.auth import Access, credential_still_works
@@ -15,11 +17,14 @@ from services.scheduling.domain import Refused
 from services.scheduling.projections import SchedulingReadModel
 
 
-def routes(app: FastAPI, settings: SchedulingSettings | None = None) -> None:
+def routes(
+    app: FastAPI, settings: SchedulingSettings | None = None, sealer: Sealer | None = None
+) -> None:
     settings = settings or SchedulingSettings()
     app.state.scheduling_access = Access(
         operator_key_hash=settings.operator_key_hash(),
         booking_limiter=RateLimiter(settings.booking_per_minute, settings.booking_burst),
+        sealer=sealer or SealingSettings().sealer(),
     )
     app.state.idempotency_guard = credential_still_works
     app.add_exception_handler(Refused, api.refused)
@@ -58,5 +63,12 @@ definition = ServiceDefinition(
     projections=lambda: [SchedulingReadModel()],
     consumers=[calls, join_links],
     routes=routes,
+    endpoints=[
+        Endpoint(
+            AUTHENTICATE_SUBJECT,
+            handlers.authenticate,
+            "Which clinic a clinic API key belongs to (by the key's SHA-256).",
+        )
+    ],
     description="Clinics, practitioners, clients, rooms, sessions and invitees: who and when.",
 )

@@ -11,6 +11,7 @@ from contracts.scheduling import ClinicSettings
 from runtime.context import ServiceContext
 from runtime.http import Problem
 from runtime.ratelimit import RateLimiter
+from runtime.sealing import Sealer
 from runtime.service import context_of
 from services.scheduling.handlers import API_KEY_PREFIX, hash_secret
 
@@ -21,6 +22,8 @@ class Access:
 
     operator_key_hash: bytes | None
     booking_limiter: RateLimiter
+    sealer: Sealer
+    """Opens the join links that the links service announces sealed."""
 
 
 @dataclass(frozen=True)

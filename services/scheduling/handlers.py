@@ -22,6 +22,8 @@ from contracts.scheduling import (
     ClinicSettings,
     Contact,
     GuestAdmission,
+    KeyCheck,
+    KeyOwner,
     RoomKind,
     SessionSource,
     VideoMode,
@@ -31,6 +33,7 @@ from contracts.signaling import SessionEnded, SessionStarted
 from runtime.context import ServiceContext
 from runtime.db import Executor, Queryable
 from runtime.eventstore import Cause, ConcurrencyError, EventStore, RecordedEvent
+from runtime.rpc import parse
 from services.scheduling import domain, sessions
 from services.scheduling.domain import Client, Conflict, Invalid, Room, not_found
 from services.scheduling.sessions import Appointment, Attendee
@@ -135,6 +138,24 @@ async def issue_api_key(store: EventStore, clinic_id: str, label: str) -> tuple[
             hash_secret(secret),
         )
     return key_id, secret
+
+
+async def authenticate(ctx: ServiceContext, data: bytes) -> bytes:
+    """RPC: the clinic that a key (by its hash) belongs to, for the other services' APIs."""
+    request = parse(KeyCheck, data)
+    if isinstance(request, bytes):
+        return request
+    row = await ctx.pool.fetchrow(
+        "SELECT c.clinic_id, c.suspended FROM api_key_secrets s JOIN api_keys k USING (key_id) "
+        "JOIN clinics c USING (clinic_id) WHERE s.secret_hash = $1 AND k.revoked_at IS NULL",
+        bytes.fromhex(request.key_sha256),
+    )
+    owner = (
+        KeyOwner(known=True, clinic_id=row["clinic_id"], suspended=row["suspended"])
+        if row
+        else KeyOwner(known=False)
+    )
+    return owner.model_dump_json().encode()
 
 
 # -- people and rooms --------------------------------------------------------------------------
@@ -412,20 +433,18 @@ async def _record_link(
     conn: Executor, event: LinkIssued | LinkRegenerated, envelope: RawEnvelope
 ) -> None:
     await conn.execute(
-        "INSERT INTO join_links (link_id, clinic_id, kind, url, session_id, room_id, client_id, "
-        "attendee_id, practitioner_id, opens_at, closes_at, issued_at) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) "
+        "INSERT INTO join_links (link_id, clinic_id, kind, url_sealed, session_id, room_id, "
+        "client_id, attendee_id, practitioner_id, issued_at) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
         "ON CONFLICT (link_id) DO NOTHING",
         event.link_id,
         envelope.clinic_id,
         event.kind.value,
-        event.url,
+        event.url_sealed,
         event.session_id,
         event.room_id,
         event.client_id,
         event.attendee_id,
         event.practitioner_id,
-        event.opens_at,
-        event.closes_at,
         envelope.occurred_at,
     )

@@ -10,6 +10,7 @@ import asyncpg
 
 from runtime.db import Queryable
 from runtime.pagination import Page, encode_cursor
+from runtime.sealing import Sealer
 from services.scheduling.domain import not_found
 from services.scheduling.models import (
     ApiKeyView,
@@ -228,7 +229,7 @@ async def sessions(
 
 
 async def upcoming_sessions(
-    conn: Queryable, clinic_id: str, client_id: UUID, now: datetime
+    conn: Queryable, clinic_id: str, client_id: UUID, now: datetime, sealer: Sealer
 ) -> list[UpcomingSession]:
     """What a client portal shows: the client's sessions still to come, each with its link."""
     exists = await conn.fetchval(
@@ -240,7 +241,7 @@ async def upcoming_sessions(
         """
         SELECT s.session_id, s.practitioner_id, s.starts_at, s.ends_at, s.time_zone,
                s.video_mode, s.status,
-               (SELECT l.url FROM join_links l
+               (SELECT l.url_sealed FROM join_links l
                  WHERE l.clinic_id = s.clinic_id AND l.revoked_at IS NULL AND (
                        (s.video_mode = 'session_link' AND l.kind = 'session'
                           AND l.session_id = s.session_id)
@@ -261,7 +262,9 @@ async def upcoming_sessions(
     )
     return [
         UpcomingSession(
-            **dict(r), local_starts_at=r["starts_at"].astimezone(ZoneInfo(r["time_zone"]))
+            **{k: v for k, v in dict(r).items() if k != "join_url"},
+            join_url=sealer.unseal(r["join_url"]) if r["join_url"] else None,
+            local_starts_at=r["starts_at"].astimezone(ZoneInfo(r["time_zone"])),
         )
         for r in rows
     ]

@@ -4,14 +4,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated
 from uuid import UUID, uuid4
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Depends, Query, Response
 
 from contracts.events import Event
 from contracts.scheduling import PLAN_VIDEO_MODES, SessionSource, VideoMode
 from runtime.http import Problem
 from runtime.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page, decode_cursor
 from services.scheduling import handlers, queries, sessions
-from services.scheduling.auth import Clinic, ClinicCaller, Context
+from services.scheduling.auth import Access, Clinic, ClinicCaller, Context, access_of
 from services.scheduling.domain import not_found
 from services.scheduling.handlers import SESSION, ScheduleRequest, execute
 from services.scheduling.models import (
@@ -233,6 +233,10 @@ async def mark_complete(session_id: UUID, caller: Clinic, ctx: Context) -> Sessi
 
 
 @router.get("/clients/{client_id}/sessions/upcoming", tags=["clients"])
-async def upcoming_sessions(client_id: UUID, caller: Clinic, ctx: Context) -> list[UpcomingSession]:
+async def upcoming_sessions(
+    client_id: UUID, caller: Clinic, ctx: Context, access: Annotated[Access, Depends(access_of)]
+) -> list[UpcomingSession]:
     """What a client portal shows: the client's coming sessions, each with its join link."""
-    return await queries.upcoming_sessions(ctx.pool, caller.clinic_id, client_id, now())
+    return await queries.upcoming_sessions(
+        ctx.pool, caller.clinic_id, client_id, now(), access.sealer
+    )

@@ -20,19 +20,22 @@ from nats.aio.client import Client as NATS
 from contracts.envelope import RawEnvelope
 from contracts.events import Event
 from runtime.embedded import NatsServer
+from runtime.sealing import Sealer, new_key
 from runtime.service import build_app
 from services.scheduling import app as scheduling
 from services.scheduling.config import SchedulingSettings
 from tests.support import publish_envelope, serving, settings
 
 OPERATOR_KEY = "op-" + secrets.token_urlsafe(24)
+SEALER = Sealer(new_key())
 OPERATOR = {"Authorization": f"Bearer {OPERATOR_KEY}"}
 
 
 def scheduling_app(dsn: str, nats_url: str, **config: Any) -> FastAPI:
     service_settings = SchedulingSettings(operator_key=OPERATOR_KEY, **config)
     definition = replace(
-        scheduling.definition, routes=partial(scheduling.routes, settings=service_settings)
+        scheduling.definition,
+        routes=partial(scheduling.routes, settings=service_settings, sealer=SEALER),
     )
     return build_app(definition, settings(dsn, nats_url))
 

@@ -7,9 +7,9 @@ from uuid import UUID, uuid4
 import httpx
 from nats.aio.client import Client as NATS
 
-from contracts.links import LinkIssued, LinkKind, LinkRegenerated
+from contracts.links import LinkIssued, LinkKind, LinkRegenerated, Role
 from contracts.signaling import EndedBecause, SessionEnded, SessionStarted
-from tests.scheduling.conftest import ClinicHandle, register_clinic, report
+from tests.scheduling.conftest import SEALER, ClinicHandle, register_clinic, report
 from tests.support import eventually
 
 
@@ -328,17 +328,20 @@ async def test_a_client_portal_shows_upcoming_sessions_with_their_links(
         practitioner, [client], starts_at=at(3).isoformat(), ends_at=at(3, 50).isoformat()
     )
     await clinic.ok("POST", f"/v1/sessions/{cancelled['session_id']}/cancel", json={})
+    room_url = f"https://example.test/r/{clinic.slug}/{practitioner['room_slug']}"
     session_link = LinkIssued(
         link_id=uuid4(),
         kind=LinkKind.session,
-        url="https://example.test/j/first",
+        role=Role.client,
+        url_sealed=SEALER.seal("https://example.test/j/first"),
         session_id=UUID(by_link["session_id"]),
         client_id=UUID(client["client_id"]),
     )
     room_link = LinkIssued(
         link_id=uuid4(),
         kind=LinkKind.practitioner_room,
-        url=f"https://example.test/r/{clinic.slug}/{practitioner['room_slug']}",
+        role=Role.guest,
+        url_sealed=SEALER.seal(room_url),
         room_id=UUID(practitioner["room_id"]),
         practitioner_id=UUID(practitioner["practitioner_id"]),
     )
@@ -354,18 +357,21 @@ async def test_a_client_portal_shows_upcoming_sessions_with_their_links(
     upcoming = await clinic.ok("GET", path)
     assert [(s["session_id"], s["join_url"]) for s in upcoming] == [
         (by_link["session_id"], "https://example.test/j/first"),
-        (in_room["session_id"], room_link.url),
+        (in_room["session_id"], room_url),
     ]
     regenerated = LinkRegenerated(
         link_id=uuid4(),
         kind=LinkKind.session,
-        url="https://example.test/j/second",
+        role=Role.client,
+        url_sealed=SEALER.seal("https://example.test/j/second"),
         session_id=UUID(by_link["session_id"]),
         replaces_link_id=session_link.link_id,
     )
     await report(nc, "links", clinic.clinic_id, regenerated)
 
     async def replaced() -> bool:
-        return bool((await clinic.ok("GET", path))[0]["join_url"] == regenerated.url)
+        return bool(
+            (await clinic.ok("GET", path))[0]["join_url"] == "https://example.test/j/second"
+        )
 
     await eventually(replaced, what="the regenerated link shown")

@@ -105,19 +105,18 @@ CREATE TABLE api_key_secrets (
 );
 
 -- Join links as the links service announced them (LinkIssued / LinkRegenerated /
--- LinkRevoked), so a client portal can show the link that belongs to each appointment.
+-- LinkRevoked / LinkDeprecated), so a client portal can show the link that belongs to each
+-- appointment. The URL stays sealed (runtime/sealing.py) until it is shown.
 CREATE TABLE join_links (
     link_id          uuid        PRIMARY KEY,
     clinic_id        text        NOT NULL,
     kind             text        NOT NULL,
-    url              text        NOT NULL,
+    url_sealed       text        NOT NULL,
     session_id       uuid,
     room_id          uuid,
     client_id        uuid,
     attendee_id      uuid,
     practitioner_id  uuid,
-    opens_at         timestamptz,
-    closes_at        timestamptz,
     issued_at        timestamptz NOT NULL,
     revoked_at       timestamptz
 );

@@ -1,0 +1,99 @@
+"""Request/reply between services over NATS, for answers needed now (resolve a link, check a key).
+
+Subjects are ``rpc.<service>.<name>``: outside ``antechamber.>``, so no event stream captures
+a request. Every replica of a service answers in one queue group; each request runs in its
+own task (bounded), so one slow answer does not hold up the others. A request that cannot be
+read is answered with an error body saying why, never left to time out.
+"""
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from pydantic import BaseModel, ValidationError
+
+from runtime.context import ServiceContext
+
+log = structlog.get_logger(__name__)
+R = TypeVar("R", bound=BaseModel)
+MAX_IN_FLIGHT = 512
+
+Answer = Callable[[ServiceContext, bytes], Awaitable[bytes]]
+
+
+def rpc_subject(service: str, name: str) -> str:
+    return f"rpc.{service}.{name}"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    subject: str
+    answer: Answer
+    description: str = ""
+
+
+class RpcError(RuntimeError):
+    """The other service answered with an error, or not at all."""
+
+
+def error_reply(reason: str) -> bytes:
+    return json.dumps({"error": reason}).encode()
+
+
+def parse(model: type[R], data: bytes) -> R | bytes:
+    """The request as ``model``, or an error reply that says what is wrong with it."""
+    try:
+        return model.model_validate_json(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        return error_reply(f"malformed request: {where}: {first['msg']}")
+
+
+async def serve(
+    nc: NATS, endpoints: list[Endpoint], context: ServiceContext, queue: str
+) -> list[Subscription]:
+    slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def run(endpoint: Endpoint, msg: Msg) -> None:
+        try:
+            reply = await endpoint.answer(context, msg.data)
+        except Exception as exc:
+            log.error("rpc failed", subject=endpoint.subject, exc_info=exc)
+            reply = error_reply(f"the {queue} service failed to answer ({type(exc).__name__})")
+        finally:
+            slots.release()
+        if msg.reply:
+            await msg.respond(reply)
+
+    subscriptions = []
+    for endpoint in endpoints:
+
+        async def on_request(msg: Msg, endpoint: Endpoint = endpoint) -> None:
+            await slots.acquire()
+            task = asyncio.create_task(run(endpoint, msg))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        subscriptions.append(await nc.subscribe(endpoint.subject, queue=queue, cb=on_request))
+    return subscriptions
+
+
+async def call(
+    nc: NATS, subject: str, request: BaseModel, answer: type[R], wait_s: float = 2.0
+) -> R:
+    try:
+        msg = await nc.request(subject, request.model_dump_json().encode(), timeout=wait_s)
+    except TimeoutError as exc:
+        raise RpcError(f"no answer on {subject} within {wait_s}s") from exc
+    body = json.loads(msg.data)
+    if isinstance(body, dict) and "error" in body:
+        raise RpcError(str(body["error"]))
+    return answer.model_validate(body)
