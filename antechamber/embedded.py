@@ -11,7 +11,7 @@ from pathlib import Path
 from types import FrameType
 
 from antechamber.catalog import definitions
-from antechamber.demo import operator_key, seed
+from antechamber.demo import link_key_file, operator_key, seed
 from runtime.embedded import EmbeddedPostgres, NatsServer, free_port
 
 NATS_DEFAULT_PORT = 4222
@@ -68,6 +68,7 @@ class Platform:
         key_file = Path(
             os.environ.get("ANTECHAMBER_OPERATOR_KEY_FILE") or operator_key(self.data_dir)
         )
+        link_key = Path(os.environ.get("ANTECHAMBER_LINK_KEY_FILE") or link_key_file(self.data_dir))
         for definition in definitions():
             port = free_port(definition.default_port)
             env = os.environ | {
