@@ -112,6 +112,7 @@ class Refusal(StrEnum):
     retired = "retired"
     plan_not_included = "plan_not_included"
     clinic_suspended = "clinic_suspended"
+    rate_limited = "rate_limited"
 
 
 REFUSAL_STATUS: dict[Refusal, int] = {
@@ -124,6 +125,7 @@ REFUSAL_STATUS: dict[Refusal, int] = {
     Refusal.retired: 410,
     Refusal.plan_not_included: 403,
     Refusal.clinic_suspended: 403,
+    Refusal.rate_limited: 429,
 }
 
 
@@ -167,3 +169,4 @@ class Decision(BaseModel):
     replaced_by_hint: str | None = Field(
         default=None, description="Refused old links: where the newest link can be found."
     )
+    retry_after_s: float | None = Field(default=None, description="Rate limited: wait this long.")

@@ -14,6 +14,15 @@ class RateLimiter:
     max_callers: int = 100_000
     _buckets: dict[str, tuple[float, float]] = field(default_factory=dict)
 
+    def blocked(self, caller: str) -> float | None:
+        """Seconds until ``caller`` has a token again, without taking one; None if it has."""
+        if caller not in self._buckets:
+            return None
+        tokens, seen = self._buckets[caller]
+        rate = self.per_minute / 60.0
+        tokens = min(float(self.burst), tokens + (time.monotonic() - seen) * rate)
+        return None if tokens >= 1.0 else (1.0 - tokens) / rate
+
     def retry_after(self, caller: str) -> float | None:
         """Take one token for ``caller``; None if allowed, else seconds until one is free."""
         now = time.monotonic()

@@ -1,13 +1,85 @@
 """Composition root of the links service."""
 
-from contracts.events import EventRegistry
-from runtime.service import ServiceDefinition
+from functools import partial
 
-definition = ServiceDefinition(
-    name="links",
-    default_port=8102,
-    events=EventRegistry("links"),
-    description=(
-        "Every join link: token hashes, kinds, windows and states; decides who may join now."
-    ),
+from fastapi import FastAPI
+
+from contracts.links import RESOLVE_SUBJECT, links_events
+from contracts.scheduling import scheduling_events
+from contracts.signaling import signaling_events
+from runtime.consumer import Consumer
+from runtime.rpc import Endpoint
+from runtime.service import ServiceDefinition
+from services.links import api, commands, handlers
+from services.links.domain import Refused
+from services.links.handlers import Links
+from services.links.projections import LinksReadModel
+
+SCHEDULING_EVENTS = (
+    "ClinicRegistered",
+    "ClinicSettingsChanged",
+    "ClinicSuspended",
+    "ClinicReinstated",
+    "PractitionerAdded",
+    "RoomCreated",
+    "RoomDeleted",
+    "SessionScheduled",
+    "SessionRescheduled",
+    "SessionCancelled",
+    "SessionCompleted",
+    "AttendeeInvited",
+    "AttendeeRemoved",
+    "LinkSharingEnabled",
+    "LinkSharingDisabled",
 )
+SIGNALING_EVENTS = ("SessionStarted", "SessionEnded", "ParticipantJoined", "ParticipantLeft")
+
+
+def routes(app: FastAPI, links: Links) -> None:
+    links.sealer  # noqa: B018 - without a link key the service must not start
+    app.state.links = links
+    app.add_exception_handler(Refused, api.refused)
+    app.include_router(api.router)
+
+
+def build(links: Links | None = None) -> ServiceDefinition:
+    """The service around one ``Links`` (settings, sealing key, clock); tests pass their own."""
+    links = links or Links()
+    on_scheduling = partial(handlers.on_scheduling, links)
+    on_signaling = partial(handlers.on_signaling, links)
+    return ServiceDefinition(
+        name="links",
+        default_port=8102,
+        events=links_events,
+        migrations_package="services.links.sql",
+        projections=lambda: [LinksReadModel()],
+        consumers=[
+            Consumer(
+                name="scheduling",
+                source="scheduling",
+                registry=scheduling_events,
+                handlers=dict.fromkeys(SCHEDULING_EVENTS, on_scheduling),
+            ),
+            Consumer(
+                name="calls",
+                source="signaling",
+                registry=signaling_events,
+                handlers=dict.fromkeys(SIGNALING_EVENTS, on_signaling),
+            ),
+        ],
+        routes=partial(routes, links=links),
+        endpoints=[
+            Endpoint(
+                RESOLVE_SUBJECT,
+                partial(commands.answer_resolve, links),
+                "May this link join now, as whom, and if not, why not.",
+            )
+        ],
+        tasks=[links.flush_resolutions],
+        description=(
+            "Every join link: token hashes, kinds, windows and states; decides who may join now."
+        ),
+    )
+
+
+definition = build()

@@ -1,0 +1,235 @@
+"""Links HTTP API: resolution for front ends, and a clinic's links, regeneration, retirement."""
+
+import hashlib
+from datetime import datetime
+from typing import Annotated, Any
+from uuid import UUID
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from contracts.links import Decision, LinkKind, ResolveRequest
+from contracts.scheduling import AUTHENTICATE_SUBJECT, KeyCheck, KeyOwner
+from runtime.context import ServiceContext
+from runtime.http import Problem, problem_response
+from runtime.rpc import RpcError, call
+from runtime.service import context_of
+from services.links import commands
+from services.links.domain import Refused
+from services.links.handlers import Links
+from services.links.resolver import resolve
+
+router = APIRouter(prefix="/v1/links", tags=["links"])
+Context = Annotated[ServiceContext, Depends(context_of)]
+LINK_PAGE_HEADERS = {
+    "Referrer-Policy": "no-referrer",
+    "X-Robots-Tag": "noindex, nofollow",
+    "Cache-Control": "no-store",
+}
+
+
+def links_of(request: Request) -> Links:
+    links: Links = request.app.state.links
+    return links
+
+
+LinksDep = Annotated[Links, Depends(links_of)]
+
+
+async def refused(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, Refused)
+    return problem_response(request, exc.status, exc.detail, code=exc.code)
+
+
+async def clinic_of(request: Request, ctx: Context) -> str:
+    """The caller's clinic, from a clinic API key that the scheduling service vouches for."""
+    header = request.headers.get("authorization", "")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise Problem(
+            401,
+            "Send your clinic API key as 'Authorization: Bearer <key>'.",
+            code="unauthenticated",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    check = KeyCheck(key_sha256=hashlib.sha256(key.strip().encode()).hexdigest())
+    try:
+        owner = await call(ctx.nats, AUTHENTICATE_SUBJECT, check, KeyOwner)
+    except RpcError as exc:
+        raise Problem(503, "Keys cannot be checked right now; try again shortly.") from exc
+    if not owner.known or owner.clinic_id is None:
+        raise Problem(401, "This API key is unknown or was revoked.", code="unauthenticated")
+    if owner.suspended:
+        raise Problem(403, "This clinic is suspended.", code="clinic_suspended")
+    return owner.clinic_id
+
+
+ClinicId = Annotated[str, Depends(clinic_of)]
+
+
+def answer(request: Request, decision: Decision) -> JSONResponse:
+    if decision.allowed:
+        body = decision.model_dump(mode="json")
+        return JSONResponse(body, headers=LINK_PAGE_HEADERS)
+    headers = dict(LINK_PAGE_HEADERS)
+    if decision.retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, round(decision.retry_after_s)))
+    extra = decision.model_dump(mode="json", exclude={"message", "status", "allowed"})
+    extra["code"] = extra.pop("reason")
+    return problem_response(request, decision.status, decision.message, headers=headers, **extra)
+
+
+@router.get("/resolve", response_model=Decision)
+async def resolve_link(
+    request: Request,
+    ctx: Context,
+    links: LinksDep,
+    token: Annotated[str | None, Query(max_length=200)] = None,
+    clinic: Annotated[str | None, Query(max_length=64)] = None,
+    room: Annotated[str | None, Query(max_length=64)] = None,
+    session_id: UUID | None = None,
+) -> JSONResponse:
+    """May this link join now, as whom; refusals are problem bodies with the reason as `code`.
+
+    Give `token` (from `/j/{token}` or `/h/{token}`), or `clinic` and `room` (from
+    `/r/{clinic}/{room}`); a host token may name the `session_id` to join.
+    """
+    if token is None and not (clinic and room):
+        raise Problem(400, "Give a token, or a clinic and a room.", code="nothing_to_resolve")
+    address = request.client.host if request.client else None
+    resolved = ResolveRequest(
+        token=token,
+        clinic_slug=clinic,
+        room_slug=room,
+        session_id=session_id,
+        client_address=address,
+    )
+    return answer(request, await resolve(links, ctx.pool, resolved))
+
+
+class LinkView(BaseModel):
+    link_id: UUID
+    kind: LinkKind
+    role: str
+    url: str = Field(description="The link itself; treat it like a password.")
+    state: str = Field(description="active | deprecated | replaced | revoked")
+    revoked_because: str | None
+    replaced_by: UUID | None
+    sunset_at: datetime | None
+    session_id: UUID | None
+    room_id: UUID | None
+    client_id: UUID | None
+    attendee_id: UUID | None
+    practitioner_id: UUID | None
+    issued_at: datetime
+
+
+def view(links: Links, row: Any) -> LinkView:
+    fields = {k: v for k, v in dict(row).items() if k not in ("url_sealed", "slot", "clinic_id")}
+    return LinkView(**fields, url=links.sealer.unseal(row["url_sealed"]))
+
+
+@router.get("")
+async def list_links(
+    clinic_id: ClinicId,
+    ctx: Context,
+    links: LinksDep,
+    session_id: UUID | None = None,
+    room_id: UUID | None = None,
+    practitioner_id: UUID | None = None,
+    kind: LinkKind | None = None,
+    include_inactive: bool = False,
+) -> list[LinkView]:
+    """The clinic's links for a session, a room or a practitioner (e.g. to copy one)."""
+    if session_id is None and room_id is None and practitioner_id is None:
+        raise Problem(
+            400, "Filter by session_id, room_id or practitioner_id.", code="filter_required"
+        )
+    rows = await ctx.pool.fetch(
+        "SELECT * FROM links WHERE clinic_id = $1 "
+        "AND ($2::uuid IS NULL OR session_id = $2) AND ($3::uuid IS NULL OR room_id = $3) "
+        "AND ($4::uuid IS NULL OR practitioner_id = $4) AND ($5::text IS NULL OR kind = $5) "
+        "AND ($6 OR state IN ('active', 'deprecated')) ORDER BY issued_at, link_id LIMIT 500",
+        clinic_id,
+        session_id,
+        room_id,
+        practitioner_id,
+        kind.value if kind else None,
+        include_inactive,
+    )
+    return [view(links, r) for r in rows]
+
+
+@router.post("/{link_id}/regenerate", status_code=201)
+async def regenerate(
+    link_id: UUID, clinic_id: ClinicId, ctx: Context, links: LinksDep, response: Response
+) -> LinkView:
+    """Replace a guest link or a client room link: the old one is refused from now on."""
+    new_id = await commands.regenerate(ctx, links, clinic_id, link_id)
+    row = await ctx.pool.fetchrow("SELECT * FROM links WHERE link_id = $1", new_id)
+    response.headers["Location"] = f"/v1/links/{new_id}/audit"
+    return view(links, row)
+
+
+class Retirement(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sunset_at: AwareDatetime = Field(description="Until then the old links work, with a warning.")
+    kind: LinkKind | None = Field(default=None, description="Only links of this kind.")
+    issued_before: AwareDatetime | None = Field(default=None, description="Only older links.")
+
+
+class Retired(BaseModel):
+    retired: int = Field(description="How many links were retired (each got a successor).")
+
+
+@router.post("/retire")
+async def retire(body: Retirement, clinic_id: ClinicId, ctx: Context, links: LinksDep) -> Retired:
+    """Retire the clinic's links in bulk: each gets a successor at once and keeps working with
+    a warning until the sunset, after which it is refused with a hint to use the newest link."""
+    count = await commands.retire(
+        ctx, links, clinic_id, body.sunset_at, body.kind, body.issued_before
+    )
+    return Retired(retired=count)
+
+
+class AuditEntry(BaseModel):
+    type: str
+    occurred_at: datetime
+    data: dict[str, Any]
+
+
+class Audit(BaseModel):
+    link: LinkView
+    lifecycle: list[AuditEntry]
+    resolutions: dict[str, int] = Field(description="Resolutions by outcome: allowed, or why not.")
+
+
+@router.get("/{link_id}/audit")
+async def audit(link_id: UUID, clinic_id: ClinicId, ctx: Context, links: LinksDep) -> Audit:
+    """A link's lifecycle (its events) and how often it was resolved, by outcome."""
+    row = await ctx.pool.fetchrow(
+        "SELECT * FROM links WHERE link_id = $1 AND clinic_id = $2", link_id, clinic_id
+    )
+    if row is None:
+        raise Problem(404, "There is no link with that id.", code="link_not_found")
+    await links.save_resolutions(ctx)  # include what was counted in the last second
+    events = await ctx.store.read_stream(row["slot"])
+    mine = [
+        AuditEntry(type=e.type, occurred_at=e.occurred_at, data=_without_url(e.data))
+        for e in events
+        if str(link_id) in (str(e.data.get("link_id")), str(e.data.get("replaces_link_id")))
+    ]
+    counts = await ctx.pool.fetch(
+        "SELECT outcome, count FROM link_resolutions WHERE link_id = $1", link_id
+    )
+    return Audit(
+        link=view(links, row),
+        lifecycle=mine,
+        resolutions={r["outcome"]: r["count"] for r in counts},
+    )
+
+
+def _without_url(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if k != "url_sealed"}

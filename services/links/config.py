@@ -1,0 +1,20 @@
+"""Settings of the links service, read from the environment."""
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class LinksSettings(BaseSettings):
+    """Env vars ``ANTECHAMBER_PUBLIC_URL`` and ``ANTECHAMBER_RESOLVE_*``."""
+
+    model_config = SettingsConfigDict(env_prefix="ANTECHAMBER_", extra="ignore")
+
+    public_url: str = Field(
+        default="http://127.0.0.1:8100",
+        description="Where people open links: the front end serving /j/, /h/ and /r/.",
+    )
+    resolve_unknown_per_minute: float = Field(
+        default=10.0, gt=0, description="Unknown tokens one address may try per minute."
+    )
+    resolve_unknown_burst: int = Field(default=20, ge=1)
+    audit_flush_s: float = Field(default=1.0, gt=0, description="How often counts are saved.")
