@@ -6,6 +6,7 @@ restart shows the same clinic instead of adding another.
 
 import json
 import secrets
+import time
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime, timedelta
@@ -105,9 +106,29 @@ def seed(scheduling: str, operator: str, data_dir: Path) -> dict[str, Any]:
         "clinic_slug": clinic["slug"],
         "api_key": key,
         "practitioner_room": practitioner["room_path"],
+        "practitioner_id": practitioner["practitioner_id"],
         "client_id": client["client_id"],
         "session_id": session["session_id"],
     }
     saved.write_text(json.dumps(demo, indent=2))
     saved.chmod(0o600)
     return demo
+
+
+def join_links(links_url: str, demo: dict[str, Any], wait_s: float = 20.0) -> dict[str, str]:
+    """The demo's links by kind, once the links service has issued them."""
+    deadline = time.monotonic() + wait_s
+    wanted = {"session", "guest", "host", "practitioner_room"}
+    found: dict[str, str] = {}
+    while time.monotonic() < deadline and not wanted <= set(found):
+        for filters in (
+            f"session_id={demo['session_id']}",
+            f"practitioner_id={demo.get('practitioner_id', '')}",
+        ):
+            try:
+                for link in _call(f"{links_url}/v1/links?{filters}", "GET", demo["api_key"]):
+                    found.setdefault(link["kind"], link["url"])
+            except ApiError:
+                pass
+        time.sleep(0.3)
+    return found

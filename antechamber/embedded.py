@@ -11,7 +11,7 @@ from pathlib import Path
 from types import FrameType
 
 from antechamber.catalog import definitions
-from antechamber.demo import link_key_file, operator_key, seed
+from antechamber.demo import join_links, link_key_file, operator_key, seed
 from runtime.embedded import EmbeddedPostgres, NatsServer, free_port
 
 NATS_DEFAULT_PORT = 4222
@@ -105,7 +105,10 @@ class Platform:
         print(f"demo clinic        {demo['clinic_id']}  (API key in {self.data_dir / 'demo.json'})")
         print(f"  practitioner room  {demo['practitioner_room']}")
         print(f"  session            {scheduling.url}/v1/sessions/{demo['session_id']}")
-        print(f"  API docs           {scheduling.url}/docs")
+        links = next(s for s in self.services if s.name == "links")
+        for kind, url in sorted(join_links(links.url, demo).items()):
+            print(f"  {kind + ' link':<18} {url}")
+        print(f"  API docs           {scheduling.url}/docs  {links.url}/docs")
 
     def _wait_until_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S

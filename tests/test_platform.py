@@ -69,6 +69,8 @@ def test_up_starts_everything_stops_on_ctrl_c_and_reuses_its_data(short_tmp: Pat
     assert first.count("migration applied") == migrations
     assert "demo clinic        c_" in first
     assert "practitioner room  /r/demo-" in first
+    for kind in ("session", "guest", "host", "practitioner_room"):
+        assert f"  {kind} link" in first, kind
 
     second = run_once(data_dir, short_tmp / "up-2.log")
     assert "migration applied" not in second, "the second run should find its schemas in place"
