@@ -16,6 +16,7 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import NoRespondersError
 from pydantic import BaseModel, ValidationError
 
 from runtime.context import ServiceContext
@@ -91,6 +92,8 @@ async def call(
 ) -> R:
     try:
         msg = await nc.request(subject, request.model_dump_json().encode(), timeout=wait_s)
+    except NoRespondersError as exc:
+        raise RpcError(f"no answer on {subject}: no service is listening") from exc
     except TimeoutError as exc:
         raise RpcError(f"no answer on {subject} within {wait_s}s") from exc
     body = json.loads(msg.data)
