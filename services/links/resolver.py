@@ -36,9 +36,11 @@ _SESSION = """
 """
 SESSION_OF_HOST = f"{_SESSION} WHERE session_id = $1 AND clinic_id = $2 AND practitioner_id = $3"
 SESSION_IN_ROOM = (
-    f"{_SESSION} WHERE room_id = $1 AND status = 'scheduled' AND ends_at > $2 "
+    f"{_SESSION} WHERE room_id = $1 AND status = 'scheduled' "
+    "AND starts_at - make_interval(mins => $3) <= $2 AND ends_at + make_interval(mins => $4) > $2 "
     "ORDER BY starts_at LIMIT 1"
 )
+"""The appointment whose window is open in a room now."""
 
 
 def _window(row: Any) -> SessionWindow | None:
@@ -96,7 +98,16 @@ async def find(db: Queryable, request: ResolveRequest, now: datetime) -> Found |
         session = _window(found)
     elif kind in (LinkKind.practitioner_room, LinkKind.client_room) and row["room_id"]:
         # The appointment being held in this room now, if any, so the call is tied to it.
-        session = _window(await db.fetchrow(SESSION_IN_ROOM, row["room_id"], now))
+        settings = row["settings"]
+        session = _window(
+            await db.fetchrow(
+                SESSION_IN_ROOM,
+                row["room_id"],
+                now,
+                int(settings["early_join_minutes"]),
+                int(settings["buffer_minutes"]),
+            )
+        )
     return _found(row, session)
 
 
