@@ -5,8 +5,10 @@ response. A retry with the same key and the same request replays that response (
 ``Idempotent-Replayed: true``); with a different request it is refused (422); while the first
 is still running it is told to retry shortly (409). A server error stores nothing, so the
 retry runs again. A claim whose request died (the process was killed) is taken over after
-``ABANDONED_AFTER``. Keys are kept for ``KEEP_FOR``. A service may set a ``ReplayGuard`` so a
-retry whose credential stopped working is refused rather than answered from the store.
+``ABANDONED_AFTER``. Keys are kept for ``KEEP_FOR``. An answer sent with
+``Cache-Control: no-store`` (a secret shown once) is not kept: its retry is told the request
+was carried out, and where the result is, without the secret. A service may set a
+``ReplayGuard`` so a retry whose credential stopped working is refused, not answered.
 """
 
 import hashlib
@@ -145,11 +147,14 @@ class IdempotencyMiddleware:
                     "DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2", caller, key
                 )
             else:
-                kept = {
-                    name.decode("latin-1"): value.decode("latin-1")
+                named = {
+                    name.decode("latin-1").lower(): value.decode("latin-1")
                     for name, value in response_headers
-                    if name.decode("latin-1").lower() in _REPLAYED_HEADERS
                 }
+                kept = {k: v for k, v in named.items() if k in _REPLAYED_HEADERS}
+                # An answer marked no-store holds a secret shown once (a new API key, a new
+                # link): keep only that it happened, never the secret.
+                withheld = "no-store" in named.get("cache-control", "")
                 await pool.execute(
                     "UPDATE idempotency_keys SET status = $3, headers = $4, body = $5 "
                     "WHERE scope = $1 AND key = $2",
@@ -157,7 +162,7 @@ class IdempotencyMiddleware:
                     key,
                     status,
                     kept,
-                    b"".join(chunks),
+                    None if withheld else b"".join(chunks),
                 )
 
     async def _answer_retry(
@@ -203,11 +208,25 @@ class IdempotencyMiddleware:
             response.headers["Retry-After"] = "1"
         else:
             guard: ReplayGuard | None = getattr(scope["app"].state, "idempotency_guard", None)
-            if guard is None or await guard(scope):
-                await _replay(row, send)
-            else:
+            if guard is not None and not await guard(scope):
                 # The credential no longer works (revoked, suspended): let the app refuse it.
                 await self.app(scope, receive, send)
+            elif row["body"] is None:
+                response = _problem(
+                    scope,
+                    409,
+                    "Conflict",
+                    "This request was already carried out; its answer held a secret that is "
+                    "shown only once, so it is not repeated. Find the result at its Location, "
+                    "or make a new request with a new key.",
+                    code="idempotent_secret_withheld",
+                )
+                for name, value in (row["headers"] or {}).items():
+                    if name == "location":
+                        response.headers["Location"] = value
+                await response(scope, receive, send)
+            else:
+                await _replay(row, send)
             return
         await response(scope, receive, send)
 

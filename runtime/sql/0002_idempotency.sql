@@ -8,7 +8,7 @@ CREATE TABLE idempotency_keys (
     started_at   timestamptz NOT NULL DEFAULT now(),
     status       integer,               -- NULL while the first request is still running
     headers      jsonb,
-    body         bytea,
+    body         bytea,                 -- NULL for an answer that held a secret (no-store)
     PRIMARY KEY (scope, key)
 );
 CREATE INDEX idempotency_keys_by_age ON idempotency_keys (started_at);

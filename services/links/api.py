@@ -8,6 +8,7 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from starlette.types import Scope
 
 from contracts.links import Decision, LinkKind, ResolveRequest
 from contracts.scheduling import AUTHENTICATE_SUBJECT, KeyCheck, KeyOwner
@@ -66,6 +67,17 @@ async def clinic_of(request: Request, ctx: Context) -> str:
 
 
 ClinicId = Annotated[str, Depends(clinic_of)]
+
+
+async def credential_still_works(scope: Scope) -> bool:
+    """The idempotency replay guard: a stored answer (a regeneration's holds the new link) is
+    replayed only to a key that still works; otherwise the request runs and is refused."""
+    request = Request(scope)
+    try:
+        await clinic_of(request, context_of(request))
+    except Problem:
+        return False
+    return True
 
 
 def answer(request: Request, decision: Decision) -> JSONResponse:
@@ -135,6 +147,7 @@ async def list_links(
     clinic_id: ClinicId,
     ctx: Context,
     links: LinksDep,
+    response: Response,
     session_id: UUID | None = None,
     room_id: UUID | None = None,
     practitioner_id: UUID | None = None,
@@ -142,6 +155,7 @@ async def list_links(
     include_inactive: bool = False,
 ) -> list[LinkView]:
     """The clinic's links for a session, a room or a practitioner (e.g. to copy one)."""
+    response.headers["Cache-Control"] = "no-store"
     if session_id is None and room_id is None and practitioner_id is None:
         raise Problem(
             400, "Filter by session_id, room_id or practitioner_id.", code="filter_required"
@@ -169,6 +183,7 @@ async def regenerate(
     new_id = await commands.regenerate(ctx, links, clinic_id, link_id)
     row = await ctx.pool.fetchrow("SELECT * FROM links WHERE link_id = $1", new_id)
     response.headers["Location"] = f"/v1/links/{new_id}/audit"
+    response.headers["Cache-Control"] = "no-store"  # the new link; never kept for a replay
     return view(links, row)
 
 

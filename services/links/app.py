@@ -38,6 +38,7 @@ SIGNALING_EVENTS = ("SessionStarted", "SessionEnded", "ParticipantJoined", "Part
 def routes(app: FastAPI, links: Links) -> None:
     links.sealer  # noqa: B018 - without a link key the service must not start
     app.state.links = links
+    app.state.idempotency_guard = api.credential_still_works
     app.add_exception_handler(Refused, api.refused)
     app.include_router(api.router)
 

@@ -69,6 +69,7 @@ class Links:
     )
     clock: Clock = system_clock
     resolutions: Counter[tuple[UUID, str]] = field(default_factory=Counter)
+    _saving: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
 
     @cached_property
     def sealer(self) -> Sealer:
@@ -90,19 +91,23 @@ class Links:
             await self.save_resolutions(ctx)
 
     async def save_resolutions(self, ctx: ServiceContext) -> None:
-        counts, self.resolutions = self.resolutions, Counter()
-        if not counts:
-            return
-        try:
-            await ctx.pool.executemany(
-                "INSERT INTO link_resolutions (link_id, outcome, count, last_at) "
-                "VALUES ($1, $2, $3, $4) ON CONFLICT (link_id, outcome) DO UPDATE "
-                "SET count = link_resolutions.count + EXCLUDED.count, last_at = EXCLUDED.last_at",
-                [(link, outcome, n, self.clock()) for (link, outcome), n in counts.items()],
-            )
-        except Exception:
-            self.resolutions.update(counts)  # keep them for the next round
-            log.warning("resolution counts not saved yet", exc_info=True)
+        # One save at a time: a caller (the audit) returns only once the counts taken by a
+        # save already in progress (the background flush) are written too.
+        async with self._saving:
+            counts, self.resolutions = self.resolutions, Counter()
+            if not counts:
+                return
+            try:
+                await ctx.pool.executemany(
+                    "INSERT INTO link_resolutions (link_id, outcome, count, last_at) "
+                    "VALUES ($1, $2, $3, $4) ON CONFLICT (link_id, outcome) DO UPDATE "
+                    "SET count = link_resolutions.count + EXCLUDED.count, "
+                    "last_at = EXCLUDED.last_at",
+                    [(link, outcome, n, self.clock()) for (link, outcome), n in counts.items()],
+                )
+            except Exception:
+                self.resolutions.update(counts)  # keep them for the next round
+                log.warning("resolution counts not saved yet", exc_info=True)
 
 
 def token_hash(token: str) -> bytes:

@@ -59,10 +59,18 @@ async def reinstate_clinic(clinic_id: str, ctx: Context) -> ClinicView:
 
 
 @router.post("/{clinic_id}/api-keys", status_code=201)
-async def issue_api_key(clinic_id: str, body: ApiKeyCreate, ctx: Context) -> IssuedApiKey:
-    """Create a clinic API key. The key is in this response only; it is stored hashed."""
+async def issue_api_key(
+    clinic_id: str, body: ApiKeyCreate, ctx: Context, response: Response
+) -> IssuedApiKey:
+    """Create a clinic API key. The key is in this response only; it is stored hashed.
+
+    A retry with the same Idempotency-Key does not repeat the key (409
+    `idempotent_secret_withheld`): revoke it and issue another if the answer was lost.
+    """
+    response.headers["Cache-Control"] = "no-store"
     key_id, secret = await handlers.issue_api_key(ctx.store, clinic_id, body.label)
     view = next(k for k in await queries.api_keys(ctx.pool, clinic_id) if k.key_id == key_id)
+    response.headers["Location"] = f"/v1/clinics/{clinic_id}/api-keys"
     return IssuedApiKey(**view.model_dump(), key=secret)
 
 

@@ -1,6 +1,7 @@
 """The operator API: clinics and their keys; suspension stops a clinic's keys."""
 
 import httpx
+from fastapi import FastAPI
 
 from tests.scheduling.conftest import OPERATOR, ClinicHandle, register_clinic
 
@@ -99,3 +100,22 @@ async def test_unknown_clinics_answer_404(api: httpx.AsyncClient) -> None:
         response = await api.request(method, path, headers=OPERATOR, json=body)
         assert response.status_code == 404, (path, response.text)
         assert response.json()["code"] == "clinic_not_found"
+
+
+async def test_a_retried_key_issue_is_not_answered_with_the_key_again(
+    app: FastAPI, clinic: ClinicHandle
+) -> None:
+    headers = OPERATOR | {"Idempotency-Key": "issue-once"}
+    path = f"/v1/clinics/{clinic.clinic_id}/api-keys"
+    first = await clinic.api.post(path, headers=headers, json={"label": "ehr"})
+    assert first.status_code == 201
+    assert first.headers["cache-control"] == "no-store"
+    key = first.json()["key"]
+    again = await clinic.api.post(path, headers=headers, json={"label": "ehr"})
+    assert again.status_code == 409
+    assert again.json()["code"] == "idempotent_secret_withheld"
+    assert key not in again.text
+    stored = await app.state.runtime.context.pool.fetch("SELECT body FROM idempotency_keys")
+    assert not [r for r in stored if r["body"] and key.encode() in r["body"]]
+    listed = await clinic.api.get(path, headers=OPERATOR)
+    assert [k["label"] for k in listed.json()].count("ehr") == 1
