@@ -44,6 +44,7 @@ from contracts.envelope import event_subject  # noqa: E402
 from runtime.embedded import EmbeddedPostgres, NatsServer, free_port  # noqa: E402
 from runtime.eventstore import EventStore  # noqa: E402
 from runtime.logging import configure_logging  # noqa: E402
+from runtime.sealing import new_key  # noqa: E402
 from runtime.service import connect_nats  # noqa: E402
 from tests.support import NoteTaken  # noqa: E402
 
@@ -109,6 +110,7 @@ class Service:
             "DATABASE_URL": dsn,
             "NATS_URL": nats_url,
             "ANTECHAMBER_OPERATOR_KEY": OPERATOR_KEY,
+            "ANTECHAMBER_LINK_KEY": new_key(),
             "ANTECHAMBER_LOG_LEVEL": "warning",
         }
         self.process: subprocess.Popen[bytes] | None = None
