@@ -45,6 +45,7 @@ asyncapi: $(VENV)/.installed-run
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/eventstore.py
 	$(BIN)/python bench/scheduling.py
+	$(BIN)/python bench/links.py
 
 clean:
 	rm -rf $(VENV) .antechamber .pytest_cache .mypy_cache .ruff_cache

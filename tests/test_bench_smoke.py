@@ -51,3 +51,28 @@ def test_the_scheduling_benchmark_prints_its_rate_and_baseline() -> None:
         "HTTP latency   p50",
     ):
         assert line in result.stdout
+
+
+@pytest.mark.slow
+def test_the_links_benchmark_prints_its_rates_latencies_and_floors() -> None:
+    result = subprocess.run(
+        [sys.executable, "bench/links.py", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for line in (
+        "links stored",
+        "GET /healthz",
+        "GET /v1/links/resolve",
+        "NATS echo",
+        "NATS rpc.links.resolve",
+        "resolutions/s",
+        "goal >= 0.7x:",
+        "goal resolve p99 <= 5 ms:",
+        "answers: 200 ",
+    ):
+        assert line in result.stdout

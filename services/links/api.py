@@ -30,7 +30,7 @@ LINK_PAGE_HEADERS = {
 }
 
 
-def links_of(request: Request) -> Links:
+async def links_of(request: Request) -> Links:
     links: Links = request.app.state.links
     return links
 
@@ -74,7 +74,7 @@ async def credential_still_works(scope: Scope) -> bool:
     replayed only to a key that still works; otherwise the request runs and is refused."""
     request = Request(scope)
     try:
-        await clinic_of(request, context_of(request))
+        await clinic_of(request, await context_of(request))
     except Problem:
         return False
     return True

@@ -2,6 +2,7 @@
 
 from dataclasses import replace
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 import asyncpg
@@ -15,7 +16,7 @@ from services.links.resolution import UNKNOWN, Found, SessionWindow, decide, ref
 
 _LINK = """
     SELECT l.link_id, l.kind, l.role, l.state, l.revoked_because, l.sunset_at, l.clinic_id,
-           l.room_id, l.practitioner_id, c.settings, c.suspended, p.left_at,
+           l.room_id, l.practitioner_id, c.settings::text AS settings, c.suspended, p.left_at,
            s.session_id, s.practitioner_id AS s_practitioner, s.room_id AS s_room,
            s.starts_at, s.ends_at, s.time_zone, s.status, s.live, s.guest_admission
       FROM links l
@@ -43,6 +44,12 @@ SESSION_IN_ROOM = (
 """The appointment whose window is open in a room now."""
 
 
+@lru_cache(maxsize=4096)
+def clinic_settings(stored: str) -> ClinicSettings:
+    """Settings as stored (JSON text), parsed once per distinct value rather than per lookup."""
+    return ClinicSettings.model_validate_json(stored)
+
+
 def _window(row: Any) -> SessionWindow | None:
     if row is None or row["session_id"] is None:
         return None
@@ -68,7 +75,7 @@ def _found(row: asyncpg.Record, session: SessionWindow | None) -> Found:
         revoked_because=RevokedBecause(row["revoked_because"]) if row["revoked_because"] else None,
         sunset_at=row["sunset_at"],
         clinic_id=row["clinic_id"],
-        settings=ClinicSettings.model_validate(row["settings"]),
+        settings=clinic_settings(row["settings"]),
         suspended=row["suspended"],
         room_id=row["room_id"],
         practitioner_id=row["practitioner_id"],
@@ -98,14 +105,14 @@ async def find(db: Queryable, request: ResolveRequest, now: datetime) -> Found |
         session = _window(found)
     elif kind in (LinkKind.practitioner_room, LinkKind.client_room) and row["room_id"]:
         # The appointment being held in this room now, if any, so the call is tied to it.
-        settings = row["settings"]
+        settings = clinic_settings(row["settings"])
         session = _window(
             await db.fetchrow(
                 SESSION_IN_ROOM,
                 row["room_id"],
                 now,
-                int(settings["early_join_minutes"]),
-                int(settings["buffer_minutes"]),
+                settings.early_join_minutes,
+                settings.buffer_minutes,
             )
         )
     return _found(row, session)

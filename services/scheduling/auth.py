@@ -33,7 +33,7 @@ class ClinicCaller:
     settings: ClinicSettings
 
 
-def access_of(request: Request) -> Access:
+async def access_of(request: Request) -> Access:
     access: Access = request.app.state.scheduling_access
     return access
 
@@ -103,9 +103,9 @@ async def credential_still_works(scope: Scope) -> bool:
         return True
     try:
         if request.url.path.startswith("/v1/clinics"):
-            await operator(request, access_of(request))
+            await operator(request, await access_of(request))
         else:
-            await clinic_caller(request, context_of(request))
+            await clinic_caller(request, await context_of(request))
     except Problem:
         return False
     return True

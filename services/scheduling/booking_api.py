@@ -34,7 +34,7 @@ async def _bookable(ctx: Context, slug: str) -> ClinicCaller:
     return ClinicCaller(row["clinic_id"], row["slug"], settings)
 
 
-def _limit(request: Request, access: Annotated[Access, Depends(access_of)]) -> None:
+async def _limit(request: Request, access: Annotated[Access, Depends(access_of)]) -> None:
     address = request.client.host if request.client else "unknown"
     wait = access.booking_limiter.retry_after(address)
     if wait is not None:
