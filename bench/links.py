@@ -44,7 +44,6 @@ import random
 import re
 import secrets
 import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -62,7 +61,14 @@ import httpx  # noqa: E402
 
 from antechamber import catalog  # noqa: E402
 from bench.eventstore import ms, pct  # noqa: E402
-from bench.scheduling import CpuMeter, children, servers  # noqa: E402
+from bench.support import (  # noqa: E402
+    CpuMeter,
+    Process,
+    children,
+    servers,
+    service_ready,
+    start_service,
+)
 from contracts.links import RESOLVE_SUBJECT, ResolveRequest  # noqa: E402
 from contracts.scheduling import ClinicSettings  # noqa: E402
 from runtime.db import create_pool  # noqa: E402
@@ -70,7 +76,6 @@ from runtime.embedded import free_port  # noqa: E402
 from runtime.logging import configure_logging  # noqa: E402
 from runtime.migrations import migrate  # noqa: E402
 from runtime.rpc import Endpoint, serve  # noqa: E402
-from runtime.sealing import new_key  # noqa: E402
 from runtime.service import connect_nats  # noqa: E402
 
 SERVICE = "links"
@@ -88,71 +93,6 @@ REFUSED, UNKNOWN = 0.10, 0.05
 
 
 # -- processes ---------------------------------------------------------------------------------
-
-
-class Process:
-    """A child process with its output in a log file; stopped with SIGTERM, then SIGKILL."""
-
-    def __init__(self, name: str, args: list[str], log_path: Path, env: dict[str, str]) -> None:
-        self.name = name
-        self.log_path = log_path
-        with open(log_path, "ab") as log:
-            self.process: subprocess.Popen[bytes] | None = subprocess.Popen(
-                args,
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C reaches us only; we stop it in order
-            )
-        self.pid = self.process.pid
-
-    def check(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            raise RuntimeError(f"the {self.name} process exited:\n{self.log_tail()}")
-
-    def log_tail(self) -> str:
-        with contextlib.suppress(OSError):
-            return self.log_path.read_text()[-3000:]
-        return ""
-
-    def stop(self, timeout: float = 15.0) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
-
-
-def start_service(folder: Path, dsn: str, nats_url: str, port: int) -> Process:
-    env = os.environ | {
-        "DATABASE_URL": dsn,
-        "NATS_URL": nats_url,
-        "ANTECHAMBER_LINK_KEY": new_key(),
-        "ANTECHAMBER_LOG_LEVEL": "warning",
-        # Every HTTP request comes from 127.0.0.1: keep unknown tokens in the mix unthrottled.
-        "ANTECHAMBER_RESOLVE_UNKNOWN_PER_MINUTE": "1e12",
-        "ANTECHAMBER_RESOLVE_UNKNOWN_BURST": str(10**12),
-    }
-    args = [sys.executable, "-m", "antechamber", "serve", SERVICE, "--port", str(port)]
-    return Process("links service", args, folder / "links.log", env)
-
-
-async def service_ready(service: Process, base_url: str, within: float = 60.0) -> None:
-    deadline = time.monotonic() + within
-    async with httpx.AsyncClient(base_url=base_url, timeout=2) as client:
-        while time.monotonic() < deadline:
-            service.check()
-            with contextlib.suppress(httpx.HTTPError):
-                if (await client.get("/readyz")).status_code == 200:
-                    return
-            await asyncio.sleep(0.1)
-    raise TimeoutError(f"the links service is not ready after {within}s:\n{service.log_tail()}")
 
 
 def start_echo(folder: Path, nats_url: str) -> Process:
@@ -260,7 +200,7 @@ def generate(n: int, now: datetime, rng: random.Random) -> tuple[dict[str, list[
 
     # Someone left the call with one link in a hundred (the rejoin grace's LEFT JOIN).
     for row in rng.sample(links, len(links) // 100):
-        rows["link_presence"].append((row[0], 0, now - timedelta(days=2), now - timedelta(days=1)))
+        rows["link_presence"].append((row[0], now - timedelta(days=1)))
     return rows, {"open": open_now, "closed": closed, "clinics": clinics}
 
 
@@ -297,7 +237,7 @@ COLUMNS = {
     ),
     "rooms": ("room_id", "clinic_id", "kind", "practitioner_id", "client_id", "slug"),
     "attendees": ("attendee_id", "session_id", "clinic_id"),
-    "link_presence": ("link_id", "inside", "joined_at", "left_at"),
+    "link_presence": ("link_id", "left_at"),
     "link_secrets": ("token_hash", "link_id"),
 }
 
@@ -722,7 +662,16 @@ async def main(n: int, sample: int, concurrency: int, warm_up: float, seconds: f
         gc.collect()
         gc.freeze()
         port = free_port()
-        service = start_service(folder, postgres.dsn, nats.url, port)
+        service = start_service(
+            SERVICE,
+            folder,
+            postgres.dsn,
+            nats.url,
+            port,
+            # Every HTTP request comes from 127.0.0.1: keep unknown tokens in the mix unthrottled.
+            ANTECHAMBER_RESOLVE_UNKNOWN_PER_MINUTE="1e12",
+            ANTECHAMBER_RESOLVE_UNKNOWN_BURST=str(10**12),
+        )
         echo = start_echo(folder, nats.url)
         try:
             await service_ready(service, f"http://127.0.0.1:{port}")

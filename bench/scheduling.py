@@ -17,18 +17,14 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import re
 import secrets
-import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Awaitable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -40,11 +36,11 @@ import httpx  # noqa: E402
 from nats.aio.msg import Msg  # noqa: E402
 
 from bench.eventstore import ms, pct, schema_pool  # noqa: E402
+from bench.support import CpuMeter, children, servers, service_ready, start_service  # noqa: E402
 from contracts.envelope import event_subject  # noqa: E402
-from runtime.embedded import EmbeddedPostgres, NatsServer, free_port  # noqa: E402
+from runtime.embedded import free_port  # noqa: E402
 from runtime.eventstore import EventStore  # noqa: E402
 from runtime.logging import configure_logging  # noqa: E402
-from runtime.sealing import new_key  # noqa: E402
 from runtime.service import connect_nats  # noqa: E402
 from tests.support import NoteTaken  # noqa: E402
 
@@ -56,125 +52,6 @@ ONE_CONNECTION = httpx.Limits(max_connections=1, max_keepalive_connections=1)
 
 
 # -- processes ---------------------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of one process so far (0 once it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError):
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    found.append(int(entry.name))
-    return found
-
-
-@dataclass
-class CpuMeter:
-    """CPU seconds per component between ``start`` and ``stop`` (Postgres: its backends)."""
-
-    pids: dict[str, Callable[[], list[int]]]
-    before: dict[str, dict[int, float]] = field(default_factory=dict)
-    used: dict[str, float] = field(default_factory=dict)
-
-    def _sample(self) -> dict[str, dict[int, float]]:
-        return {name: {p: cpu_seconds(p) for p in pids()} for name, pids in self.pids.items()}
-
-    def start(self) -> None:
-        self.before = self._sample()
-
-    def stop(self) -> None:
-        after = self._sample()
-        self.used = {
-            name: sum(t - self.before[name].get(p, 0.0) for p, t in now.items())
-            for name, now in after.items()
-        }
-
-
-class Service:
-    """``antechamber serve scheduling`` in a process of its own."""
-
-    def __init__(self, folder: Path, dsn: str, nats_url: str) -> None:
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.log_path = folder / "scheduling.log"
-        self.env = os.environ | {
-            "DATABASE_URL": dsn,
-            "NATS_URL": nats_url,
-            "ANTECHAMBER_OPERATOR_KEY": OPERATOR_KEY,
-            "ANTECHAMBER_LINK_KEY": new_key(),
-            "ANTECHAMBER_LOG_LEVEL": "warning",
-        }
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> "Service":
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "antechamber", "serve", SERVICE, "--port", str(self.port)],
-                cwd=ROOT,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C reaches us only; we stop it in order
-            )
-        return self
-
-    async def ready(self, within: float = 60.0) -> None:
-        deadline = time.monotonic() + within
-        async with httpx.AsyncClient(base_url=self.base_url, timeout=2) as client:
-            while time.monotonic() < deadline:
-                if self.process is None or self.process.poll() is not None:
-                    raise RuntimeError(f"the scheduling service exited:\n{self.log_tail()}")
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get("/readyz")).status_code == 200:
-                        return
-                await asyncio.sleep(0.1)
-        raise TimeoutError(
-            f"the scheduling service is not ready after {within}s:\n{self.log_tail()}"
-        )
-
-    def log_tail(self) -> str:
-        with contextlib.suppress(OSError):
-            return self.log_path.read_text()[-3000:]
-        return ""
-
-    def stop(self, timeout: float = 15.0) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
-
-
-@contextlib.contextmanager
-def servers() -> Iterator[tuple[Path, NatsServer, EmbeddedPostgres]]:
-    """nats-server and Postgres in a short temporary folder, stopped and removed on exit."""
-    folder = Path(tempfile.mkdtemp(prefix="ac-"))  # short: Postgres puts its socket in it
-    nats = NatsServer(folder / "nats")
-    postgres = EmbeddedPostgres(folder / "pg")
-    try:
-        nats.start()
-        postgres.start()
-        yield folder, nats, postgres
-    finally:
-        with contextlib.suppress(Exception):
-            nats.stop()
-        with contextlib.suppress(Exception):
-            postgres.stop()
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 # -- the clinic --------------------------------------------------------------------------------
@@ -303,7 +180,7 @@ async def schedule_sessions(
 
 
 async def http_rate(
-    service: Service,
+    base_url: str,
     nats_url: str,
     sessions: int,
     warm_up: int,
@@ -316,7 +193,7 @@ async def http_rate(
     async with contextlib.AsyncExitStack() as stack:
         callers = [
             await stack.enter_async_context(
-                httpx.AsyncClient(base_url=service.base_url, limits=ONE_CONNECTION, timeout=60)
+                httpx.AsyncClient(base_url=base_url, limits=ONE_CONNECTION, timeout=60)
             )
             for _ in range(concurrency)
         ]
@@ -408,14 +285,17 @@ def report(run: Run, baseline: float, server: dict[str, float], concurrency: int
 async def main(sessions: int, warm_up: int, concurrency: int, baseline_appends: int) -> int:
     configure_logging("bench", "warning", "console")  # no line per migration of the baseline
     with servers() as (folder, nats, postgres):
-        service = Service(folder, postgres.dsn, nats.url).start()
+        port = free_port()
+        base_url = f"http://127.0.0.1:{port}"
+        service = start_service(
+            SERVICE, folder, postgres.dsn, nats.url, port, ANTECHAMBER_OPERATOR_KEY=OPERATOR_KEY
+        )
         try:
             print(f"Antechamber scheduling benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
-            await service.ready()
+            await service_ready(service, base_url)
             postmaster = int((folder / "pg" / "postmaster.pid").read_text().split()[0])
-            assert service.process is not None
             assert nats.process is not None
-            service_pid, nats_pid = service.process.pid, nats.process.pid
+            service_pid, nats_pid = service.pid, nats.process.pid
             meter = CpuMeter(
                 {
                     "service": lambda: [service_pid],
@@ -424,7 +304,7 @@ async def main(sessions: int, warm_up: int, concurrency: int, baseline_appends: 
                 }
             )
             baseline = await append_rate(postgres.dsn, baseline_appends, concurrency)
-            run, server = await http_rate(service, nats.url, sessions, warm_up, concurrency, meter)
+            run, server = await http_rate(base_url, nats.url, sessions, warm_up, concurrency, meter)
             report(run, baseline, server, concurrency)
         except Exception:
             print(f"\nscheduling service log:\n{service.log_tail()}", file=sys.stderr)

@@ -205,28 +205,23 @@ class PractitionerAdded(Event):
     room_slug: str = Field(pattern=SLUG)
 
 
+class _ClientProfile(Event):
+    client_id: UUID
+    display_name: str = personal_data(description="The client's name.")
+    email: str | None = personal_data(description="The client's email.", default=None)
+    phone: str | None = personal_data(description="The client's phone number.", default=None)
+    linked_accounts: tuple[Contact, ...] = ()
+    alternate_contacts: tuple[Contact, ...] = ()
+
+
 @scheduling_events.register
-class ClientAdded(Event):
+class ClientAdded(_ClientProfile):
     """A client of the clinic."""
 
-    client_id: UUID
-    display_name: str = personal_data(description="The client's name.")
-    email: str | None = personal_data(description="The client's email.", default=None)
-    phone: str | None = personal_data(description="The client's phone number.", default=None)
-    linked_accounts: tuple[Contact, ...] = ()
-    alternate_contacts: tuple[Contact, ...] = ()
-
 
 @scheduling_events.register
-class ClientUpdated(Event):
+class ClientUpdated(_ClientProfile):
     """A client's details now read as given (the whole profile)."""
-
-    client_id: UUID
-    display_name: str = personal_data(description="The client's name.")
-    email: str | None = personal_data(description="The client's email.", default=None)
-    phone: str | None = personal_data(description="The client's phone number.", default=None)
-    linked_accounts: tuple[Contact, ...] = ()
-    alternate_contacts: tuple[Contact, ...] = ()
 
 
 @scheduling_events.register

@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from runtime import metrics
+from runtime.refusals import Refused
 from runtime.telemetry import context_from, tracer
 
 log = structlog.get_logger(__name__)
@@ -43,6 +44,19 @@ class Problem(Exception):
         self.detail = detail
         self.headers = headers
         self.extra = extra
+
+
+def bearer_credential(request: Request, what: str = "key") -> str:
+    """The credential of ``Authorization: Bearer <credential>``, or a 401 that says how."""
+    scheme, _, credential = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not credential.strip():
+        raise Problem(
+            401,
+            f"Send your {what} as 'Authorization: Bearer <key>'.",
+            code="unauthenticated",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return credential.strip()
 
 
 def problem_response(
@@ -140,6 +154,10 @@ def create_http_app(
         return problem_response(
             request, exc.status, exc.detail, exc.title, exc.headers, **exc.extra
         )
+
+    @app.exception_handler(Refused)
+    async def _refused(request: Request, exc: Refused) -> JSONResponse:
+        return problem_response(request, exc.status, exc.detail, code=exc.code)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -20,10 +20,11 @@ from typing import Any
 
 import asyncpg
 from starlette.datastructures import Headers
+from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from runtime.http import PROBLEM_JSON
+from runtime.http import problem_response
 
 HEADER = "idempotency-key"
 MAX_KEY_LENGTH = 255
@@ -39,15 +40,7 @@ revoked key cannot fetch stored answers."""
 
 
 def _problem(scope: Scope, status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
-    body = {
-        "type": "about:blank",
-        "title": title,
-        "status": status,
-        "detail": detail,
-        "instance": scope["path"],
-        **extra,
-    }
-    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON)
+    return problem_response(Request(scope), status, detail, title, **extra)
 
 
 class IdempotencyMiddleware:

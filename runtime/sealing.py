@@ -17,6 +17,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from runtime.settings import secret_value
+
 _NONCE = 12
 
 
@@ -33,17 +35,19 @@ class SealingSettings(BaseSettings):
     link_key_file: Path | None = Field(default=None, description="A file holding the key.")
 
     def sealer(self) -> "Sealer":
-        raw: str | None = None
-        if self.link_key_file is not None:
-            raw = self.link_key_file.read_text().strip()
-        elif self.link_key is not None:
-            raw = self.link_key.get_secret_value()
+        raw = secret_value(self.link_key, self.link_key_file)
         if not raw:
             raise SystemExit(
                 "no link key: set ANTECHAMBER_LINK_KEY (or _FILE) to the output of "
                 "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
             )
         return Sealer(raw)
+
+
+def secret_digest(secret: str) -> bytes:
+    """SHA-256 of a token or key: the only form in which one is stored or compared. At 128 bits
+    of entropy or more, a plain hash is an adequate stored form (OWASP ASVS 6.5.2)."""
+    return hashlib.sha256(secret.encode()).digest()
 
 
 def new_key() -> str:

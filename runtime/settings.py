@@ -1,5 +1,6 @@
 """Settings shared by every service, read from the environment."""
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr
@@ -32,3 +33,11 @@ class RuntimeSettings(BaseSettings):
     relay_ack_timeout_s: float = Field(default=5.0, gt=0)
     consumer_max_deliver: int = Field(default=5, ge=1)
     consumer_ack_wait_s: float = Field(default=30.0, gt=0)
+
+
+def secret_value(value: SecretStr | None, file: Path | None) -> str | None:
+    """A secret given in the environment or in a file (a mounted Kubernetes Secret, which wins);
+    None when neither holds one."""
+    if file is not None:
+        return file.read_text().strip() or None
+    return value.get_secret_value() if value is not None else None

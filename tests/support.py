@@ -125,7 +125,12 @@ async def stream_messages(js: JetStreamContext, stream: str) -> list[Any]:
 
 
 def envelope_for(
-    event: Event, *, service: str, clinic_id: str = "c_test", position: int = 1
+    event: Event,
+    *,
+    service: str,
+    clinic_id: str = "c_test",
+    position: int = 1,
+    occurred_at: datetime | None = None,
 ) -> RawEnvelope:
     """An envelope as the source service's relay would publish it."""
     return RawEnvelope(
@@ -137,7 +142,7 @@ def envelope_for(
         stream_id=f"note-{position}",
         version=1,
         position=position,
-        occurred_at=datetime.now(UTC),
+        occurred_at=occurred_at or datetime.now(UTC),
         correlation_id=uuid.uuid4(),
         data=event.model_dump(mode="json"),
     )
@@ -179,3 +184,16 @@ async def serving(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 def settings(dsn: str, nats_url: str) -> RuntimeSettings:
     return RuntimeSettings(DATABASE_URL=dsn, NATS_URL=nats_url, log_format="console")
+
+
+def assert_problem(response: httpx.Response, status: int, code: str | None = None) -> None:
+    """An RFC 9457 problem body with this status (and code), whose detail is a sentence."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    problem = response.json()
+    assert problem["status"] == status
+    if code is not None:
+        assert problem["code"] == code, problem
+    assert isinstance(problem["detail"], str)
+    assert len(problem["detail"].split()) >= 3, problem["detail"]
+    assert problem["detail"].rstrip().endswith("."), problem["detail"]

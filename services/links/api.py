@@ -1,6 +1,5 @@
 """Links HTTP API: resolution for front ends, and a clinic's links, regeneration, retirement."""
 
-import hashlib
 from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
@@ -13,11 +12,11 @@ from starlette.types import Scope
 from contracts.links import Decision, LinkKind, ResolveRequest
 from contracts.scheduling import AUTHENTICATE_SUBJECT, KeyCheck, KeyOwner
 from runtime.context import ServiceContext
-from runtime.http import Problem, problem_response
+from runtime.http import Problem, bearer_credential, problem_response
 from runtime.rpc import RpcError, call
+from runtime.sealing import secret_digest
 from runtime.service import context_of
 from services.links import commands
-from services.links.domain import Refused
 from services.links.handlers import Links
 from services.links.resolver import resolve
 
@@ -38,23 +37,10 @@ async def links_of(request: Request) -> Links:
 LinksDep = Annotated[Links, Depends(links_of)]
 
 
-async def refused(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, Refused)
-    return problem_response(request, exc.status, exc.detail, code=exc.code)
-
-
 async def clinic_of(request: Request, ctx: Context) -> str:
     """The caller's clinic, from a clinic API key that the scheduling service vouches for."""
-    header = request.headers.get("authorization", "")
-    scheme, _, key = header.partition(" ")
-    if scheme.lower() != "bearer" or not key.strip():
-        raise Problem(
-            401,
-            "Send your clinic API key as 'Authorization: Bearer <key>'.",
-            code="unauthenticated",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    check = KeyCheck(key_sha256=hashlib.sha256(key.strip().encode()).hexdigest())
+    key = bearer_credential(request, "clinic API key")
+    check = KeyCheck(key_sha256=secret_digest(key).hex())
     try:
         owner = await call(ctx.nats, AUTHENTICATE_SUBJECT, check, KeyOwner)
     except RpcError as exc:

@@ -11,7 +11,6 @@ from runtime.consumer import Consumer
 from runtime.rpc import Endpoint
 from runtime.service import ServiceDefinition
 from services.links import api, commands, handlers
-from services.links.domain import Refused
 from services.links.handlers import Links
 from services.links.projections import LinksReadModel
 
@@ -32,14 +31,13 @@ SCHEDULING_EVENTS = (
     "LinkSharingEnabled",
     "LinkSharingDisabled",
 )
-SIGNALING_EVENTS = ("SessionStarted", "SessionEnded", "ParticipantJoined", "ParticipantLeft")
+SIGNALING_EVENTS = ("SessionStarted", "SessionEnded", "ParticipantLeft")
 
 
 def routes(app: FastAPI, links: Links) -> None:
     links.sealer  # noqa: B018 - without a link key the service must not start
     app.state.links = links
     app.state.idempotency_guard = api.credential_still_works
-    app.add_exception_handler(Refused, api.refused)
     app.include_router(api.router)
 
 

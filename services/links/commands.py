@@ -6,19 +6,21 @@ from uuid import UUID
 from contracts.events import Event
 from contracts.links import LinkKind, ResolveRequest, Role
 from runtime.context import ServiceContext
+from runtime.refusals import NotFound
 from runtime.rpc import parse
 from services.links import domain
-from services.links.domain import NotFound
 from services.links.handlers import Links, Minted, in_slot, mint, store_secrets
 from services.links.resolver import resolve
+
+_SUCCESSOR_FIELDS = (
+    "SELECT link_id, slot, kind, role, path, session_id, room_id, client_id, attendee_id, "
+    "practitioner_id FROM links"
+)
 
 
 async def _row_ids(ctx: ServiceContext, clinic_id: str, link_id: UUID) -> dict[str, object]:
     row = await ctx.pool.fetchrow(
-        "SELECT slot, kind, role, path, session_id, room_id, client_id, attendee_id, "
-        "practitioner_id FROM links WHERE link_id = $1 AND clinic_id = $2",
-        link_id,
-        clinic_id,
+        f"{_SUCCESSOR_FIELDS} WHERE link_id = $1 AND clinic_id = $2", link_id, clinic_id
     )
     if row is None:
         raise NotFound("link_not_found", "There is no link with that id.")
@@ -36,8 +38,8 @@ async def regenerate(ctx: ServiceContext, links: Links, clinic_id: str, link_id:
     row = await _row_ids(ctx, clinic_id, link_id)
     minted = _successor(links, row)
 
-    def decide(slot: domain.Slot) -> list[Event]:
-        if slot.current != link_id:
+    def decide(slot: domain.Slot | None) -> list[Event]:
+        if slot is None or slot.current != link_id:
             raise NotFound("link_not_active", "That link was already replaced or revoked.")
         return domain.regenerate(slot, minted.link)
 
@@ -56,7 +58,7 @@ async def retire(
     issued_before: datetime | None,
 ) -> int:
     rows = await ctx.pool.fetch(
-        "SELECT link_id FROM links WHERE clinic_id = $1 AND state = 'active' "
+        f"{_SUCCESSOR_FIELDS} WHERE clinic_id = $1 AND state = 'active' "
         "AND kind <> 'practitioner_room' AND ($2::text IS NULL OR kind = $2) "
         "AND ($3::timestamptz IS NULL OR issued_at < $3) ORDER BY issued_at",
         clinic_id,
@@ -65,11 +67,13 @@ async def retire(
     )
     retired = 0
     for r in rows:
-        row = await _row_ids(ctx, clinic_id, r["link_id"])
+        row = dict(r)
         minted = _successor(links, row)
         link_id: UUID = r["link_id"]
 
-        def decide(slot: domain.Slot, link_id: UUID = link_id, m: Minted = minted) -> list[Event]:
+        def decide(
+            slot: domain.Slot | None, link_id: UUID = link_id, m: Minted = minted
+        ) -> list[Event]:
             return domain.retire(slot, link_id, sunset_at, m.link)
 
         async with ctx.store.transaction() as conn:

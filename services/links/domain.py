@@ -8,7 +8,6 @@ sunset next to its successor, a revoked one is dead. Commands return events; no 
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
-from typing import ClassVar
 from uuid import UUID
 
 from contracts.events import Event
@@ -21,27 +20,11 @@ from contracts.links import (
     RevokedBecause,
     Role,
 )
+from runtime.refusals import Conflict, NotFound
 
 REGENERABLE = frozenset({LinkKind.guest, LinkKind.client_room})
 RETIRABLE = frozenset(LinkKind) - {LinkKind.practitioner_room}
 """A readable room link is an address, not a secret: there is nothing to rotate."""
-
-
-class Refused(Exception):
-    status: ClassVar[int] = 409
-
-    def __init__(self, code: str, detail: str) -> None:
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
-
-
-class NotFound(Refused):
-    status = 404
-
-
-class Conflict(Refused):
-    status = 409
 
 
 class State(StrEnum):

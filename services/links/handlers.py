@@ -6,7 +6,6 @@ SHA-256 in the same transaction; the token itself is then forgotten.
 """
 
 import asyncio
-import hashlib
 import secrets
 from collections import Counter
 from collections.abc import Callable
@@ -40,19 +39,21 @@ from contracts.scheduling import (
     SessionScheduled,
     VideoMode,
 )
-from contracts.signaling import ParticipantJoined, ParticipantLeft, SessionEnded, SessionStarted
+from contracts.signaling import ParticipantLeft, SessionEnded, SessionStarted
+from runtime import commands
+from runtime.commands import Decide
 from runtime.context import ServiceContext
 from runtime.db import Executor
-from runtime.eventstore import Cause, ConcurrencyError, EventStore
+from runtime.eventstore import Cause, EventStore, RecordedEvent
 from runtime.ratelimit import RateLimiter
-from runtime.sealing import Sealer, SealingSettings
+from runtime.refusals import NotFound
+from runtime.sealing import Sealer, SealingSettings, secret_digest
 from services.links import domain
 from services.links.config import LinksSettings
-from services.links.domain import Conflict, NewLink, Slot
+from services.links.domain import NewLink, Slot
 
 log = structlog.get_logger(__name__)
 Clock = Callable[[], datetime]
-CONFLICT_RETRIES = 5
 
 
 def system_clock() -> datetime:
@@ -110,43 +111,27 @@ class Links:
                 log.warning("resolution counts not saved yet", exc_info=True)
 
 
-def token_hash(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
-
-
-def load_slot(events: list[Any]) -> Slot:
-    slot = Slot()
-    for r in events:
-        slot = domain.evolve(slot, links_events.decode(r.type, r.schema_version, r.data))
-    return slot
-
-
 async def in_slot(
     store: EventStore,
     slot_id: str,
     clinic_id: str,
-    decide: Callable[[Slot], list[Event]],
+    decide: Decide[Slot],
     *,
     conn: Executor,
     cause: Cause | None = None,
-) -> list[Event]:
-    """Decide on the slot's state and append, re-deciding if another writer got there first."""
-    for _ in range(CONFLICT_RETRIES):
-        recorded = await store.read_stream(slot_id)
-        if recorded and recorded[0].clinic_id != clinic_id:
-            raise domain.NotFound("link_not_found", "There is no link with that id.")
-        events = decide(load_slot(recorded))
-        if not events:
-            return []
-        try:
-            version = recorded[-1].version if recorded else 0
-            await store.append(
-                slot_id, version, events, clinic_id=clinic_id, cause=cause, conn=conn
-            )
-        except ConcurrencyError:
-            continue
-        return events
-    raise Conflict("changed_concurrently", "The link was changed at the same moment; retry.")
+) -> list[RecordedEvent]:
+    """Run ``decide`` on the slot (``runtime.commands.execute``) in the caller's transaction."""
+    return await commands.execute(
+        store,
+        slot_id,
+        clinic_id,
+        links_events,
+        domain.evolve,
+        decide,
+        absent=NotFound("link_not_found", "There is no link with that id."),
+        cause=cause,
+        conn=conn,
+    )
 
 
 @dataclass(frozen=True)
@@ -167,13 +152,15 @@ def mint(links: Links, kind: LinkKind, role: Role, path: str | None = None, **id
     return Minted(new, token)
 
 
-async def store_secrets(conn: Executor, minted: list[Minted], appended: list[Event]) -> None:
+async def store_secrets(
+    conn: Executor, minted: list[Minted], appended: list[RecordedEvent]
+) -> None:
     """Keep the hash of each token whose link was actually issued."""
-    issued = {getattr(e, "link_id", None) for e in appended if hasattr(e, "url_sealed")}
+    issued = {r.data["link_id"] for r in appended if "url_sealed" in r.data}
     rows = [
-        (token_hash(m.token), m.link.link_id)
+        (secret_digest(m.token), m.link.link_id)
         for m in minted
-        if m.token is not None and m.link.link_id in issued
+        if m.token is not None and str(m.link.link_id) in issued
     ]
     if rows:
         await conn.executemany(
@@ -489,19 +476,10 @@ async def on_signaling(
                 envelope.clinic_id,
                 isinstance(event, SessionStarted),
             )
-        case ParticipantJoined() if event.link_id is not None:
-            await conn.execute(
-                "INSERT INTO link_presence (link_id, inside, joined_at) VALUES ($1, 1, $2) "
-                "ON CONFLICT (link_id) DO UPDATE SET inside = link_presence.inside + 1, "
-                "joined_at = EXCLUDED.joined_at",
-                event.link_id,
-                envelope.occurred_at,
-            )
         case ParticipantLeft() if event.link_id is not None:
             await conn.execute(
-                "INSERT INTO link_presence (link_id, inside, left_at) VALUES ($1, 0, $2) "
-                "ON CONFLICT (link_id) DO UPDATE "
-                "SET inside = greatest(link_presence.inside - 1, 0), left_at = EXCLUDED.left_at",
+                "INSERT INTO link_presence (link_id, left_at) VALUES ($1, $2) "
+                "ON CONFLICT (link_id) DO UPDATE SET left_at = EXCLUDED.left_at",
                 event.link_id,
                 envelope.occurred_at,
             )

@@ -117,6 +117,10 @@ def decide(found: Found | None, now: datetime) -> Decision:
             (Refusal.revoked, "This link no longer works."),
         )
         return refused(reason, message, f)
+    if f.session is not None and f.session.status == "cancelled":
+        # A host link outlives any one session, but not into a cancelled one (the session's
+        # own links were revoked with the cancellation).
+        return refused(*_REVOKED[RevokedBecause.session_cancelled], f)
     warning = None
     if f.state is State.deprecated and f.sunset_at is not None:
         if now >= f.sunset_at:

@@ -1,6 +1,5 @@
 """Answering a resolve request (over HTTP or NATS): look the link up, decide, count."""
 
-from dataclasses import replace
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -10,8 +9,9 @@ import asyncpg
 from contracts.links import Decision, LinkKind, Refusal, ResolveRequest, RevokedBecause, Role
 from contracts.scheduling import ClinicSettings
 from runtime.db import Queryable
+from runtime.sealing import secret_digest
 from services.links.domain import State
-from services.links.handlers import Links, token_hash
+from services.links.handlers import Links
 from services.links.resolution import UNKNOWN, Found, SessionWindow, decide, refused
 
 _LINK = """
@@ -86,7 +86,7 @@ def _found(row: asyncpg.Record, session: SessionWindow | None) -> Found:
 
 async def find(db: Queryable, request: ResolveRequest, now: datetime) -> Found | None:
     if request.token:
-        row = await db.fetchrow(BY_TOKEN, token_hash(request.token))
+        row = await db.fetchrow(BY_TOKEN, secret_digest(request.token))
     elif request.clinic_slug and request.room_slug:
         row = await db.fetchrow(BY_ROOM_PATH, request.clinic_slug, request.room_slug)
     else:
@@ -128,9 +128,6 @@ async def resolve(links: Links, db: Queryable, request: ResolveRequest) -> Decis
         )
     now = links.clock()
     found = await find(db, request, now)
-    if found is not None and found.session is not None and found.session.status == "cancelled":
-        # Its links were revoked; say so even if the revocation is still on its way.
-        found = _cancelled(found)
     decision = decide(found, now) if found is not None else UNKNOWN
     if decision.link_id is not None:
         outcome = "allowed" if decision.allowed else str(decision.reason)
@@ -138,7 +135,3 @@ async def resolve(links: Links, db: Queryable, request: ResolveRequest) -> Decis
     elif address is not None:
         links.unknown_tokens.retry_after(address)  # one try spent
     return decision
-
-
-def _cancelled(found: Found) -> Found:
-    return replace(found, state=State.revoked, revoked_because=RevokedBecause.session_cancelled)

@@ -3,17 +3,17 @@
 from typing import Annotated
 from uuid import UUID, uuid4
 
-from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Query, Response
 from pydantic import ValidationError
 
 from contracts.events import Event
 from contracts.scheduling import ClinicSettings, Contact
-from runtime.http import Problem, problem_response
+from runtime.http import Problem
 from runtime.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page, decode_cursor
+from runtime.refusals import not_found
 from services.scheduling import domain, handlers, queries
 from services.scheduling.auth import Clinic, Context
-from services.scheduling.domain import Client, Refused
+from services.scheduling.domain import Client
 from services.scheduling.handlers import CLIENT, CLINIC, ROOM, execute
 from services.scheduling.models import (
     ClientCreate,
@@ -31,12 +31,6 @@ from services.scheduling.models import (
 
 router = APIRouter(prefix="/v1", tags=["clinic"])
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
-
-
-async def refused(request: Request, exc: Exception) -> JSONResponse:
-    """A domain refusal as a problem body: the machine code and the sentence."""
-    assert isinstance(exc, Refused)
-    return problem_response(request, exc.status, exc.detail, code=exc.code)
 
 
 @router.get("/clinic")
@@ -145,7 +139,7 @@ async def update_client(
 
     def decide(state: Client | None) -> list[Event]:
         if state is None:
-            raise domain.not_found("client")
+            raise not_found("client")
         updated = Client(
             client_id=state.client_id,
             display_name=body.display_name or state.display_name,

@@ -13,7 +13,6 @@ from runtime.service import ServiceDefinition
 from services.scheduling import api, booking_api, handlers, operator_api, sessions_api
 from services.scheduling.auth import Access, credential_still_works
 from services.scheduling.config import SchedulingSettings
-from services.scheduling.domain import Refused
 from services.scheduling.projections import SchedulingReadModel
 
 
@@ -27,7 +26,6 @@ def routes(
         sealer=sealer or SealingSettings().sealer(),
     )
     app.state.idempotency_guard = credential_still_works
-    app.add_exception_handler(Refused, api.refused)
     for router in (operator_api.router, api.router, sessions_api.router, booking_api.router):
         app.include_router(router)
 

@@ -9,11 +9,11 @@ from starlette.types import Scope
 
 from contracts.scheduling import ClinicSettings
 from runtime.context import ServiceContext
-from runtime.http import Problem
+from runtime.http import Problem, bearer_credential
 from runtime.ratelimit import RateLimiter
-from runtime.sealing import Sealer
+from runtime.sealing import Sealer, secret_digest
 from runtime.service import context_of
-from services.scheduling.handlers import API_KEY_PREFIX, hash_secret
+from services.scheduling.handlers import API_KEY_PREFIX
 
 
 @dataclass(frozen=True)
@@ -38,35 +38,22 @@ async def access_of(request: Request) -> Access:
     return access
 
 
-def _bearer(request: Request) -> str:
-    header = request.headers.get("authorization", "")
-    scheme, _, credential = header.partition(" ")
-    if scheme.lower() != "bearer" or not credential.strip():
-        raise Problem(
-            401,
-            "Send your key as 'Authorization: Bearer <key>'.",
-            code="unauthenticated",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    return credential.strip()
-
-
 async def operator(request: Request, access: Annotated[Access, Depends(access_of)]) -> None:
-    key = _bearer(request)
+    key = bearer_credential(request)
     if access.operator_key_hash is None:
         raise Problem(
             503,
             "No operator key is configured; set ANTECHAMBER_OPERATOR_KEY (or _FILE).",
             code="operator_key_missing",
         )
-    if not hmac.compare_digest(hash_secret(key), access.operator_key_hash):
+    if not hmac.compare_digest(secret_digest(key), access.operator_key_hash):
         raise Problem(401, "That is not the operator key.", code="unauthenticated")
 
 
 async def clinic_caller(
     request: Request, ctx: Annotated[ServiceContext, Depends(context_of)]
 ) -> ClinicCaller:
-    key = _bearer(request)
+    key = bearer_credential(request)
     if not key.startswith(API_KEY_PREFIX):
         raise Problem(
             401, f"Clinic API keys start with {API_KEY_PREFIX!r}.", code="unauthenticated"
@@ -76,7 +63,7 @@ async def clinic_caller(
         "SELECT c.clinic_id, c.slug, c.settings, c.suspended "
         "FROM api_key_secrets s JOIN api_keys k USING (key_id) JOIN clinics c USING (clinic_id) "
         "WHERE s.secret_hash = $1 AND k.revoked_at IS NULL",
-        hash_secret(key),
+        secret_digest(key),
     )
     if row is None:
         raise Problem(401, "This API key is unknown or was revoked.", code="unauthenticated")

@@ -13,9 +13,10 @@ from fastapi import APIRouter, Depends, Request, Response
 from contracts.scheduling import ClinicSettings, SessionSource
 from runtime.db import lock_key
 from runtime.http import Problem
+from runtime.refusals import Conflict
 from services.scheduling import handlers, queries
 from services.scheduling.auth import Access, ClinicCaller, Context, access_of
-from services.scheduling.domain import Client, Conflict
+from services.scheduling.domain import Client
 from services.scheduling.handlers import ScheduleRequest
 from services.scheduling.models import BookingCreate, BookingView, PublicClinicView
 from services.scheduling.sessions_api import default_video_mode, now

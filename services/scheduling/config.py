@@ -1,10 +1,12 @@
 """Settings of the scheduling service, read from the environment."""
 
-import hashlib
 from pathlib import Path
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from runtime.sealing import secret_digest
+from runtime.settings import secret_value
 
 
 class SchedulingSettings(BaseSettings):
@@ -25,11 +27,5 @@ class SchedulingSettings(BaseSettings):
 
     def operator_key_hash(self) -> bytes | None:
         """SHA-256 of the operator key, or None when none is configured."""
-        key: str | None = None
-        if self.operator_key_file is not None:
-            key = self.operator_key_file.read_text().strip()
-        elif self.operator_key is not None:
-            key = self.operator_key.get_secret_value()
-        if not key:
-            return None
-        return hashlib.sha256(key.encode()).digest()
+        key = secret_value(self.operator_key, self.operator_key_file)
+        return secret_digest(key) if key else None

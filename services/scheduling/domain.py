@@ -1,12 +1,11 @@
 """Clinics, practitioners, clients and rooms: commands return events, ``evolve`` folds them.
 
 No I/O here. Handlers read what a decision needs (from the stream and the read models) and
-pass it in; a refusal is a :class:`Refused` with a machine code and a sentence for a person.
+pass it in; a refusal is a ``runtime.refusals.Refused``: a machine code and a sentence.
 """
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from typing import ClassVar
 from uuid import UUID
 
 from contracts.events import Event
@@ -27,37 +26,11 @@ from contracts.scheduling import (
     RoomKind,
     RoomRenamed,
 )
+from runtime.refusals import Conflict, Forbidden, Invalid, not_found
 
 
-class Refused(Exception):
-    """A command that cannot be carried out; nothing was changed."""
-
-    status: ClassVar[int] = 422
-
-    def __init__(self, code: str, detail: str) -> None:
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
-
-
-class NotFound(Refused):
-    status = 404
-
-
-class Conflict(Refused):
-    status = 409
-
-
-class Invalid(Refused):
-    status = 422
-
-
-class NotInPlan(Refused):
-    status = 403
-
-
-def not_found(what: str) -> NotFound:
-    return NotFound(f"{what}_not_found", f"There is no {what.replace('_', ' ')} with that id.")
+class NotInPlan(Forbidden):
+    """The clinic's plan does not include what was asked for."""
 
 
 # -- clinic ------------------------------------------------------------------------------------

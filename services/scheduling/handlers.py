@@ -1,13 +1,11 @@
 """Commands and subscribed events, turned into domain decisions and appended events.
 
-Each command loads its aggregate from its stream, lets the domain decide, and appends with
-the version it read; when another request got there first it decides again on the new state.
-Another clinic's stream reads as absent, so its objects answer "not found".
+Each command runs on one aggregate's stream through ``runtime.commands.execute``: another
+clinic's stream reads as absent, so its objects answer "not found".
 """
 
-import hashlib
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Generic, TypeVar
@@ -16,7 +14,6 @@ from uuid import UUID, uuid4
 import asyncpg
 
 from contracts.envelope import RawEnvelope
-from contracts.events import Event
 from contracts.links import LinkIssued, LinkRegenerated, LinkRevoked
 from contracts.scheduling import (
     ClinicSettings,
@@ -30,17 +27,19 @@ from contracts.scheduling import (
     scheduling_events,
 )
 from contracts.signaling import SessionEnded, SessionStarted
+from runtime import commands
+from runtime.commands import Decide, Evolve
 from runtime.context import ServiceContext
 from runtime.db import Executor, Queryable
 from runtime.eventstore import Cause, ConcurrencyError, EventStore, RecordedEvent
+from runtime.refusals import Conflict, Invalid, NotFound, not_found
 from runtime.rpc import parse
+from runtime.sealing import secret_digest
 from services.scheduling import domain, sessions
-from services.scheduling.domain import Client, Conflict, Invalid, Room, not_found
+from services.scheduling.domain import Client, Room
 from services.scheduling.sessions import Appointment, Attendee
 
 S = TypeVar("S")
-Decide = Callable[[S | None], list[Event]]
-CONFLICT_RETRIES = 5
 API_KEY_PREFIX = "ac_"
 """Clinic API keys start with this, so scanners and people recognise them."""
 
@@ -48,20 +47,10 @@ API_KEY_PREFIX = "ac_"
 @dataclass(frozen=True)
 class Aggregate(Generic[S]):
     prefix: str
-    evolve: Callable[[S | None, Event], S | None]
+    evolve: Evolve[S]
 
     def stream(self, key: object) -> str:
         return f"{self.prefix}-{key}"
-
-    async def load(self, store: EventStore, key: object, clinic_id: str) -> tuple[S | None, int]:
-        """The state and version; another clinic's aggregate raises NotFound."""
-        recorded = await store.read_stream(self.stream(key))
-        if recorded and recorded[0].clinic_id != clinic_id:
-            raise not_found(self.prefix)
-        state: S | None = None
-        for r in recorded:
-            state = self.evolve(state, scheduling_events.decode(r.type, r.schema_version, r.data))
-        return state, recorded[-1].version if recorded else 0
 
 
 CLINIC = Aggregate("clinic", domain.evolve_clinic)
@@ -81,25 +70,21 @@ async def execute(
     cause: Cause | None = None,
     conn: Executor | None = None,
 ) -> list[RecordedEvent]:
-    for _ in range(CONFLICT_RETRIES):
-        state, version = await aggregate.load(store, key, clinic_id)
-        events = decide(state)
-        if not events:
-            return []
-        try:
-            return await store.append(
-                aggregate.stream(key), version, events, clinic_id=clinic_id, cause=cause, conn=conn
-            )
-        except ConcurrencyError:
-            continue
-    raise Conflict("changed_concurrently", "It was changed by another request just now; retry.")
+    """Run ``decide`` on the aggregate (``runtime.commands.execute``)."""
+    return await commands.execute(
+        store,
+        aggregate.stream(key),
+        clinic_id,
+        scheduling_events,
+        aggregate.evolve,
+        decide,
+        absent=not_found(aggregate.prefix),
+        cause=cause,
+        conn=conn,
+    )
 
 
 # -- clinics and keys --------------------------------------------------------------------------
-
-
-def hash_secret(secret: str) -> bytes:
-    return hashlib.sha256(secret.encode()).digest()
 
 
 async def register_clinic(
@@ -135,7 +120,7 @@ async def issue_api_key(store: EventStore, clinic_id: str, label: str) -> tuple[
         await conn.execute(
             "INSERT INTO api_key_secrets (key_id, secret_hash) VALUES ($1, $2)",
             key_id,
-            hash_secret(secret),
+            secret_digest(secret),
         )
     return key_id, secret
 
@@ -396,7 +381,7 @@ async def _session_reaction(
             cause=Cause.of(envelope),
             conn=conn,
         )
-    except domain.NotFound:
+    except NotFound:
         return  # a call in a room with no appointment here, or another clinic's id: nothing to do
 
 
@@ -409,21 +394,20 @@ async def on_link_issued(
 async def on_link_regenerated(
     _ctx: ServiceContext, conn: Executor, event: LinkRegenerated, envelope: RawEnvelope
 ) -> None:
-    await conn.execute(
-        "UPDATE join_links SET revoked_at = $3 WHERE link_id = $1 AND clinic_id = $2",
-        event.replaces_link_id,
-        envelope.clinic_id,
-        envelope.occurred_at,
-    )
+    await _link_gone(conn, event.replaces_link_id, envelope)
     await _record_link(conn, event, envelope)
 
 
 async def on_link_revoked(
     _ctx: ServiceContext, conn: Executor, event: LinkRevoked, envelope: RawEnvelope
 ) -> None:
+    await _link_gone(conn, event.link_id, envelope)
+
+
+async def _link_gone(conn: Executor, link_id: UUID, envelope: RawEnvelope) -> None:
     await conn.execute(
         "UPDATE join_links SET revoked_at = $3 WHERE link_id = $1 AND clinic_id = $2",
-        event.link_id,
+        link_id,
         envelope.clinic_id,
         envelope.occurred_at,
     )

@@ -69,7 +69,7 @@ async def issue_api_key(
     """
     response.headers["Cache-Control"] = "no-store"
     key_id, secret = await handlers.issue_api_key(ctx.store, clinic_id, body.label)
-    view = next(k for k in await queries.api_keys(ctx.pool, clinic_id) if k.key_id == key_id)
+    [view] = await queries.api_keys(ctx.pool, clinic_id, key_id)
     response.headers["Location"] = f"/v1/clinics/{clinic_id}/api-keys"
     return IssuedApiKey(**view.model_dump(), key=secret)
 

@@ -10,8 +10,8 @@ import asyncpg
 
 from runtime.db import Queryable
 from runtime.pagination import Page, encode_cursor
+from runtime.refusals import not_found
 from runtime.sealing import Sealer
-from services.scheduling.domain import not_found
 from services.scheduling.models import (
     ApiKeyView,
     AttendeeView,
@@ -33,6 +33,13 @@ def _page(items: list[Any], limit: int, *key: str) -> tuple[list[Any], str | Non
     return items, encode_cursor(*(last[k] for k in key))
 
 
+def _after(cursor: list[str] | None) -> tuple[datetime | None, UUID]:
+    """A page cursor's (time, id) as query arguments; no cursor starts at the beginning."""
+    if cursor is None:
+        return None, UUID(int=0)
+    return datetime.fromisoformat(cursor[0]), UUID(cursor[1])
+
+
 async def clinic(conn: Queryable, clinic_id: str) -> ClinicView:
     row = await conn.fetchrow("SELECT * FROM clinics WHERE clinic_id = $1", clinic_id)
     if row is None:
@@ -52,11 +59,12 @@ async def clinics(conn: Queryable, after: list[str] | None, limit: int) -> Page[
     return Page(items=[ClinicView.model_validate(dict(r)) for r in items], next_cursor=cursor)
 
 
-async def api_keys(conn: Queryable, clinic_id: str) -> list[ApiKeyView]:
+async def api_keys(conn: Queryable, clinic_id: str, key_id: UUID | None = None) -> list[ApiKeyView]:
     rows = await conn.fetch(
         "SELECT key_id, prefix, label, issued_at, revoked_at FROM api_keys "
-        "WHERE clinic_id = $1 ORDER BY issued_at, key_id",
+        "WHERE clinic_id = $1 AND ($2::uuid IS NULL OR key_id = $2) ORDER BY issued_at, key_id",
         clinic_id,
+        key_id,
     )
     return [ApiKeyView.model_validate(dict(r)) for r in rows]
 
@@ -87,8 +95,7 @@ async def practitioners(
         "WHERE clinic_id = $1 AND ($2::timestamptz IS NULL OR (added_at, practitioner_id) > "
         "($2, $3::uuid)) ORDER BY added_at, practitioner_id LIMIT $4",
         clinic_id,
-        datetime.fromisoformat(after[0]) if after else None,
-        UUID(after[1]) if after else UUID(int=0),
+        *_after(after),
         limit + 1,
     )
     items, cursor = _page(list(rows), limit, "added_at", "practitioner_id")
@@ -117,8 +124,7 @@ async def clients(
         f"{_CLIENT} WHERE clinic_id = $1 AND ($2::timestamptz IS NULL OR "
         "(added_at, client_id) > ($2, $3::uuid)) ORDER BY added_at, client_id LIMIT $4",
         clinic_id,
-        datetime.fromisoformat(after[0]) if after else None,
-        UUID(after[1]) if after else UUID(int=0),
+        *_after(after),
         limit + 1,
     )
     items, cursor = _page(list(rows), limit, "added_at", "client_id")
@@ -155,8 +161,7 @@ async def rooms(
         clinic_id,
         client_id,
         practitioner_id,
-        datetime.fromisoformat(after[0]) if after else None,
-        UUID(after[1]) if after else UUID(int=0),
+        *_after(after),
         limit + 1,
     )
     items, cursor = _page(list(rows), limit, "created_at", "room_id")
@@ -220,8 +225,7 @@ async def sessions(
         practitioner_id,
         starts_from,
         starts_before,
-        datetime.fromisoformat(after[0]) if after else None,
-        UUID(after[1]) if after else UUID(int=0),
+        *_after(after),
         limit + 1,
     )
     items, cursor = _page(list(rows), limit, "starts_at", "session_id")

@@ -31,7 +31,8 @@ from contracts.scheduling import (
     VideoMode,
 )
 from contracts.signaling import EndedBecause
-from services.scheduling.domain import Conflict, Invalid, NotInPlan, Room, not_found
+from runtime.refusals import Conflict, Invalid, not_found
+from services.scheduling.domain import NotInPlan, Room
 
 PAST_TOLERANCE = timedelta(minutes=1)
 """A start this little in the past is 'now' (clocks and typing differ)."""

@@ -8,11 +8,12 @@ from fastapi import APIRouter, Depends, Query, Response
 
 from contracts.events import Event
 from contracts.scheduling import PLAN_VIDEO_MODES, SessionSource, VideoMode
+from runtime.commands import Decide
 from runtime.http import Problem
 from runtime.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page, decode_cursor
+from runtime.refusals import not_found
 from services.scheduling import handlers, queries, sessions
 from services.scheduling.auth import Access, Clinic, ClinicCaller, Context, access_of
-from services.scheduling.domain import not_found
 from services.scheduling.handlers import SESSION, ScheduleRequest, execute
 from services.scheduling.models import (
     AdHocCreate,
@@ -144,6 +145,14 @@ async def session_history(session_id: UUID, caller: Clinic, ctx: Context) -> lis
     ]
 
 
+async def _change(
+    ctx: Context, caller: ClinicCaller, session_id: UUID, decide: Decide[sessions.Session]
+) -> SessionView:
+    """Run a command on the session and answer with how it reads now."""
+    await execute(ctx.store, SESSION, session_id, caller.clinic_id, decide)
+    return await queries.session(ctx.pool, caller.clinic_id, session_id)
+
+
 @router.post("/sessions/{session_id}/reschedule")
 async def reschedule_session(
     session_id: UUID, body: Reschedule, caller: Clinic, ctx: Context
@@ -154,8 +163,7 @@ async def reschedule_session(
         tz = body.time_zone or (state.time_zone if state else caller.settings.time_zone)
         return sessions.reschedule_session(state, body.starts_at, body.ends_at, tz, now())
 
-    await execute(ctx.store, SESSION, session_id, caller.clinic_id, decide)
-    return await queries.session(ctx.pool, caller.clinic_id, session_id)
+    return await _change(ctx, caller, session_id, decide)
 
 
 @router.post("/sessions/{session_id}/cancel")
@@ -163,14 +171,7 @@ async def cancel_session(
     session_id: UUID, body: Cancel, caller: Clinic, ctx: Context
 ) -> SessionView:
     """Cancel: the links stop working and the reminders are dropped."""
-    await execute(
-        ctx.store,
-        SESSION,
-        session_id,
-        caller.clinic_id,
-        lambda s: sessions.cancel_session(s, body.reason),
-    )
-    return await queries.session(ctx.pool, caller.clinic_id, session_id)
+    return await _change(ctx, caller, session_id, lambda s: sessions.cancel_session(s, body.reason))
 
 
 @router.post("/sessions/{session_id}/attendees", status_code=201)
@@ -187,14 +188,9 @@ async def invite_attendee(
         )
     else:
         attendee = Attendee(uuid4(), str(body.email), body.display_name, None, None)
-    await execute(
-        ctx.store,
-        SESSION,
-        session_id,
-        caller.clinic_id,
-        lambda s: sessions.invite_attendee(s, attendee, caller.settings),
+    return await _change(
+        ctx, caller, session_id, lambda s: sessions.invite_attendee(s, attendee, caller.settings)
     )
-    return await queries.session(ctx.pool, caller.clinic_id, session_id)
 
 
 @router.delete("/sessions/{session_id}/attendees/{attendee_id}", status_code=204)
@@ -215,21 +211,15 @@ async def set_link_sharing(
     session_id: UUID, body: LinkSharing, caller: Clinic, ctx: Context
 ) -> SessionView:
     """Turn guest links on or off; turning off stops every guest and drop-in link."""
-    await execute(
-        ctx.store,
-        SESSION,
-        session_id,
-        caller.clinic_id,
-        lambda s: sessions.set_link_sharing(s, body.enabled),
+    return await _change(
+        ctx, caller, session_id, lambda s: sessions.set_link_sharing(s, body.enabled)
     )
-    return await queries.session(ctx.pool, caller.clinic_id, session_id)
 
 
 @router.post("/sessions/{session_id}/complete")
 async def mark_complete(session_id: UUID, caller: Clinic, ctx: Context) -> SessionView:
     """Complete a session that ended before its scheduled end."""
-    await execute(ctx.store, SESSION, session_id, caller.clinic_id, sessions.mark_complete)
-    return await queries.session(ctx.pool, caller.clinic_id, session_id)
+    return await _change(ctx, caller, session_id, sessions.mark_complete)
 
 
 @router.get("/clients/{client_id}/sessions/upcoming", tags=["clients"])

@@ -11,7 +11,6 @@ import asyncpg
 import httpx
 from nats.aio.client import Client as NATS
 
-from contracts.envelope import RawEnvelope
 from contracts.events import Event
 from contracts.signaling import (
     EndedBecause,
@@ -22,8 +21,8 @@ from contracts.signaling import (
 )
 from contracts.signaling import Role as CallRole
 from tests.links.conftest import Clock, LinkedClinic, Platform, linked_clinic
-from tests.scheduling.conftest import OPERATOR
-from tests.support import eventually, publish_envelope
+from tests.scheduling.conftest import OPERATOR, report
+from tests.support import eventually
 
 # -- helpers -----------------------------------------------------------------------------------
 
@@ -92,20 +91,7 @@ async def soon_allowed(clinic: LinkedClinic, link: dict[str, Any], **params: Any
 async def signal(nc: NATS, clinic_id: str, event: Event, occurred_at: datetime) -> None:
     """Publish ``event`` as signaling's relay would, at ``occurred_at`` (the links clock's
     time, since links keeps when someone left from the envelope)."""
-    envelope = RawEnvelope(
-        event_id=uuid4(),
-        type=event.event_type(),
-        schema_version=event.schema_version,
-        service="signaling",
-        clinic_id=clinic_id,
-        stream_id=f"call-{uuid4()}",
-        version=1,
-        position=1,
-        occurred_at=occurred_at,
-        correlation_id=uuid4(),
-        data=event.model_dump(mode="json"),
-    )
-    await publish_envelope(nc.jetstream(), envelope)
+    await report(nc, "signaling", clinic_id, event, occurred_at)
 
 
 async def shared_session(clinic: LinkedClinic, **extra: Any) -> dict[str, Any]:

@@ -28,8 +28,9 @@ from contracts.links import (
     Role,
 )
 from contracts.scheduling import ClinicSettings, Plan
+from runtime.refusals import Refused
 from services.links import domain
-from services.links.domain import NewLink, Refused, Slot, State
+from services.links.domain import NewLink, Slot, State
 from services.links.resolution import NEWEST_LINK_HINT, Found, SessionWindow, decide
 
 START = datetime(2031, 3, 14, 9, 0, tzinfo=UTC)  # a Friday; Berlin is on CET (UTC+1)

@@ -24,7 +24,7 @@ from runtime.sealing import Sealer, new_key
 from runtime.service import build_app
 from services.scheduling import app as scheduling
 from services.scheduling.config import SchedulingSettings
-from tests.support import publish_envelope, serving, settings
+from tests.support import envelope_for, publish_envelope, serving, settings
 
 OPERATOR_KEY = "op-" + secrets.token_urlsafe(24)
 SEALER = Sealer(new_key())
@@ -125,20 +125,10 @@ async def clinic(api: httpx.AsyncClient) -> ClinicHandle:
     return await register_clinic(api)
 
 
-async def report(nc: NATS, service: str, clinic_id: str, event: Event) -> RawEnvelope:
+async def report(
+    nc: NATS, service: str, clinic_id: str, event: Event, occurred_at: datetime | None = None
+) -> RawEnvelope:
     """Publish ``event`` as ``service``'s relay would (the service itself is not running)."""
-    envelope = RawEnvelope(
-        event_id=uuid.uuid4(),
-        type=event.event_type(),
-        schema_version=event.schema_version,
-        service=service,
-        clinic_id=clinic_id,
-        stream_id=f"{service}-{uuid.uuid4()}",
-        version=1,
-        position=1,
-        occurred_at=datetime.now(UTC),
-        correlation_id=uuid.uuid4(),
-        data=event.model_dump(mode="json"),
-    )
+    envelope = envelope_for(event, service=service, clinic_id=clinic_id, occurred_at=occurred_at)
     await publish_envelope(nc.jetstream(), envelope)
     return envelope

@@ -13,7 +13,7 @@ from fastapi import FastAPI
 
 from runtime.embedded import NatsServer
 from tests.scheduling.conftest import OPERATOR, ClinicHandle, register_clinic, scheduling_app
-from tests.support import serving
+from tests.support import assert_problem, serving
 
 PLUS_TWO = timezone(timedelta(hours=2))
 
@@ -41,15 +41,6 @@ def booking(practitioner: dict[str, Any], when: dict[str, str], **extra: Any) ->
         "email": "katherine@example.org",
         **extra,
     }
-
-
-def assert_problem(response: httpx.Response, status: int, code: str) -> None:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    problem = response.json()
-    assert (problem["status"], problem["code"]) == (status, code), problem
-    assert len(problem["detail"].split()) >= 3, problem["detail"]
-    assert problem["detail"].rstrip().endswith("."), problem["detail"]
 
 
 async def open_booking(clinic: ClinicHandle) -> None:

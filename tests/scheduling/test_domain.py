@@ -36,8 +36,9 @@ from contracts.scheduling import (
     VideoMode,
 )
 from contracts.signaling import EndedBecause
+from runtime.refusals import Conflict, Invalid, NotFound, Refused
 from services.scheduling import domain, sessions
-from services.scheduling.domain import Conflict, Invalid, NotFound, NotInPlan, Refused, Room
+from services.scheduling.domain import NotInPlan, Room
 from services.scheduling.sessions import Appointment, Attendee, Status
 
 S = TypeVar("S")

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from tests.scheduling.conftest import OPERATOR, ClinicHandle, register_clinic
+from tests.support import assert_problem
 
 
 def key() -> dict[str, str]:
@@ -23,15 +24,6 @@ def session_body(practitioner: dict[str, Any], clients: list[dict[str, Any]]) ->
         "starts_at": start.isoformat(),
         "ends_at": (start + timedelta(minutes=50)).isoformat(),
     }
-
-
-def assert_problem(response: httpx.Response, status: int, code: str) -> None:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    problem = response.json()
-    assert (problem["status"], problem["code"]) == (status, code), problem
-    assert len(problem["detail"].split()) >= 3, problem["detail"]
-    assert problem["detail"].rstrip().endswith("."), problem["detail"]
 
 
 def assert_replay(first: httpx.Response, again: httpx.Response) -> None:

@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute, iter_route_contexts
 
 from tests.scheduling.conftest import OPERATOR, ClinicHandle, register_clinic
+from tests.support import assert_problem
 
 PATH_PARAM = re.compile(r"{(\w+)}")
 OPERATOR_PREFIX = "/v1/clinics"
@@ -149,18 +150,6 @@ def fill(path: str, ids: dict[str, str]) -> str:
     unknown = set(PATH_PARAM.findall(path)) - set(ids)
     assert not unknown, f"{path}: no id to fill {unknown}; extend ClinicA.ids"
     return PATH_PARAM.sub(lambda m: ids[m.group(1)], path)
-
-
-def assert_problem(response: httpx.Response, status: int, code: str | None = None) -> None:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    problem = response.json()
-    assert problem["status"] == status
-    if code is not None:
-        assert problem["code"] == code, problem
-    assert isinstance(problem["detail"], str)
-    assert len(problem["detail"].split()) >= 3, problem["detail"]
-    assert problem["detail"].rstrip().endswith("."), problem["detail"]
 
 
 def shown(response: httpx.Response) -> str:

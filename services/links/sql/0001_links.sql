@@ -43,12 +43,11 @@ CREATE TABLE attendees (
 );
 CREATE INDEX attendees_by_session ON attendees (session_id);
 
--- Who came in with which link and when they left (signaling's events), for the rejoin grace.
+-- When someone who came in with a link last left (signaling's events), for the rejoin grace.
+-- Whether a call is in progress is sessions.live.
 CREATE TABLE link_presence (
-    link_id    uuid        PRIMARY KEY,
-    inside     integer     NOT NULL DEFAULT 0,
-    joined_at  timestamptz,
-    left_at    timestamptz
+    link_id  uuid        PRIMARY KEY,
+    left_at  timestamptz NOT NULL
 );
 
 -- Projected from this service's events.

@@ -1,0 +1,138 @@
+"""What the benchmark scripts share: servers, service processes, CPU accounting."""
+
+import asyncio
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from runtime.embedded import EmbeddedPostgres, NatsServer, stop_process
+from runtime.sealing import new_key
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process so far (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+    return found
+
+
+@dataclass
+class CpuMeter:
+    """CPU seconds per component between ``start`` and ``stop`` (Postgres: its backends)."""
+
+    pids: dict[str, Callable[[], list[int]]]
+    before: dict[str, dict[int, float]] = field(default_factory=dict)
+    used: dict[str, float] = field(default_factory=dict)
+
+    def _sample(self) -> dict[str, dict[int, float]]:
+        return {name: {p: cpu_seconds(p) for p in pids()} for name, pids in self.pids.items()}
+
+    def start(self) -> None:
+        self.before = self._sample()
+
+    def stop(self) -> None:
+        after = self._sample()
+        self.used = {
+            name: sum(t - self.before[name].get(p, 0.0) for p, t in now.items())
+            for name, now in after.items()
+        }
+
+
+@contextlib.contextmanager
+def servers() -> Iterator[tuple[Path, NatsServer, EmbeddedPostgres]]:
+    """nats-server and Postgres in a short temporary folder, stopped and removed on exit."""
+    folder = Path(tempfile.mkdtemp(prefix="ac-"))  # short: Postgres puts its socket in it
+    nats = NatsServer(folder / "nats")
+    postgres = EmbeddedPostgres(folder / "pg")
+    try:
+        nats.start()
+        postgres.start()
+        yield folder, nats, postgres
+    finally:
+        with contextlib.suppress(Exception):
+            nats.stop()
+        with contextlib.suppress(Exception):
+            postgres.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+class Process:
+    """A child process with its output in a log file; stopped with SIGTERM, then SIGKILL."""
+
+    def __init__(self, name: str, args: list[str], log_path: Path, env: dict[str, str]) -> None:
+        self.name = name
+        self.log_path = log_path
+        with open(log_path, "ab") as log:
+            self.process: subprocess.Popen[bytes] | None = subprocess.Popen(
+                args,
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C reaches us only; we stop it in order
+            )
+        self.pid = self.process.pid
+
+    def check(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            raise RuntimeError(f"the {self.name} process exited:\n{self.log_tail()}")
+
+    def log_tail(self) -> str:
+        with contextlib.suppress(OSError):
+            return self.log_path.read_text()[-3000:]
+        return ""
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.process is not None:
+            stop_process(self.process, timeout)
+        self.process = None
+
+
+def start_service(
+    service: str, folder: Path, dsn: str, nats_url: str, port: int, **env: str
+) -> Process:
+    """``antechamber serve <service>`` in a process of its own, with a fresh link key."""
+    environment = os.environ | {
+        "DATABASE_URL": dsn,
+        "NATS_URL": nats_url,
+        "ANTECHAMBER_LINK_KEY": new_key(),
+        "ANTECHAMBER_LOG_LEVEL": "warning",
+        **env,
+    }
+    args = [sys.executable, "-m", "antechamber", "serve", service, "--port", str(port)]
+    return Process(f"{service} service", args, folder / f"{service}.log", environment)
+
+
+async def service_ready(service: Process, base_url: str, within: float = 60.0) -> None:
+    deadline = time.monotonic() + within
+    async with httpx.AsyncClient(base_url=base_url, timeout=2) as client:
+        while time.monotonic() < deadline:
+            service.check()
+            with contextlib.suppress(httpx.HTTPError):
+                if (await client.get("/readyz")).status_code == 200:
+                    return
+            await asyncio.sleep(0.1)
+    raise TimeoutError(f"the {service.name} is not ready after {within}s:\n{service.log_tail()}")
