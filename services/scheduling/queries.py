@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 import asyncpg
 
 from runtime.db import Queryable
+from runtime.http import Problem
 from runtime.pagination import Page, encode_cursor
 from runtime.refusals import not_found
 from runtime.sealing import Sealer
@@ -37,7 +38,14 @@ def _after(cursor: list[str] | None) -> tuple[datetime | None, UUID]:
     """A page cursor's (time, id) as query arguments; no cursor starts at the beginning."""
     if cursor is None:
         return None, UUID(int=0)
-    return datetime.fromisoformat(cursor[0]), UUID(cursor[1])
+    try:
+        return datetime.fromisoformat(cursor[0]), UUID(cursor[1])
+    except ValueError as exc:
+        raise Problem(
+            400,
+            "The cursor is not one this API returned; start again without it.",
+            code="invalid_cursor",
+        ) from exc
 
 
 async def clinic(conn: Queryable, clinic_id: str) -> ClinicView:

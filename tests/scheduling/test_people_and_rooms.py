@@ -1,5 +1,6 @@
 """Clinic settings, practitioners, clients and rooms over HTTP."""
 
+from runtime.pagination import encode_cursor
 from tests.scheduling.conftest import ClinicHandle
 
 
@@ -120,3 +121,10 @@ async def test_a_room_needs_a_client_and_a_practitioner_of_the_clinic(
     assert no_practitioner.json()["code"] == "practitioner_not_found"
     not_a_uuid = await clinic.call("GET", "/v1/rooms/not-a-uuid")
     assert not_a_uuid.status_code == 422
+
+
+async def test_a_forged_cursor_is_refused_not_a_crash(clinic: ClinicHandle) -> None:
+    forged = encode_cursor("not a time", "not an id")
+    response = await clinic.call("GET", "/v1/clients", params={"cursor": forged})
+    assert response.status_code == 400
+    assert response.json()["code"] == "invalid_cursor"
