@@ -36,6 +36,10 @@ def serve(args: argparse.Namespace) -> int:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=10,
+        # Signaling's frames are small JSON; a larger one is closed with 1009 by the server.
+        ws_max_size=1 << 20,
+        ws_ping_interval=20,
+        ws_ping_timeout=20,
     )
     return 0
 

@@ -1,7 +1,9 @@
-"""What the signaling service publishes about calls: who is in a room, when a call starts and ends.
+"""What the signaling service publishes about calls: waiting rooms, admissions, presence.
 
-Scheduling completes sessions from these; links counts who is inside (a session stays open
-past its end while anyone is in the call). The signaling service implements them.
+Every event belongs to one *room*: the room a call happens in (a practitioner's room or a
+client room), or, for an appointment with its own session link, the session itself (its
+``room_id`` is then the session's id). Scheduling completes sessions from these; links
+counts who is inside (a session stays open past its end while anyone is in the call).
 """
 
 from enum import StrEnum
@@ -10,6 +12,7 @@ from uuid import UUID
 from pydantic import AwareDatetime, Field
 
 from contracts.events import Event, EventRegistry
+from contracts.personal import personal_data
 
 signaling_events = EventRegistry("signaling")
 
@@ -22,44 +25,152 @@ class Role(StrEnum):
 class EndedBecause(StrEnum):
     ended_for_all = "ended_for_all"
     """A host ended the meeting for everyone."""
-    everyone_left = "everyone_left"
+    last_left = "last_left"
     """The last participant left (or dropped and did not come back within the grace)."""
 
 
-@signaling_events.register
-class SessionStarted(Event):
-    """The first host entered a room; a call began."""
+class LeftBecause(StrEnum):
+    left = "left"
+    """They left (or withdrew their knock)."""
+    removed = "removed"
+    """A host removed them."""
+    disconnected = "disconnected"
+    """Their connection dropped and they did not come back within the rejoin grace."""
+    ended = "ended"
+    """A host ended the meeting for everyone."""
 
-    room_id: UUID
+
+class _InRoom(Event):
+    room_id: UUID = Field(description="The room of the call (a session link's call: the session).")
     session_id: UUID | None = Field(
         default=None, description="The appointment, when the call was joined through one."
     )
+
+
+class _Person(_InRoom):
+    participant_id: UUID = Field(description="One person's presence in this room, random.")
+
+
+@signaling_events.register
+class SessionStarted(_InRoom):
+    """The first host entered a room; a call began."""
+
     started_at: AwareDatetime
 
 
 @signaling_events.register
-class ParticipantJoined(Event):
-    room_id: UUID
-    session_id: UUID | None = None
-    participant_id: UUID
+class GuestKnocked(_Person):
+    """A guest is in the waiting room, asking to be let in."""
+
+    display_name: str = personal_data(description="The name the guest typed.")
+    link_id: UUID | None = Field(default=None, description="The link they came in with.")
+    muted: bool = Field(
+        description="True when knocks are muted: listed for the host, without an alert."
+    )
+    knocked_at: AwareDatetime
+
+
+@signaling_events.register
+class GuestPutOnHold(_Person):
+    """A host asked a waiting guest to keep waiting, with a message."""
+
+    message: str = personal_data(default="", description="What the host told the guest.")
+    by: UUID = Field(description="The host's participant id.")
+
+
+@signaling_events.register
+class ParticipantAdmitted(_Person):
+    """A guest got a seat in the call: a host admitted them, or the room admits directly."""
+
+    by: UUID | None = Field(default=None, description="The host who admitted; none when direct.")
+    media_node: str = Field(description="The media node that holds the seat.")
+    media_url: str | None = Field(default=None, description="That node's public address.")
+
+
+@signaling_events.register
+class ParticipantDenied(_Person):
+    """A host turned a waiting guest away."""
+
+    message: str = personal_data(default="", description="What the host told the guest.")
+    by: UUID
+
+
+@signaling_events.register
+class KnockWithdrawn(_Person):
+    """A waiting guest left the waiting room (or dropped and did not come back)."""
+
+    reason: LeftBecause
+
+
+@signaling_events.register
+class ParticipantJoined(_Person):
+    """Someone entered the call (a host, or a guest who was admitted)."""
+
     role: Role
+    display_name: str = personal_data(default="", description="The name they gave.")
     link_id: UUID | None = Field(default=None, description="The link they came in with.")
+    media_node: str | None = Field(default=None, description="The media node holding the seat.")
+    media_url: str | None = Field(default=None, description="That node's public address.")
 
 
 @signaling_events.register
-class ParticipantLeft(Event):
-    room_id: UUID
-    session_id: UUID | None = None
-    participant_id: UUID
-    link_id: UUID | None = Field(default=None, description="The link they came in with.")
-    reason: str = Field(description="left | removed | disconnected | ended")
+class ParticipantDisconnected(_Person):
+    """A connection dropped; the person keeps their place until ``grace_until``."""
+
+    grace_until: AwareDatetime
 
 
 @signaling_events.register
-class SessionEnded(Event):
+class ParticipantReconnected(_Person):
+    """Someone whose connection dropped came back within the grace (with a resume token)."""
+
+
+@signaling_events.register
+class ParticipantRemoved(_Person):
+    """A host removed someone from the call."""
+
+    message: str = personal_data(default="", description="What the host told them.")
+    by: UUID
+
+
+@signaling_events.register
+class ParticipantLeft(_Person):
+    """Someone is no longer in the call, for ``reason``."""
+
+    link_id: UUID | None = Field(default=None, description="The link they came in with.")
+    reason: LeftBecause
+
+
+@signaling_events.register
+class RoomLocked(_InRoom):
+    """A host locked the room: new knocks are refused until it is unlocked."""
+
+    by: UUID
+
+
+@signaling_events.register
+class RoomUnlocked(_InRoom):
+    by: UUID
+
+
+@signaling_events.register
+class KnocksMuted(_InRoom):
+    """New knocks are listed without an alert (automatic after the first admission)."""
+
+    by: UUID | None = Field(default=None, description="The host; none when automatic.")
+
+
+@signaling_events.register
+class KnocksUnmuted(_InRoom):
+    """New knocks alert the hosts again."""
+
+    by: UUID
+
+
+@signaling_events.register
+class SessionEnded(_InRoom):
     """The call in a room is over."""
 
-    room_id: UUID
-    session_id: UUID | None = None
     because: EndedBecause
     ended_at: AwareDatetime
+    message: str = personal_data(default="", description="What the host told everyone.")

@@ -197,3 +197,33 @@ def assert_problem(response: httpx.Response, status: int, code: str | None = Non
     assert isinstance(problem["detail"], str)
     assert len(problem["detail"].split()) >= 3, problem["detail"]
     assert problem["detail"].rstrip().endswith("."), problem["detail"]
+
+
+@contextlib.asynccontextmanager
+async def listening(app: FastAPI) -> AsyncIterator[str]:
+    """``app`` served by uvicorn on a free loopback port (for real WebSocket clients): its URL."""
+    import uvicorn
+
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, log_config=None, access_log=False, ws_max_size=1 << 20
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    await eventually(lambda: _started(server), timeout=30, what="uvicorn listening")
+    port = server.servers[0].sockets[0].getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient(base_url=url) as client:
+
+        async def ready() -> bool:
+            return (await client.get("/readyz")).status_code == 200
+
+        await eventually(ready, what="the service ready")
+    try:
+        yield url
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def _started(server: Any) -> bool:
+    return bool(server.started)

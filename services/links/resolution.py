@@ -189,7 +189,7 @@ def _allowed(f: Found, warning: str | None) -> Decision:
         link_id=f.link_id,
         clinic_id=f.clinic_id,
         session_id=s.session_id if s else None,
-        room_id=(s.room_id if s and s.room_id else f.room_id),
+        room_id=(s.room_id if s else f.room_id),  # a session-link call has no room
         practitioner_id=s.practitioner_id if s else f.practitioner_id,
         admission=admission,
         opens_at=s.opens_at(f.settings) if s and f.kind in _WINDOWED else None,

@@ -1,11 +1,47 @@
 """Composition root of the media service."""
 
-from contracts.events import EventRegistry
-from runtime.service import ServiceDefinition
+from functools import partial
 
-definition = ServiceDefinition(
-    name="media",
-    default_port=8104,
-    events=EventRegistry("media"),
-    description="SFU nodes, room placement, the seat cap and recordings.",
-)
+from contracts.media import RELEASE_SUBJECT, SEAT_SUBJECT, media_events
+from runtime.rpc import Endpoint
+from runtime.service import ServiceDefinition
+from services.media import handlers
+from services.media.node import Media, node_subject
+
+
+def build(media: Media | None = None) -> ServiceDefinition:
+    """The service around one media node (settings, clock); tests build several."""
+    media = media or Media()
+    node = media.node_id
+    return ServiceDefinition(
+        name="media",
+        default_port=8104,
+        events=media_events,
+        endpoints=[
+            Endpoint(
+                SEAT_SUBJECT,
+                partial(handlers.answer_seat, media),
+                "A seat in a room, or why not (room full, no capacity).",
+            ),
+            Endpoint(
+                RELEASE_SUBJECT,
+                partial(handlers.answer_release, media),
+                "Free a participant's seat, or every seat of a room.",
+            ),
+            Endpoint(
+                node_subject(node, "seat"),
+                partial(handlers.answer_seat_here, media),
+                "A seat request forwarded to the node that owns the room.",
+            ),
+            Endpoint(
+                node_subject(node, "release"),
+                partial(handlers.answer_release_here, media),
+                "A release forwarded to the node that owns the room.",
+            ),
+        ],
+        tasks=[media.keep_alive, media.journal.run],
+        description="SFU nodes, room placement, the seat cap and recordings.",
+    )
+
+
+definition = build()

@@ -464,7 +464,7 @@ async def test_someone_who_dropped_may_rejoin_within_the_grace_with_their_link_o
         left_at,
     )
     ended = SessionEnded(
-        room_id=room_id, session_id=sid, because=EndedBecause.everyone_left, ended_at=left_at
+        room_id=room_id, session_id=sid, because=EndedBecause.last_left, ended_at=left_at
     )
     await signal(nc, clinic_id, ended, left_at)
 

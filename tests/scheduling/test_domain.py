@@ -394,7 +394,7 @@ def test_ending_for_all_completes_the_session() -> None:
 
 def test_the_last_one_leaving_after_the_end_completes_the_session() -> None:
     event = scheduled()
-    [done] = sessions.call_ended(went_live(event), EndedBecause.everyone_left, event.ends_at)
+    [done] = sessions.call_ended(went_live(event), EndedBecause.last_left, event.ends_at)
     assert done == SessionCompleted(
         session_id=event.session_id, because=CompletedBecause.last_participant_left
     )
@@ -403,7 +403,7 @@ def test_the_last_one_leaving_after_the_end_completes_the_session() -> None:
 def test_a_call_that_ends_early_is_ended_not_completed_until_the_host_says_so() -> None:
     event = scheduled()
     early = event.ends_at - timedelta(minutes=20)
-    [ended] = sessions.call_ended(went_live(event), EndedBecause.everyone_left, early)
+    [ended] = sessions.call_ended(went_live(event), EndedBecause.last_left, early)
     assert ended == SessionEndedEarly(session_id=event.session_id)
     live = SessionWentLive(session_id=event.session_id)
     state = session_after(event, live, ended)

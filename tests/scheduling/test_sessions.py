@@ -244,8 +244,8 @@ async def test_completion_follows_what_signaling_reports(clinic: ClinicHandle, n
     on_time = await clinic.session(practitioner, [client])
     end = datetime.fromisoformat(on_time["ends_at"])
     await call(nc, clinic, ended_for_all, EndedBecause.ended_for_all, at())
-    await call(nc, clinic, early, EndedBecause.everyone_left, at(1, 10))
-    await call(nc, clinic, on_time, EndedBecause.everyone_left, end + timedelta(minutes=3))
+    await call(nc, clinic, early, EndedBecause.last_left, at(1, 10))
+    await call(nc, clinic, on_time, EndedBecause.last_left, end + timedelta(minutes=3))
 
     done = await status_becomes(clinic, ended_for_all["session_id"], "completed")
     assert done["completed_because"] == "ended_for_all"

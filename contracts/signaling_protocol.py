@@ -1,0 +1,300 @@
+"""The WebSocket protocol between a browser and the signaling service, version 1.
+
+One JSON object per text frame, told apart by ``type``. The browser sends a :class:`Join`
+first; everything else follows from the answer. The JSON schema of both directions is
+``docs/signaling-protocol.json`` (``antechamber protocol-schema`` writes it); the guide is
+``docs/signaling.md``.
+"""
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from contracts.media import SignalKind
+from contracts.signaling import EndedBecause, Role
+
+PROTOCOL_VERSION = 1
+WEBSOCKET_PATH = "/v1/signaling"
+MAX_NAME_LENGTH = 80
+MAX_MESSAGE_LENGTH = 500
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- browser to signaling -------------------------------------------------------------------
+
+
+class Join(_Message):
+    """Enter a room with a link (or come back with a resume token)."""
+
+    type: Literal["join"] = "join"
+    v: Literal[1] = 1
+    token: str | None = Field(default=None, description="The token of a /j/ or /h/ link.")
+    clinic: str | None = Field(default=None, description="A room link's clinic slug.")
+    room: str | None = Field(default=None, description="A room link's room slug.")
+    session_id: UUID | None = Field(
+        default=None, description="With a host link: the session to host."
+    )
+    name: str = Field(default="", max_length=MAX_NAME_LENGTH, description="The name to show.")
+    resume: str | None = Field(
+        default=None, description="The resume token from an earlier welcome (after a drop)."
+    )
+
+
+class _OnParticipant(_Message):
+    participant_id: UUID
+
+
+class Admit(_OnParticipant):
+    type: Literal["admit"] = "admit"
+
+
+class Deny(_OnParticipant):
+    type: Literal["deny"] = "deny"
+    message: str = Field(default="", max_length=MAX_MESSAGE_LENGTH)
+
+
+class Hold(_OnParticipant):
+    type: Literal["hold"] = "hold"
+    message: str = Field(default="", max_length=MAX_MESSAGE_LENGTH)
+
+
+class Remove(_OnParticipant):
+    type: Literal["remove"] = "remove"
+    message: str = Field(default="", max_length=MAX_MESSAGE_LENGTH)
+
+
+class Lock(_Message):
+    type: Literal["lock"] = "lock"
+
+
+class Unlock(_Message):
+    type: Literal["unlock"] = "unlock"
+
+
+class MuteKnocks(_Message):
+    type: Literal["mute_knocks"] = "mute_knocks"
+
+
+class UnmuteKnocks(_Message):
+    type: Literal["unmute_knocks"] = "unmute_knocks"
+
+
+class EndForAll(_Message):
+    """End the meeting for everyone (hosts only; the server never does it on its own)."""
+
+    type: Literal["end_for_all"] = "end_for_all"
+    message: str = Field(default="", max_length=MAX_MESSAGE_LENGTH)
+
+
+class Leave(_Message):
+    type: Literal["leave"] = "leave"
+
+
+class Signal(_Message):
+    """WebRTC negotiation with the media node (both directions)."""
+
+    type: Literal["signal"] = "signal"
+    kind: SignalKind
+    sdp: str | None = None
+    candidate: str | None = None
+    sdp_mid: str | None = None
+    sdp_mline_index: int | None = None
+
+
+class Ping(_Message):
+    type: Literal["ping"] = "ping"
+
+
+ClientMessage = Annotated[
+    Join
+    | Admit
+    | Deny
+    | Hold
+    | Remove
+    | Lock
+    | Unlock
+    | MuteKnocks
+    | UnmuteKnocks
+    | EndForAll
+    | Leave
+    | Signal
+    | Ping,
+    Field(discriminator="type"),
+]
+HOST_ONLY = frozenset(
+    {"admit", "deny", "hold", "remove", "lock", "unlock", "mute_knocks", "unmute_knocks"}
+    | {"end_for_all"}
+)
+
+# --- signaling to browser -------------------------------------------------------------------
+
+
+class Welcome(_Message):
+    type: Literal["welcome"] = "welcome"
+    v: Literal[1] = 1
+    participant_id: UUID
+    role: Role
+    room_id: UUID
+    session_id: UUID | None
+    resume_token: str = Field(description="Send it in a join to come back after a drop.")
+    rejoin_grace_s: float
+    warning: str | None = Field(default=None, description="E.g. a retired link's sunset.")
+
+
+class WaitingState(StrEnum):
+    waiting_for_host = "waiting_for_host"
+    host_notified = "host_notified"
+    on_hold = "on_hold"
+    room_full = "room_full"
+    """The host tried to let them in but the call is full; they keep their place."""
+
+
+class Waiting(_Message):
+    type: Literal["waiting"] = "waiting"
+    state: WaitingState
+    message: str = Field(description="A sentence to show the guest.")
+
+
+class Admitted(_Message):
+    """A seat: connect to the media node with this token (short-lived; a resume renews it)."""
+
+    type: Literal["admitted"] = "admitted"
+    participant_token: str
+    media_node: str
+    media_url: str | None
+    expires_at: datetime
+
+
+class Refused(_Message):
+    """May not join; ``reason`` and ``message`` are the links service's when it refused."""
+
+    type: Literal["refused"] = "refused"
+    reason: str
+    status: int
+    message: str
+    opens_at: datetime | None = None
+    closes_at: datetime | None = None
+    retry_after_s: float | None = None
+    replaced_by_hint: str | None = None
+
+
+class Denied(_Message):
+    type: Literal["denied"] = "denied"
+    message: str
+
+
+class Removed(_Message):
+    type: Literal["removed"] = "removed"
+    message: str
+
+
+class Ended(_Message):
+    type: Literal["ended"] = "ended"
+    because: EndedBecause
+    message: str
+
+
+class WaitingGuest(BaseModel):
+    participant_id: UUID
+    display_name: str
+    waiting_since: datetime
+    muted: bool = Field(description="Knocked while knocks were muted: listed, no alert.")
+    on_hold: bool
+    disconnected: bool
+
+
+class Present(BaseModel):
+    participant_id: UUID
+    display_name: str
+    role: Role
+    disconnected: bool
+
+
+class RoomView(_Message):
+    """The call manager's view (hosts): who waits, who is in, locked, muted."""
+
+    type: Literal["room"] = "room"
+    live: bool
+    locked: bool
+    knocks_muted: bool
+    max_participants: int
+    waiting: list[WaitingGuest]
+    participants: list[Present]
+
+
+class Participants(_Message):
+    """Who is in the call (everyone in the call gets it when it changes)."""
+
+    type: Literal["participants"] = "participants"
+    participants: list[Present]
+
+
+class Knock(_Message):
+    """An alert for hosts: a guest knocked while knocks were not muted."""
+
+    type: Literal["knock"] = "knock"
+    participant_id: UUID
+    display_name: str
+
+
+class SeatRefused(_Message):
+    """For hosts: a guest could not be let in (room full)."""
+
+    type: Literal["seat_refused"] = "seat_refused"
+    participant_id: UUID
+    reason: str
+    message: str
+
+
+class Error(_Message):
+    """The last frame could not be done; the connection stays (until abuse closes it, 1008)."""
+
+    type: Literal["error"] = "error"
+    code: str
+    message: str
+
+
+class Pong(_Message):
+    type: Literal["pong"] = "pong"
+
+
+ServerMessage = Annotated[
+    Welcome
+    | Waiting
+    | Admitted
+    | Refused
+    | Denied
+    | Removed
+    | Ended
+    | RoomView
+    | Participants
+    | Knock
+    | SeatRefused
+    | Signal
+    | Error
+    | Pong,
+    Field(discriminator="type"),
+]
+
+client_messages: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
+server_messages: TypeAdapter[ServerMessage] = TypeAdapter(ServerMessage)
+
+
+def protocol_schema() -> dict[str, object]:
+    """The JSON schema of both directions (``docs/signaling-protocol.json``)."""
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": f"Antechamber signaling WebSocket protocol v{PROTOCOL_VERSION}",
+        "description": (__doc__ or "").strip(),
+        "x-path": WEBSOCKET_PATH,
+        "properties": {
+            "client_to_server": client_messages.json_schema(),
+            "server_to_client": server_messages.json_schema(),
+        },
+    }

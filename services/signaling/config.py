@@ -1,0 +1,34 @@
+"""Settings of the signaling service, read from the environment (``ANTECHAMBER_SIGNALING_*``)."""
+
+import secrets
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SignalingSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ANTECHAMBER_SIGNALING_", extra="ignore")
+
+    replica_id: str = Field(
+        default_factory=lambda: f"s{secrets.token_hex(4)}",
+        description="Names this replica (a NATS subject token); random per process by default.",
+    )
+    join_timeout_s: float = Field(default=10.0, gt=0, description="Time to send the join.")
+    max_frame_bytes: int = Field(default=65_536, ge=1024, description="Larger frames: error.")
+    frames_per_second: float = Field(default=20.0, gt=0, description="Per connection.")
+    frame_burst: int = Field(default=60, ge=1)
+    strikes: int = Field(
+        default=5, ge=1, description="Bad frames on one connection before it is closed (1008)."
+    )
+    knocks_per_address_per_minute: float = Field(default=20.0, gt=0)
+    knocks_per_address_burst: int = Field(default=20, ge=1)
+    knocks_per_link_per_minute: float = Field(default=60.0, gt=0)
+    knocks_per_link_burst: int = Field(default=60, ge=1)
+    token_ttl_s: float = Field(
+        default=120.0, ge=5, description="Lifetime of a participant token (to connect media)."
+    )
+    sweep_s: float = Field(default=1.0, gt=0, description="How often lapsed places are swept.")
+    replica_timeout_s: float = Field(
+        default=10.0, gt=0, description="A replica silent this long has lost its connections."
+    )
+    rpc_wait_s: float = Field(default=3.0, gt=0, description="Wait for links and media answers.")

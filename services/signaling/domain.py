@@ -1,0 +1,444 @@
+"""A room's waiting room and call, as an event-sourced aggregate (stream ``room-<room_id>``).
+
+Who waits, who is on hold, who is in the call, whether the room is locked and knocks muted.
+Commands check the rules and return events; ``evolve`` folds them. No I/O: the seat itself
+comes from the media node (which enforces the cap too), the caller passes what it answered.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from enum import StrEnum
+from uuid import UUID
+
+from contracts.events import Event
+from contracts.signaling import (
+    EndedBecause,
+    GuestKnocked,
+    GuestPutOnHold,
+    KnocksMuted,
+    KnocksUnmuted,
+    KnockWithdrawn,
+    LeftBecause,
+    ParticipantAdmitted,
+    ParticipantDenied,
+    ParticipantDisconnected,
+    ParticipantJoined,
+    ParticipantLeft,
+    ParticipantReconnected,
+    ParticipantRemoved,
+    Role,
+    RoomLocked,
+    RoomUnlocked,
+    SessionEnded,
+    SessionStarted,
+)
+from runtime.refusals import Conflict, Forbidden, NotFound, Refused
+
+
+class Status(StrEnum):
+    waiting = "waiting"
+    on_hold = "on_hold"
+    in_call = "in_call"
+
+
+@dataclass(frozen=True)
+class Person:
+    participant_id: UUID
+    role: Role
+    display_name: str
+    link_id: UUID | None
+    status: Status
+    since: datetime | None
+    session_id: UUID | None = None
+    muted: bool = False
+    hold_message: str = ""
+    disconnected_until: datetime | None = None
+    media_node: str | None = None
+
+    @property
+    def waiting(self) -> bool:
+        return self.status is not Status.in_call
+
+
+@dataclass(frozen=True)
+class Room:
+    room_id: UUID
+    session_id: UUID | None = None
+    live: bool = False
+    locked: bool = False
+    knocks_muted: bool = False
+    admitted_any: bool = False
+    people: dict[UUID, Person] = field(default_factory=dict)
+
+    def in_call(self) -> list[Person]:
+        return [p for p in self.people.values() if p.status is Status.in_call]
+
+    def waiting(self) -> list[Person]:
+        return [p for p in self.people.values() if p.waiting]
+
+    def hosts_present(self) -> bool:
+        return any(p.role is Role.host and p.disconnected_until is None for p in self.in_call())
+
+
+class RoomFull(Refused):
+    status = 409
+
+
+class Locked(Refused):
+    status = 423
+
+
+ONLY_HOSTS = Forbidden("only_hosts", "Only a host can do that.")
+NOT_HERE = NotFound("participant_not_found", "That person is not in this room.")
+NOT_WAITING = Conflict("not_waiting", "That guest is no longer waiting.")
+NOT_IN_CALL = Conflict("not_in_call", "That person is not in the call.")
+ROOM_LOCKED = Locked(
+    "room_locked", "The host has locked this room, so no one else can join right now."
+)
+
+
+def room_full(cap: int) -> RoomFull:
+    return RoomFull(
+        "room_full", f"This call is full: it already has {cap} participants, the most it allows."
+    )
+
+
+def _ids(room: Room, person: Person | None = None) -> dict[str, object]:
+    session_id = (person.session_id if person else None) or room.session_id
+    return {"room_id": room.room_id, "session_id": session_id}
+
+
+def _host(room: Room, by: UUID) -> Person:
+    host = room.people.get(by)
+    if host is None or host.role is not Role.host or host.status is not Status.in_call:
+        raise ONLY_HOSTS
+    return host
+
+
+def _waiting(room: Room, participant_id: UUID) -> Person:
+    person = room.people.get(participant_id)
+    if person is None:
+        raise NOT_HERE
+    if not person.waiting:
+        raise NOT_WAITING
+    return person
+
+
+def _check_seat(room: Room, cap: int) -> None:
+    if len(room.in_call()) >= cap:
+        raise room_full(cap)
+
+
+# --- arriving -------------------------------------------------------------------------------
+
+
+def knock(
+    room: Room,
+    participant_id: UUID,
+    display_name: str,
+    link_id: UUID | None,
+    session_id: UUID | None,
+    now: datetime,
+) -> list[Event]:
+    if participant_id in room.people:
+        return []
+    if room.locked:
+        raise ROOM_LOCKED
+    return [
+        GuestKnocked(
+            room_id=room.room_id,
+            session_id=session_id or room.session_id,
+            participant_id=participant_id,
+            display_name=display_name,
+            link_id=link_id,
+            muted=room.knocks_muted,
+            knocked_at=now,
+        )
+    ]
+
+
+def enter(
+    room: Room,
+    participant_id: UUID,
+    role: Role,
+    display_name: str,
+    link_id: UUID | None,
+    session_id: UUID | None,
+    media_node: str,
+    media_url: str | None,
+    cap: int,
+    now: datetime,
+) -> list[Event]:
+    """A host enters (the first one starts the call), or a guest of a direct-admission room."""
+    if participant_id in room.people:
+        return []
+    if role is Role.guest and room.locked:
+        raise ROOM_LOCKED
+    _check_seat(room, cap)
+    events: list[Event] = []
+    session_id = session_id or room.session_id
+    if role is Role.host and not room.live:
+        events.append(SessionStarted(room_id=room.room_id, session_id=session_id, started_at=now))
+    ids = {"room_id": room.room_id, "session_id": session_id, "participant_id": participant_id}
+    if role is Role.guest:
+        events.append(
+            ParticipantAdmitted(**ids, by=None, media_node=media_node, media_url=media_url)
+        )
+    events.append(
+        ParticipantJoined(
+            **ids,
+            role=role,
+            display_name=display_name,
+            link_id=link_id,
+            media_node=media_node,
+            media_url=media_url,
+        )
+    )
+    return events
+
+
+# --- the call manager (hosts) ---------------------------------------------------------------
+
+
+def admit(
+    room: Room,
+    by: UUID,
+    participant_id: UUID,
+    media_node: str,
+    media_url: str | None,
+    cap: int,
+) -> list[Event]:
+    _host(room, by)
+    guest = _waiting(room, participant_id)
+    _check_seat(room, cap)
+    ids = {**_ids(room, guest), "participant_id": participant_id}
+    events: list[Event] = [
+        ParticipantAdmitted(**ids, by=by, media_node=media_node, media_url=media_url),
+        ParticipantJoined(
+            **ids,
+            role=guest.role,
+            display_name=guest.display_name,
+            link_id=guest.link_id,
+            media_node=media_node,
+            media_url=media_url,
+        ),
+    ]
+    if not room.admitted_any and not room.knocks_muted:
+        events.append(KnocksMuted(**_ids(room), by=None))
+    return events
+
+
+def check_admit(room: Room, by: UUID, participant_id: UUID, cap: int) -> None:
+    """What ``admit`` would refuse, before a seat is asked for."""
+    _host(room, by)
+    _waiting(room, participant_id)
+    _check_seat(room, cap)
+
+
+def deny(room: Room, by: UUID, participant_id: UUID, message: str) -> list[Event]:
+    _host(room, by)
+    guest = _waiting(room, participant_id)
+    return [
+        ParticipantDenied(
+            **_ids(room, guest), participant_id=participant_id, message=message, by=by
+        )
+    ]
+
+
+def hold(room: Room, by: UUID, participant_id: UUID, message: str) -> list[Event]:
+    _host(room, by)
+    guest = _waiting(room, participant_id)
+    return [
+        GuestPutOnHold(**_ids(room, guest), participant_id=participant_id, message=message, by=by)
+    ]
+
+
+def remove(room: Room, by: UUID, participant_id: UUID, message: str, now: datetime) -> list[Event]:
+    _host(room, by)
+    if participant_id == by:
+        raise Conflict("remove_self", "To leave the call yourself, leave it; do not remove.")
+    person = room.people.get(participant_id)
+    if person is None:
+        raise NOT_HERE
+    if person.waiting:
+        raise NOT_IN_CALL
+    ids = {**_ids(room, person), "participant_id": participant_id}
+    return [
+        ParticipantRemoved(**ids, message=message, by=by),
+        ParticipantLeft(**ids, link_id=person.link_id, reason=LeftBecause.removed),
+    ]
+
+
+def lock(room: Room, by: UUID) -> list[Event]:
+    _host(room, by)
+    return [] if room.locked else [RoomLocked(**_ids(room), by=by)]
+
+
+def unlock(room: Room, by: UUID) -> list[Event]:
+    _host(room, by)
+    return [RoomUnlocked(**_ids(room), by=by)] if room.locked else []
+
+
+def mute_knocks(room: Room, by: UUID) -> list[Event]:
+    _host(room, by)
+    return [] if room.knocks_muted else [KnocksMuted(**_ids(room), by=by)]
+
+
+def unmute_knocks(room: Room, by: UUID) -> list[Event]:
+    _host(room, by)
+    return [KnocksUnmuted(**_ids(room), by=by)] if room.knocks_muted else []
+
+
+def end_for_all(room: Room, by: UUID, message: str, now: datetime) -> list[Event]:
+    """Only ever a host's explicit act: the server never ends a meeting for all by itself."""
+    _host(room, by)
+    events: list[Event] = []
+    for person in room.people.values():
+        ids = {**_ids(room, person), "participant_id": person.participant_id}
+        if person.waiting:
+            events.append(KnockWithdrawn(**ids, reason=LeftBecause.ended))
+        else:
+            events.append(ParticipantLeft(**ids, link_id=person.link_id, reason=LeftBecause.ended))
+    events.append(
+        SessionEnded(
+            **_ids(room), because=EndedBecause.ended_for_all, ended_at=now, message=message
+        )
+    )
+    return events
+
+
+# --- leaving and dropping -------------------------------------------------------------------
+
+
+def leave(room: Room, participant_id: UUID, reason: LeftBecause, now: datetime) -> list[Event]:
+    """Leaving never ends the call for others; the last one out ends it (``last_left``)."""
+    person = room.people.get(participant_id)
+    if person is None:
+        return []
+    ids = {**_ids(room, person), "participant_id": participant_id}
+    if person.waiting:
+        return [KnockWithdrawn(**ids, reason=reason)]
+    events: list[Event] = [ParticipantLeft(**ids, link_id=person.link_id, reason=reason)]
+    others = [p for p in room.in_call() if p.participant_id != participant_id]
+    if room.live and not others:
+        events.append(SessionEnded(**_ids(room), because=EndedBecause.last_left, ended_at=now))
+    return events
+
+
+def disconnected(room: Room, participant_id: UUID, grace_until: datetime) -> list[Event]:
+    person = room.people.get(participant_id)
+    if person is None or person.disconnected_until is not None:
+        return []
+    return [
+        ParticipantDisconnected(
+            **_ids(room, person), participant_id=participant_id, grace_until=grace_until
+        )
+    ]
+
+
+def reconnected(room: Room, participant_id: UUID) -> list[Event]:
+    person = room.people.get(participant_id)
+    if person is None:
+        raise NOT_HERE
+    if person.disconnected_until is None:
+        return []
+    return [ParticipantReconnected(**_ids(room, person), participant_id=participant_id)]
+
+
+def expire(room: Room, participant_id: UUID, now: datetime) -> list[Event]:
+    """The rejoin grace is over: whoever has not come back has left."""
+    person = room.people.get(participant_id)
+    if person is None or person.disconnected_until is None or person.disconnected_until > now:
+        return []
+    return leave(room, participant_id, LeftBecause.disconnected, now)
+
+
+# --- folding --------------------------------------------------------------------------------
+
+
+def _with(room: Room, person: Person) -> Room:
+    return replace(room, people={**room.people, person.participant_id: person})
+
+
+def _without(room: Room, participant_id: UUID) -> Room:
+    return replace(room, people={k: v for k, v in room.people.items() if k != participant_id})
+
+
+def _changed(room: Room, participant_id: UUID, change: Callable[[Person], Person]) -> Room:
+    person = room.people.get(participant_id)
+    return room if person is None else _with(room, change(person))
+
+
+def evolve(room: Room | None, event: Event) -> Room:
+    room = room or Room(room_id=event.room_id)  # type: ignore[attr-defined]
+    match event:
+        case SessionStarted():
+            return replace(room, live=True, session_id=event.session_id)
+        case GuestKnocked():
+            return _with(
+                room,
+                Person(
+                    participant_id=event.participant_id,
+                    role=Role.guest,
+                    display_name=event.display_name,
+                    link_id=event.link_id,
+                    status=Status.waiting,
+                    since=event.knocked_at,
+                    session_id=event.session_id,
+                    muted=event.muted,
+                ),
+            )
+        case GuestPutOnHold():
+            return _changed(
+                room,
+                event.participant_id,
+                lambda p: replace(p, status=Status.on_hold, hold_message=event.message),
+            )
+        case ParticipantAdmitted():
+            return replace(room, admitted_any=room.admitted_any or event.by is not None)
+        case ParticipantJoined():
+            before = room.people.get(event.participant_id)
+            return _with(
+                room,
+                Person(
+                    participant_id=event.participant_id,
+                    role=event.role,
+                    display_name=event.display_name,
+                    link_id=event.link_id,
+                    status=Status.in_call,
+                    since=before.since if before else None,
+                    session_id=event.session_id,
+                    media_node=event.media_node,
+                ),
+            )
+        case ParticipantDisconnected():
+            return _changed(
+                room,
+                event.participant_id,
+                lambda p: replace(p, disconnected_until=event.grace_until),
+            )
+        case ParticipantReconnected():
+            return _changed(
+                room, event.participant_id, lambda p: replace(p, disconnected_until=None)
+            )
+        case ParticipantDenied() | KnockWithdrawn() | ParticipantLeft():
+            return _without(room, event.participant_id)
+        case ParticipantRemoved():
+            return room  # the ParticipantLeft that follows takes them out
+        case RoomLocked():
+            return replace(room, locked=True)
+        case RoomUnlocked():
+            return replace(room, locked=False)
+        case KnocksMuted():
+            return replace(room, knocks_muted=True)
+        case KnocksUnmuted():
+            return replace(room, knocks_muted=False)
+        case SessionEnded():
+            # The room outlives the call: whoever still waits keeps waiting for the next host,
+            # and the next call starts unlocked, with knocks alerting again.
+            return Room(
+                room_id=room.room_id,
+                people={k: p for k, p in room.people.items() if p.waiting},
+            )
+    return room

@@ -1,0 +1,223 @@
+"""Rooms as this replica sees them: a cached fold of each room's stream, kept current.
+
+A command on a room runs under the room's lock on this replica, decides on the cached state
+and appends with the version it decided on; when another replica appended first, the store
+refuses, the cache catches up and the command decides again. What was appended is applied
+here at once and announced on ``signaling.room.<room_id>`` (core NATS) with the events
+themselves, so every replica holding someone of that room reacts within a round trip. A
+replica that missed an announcement (a gap in versions, a NATS reconnect) reads the missing
+events from Postgres, the source of truth; ``resync`` does that for every watched room.
+"""
+
+import asyncio
+import json
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+import structlog
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from contracts.events import Event
+from contracts.signaling import signaling_events
+from runtime.context import ServiceContext
+from runtime.eventstore import ConcurrencyError, RecordedEvent
+from runtime.refusals import Conflict, NotFound, Refused
+from services.signaling.domain import Room, evolve
+
+log = structlog.get_logger(__name__)
+CONFLICT_RETRIES = 30
+NOT_IN_CLINIC = NotFound("room_not_found", "There is no room with that id.")
+
+React = Callable[[UUID, Room, list[Event]], Awaitable[None]]
+Notice = Callable[[UUID, dict[str, Any]], Awaitable[None]]
+Decide = Callable[[Room], list[Event]]
+
+
+def room_subject(room_id: UUID) -> str:
+    return f"signaling.room.{room_id.hex}"
+
+
+def stream_of(room_id: UUID) -> str:
+    return f"room-{room_id}"
+
+
+@dataclass
+class Cached:
+    room: Room
+    version: int = 0
+    clinic_id: str | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    watchers: int = 0
+    subscription: Subscription | None = None
+
+
+class Rooms:
+    def __init__(self, ctx: ServiceContext, replica_id: str, react: React, notice: Notice) -> None:
+        self.ctx = ctx
+        self.replica_id = replica_id
+        self.react = react
+        self.notice = notice
+        self._rooms: dict[UUID, Cached] = {}
+        self._after_append: list[Callable[[UUID, str, list[Event]], None]] = []
+
+    def after_append(self, hook: Callable[[UUID, str, list[Event]], None]) -> None:
+        self._after_append.append(hook)
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def _cached(self, room_id: UUID) -> Cached:
+        cached = self._rooms.get(room_id)
+        if cached is None:
+            cached = self._rooms[room_id] = Cached(Room(room_id=room_id))
+        return cached
+
+    def _apply(self, cached: Cached, recorded: list[RecordedEvent]) -> list[Event]:
+        applied = []
+        for r in recorded:
+            if r.version <= cached.version:
+                continue
+            if cached.clinic_id is None:
+                cached.clinic_id = r.clinic_id
+            event = signaling_events.decode(r.type, r.schema_version, r.data)
+            cached.room = evolve(cached.room, event)
+            cached.version = r.version
+            applied.append(event)
+        return applied
+
+    async def _catch_up(self, room_id: UUID, cached: Cached) -> list[Event]:
+        missing = await self.ctx.store.read_stream(stream_of(room_id), cached.version)
+        return self._apply(cached, missing)
+
+    async def state(self, room_id: UUID, clinic_id: str) -> Room:
+        cached = self._cached(room_id)
+        async with cached.lock:
+            await self._catch_up(room_id, cached)
+            self._check_clinic(cached, clinic_id)
+            return cached.room
+
+    @staticmethod
+    def _check_clinic(cached: Cached, clinic_id: str) -> None:
+        if cached.clinic_id is not None and cached.clinic_id != clinic_id:
+            raise NOT_IN_CLINIC
+
+    # --- watching (someone of the room is connected here) -----------------------------------
+
+    async def watch(self, room_id: UUID) -> None:
+        cached = self._cached(room_id)
+        cached.watchers += 1
+        if cached.subscription is None:
+            cached.subscription = await self.ctx.nats.subscribe(
+                room_subject(room_id), cb=self._on_announcement
+            )
+
+    async def unwatch(self, room_id: UUID) -> None:
+        cached = self._rooms.get(room_id)
+        if cached is None:
+            return
+        cached.watchers -= 1
+        if cached.watchers <= 0:
+            self._rooms.pop(room_id, None)
+            if cached.subscription is not None:
+                await cached.subscription.unsubscribe()
+
+    async def _on_announcement(self, msg: Msg) -> None:
+        try:
+            body = json.loads(msg.data)
+            if body.get("origin") == self.replica_id:
+                return
+            room_id = UUID(body["room_id"])
+            if "notice" in body:
+                await self.notice(room_id, body["notice"])
+                return
+            cached = self._rooms.get(room_id)
+            if cached is None:
+                return
+            async with cached.lock:
+                first = int(body["first_version"])
+                if first == cached.version + 1:
+                    events = [signaling_events.decode(*e) for e in body["events"]]
+                    for event in events:
+                        cached.room = evolve(cached.room, event)
+                    cached.version = first + len(events) - 1
+                elif first + len(body["events"]) - 1 <= cached.version:
+                    return  # already read from the store
+                else:
+                    events = await self._catch_up(room_id, cached)
+                if events:
+                    await self.react(room_id, cached.room, events)
+        except Exception:
+            log.exception("a room announcement could not be applied")
+
+    async def resync(self) -> None:
+        """Catch up every watched room from the store (after missed announcements)."""
+        for room_id, cached in list(self._rooms.items()):
+            async with cached.lock:
+                events = await self._catch_up(room_id, cached)
+                if events:
+                    await self.react(room_id, cached.room, events)
+
+    # --- commands ---------------------------------------------------------------------------
+
+    async def run(self, room_id: UUID, clinic_id: str, decide: Decide) -> list[Event]:
+        """Decide on the current state and append; raises the domain's refusals."""
+        cached = self._cached(room_id)
+        async with cached.lock:
+            if cached.subscription is None:
+                await self._catch_up(room_id, cached)  # nobody keeps it current: read it
+            fresh = cached.subscription is None
+            for attempt in range(CONFLICT_RETRIES):
+                self._check_clinic(cached, clinic_id)
+                try:
+                    events = decide(cached.room)
+                except Refused:
+                    if fresh:
+                        raise
+                    # Refused on what this replica knows: an announcement may still be on its
+                    # way (a knock another replica just took). Decide again on the store's.
+                    fresh = True
+                    missed = await self._catch_up(room_id, cached)
+                    if not missed:
+                        raise
+                    await self.react(room_id, cached.room, missed)
+                    events = decide(cached.room)
+                if not events:
+                    return []
+                try:
+                    recorded = await self.ctx.store.append(
+                        stream_of(room_id), cached.version, events, clinic_id=clinic_id
+                    )
+                except ConcurrencyError:
+                    missed = await self._catch_up(room_id, cached)
+                    if missed:
+                        await self.react(room_id, cached.room, missed)
+                    if attempt > 2:
+                        await asyncio.sleep(random.uniform(0, 0.005 * attempt))  # noqa: S311
+                    continue
+                applied = self._apply(cached, recorded)
+                await self._announce(room_id, recorded)
+                for hook in self._after_append:
+                    hook(room_id, clinic_id, applied)
+                await self.react(room_id, cached.room, applied)
+                if cached.watchers <= 0 and cached.subscription is None:
+                    self._rooms.pop(room_id, None)  # nobody of the room is here: don't keep it
+                return applied
+        raise Conflict("changed_concurrently", "The room changed many times at once; try again.")
+
+    async def _announce(self, room_id: UUID, recorded: list[RecordedEvent]) -> None:
+        body = {
+            "origin": self.replica_id,
+            "room_id": str(room_id),
+            "first_version": recorded[0].version,
+            "events": [(r.type, r.schema_version, r.data) for r in recorded],
+        }
+        await self.ctx.nats.publish(room_subject(room_id), json.dumps(body).encode())
+
+    async def announce_notice(self, room_id: UUID, notice: dict[str, Any]) -> None:
+        """Something for the people of a room that is not an event (e.g. "room full")."""
+        await self.notice(room_id, notice)
+        body = {"origin": self.replica_id, "room_id": str(room_id), "notice": notice}
+        await self.ctx.nats.publish(room_subject(room_id), json.dumps(body).encode())

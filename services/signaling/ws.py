@@ -1,0 +1,153 @@
+"""The WebSocket endpoint: one connection per browser, read frame by frame, written by a queue.
+
+Bad frames (not JSON, unknown type, too big, too many, not allowed for the role) get an error
+frame with the reason; after ``strikes`` of them the socket is closed with 1008. Nothing a
+browser sends can end the process: an unexpected failure is logged and reported as an error
+frame.
+"""
+
+import asyncio
+import contextlib
+import json
+import time
+
+import structlog
+from fastapi import APIRouter, WebSocket
+from pydantic import ValidationError
+
+from contracts.signaling import Role
+from contracts.signaling_protocol import (
+    HOST_ONLY,
+    WEBSOCKET_PATH,
+    Error,
+    Join,
+    Ping,
+    Pong,
+    client_messages,
+)
+from services.signaling.calls import Connection, Signaling
+
+log = structlog.get_logger(__name__)
+router = APIRouter()
+WRITER_GRACE_S = 2.0
+
+
+@router.websocket(WEBSOCKET_PATH)
+async def signaling_socket(websocket: WebSocket) -> None:
+    signaling: Signaling = websocket.app.state.signaling
+    if not signaling.ready.is_set():
+        await websocket.close(1013, "the service is starting; try again")
+        return
+    await websocket.accept()
+    address = websocket.client.host if websocket.client else "unknown"
+    conn = Connection(websocket, address=address)
+    writer = asyncio.create_task(_write(conn))
+    try:
+        await _read(signaling, conn)
+    finally:
+        conn.close(1000, done=False)  # a no-op when it was already closing
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(WRITER_GRACE_S):
+                await writer
+        writer.cancel()
+        try:
+            await signaling.dropped(conn)
+        except Exception:
+            log.exception("a dropped connection could not be recorded")
+
+
+async def _write(conn: Connection) -> None:
+    try:
+        while (text := await conn.outbox.get()) is not None:
+            await conn.websocket.send_text(text)
+        await conn.websocket.close(conn.close_code, conn.close_reason)
+    except Exception:  # noqa: S110 - the browser went away; the reader notices
+        pass
+
+
+class _Frames:
+    """A token bucket of frames for one connection."""
+
+    def __init__(self, per_second: float, burst: int) -> None:
+        self.rate, self.burst = per_second, float(burst)
+        self.tokens, self.seen = float(burst), time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.seen) * self.rate)
+        self.seen = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
+
+
+async def _read(signaling: Signaling, conn: Connection) -> None:
+    s = signaling.settings
+    frames = _Frames(s.frames_per_second, s.frame_burst)
+    strikes = 0
+
+    def strike(code: str, message: str) -> None:
+        nonlocal strikes
+        strikes += 1
+        conn.send(Error(code=code, message=message))
+        if strikes >= s.strikes:
+            conn.close(1008, "too many bad frames", done=False)
+
+    while not conn.closing:
+        try:
+            async with asyncio.timeout(None if conn.participant_id else s.join_timeout_s):
+                received = await conn.websocket.receive()
+        except TimeoutError:
+            conn.send(Error(code="join_timeout", message="Send a join first, within seconds."))
+            conn.close(1008, "no join", done=False)
+            return
+        if received["type"] == "websocket.disconnect":
+            return
+        text = received.get("text")
+        if text is None:
+            strike("binary_frame", "Frames must be JSON text.")
+            continue
+        if len(text) > s.max_frame_bytes:
+            strike("frame_too_large", f"Frames may be at most {s.max_frame_bytes} bytes.")
+            continue
+        if not frames.take():
+            strike("too_many_messages", "Too many messages; slow down.")
+            continue
+        try:
+            message = client_messages.validate_python(json.loads(text))
+        except json.JSONDecodeError:
+            strike("malformed_json", "That frame is not valid JSON.")
+            continue
+        except ValidationError as exc:
+            strike("invalid_message", _explain(exc))
+            continue
+        if isinstance(message, Ping):
+            conn.send(Pong())
+            continue
+        if conn.participant_id is None:
+            if not isinstance(message, Join):
+                strike("join_first", "Send a join before anything else.")
+                continue
+        elif isinstance(message, Join):
+            strike("already_joined", "This connection has already joined.")
+            continue
+        elif message.type in HOST_ONLY and conn.role is not Role.host:
+            strike("only_hosts", "Only a host can do that.")
+            continue
+        try:
+            if isinstance(message, Join):
+                await signaling.join(conn, message)
+            else:
+                await signaling.command(conn, message)
+        except Exception:
+            log.exception("a frame could not be handled", type=message.type)
+            conn.send(Error(code="internal", message="Something went wrong here; try again."))
+
+
+def _explain(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    if first["type"] == "union_tag_invalid" or first["type"] == "union_tag_not_found":
+        return "Unknown message type; see the protocol's message types."
+    where = ".".join(str(p) for p in first["loc"][1:]) or "message"
+    return f"That message is not valid: {where}: {first['msg']}."

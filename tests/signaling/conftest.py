@@ -1,0 +1,226 @@
+"""Two signaling replicas behind real WebSockets, with scheduling, links and a media node.
+
+Everything runs on the harness's NATS and Postgres. Scheduling is driven through its API,
+links issues the links, the media node answers for seats, and browsers are played by real
+WebSocket clients connected to either replica.
+"""
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from runtime.embedded import NatsServer
+from runtime.service import build_app
+from services.media import app as media_app
+from services.media.config import MediaSettings
+from services.signaling import app as signaling_app
+from services.signaling.calls import Signaling
+from services.signaling.config import SignalingSettings
+from tests.links.conftest import PUBLIC_URL, Clock, LinkedClinic, Platform, links_service
+from tests.scheduling.conftest import register_clinic, scheduling_app
+from tests.support import listening, serving, settings
+
+PARTICIPANT_KEY = "test-participant-key-of-at-least-32-characters"
+FRAME_WAIT_S = 10.0
+
+
+class Browser:
+    """One browser's WebSocket: frames are read in the background and awaited by type."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.frames: list[dict[str, Any]] = []
+        self._unread: list[dict[str, Any]] = []
+        self._arrived = asyncio.Condition()
+        self._reader = asyncio.create_task(self._read())
+        self.close_code: int | None = None
+
+    async def _read(self) -> None:
+        try:
+            async for text in self.ws:
+                frame = json.loads(text)
+                async with self._arrived:
+                    self.frames.append(frame)
+                    self._unread.append(frame)
+                    self._arrived.notify_all()
+        except ConnectionClosed:
+            pass
+        finally:
+            self.close_code = self.ws.close_code
+            async with self._arrived:
+                self._arrived.notify_all()
+
+    async def send(self, type: str, **fields: Any) -> None:
+        await self.ws.send(json.dumps({"type": type, **fields}, default=str))
+
+    async def next(
+        self, type: str, *, timeout: float = FRAME_WAIT_S, **match: Any
+    ) -> dict[str, Any]:
+        """The first unread frame of ``type`` (whose fields equal ``match``); earlier ones of
+        other types stay unread."""
+
+        def found() -> dict[str, Any] | None:
+            for frame in self._unread:
+                if frame["type"] == type and all(frame.get(k) == v for k, v in match.items()):
+                    self._unread.remove(frame)
+                    return frame
+            return None
+
+        async with asyncio.timeout(timeout), self._arrived:
+            while (frame := found()) is None:
+                if self._reader.done():
+                    raise AssertionError(
+                        f"closed ({self.close_code}) before a {type} frame {match}; "
+                        f"got {[f['type'] for f in self.frames]}"
+                    )
+                await self._arrived.wait()
+            return frame
+
+    async def latest(self, type: str, *, timeout: float = FRAME_WAIT_S, **match: Any) -> Any:
+        """Wait until the newest frame of ``type`` satisfies ``match`` (callables allowed)."""
+
+        def ok(frame: dict[str, Any]) -> bool:
+            return all(v(frame[k]) if callable(v) else frame.get(k) == v for k, v in match.items())
+
+        async with asyncio.timeout(timeout), self._arrived:
+            while True:
+                last = [f for f in self.frames if f["type"] == type]
+                if last and ok(last[-1]):
+                    return last[-1]
+                if self._reader.done():
+                    raise AssertionError(f"closed ({self.close_code}) before {type} {match}")
+                await self._arrived.wait()
+
+    def seen(self, type: str) -> list[dict[str, Any]]:
+        return [f for f in self.frames if f["type"] == type]
+
+    async def closed(self, timeout: float = FRAME_WAIT_S) -> int | None:
+        async with asyncio.timeout(timeout):
+            await self._reader
+        return self.close_code
+
+    async def drop(self) -> None:
+        """The connection breaks (no leave): the TCP connection just goes."""
+        self.ws.transport.abort()
+        with contextlib.suppress(Exception):
+            await self._reader
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.ws.close()
+        self._reader.cancel()
+
+
+@dataclass
+class Calls:
+    platform: Platform
+    replicas: list[str]
+    signalings: list[Signaling]
+    clock: Clock
+    browsers: list[Browser] = field(default_factory=list)
+
+    async def clinic(self, **clinic_settings: Any) -> LinkedClinic:
+        clinic = await register_clinic(self.platform.scheduling, **clinic_settings)
+        return LinkedClinic(clinic, self.platform.links)
+
+    async def open(self, replica: int = 0) -> Browser:
+        url = self.replicas[replica].replace("http://", "ws://") + "/v1/signaling"
+        browser = Browser(await connect(url, max_size=None))
+        self.browsers.append(browser)
+        return browser
+
+    async def join(self, url: str, name: str, replica: int = 0, **extra: Any) -> Browser:
+        """Open a link (as a browser would, from its URL) on one replica."""
+        browser = await self.open(replica)
+        path = url.removeprefix(PUBLIC_URL)
+        if path.startswith("/r/"):
+            _, _, clinic, room = path.split("/")
+            fields: dict[str, Any] = {"clinic": clinic, "room": room}
+        else:
+            fields = {"token": path.rsplit("/", 1)[1]}
+        await browser.send("join", name=name, **fields, **extra)
+        return browser
+
+
+@dataclass
+class Room:
+    """A practitioner of a fresh clinic: their host link and their room link."""
+
+    clinic: LinkedClinic
+    practitioner: dict[str, Any]
+    host_url: str
+    room_url: str
+
+
+async def practitioner_room(calls: Calls, **clinic_settings: Any) -> Room:
+    clinic = await calls.clinic(**clinic_settings)
+    practitioner = await clinic.clinic.practitioner()
+    pid = practitioner["practitioner_id"]
+    host = await clinic.link("host", practitioner_id=pid)
+    room = await clinic.link("practitioner_room", practitioner_id=pid)
+    return Room(clinic, practitioner, host["url"], room["url"])
+
+
+def signaling_settings(replica: str, **overrides: Any) -> SignalingSettings:
+    base: dict[str, Any] = {
+        "replica_id": replica,
+        "sweep_s": 0.2,
+        "replica_timeout_s": 2.0,
+        "knocks_per_address_per_minute": 6000,
+        "knocks_per_address_burst": 200,
+    }
+    return SignalingSettings(**(base | overrides))
+
+
+@contextlib.asynccontextmanager
+async def calls_platform(
+    dsn: str, nats_url: str, clock: Clock, **signaling_overrides: Any
+) -> AsyncIterator[Calls]:
+    sched = scheduling_app(dsn, nats_url)
+    links = links_service(dsn, nats_url, clock)
+    media = build_app(
+        media_app.build(media_app.Media(MediaSettings(node_id="mtest", reservation_s=60))),
+        settings(dsn, nats_url),
+    )
+    signalings = [
+        Signaling(
+            signaling_settings(name, **signaling_overrides),
+            key_source=lambda: PARTICIPANT_KEY,
+            clock=clock,
+        )
+        for name in ("sa", "sb")
+    ]
+    replicas = [build_app(signaling_app.build(s), settings(dsn, nats_url)) for s in signalings]
+    async with (
+        serving(sched) as scheduling_client,
+        serving(links) as links_client,
+        serving(media),
+        listening(replicas[0]) as url_a,
+        listening(replicas[1]) as url_b,
+    ):
+        calls = Calls(
+            Platform(scheduling_client, links_client, links), [url_a, url_b], signalings, clock
+        )
+        try:
+            yield calls
+        finally:
+            for browser in calls.browsers:
+                await browser.aclose()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def calls(postgres_dsn: str, nats_server: NatsServer, clock: Clock) -> AsyncIterator[Calls]:
+    async with calls_platform(postgres_dsn, nats_server.url, clock) as platform:
+        yield platform
