@@ -27,6 +27,7 @@ lint: $(VENV)/.installed-test
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/antechamber asyncapi --check
+	$(BIN)/antechamber protocol-schema --check
 
 test: lint
 	$(BIN)/pytest
@@ -41,6 +42,7 @@ format: $(VENV)/.installed-test
 
 asyncapi: $(VENV)/.installed-run
 	$(BIN)/antechamber asyncapi
+	$(BIN)/antechamber protocol-schema
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/eventstore.py

@@ -92,14 +92,11 @@ async def _republish(name: str, from_position: int) -> None:
     print(f"{name}: published {sent} events from position {from_position}")
 
 
-def asyncapi(args: argparse.Namespace) -> int:
-    from antechamber.asyncapi import document
-
-    text = document()
-    target = Path(args.output)
-    if args.check:
+def _write_or_check(target: Path, text: str, command: str, check: bool) -> int:
+    """Write a generated document, or (``check``) fail if the committed one differs."""
+    if check:
         if not target.exists() or target.read_text() != text:
-            print(f"{target} is stale: run `antechamber asyncapi` and commit it", file=sys.stderr)
+            print(f"{target} is stale: run `antechamber {command}` and commit it", file=sys.stderr)
             return 1
         print(f"{target} is current")
         return 0
@@ -107,6 +104,21 @@ def asyncapi(args: argparse.Namespace) -> int:
     target.write_text(text)
     print(f"wrote {target}")
     return 0
+
+
+def asyncapi(args: argparse.Namespace) -> int:
+    from antechamber.asyncapi import document
+
+    return _write_or_check(Path(args.output), document(), "asyncapi", args.check)
+
+
+def protocol_schema(args: argparse.Namespace) -> int:
+    import json
+
+    from contracts.signaling_protocol import protocol_schema as schema
+
+    text = json.dumps(schema(), indent=2, sort_keys=True) + "\n"
+    return _write_or_check(Path(args.output), text, "protocol-schema", args.check)
 
 
 def up(args: argparse.Namespace) -> int:
@@ -153,6 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="docs/asyncapi.yaml")
     p.add_argument("--check", action="store_true", help="fail if the committed file is stale")
     p.set_defaults(func=asyncapi)
+
+    p = commands.add_parser(
+        "protocol-schema", help="write the JSON schema of the signaling WebSocket protocol"
+    )
+    p.add_argument("--output", default="docs/signaling-protocol.json")
+    p.add_argument("--check", action="store_true", help="fail if the committed file is stale")
+    p.set_defaults(func=protocol_schema)
     return parser
 
 

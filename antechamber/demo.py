@@ -46,7 +46,16 @@ def operator_key(data_dir: Path) -> Path:
 
 def link_key_file(data_dir: Path) -> Path:
     """The key that seals join links between services, created on first use."""
-    path = data_dir / "link-key"
+    return key_file(data_dir, "link-key")
+
+
+def participant_key_file(data_dir: Path) -> Path:
+    """The key that signs participant tokens (signaling mints, media checks)."""
+    return key_file(data_dir, "participant-key")
+
+
+def key_file(data_dir: Path, name: str) -> Path:
+    path = data_dir / name
     if not path.exists():
         path.write_text(new_key())
         path.chmod(0o600)

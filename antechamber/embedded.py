@@ -11,7 +11,7 @@ from pathlib import Path
 from types import FrameType
 
 from antechamber.catalog import definitions
-from antechamber.demo import join_links, link_key_file, operator_key, seed
+from antechamber.demo import join_links, link_key_file, operator_key, participant_key_file, seed
 from runtime.embedded import EmbeddedPostgres, NatsServer, free_port
 
 NATS_DEFAULT_PORT = 4222
@@ -69,6 +69,10 @@ class Platform:
             os.environ.get("ANTECHAMBER_OPERATOR_KEY_FILE") or operator_key(self.data_dir)
         )
         link_key = Path(os.environ.get("ANTECHAMBER_LINK_KEY_FILE") or link_key_file(self.data_dir))
+        participant_key = Path(
+            os.environ.get("ANTECHAMBER_PARTICIPANT_KEY_FILE")
+            or participant_key_file(self.data_dir)
+        )
         for definition in definitions():
             port = free_port(definition.default_port)
             env = os.environ | {
@@ -76,6 +80,7 @@ class Platform:
                 "NATS_URL": self.nats.url,
                 "ANTECHAMBER_OPERATOR_KEY_FILE": str(key_file),
                 "ANTECHAMBER_LINK_KEY_FILE": str(link_key),
+                "ANTECHAMBER_PARTICIPANT_KEY_FILE": str(participant_key),
                 "ANTECHAMBER_LOG_FORMAT": os.environ.get("ANTECHAMBER_LOG_FORMAT", "console"),
             }
             process = subprocess.Popen(
