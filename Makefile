@@ -48,6 +48,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/eventstore.py
 	$(BIN)/python bench/scheduling.py
 	$(BIN)/python bench/links.py
+	$(BIN)/python bench/signaling.py
 
 clean:
 	rm -rf $(VENV) .antechamber .pytest_cache .mypy_cache .ruff_cache

@@ -112,9 +112,19 @@ class Process:
 
 
 def start_service(
-    service: str, folder: Path, dsn: str, nats_url: str, port: int, **env: str
+    service: str,
+    folder: Path,
+    dsn: str,
+    nats_url: str,
+    port: int,
+    *,
+    label: str | None = None,
+    **env: str,
 ) -> Process:
-    """``antechamber serve <service>`` in a process of its own, with a fresh link key."""
+    """``antechamber serve <service>`` in a process of its own, with a fresh link key.
+
+    ``label`` names the process and its log file when one service runs more than once.
+    """
     environment = os.environ | {
         "DATABASE_URL": dsn,
         "NATS_URL": nats_url,
@@ -123,7 +133,8 @@ def start_service(
         **env,
     }
     args = [sys.executable, "-m", "antechamber", "serve", service, "--port", str(port)]
-    return Process(f"{service} service", args, folder / f"{service}.log", environment)
+    label = label or service
+    return Process(f"{label} service", args, folder / f"{label}.log", environment)
 
 
 async def service_ready(service: Process, base_url: str, within: float = 60.0) -> None:

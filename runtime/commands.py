@@ -25,9 +25,10 @@ async def load(
     registry: EventRegistry,
     evolve: Evolve[S],
     absent: NotFound,
+    conn: Executor | None = None,
 ) -> tuple[S | None, int]:
     """The state and version of a stream; another clinic's stream raises ``absent``."""
-    recorded = await store.read_stream(stream_id)
+    recorded = await store.read_stream(stream_id, conn=conn)
     if recorded and recorded[0].clinic_id != clinic_id:
         raise absent
     state: S | None = None
@@ -49,7 +50,9 @@ async def execute(
     conn: Executor | None = None,
 ) -> list[RecordedEvent]:
     for _ in range(CONFLICT_RETRIES):
-        state, version = await load(store, stream_id, clinic_id, registry, evolve, absent)
+        state, version = await load(
+            store, stream_id, clinic_id, registry, evolve, absent, conn=conn
+        )
         events = decide(state)
         if not events:
             return []

@@ -283,8 +283,12 @@ class EventStore:
             outcomes.append(recorded)
         return outcomes
 
-    async def read_stream(self, stream_id: str, after_version: int = 0) -> list[RecordedEvent]:
-        rows = await self.pool.fetch(
+    async def read_stream(
+        self, stream_id: str, after_version: int = 0, *, conn: Executor | None = None
+    ) -> list[RecordedEvent]:
+        """The events of one stream after ``after_version``; with ``conn``, read inside the
+        caller's transaction (never a second pool connection while one is held)."""
+        rows = await (conn or self.pool).fetch(
             f"SELECT {_COLUMNS} FROM events WHERE stream_id = $1 AND version > $2 ORDER BY version",
             stream_id,
             after_version,

@@ -36,6 +36,16 @@ PRINTED = {
         "goal resolve p99 <= 5 ms:",
         "answers: 200 ",
     ),
+    "signaling": (
+        "live rooms",
+        "knock -> host sees it",
+        "admit -> guest admitted",
+        "bare NATS request/reply (baseline)",
+        "goal knock p99 <= 20 ms:",
+        "goal admit p99 <= 20 ms:",
+        "all at once:",
+        "paced,",
+    ),
 }
 
 

@@ -230,6 +230,7 @@ class Signaling:
         self._rooms = Rooms(ctx, self.replica_id, self.react, self.on_notice)
         self._rooms.after_append(self._after_append)
         await self.heartbeat()
+        await self._disown_an_earlier_life()
         self.ready.set()
         sweeps = 0
         while True:
@@ -271,13 +272,7 @@ class Signaling:
             self.replica_id,
             self.settings.replica_timeout_s,
         )
-        for row in orphans:
-            pid, until = row["participant_id"], row["grace_until"]
-            await self.rooms.run(
-                row["room_id"],
-                row["clinic_id"],
-                partial(domain.disconnected, participant_id=pid, grace_until=until),
-            )
+        await self._disconnected(orphans)
         lapsed = await self.ctx.pool.fetch(
             "SELECT participant_id, clinic_id, room_id FROM connections "
             "WHERE replica_id IS NULL AND grace_until <= $1",
@@ -293,6 +288,29 @@ class Signaling:
             await self.ctx.pool.execute(
                 "DELETE FROM connections WHERE participant_id = $1 AND replica_id IS NULL",
                 pid,
+            )
+
+    async def _disown_an_earlier_life(self) -> None:
+        """Before this replica serves anyone, places recorded under its name are an earlier
+        process's (restarted with the same ``replica_id``, so never silent for long): their
+        sockets are gone, so their grace starts now instead of never."""
+        rows = await self.ctx.pool.fetch(
+            "UPDATE connections c SET replica_id = NULL, updated_at = now(), "
+            "grace_until = $1::timestamptz + make_interval(secs => c.grace_s) "
+            "WHERE c.replica_id = $2 "
+            "RETURNING participant_id, clinic_id, room_id, grace_until",
+            self.clock(),
+            self.replica_id,
+        )
+        await self._disconnected(rows)
+
+    async def _disconnected(self, rows: list[Any]) -> None:
+        for row in rows:
+            pid, until = row["participant_id"], row["grace_until"]
+            await self.rooms.run(
+                row["room_id"],
+                row["clinic_id"],
+                partial(domain.disconnected, participant_id=pid, grace_until=until),
             )
 
     # --- joining ----------------------------------------------------------------------------
@@ -423,12 +441,13 @@ class Signaling:
         if new:
             await self.ctx.pool.execute(
                 "INSERT INTO connections (participant_id, clinic_id, room_id, resume_digest, "
-                "grace_s, replica_id) VALUES ($1, $2, $3, $4, $5, $6)",
+                "grace_s, cap, replica_id) VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 pid,
                 clinic_id,
                 room_id,
                 secret_digest(conn.resume_token or ""),
                 conn.grace_s,
+                conn.cap,
                 self.replica_id,
             )
 
@@ -440,7 +459,7 @@ class Signaling:
     async def _resume(self, conn: Connection, token: str) -> None:
         row = await self.ctx.pool.fetchrow(
             "UPDATE connections SET replica_id = $2, grace_until = NULL, updated_at = now() "
-            "WHERE resume_digest = $1 RETURNING participant_id, clinic_id, room_id, grace_s",
+            "WHERE resume_digest = $1 RETURNING participant_id, clinic_id, room_id, grace_s, cap",
             secret_digest(token),
             self.replica_id,
         )
@@ -458,7 +477,7 @@ class Signaling:
             return
         conn.participant_id, conn.room_id, conn.clinic_id = pid, room_id, clinic_id
         conn.role, conn.grace_s, conn.resume_token = person.role, row["grace_s"], token
-        conn.cap = 16
+        conn.cap = row["cap"]
         await self._attach(conn, new=False)
         await self.rooms.announce_notice(
             room_id, {"kind": "superseded", "participant_id": str(pid), "by": self.replica_id}
@@ -474,9 +493,23 @@ class Signaling:
             )
         )
         if person.status is Status.in_call and person.media_node:
-            self._send_admitted(conn, person.media_node, None)
+            await self._readmit(conn, person.media_node)
         await self.rooms.run(room_id, clinic_id, lambda r: domain.reconnected(r, pid))
         self._refresh(conn, await self.rooms.state(room_id, clinic_id))
+
+    async def _readmit(self, conn: Connection, node_id: str) -> None:
+        """A token for someone back in the call, for their seat asked for again: that renews a
+        reservation that lapsed while they were away, and names the node's address."""
+        pid, _, _, role = conn.place()
+        try:
+            seat = await self._seat(conn, pid, role)
+        except Unavailable:
+            seat = None
+        if seat is not None and seat.granted and seat.node_id:
+            self._send_admitted(conn, seat.node_id, seat.media_url)
+        else:
+            log.warning("a resumed participant's seat could not be renewed", node=node_id)
+            self._send_admitted(conn, node_id, None)
 
     async def _forget(self, participant_id: UUID) -> None:
         await self.ctx.pool.execute(
@@ -586,13 +619,21 @@ class Signaling:
     async def _admit(self, conn: Connection, guest: UUID) -> None:
         me, room_id, clinic_id, _ = conn.place()
         room = await self.rooms.state(room_id, clinic_id)
-        domain.check_admit(room, me, guest, conn.cap)
+        try:
+            try:
+                domain.check_admit(room, me, guest, conn.cap)
+            except refusals.Refused:
+                # Perhaps only not known here yet (a knock announced a moment ago): ask the store.
+                room = await self.rooms.state(room_id, clinic_id, fresh=True)
+                domain.check_admit(room, me, guest, conn.cap)
+        except domain.RoomFull as exc:
+            # Full by the room's own count (the usual case: the seats are all in use), not
+            # only by the media node's: the guest keeps their place and both sides are told.
+            await self._seat_refused(room_id, guest, exc.detail)
+            return
         seat = await self._seat(conn, guest, Role.guest)
         if not seat.granted:
-            await self.rooms.announce_notice(
-                room_id,
-                {"kind": "seat_refused", "participant_id": str(guest), "message": seat.message},
-            )
+            await self._seat_refused(room_id, guest, seat.message)
             return
         try:
             await self.rooms.run(
@@ -600,18 +641,26 @@ class Signaling:
                 clinic_id,
                 lambda r: domain.admit(r, me, guest, seat.node_id or "", seat.media_url, conn.cap),
             )
-        except refusals.Refused:
+        except refusals.Refused as exc:
             await self._release(clinic_id, room_id, guest)
-            raise
+            if not isinstance(exc, domain.RoomFull):
+                raise
+            await self._seat_refused(room_id, guest, exc.detail)
+
+    async def _seat_refused(self, room_id: UUID, guest: UUID, message: str) -> None:
+        await self.rooms.announce_notice(
+            room_id, {"kind": "seat_refused", "participant_id": str(guest), "message": message}
+        )
 
     async def leave(self, conn: Connection) -> None:
         pid, room_id, clinic_id, _ = conn.place()
         now = self.clock()
         conn.done = True
-        await self.rooms.run(
+        left = await self.rooms.run(
             room_id, clinic_id, lambda r: domain.leave(r, pid, LeftBecause.left, now)
         )
-        await self._forget(pid)
+        if not left:  # otherwise the after-append hook forgets their resume token
+            await self._forget(pid)
         conn.close()
 
     async def dropped(self, conn: Connection) -> None:
@@ -642,12 +691,13 @@ class Signaling:
             if row is None:
                 return  # they came back elsewhere already
             if conn.grace_s <= 0:
-                await self.rooms.run(
+                left = await self.rooms.run(
                     room_id,
                     clinic_id,
                     lambda r: domain.leave(r, pid, LeftBecause.disconnected, now),
                 )
-                await self._forget(pid)
+                if not left:
+                    await self._forget(pid)
             else:
                 await self.rooms.run(
                     room_id, clinic_id, lambda r: domain.disconnected(r, pid, until)

@@ -92,10 +92,15 @@ class Rooms:
         missing = await self.ctx.store.read_stream(stream_of(room_id), cached.version)
         return self._apply(cached, missing)
 
-    async def state(self, room_id: UUID, clinic_id: str) -> Room:
+    async def state(self, room_id: UUID, clinic_id: str, *, fresh: bool = False) -> Room:
+        """The room as this replica knows it: kept current by announcements while watched,
+        read from the store otherwise (or when ``fresh`` is asked for)."""
         cached = self._cached(room_id)
         async with cached.lock:
-            await self._catch_up(room_id, cached)
+            if fresh or cached.subscription is None:
+                missed = await self._catch_up(room_id, cached)
+                if missed and cached.subscription is not None:
+                    await self.react(room_id, cached.room, missed)
             self._check_clinic(cached, clinic_id)
             return cached.room
 
@@ -110,9 +115,13 @@ class Rooms:
         cached = self._cached(room_id)
         cached.watchers += 1
         if cached.subscription is None:
+            # Subscribe first, then read: an announcement that arrives meanwhile is either
+            # already in what is read, or applied after it (versions tell which).
             cached.subscription = await self.ctx.nats.subscribe(
                 room_subject(room_id), cb=self._on_announcement
             )
+            async with cached.lock:
+                await self._catch_up(room_id, cached)
 
     async def unwatch(self, room_id: UUID) -> None:
         cached = self._rooms.get(room_id)
@@ -153,8 +162,21 @@ class Rooms:
             log.exception("a room announcement could not be applied")
 
     async def resync(self) -> None:
-        """Catch up every watched room from the store (after missed announcements)."""
-        for room_id, cached in list(self._rooms.items()):
+        """Catch up the watched rooms that the store has moved past (missed announcements),
+        found with one query for all of them."""
+        watched = {stream_of(r): r for r, c in self._rooms.items() if c.subscription is not None}
+        if not watched:
+            return
+        rows = await self.ctx.pool.fetch(
+            "SELECT stream_id, max(version) AS version FROM events "
+            "WHERE stream_id = ANY($1::text[]) GROUP BY stream_id",
+            list(watched),
+        )
+        for row in rows:
+            room_id = watched[row["stream_id"]]
+            cached = self._rooms.get(room_id)
+            if cached is None or cached.version >= row["version"]:
+                continue
             async with cached.lock:
                 events = await self._catch_up(room_id, cached)
                 if events:

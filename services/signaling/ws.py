@@ -86,6 +86,9 @@ async def _read(signaling: Signaling, conn: Connection) -> None:
     s = signaling.settings
     frames = _Frames(s.frames_per_second, s.frame_burst)
     strikes = 0
+    # One deadline from the accept: a per-frame timeout would let pings keep a client that
+    # never joins connected for ever.
+    join_by = asyncio.get_running_loop().time() + s.join_timeout_s
 
     def strike(code: str, message: str) -> None:
         nonlocal strikes
@@ -96,7 +99,7 @@ async def _read(signaling: Signaling, conn: Connection) -> None:
 
     while not conn.closing:
         try:
-            async with asyncio.timeout(None if conn.participant_id else s.join_timeout_s):
+            async with asyncio.timeout_at(None if conn.participant_id else join_by):
                 received = await conn.websocket.receive()
         except TimeoutError:
             conn.send(Error(code="join_timeout", message="Send a join first, within seconds."))
@@ -108,7 +111,7 @@ async def _read(signaling: Signaling, conn: Connection) -> None:
         if text is None:
             strike("binary_frame", "Frames must be JSON text.")
             continue
-        if len(text) > s.max_frame_bytes:
+        if len(text.encode()) > s.max_frame_bytes:
             strike("frame_too_large", f"Frames may be at most {s.max_frame_bytes} bytes.")
             continue
         if not frames.take():
@@ -116,7 +119,7 @@ async def _read(signaling: Signaling, conn: Connection) -> None:
             continue
         try:
             message = client_messages.validate_python(json.loads(text))
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # RecursionError: nested too deep
             strike("malformed_json", "That frame is not valid JSON.")
             continue
         except ValidationError as exc:

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -166,6 +167,70 @@ async def practitioner_room(calls: Calls, **clinic_settings: Any) -> Room:
     host = await clinic.link("host", practitioner_id=pid)
     room = await clinic.link("practitioner_room", practitioner_id=pid)
     return Room(clinic, practitioner, host["url"], room["url"])
+
+
+@dataclass
+class InCall:
+    """A host in the call and a guest they admitted (each on the replica asked for)."""
+
+    room: Room
+    host: Browser
+    guest: Browser
+    welcome: dict[str, Any]
+    """The guest's welcome (participant_id, room_id, resume_token)."""
+
+    @property
+    def guest_id(self) -> str:
+        return str(self.welcome["participant_id"])
+
+
+async def host_in_call(calls: Calls, room: Room, replica: int = 0, name: str = "Dr Ada") -> Browser:
+    """A host who has entered the call: the ``admitted`` frame comes after the seat is taken,
+    the welcome before it, so only from then on do knocks alert this host."""
+    host = await calls.join(room.host_url, name, replica=replica)
+    await host.next("welcome")
+    await host.next("admitted")
+    return host
+
+
+async def knocking_guest(
+    calls: Calls, room: Room, name: str = "Grace", replica: int = 1
+) -> tuple[Browser, dict[str, Any]]:
+    """A guest in the waiting room, with their welcome."""
+    guest = await calls.join(room.room_url, name, replica=replica)
+    welcome = await guest.next("welcome")
+    await guest.next("waiting")
+    return guest, welcome
+
+
+async def host_and_admitted_guest(
+    calls: Calls,
+    *,
+    host_replica: int = 0,
+    guest_replica: int = 1,
+    **clinic_settings: Any,
+) -> InCall:
+    """A fresh clinic's room with its host and one admitted guest, both seen in the call."""
+    room = await practitioner_room(calls, **clinic_settings)
+    host = await host_in_call(calls, room, host_replica)
+    guest, welcome = await knocking_guest(calls, room, replica=guest_replica)
+    await host.send("admit", participant_id=welcome["participant_id"])
+    await guest.next("admitted")
+    await host.latest("room", participants=lambda p: len(p) == 2)
+    return InCall(room, host, guest, welcome)
+
+
+async def room_events(dsn: str, room_id: str) -> list[tuple[str, dict[str, Any]]]:
+    """(type, data) of every event of a room, in order, as the signaling store holds them."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT type, data FROM signaling.events WHERE stream_id = $1 ORDER BY version",
+            f"room-{room_id}",
+        )
+    finally:
+        await conn.close()
+    return [(row["type"], json.loads(row["data"])) for row in rows]
 
 
 def signaling_settings(replica: str, **overrides: Any) -> SignalingSettings:

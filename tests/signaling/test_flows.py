@@ -44,6 +44,7 @@ async def test_knocks_after_the_first_admission_are_muted_until_unmuted(calls: C
     room = await practitioner_room(calls)
     host = await calls.join(room.host_url, "Dr Ada", replica=0)
     await host.next("welcome")
+    await host.next("admitted")  # in the call: from now on, knocks alert this host
     first = await calls.join(room.room_url, "First", replica=1)
     first_id = (await first.next("welcome"))["participant_id"]
     assert (await host.next("knock"))["participant_id"] == first_id
@@ -109,6 +110,7 @@ async def test_end_for_all_disconnects_everyone_and_ends_once(calls: Calls, nc: 
     room = await practitioner_room(calls)
     host = await calls.join(room.host_url, "Dr Ada", replica=0)
     await host.next("welcome")
+    await host.next("admitted")  # in the call: from now on, knocks alert this host
     cohost = await calls.join(room.host_url, "Dr Bea", replica=1)
     await cohost.next("welcome")
     guest = await calls.join(room.room_url, "Grace", replica=1)
@@ -143,6 +145,7 @@ async def test_leaving_never_ends_the_meeting_for_others(calls: Calls) -> None:
     room = await practitioner_room(calls)
     host = await calls.join(room.host_url, "Dr Ada", replica=0)
     await host.next("welcome")
+    await host.next("admitted")  # in the call: from now on, knocks alert this host
     guest = await calls.join(room.room_url, "Grace", replica=1)
     guest_id = (await guest.next("welcome"))["participant_id"]
     await host.next("knock", participant_id=guest_id)
