@@ -248,9 +248,8 @@ async def set_up_rooms(scheduling_url: str, links_url: str, rooms: int) -> list[
     sizes = [ROOMS_PER_CLINIC] * (rooms // ROOMS_PER_CLINIC)
     if rooms % ROOMS_PER_CLINIC:
         sizes.append(rooms % ROOMS_PER_CLINIC)
-    # A few clinics at a time: issuing an API key holds one pool connection in a transaction
-    # while it reads the clinic's stream on another, so as many concurrent issues as the
-    # scheduling pool has connections wait on each other for good.
+    # A few clinics at a time: set-up is not what is measured, and it keeps the services'
+    # pools free for the practitioners' requests.
     slots = asyncio.Semaphore(CLINICS_AT_ONCE)
 
     async def clinic(practitioners: int) -> list[RoomLinks]:

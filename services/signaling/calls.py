@@ -437,18 +437,22 @@ class Signaling:
         if old is not None and old is not conn:
             old.close(4001, "replaced by a newer connection")  # a resume, here
         self.local[room_id][pid] = conn
-        await self.rooms.watch(room_id)
-        if new:
-            await self.ctx.pool.execute(
-                "INSERT INTO connections (participant_id, clinic_id, room_id, resume_digest, "
-                "grace_s, cap, replica_id) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                pid,
-                clinic_id,
-                room_id,
-                secret_digest(conn.resume_token or ""),
-                conn.grace_s,
-                conn.cap,
-                self.replica_id,
+        if not new:
+            await self.rooms.watch(room_id)
+        else:  # two round trips at once: reading the room, recording the connection
+            await asyncio.gather(
+                self.rooms.watch(room_id),
+                self.ctx.pool.execute(
+                    "INSERT INTO connections (participant_id, clinic_id, room_id, resume_digest, "
+                    "grace_s, cap, replica_id) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    pid,
+                    clinic_id,
+                    room_id,
+                    secret_digest(conn.resume_token or ""),
+                    conn.grace_s,
+                    conn.cap,
+                    self.replica_id,
+                ),
             )
 
         async def from_media(msg: Msg) -> None:

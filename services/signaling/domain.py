@@ -410,6 +410,9 @@ def evolve(room: Room | None, event: Event) -> Room:
                     since=before.since if before else None,
                     session_id=event.session_id,
                     media_node=event.media_node,
+                    # Admitted while their connection is down: the grace still runs, or they
+                    # would never expire and keep a seat in the call for good.
+                    disconnected_until=before.disconnected_until if before else None,
                 ),
             )
         case ParticipantDisconnected():
