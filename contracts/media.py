@@ -17,7 +17,7 @@ from uuid import UUID
 from pydantic import AwareDatetime, BaseModel, Field
 
 from contracts.events import Event, EventRegistry
-from contracts.signaling import Role
+from contracts.signaling import CallRole
 
 SEAT_SUBJECT = "rpc.media.seat"
 """Request/reply: a :class:`SeatRequest` in, a :class:`SeatAnswer` out."""
@@ -42,7 +42,7 @@ class SeatRequest(BaseModel):
     clinic_id: str
     room_id: UUID
     participant_id: UUID
-    role: Role
+    role: CallRole
     cap: int = Field(ge=1, le=16, description="The clinic's max_participants (at most 16).")
 
 
@@ -110,7 +110,7 @@ class ParticipantClaims(BaseModel):
     sub: str = Field(description="The participant id.")
     room: str
     clinic: str
-    role: Role
+    role: CallRole
     node: str = Field(description="The media node that holds the seat.")
     aud: str = PARTICIPANT_TOKEN_AUDIENCE
     iss: str = PARTICIPANT_TOKEN_ISSUER

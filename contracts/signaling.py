@@ -17,7 +17,7 @@ from contracts.personal import personal_data
 signaling_events = EventRegistry("signaling")
 
 
-class Role(StrEnum):
+class CallRole(StrEnum):
     host = "host"
     guest = "guest"
 
@@ -106,7 +106,7 @@ class KnockWithdrawn(_Person):
 class ParticipantJoined(_Person):
     """Someone entered the call (a host, or a guest who was admitted)."""
 
-    role: Role
+    role: CallRole
     display_name: str = personal_data(default="", description="The name they gave.")
     link_id: UUID | None = Field(default=None, description="The link they came in with.")
     media_node: str | None = Field(default=None, description="The media node holding the seat.")

@@ -14,7 +14,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from contracts.media import SignalKind
-from contracts.signaling import EndedBecause, Role
+from contracts.signaling import CallRole, EndedBecause
 
 PROTOCOL_VERSION = 1
 WEBSOCKET_PATH = "/v1/signaling"
@@ -139,7 +139,7 @@ class Welcome(_Message):
     type: Literal["welcome"] = "welcome"
     v: Literal[1] = 1
     participant_id: UUID
-    role: Role
+    role: CallRole
     room_id: UUID
     session_id: UUID | None
     resume_token: str = Field(description="Send it in a join to come back after a drop.")
@@ -212,7 +212,7 @@ class WaitingGuest(BaseModel):
 class Present(BaseModel):
     participant_id: UUID
     display_name: str
-    role: Role
+    role: CallRole
     disconnected: bool
 
 

@@ -19,7 +19,7 @@ from contracts.media import (
     PARTICIPANT_TOKEN_ISSUER,
     ParticipantClaims,
 )
-from contracts.signaling import Role
+from contracts.signaling import CallRole
 from runtime.settings import secret_value
 
 MIN_KEY_LENGTH = 32
@@ -56,7 +56,7 @@ def mint(
     participant_id: str,
     room_id: str,
     clinic_id: str,
-    role: Role,
+    role: CallRole,
     node_id: str,
     ttl_s: float,
     now: float | None = None,

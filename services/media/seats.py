@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from uuid import UUID
 
-from contracts.signaling import Role
+from contracts.signaling import CallRole
 
 MAX_SEATS = 16
 """The platform's cap on people in one room, whatever a clinic asks for."""
@@ -19,7 +19,7 @@ MAX_SEATS = 16
 
 @dataclass
 class Seat:
-    role: Role
+    role: CallRole
     reserved_until: datetime | None
     """When the reservation lapses; ``None`` once a media connection claimed the seat."""
 
@@ -59,7 +59,7 @@ class SeatLedger:
         self._rooms: dict[UUID, RoomSeats] = {}
 
     def request(
-        self, room_id: UUID, participant_id: UUID, role: Role, cap: int, now: datetime
+        self, room_id: UUID, participant_id: UUID, role: CallRole, cap: int, now: datetime
     ) -> Granted | RoomFull:
         """A seat for the participant, or the room is full (at ``min(cap, 16)`` seats).
 

@@ -39,6 +39,7 @@ from contracts.media import (
     signal_subject,
 )
 from contracts.signaling import (
+    CallRole,
     EndedBecause,
     GuestKnocked,
     GuestPutOnHold,
@@ -48,7 +49,6 @@ from contracts.signaling import (
     ParticipantJoined,
     ParticipantLeft,
     ParticipantRemoved,
-    Role,
     SessionEnded,
 )
 from contracts.signaling_protocol import (
@@ -126,7 +126,7 @@ class Connection:
     participant_id: UUID | None = None
     room_id: UUID | None = None
     clinic_id: str | None = None
-    role: Role | None = None
+    role: CallRole | None = None
     cap: int = 16
     grace_s: float = 0.0
     resume_token: str | None = None
@@ -139,7 +139,7 @@ class Connection:
     last_sent: dict[str, str] = field(default_factory=dict)
     media: Subscription | None = None
 
-    def place(self) -> tuple[UUID, UUID, str, Role]:
+    def place(self) -> tuple[UUID, UUID, str, CallRole]:
         """(participant, room, clinic, role) of a joined connection."""
         if not (self.participant_id and self.room_id and self.clinic_id and self.role):
             raise RuntimeError("this connection has not joined")
@@ -335,14 +335,14 @@ class Signaling:
             conn.send(Refused(reason="unknown", status=404, message=decision.message))
             conn.close()
             return
-        role = Role.host if decision.role == "host" else Role.guest
-        direct = role is Role.host or decision.admission == "direct"
-        if role is Role.guest and decision.link_id is not None:
+        role = CallRole.host if decision.role == "host" else CallRole.guest
+        direct = role is CallRole.host or decision.admission == "direct"
+        if role is CallRole.guest and decision.link_id is not None:
             wait = self.knocks_by_link.retry_after(str(decision.link_id))
             if wait is not None:
                 self._rate_limited(conn, wait)
                 return
-        name = " ".join(message.name.split()) or ("Host" if role is Role.host else "Guest")
+        name = " ".join(message.name.split()) or ("Host" if role is CallRole.host else "Guest")
         conn.participant_id, conn.room_id, conn.clinic_id = uuid4(), room_id, decision.clinic_id
         conn.role = role
         conn.cap = min(decision.max_participants or 16, 16)
@@ -522,7 +522,7 @@ class Signaling:
 
     # --- seats ------------------------------------------------------------------------------
 
-    async def _seat(self, conn: Connection, participant_id: UUID, role: Role) -> SeatAnswer:
+    async def _seat(self, conn: Connection, participant_id: UUID, role: CallRole) -> SeatAnswer:
         _, room_id, clinic_id, _ = conn.place()
         request = SeatRequest(
             clinic_id=clinic_id,
@@ -635,7 +635,7 @@ class Signaling:
             # only by the media node's: the guest keeps their place and both sides are told.
             await self._seat_refused(room_id, guest, exc.detail)
             return
-        seat = await self._seat(conn, guest, Role.guest)
+        seat = await self._seat(conn, guest, CallRole.guest)
         if not seat.granted:
             await self._seat_refused(room_id, guest, seat.message)
             return
@@ -809,7 +809,7 @@ class Signaling:
         out = []
         for pid, conn in here.items():
             person = room.people.get(pid)
-            if person is not None and person.role is Role.host and not person.waiting:
+            if person is not None and person.role is CallRole.host and not person.waiting:
                 out.append(conn)
         return out
 
@@ -829,7 +829,7 @@ class Signaling:
             conn.send_once("waiting", Waiting(state=state, message=WAITING_MESSAGES[state]))
             return
         present = [_present(p) for p in room.in_call()]
-        if person.role is Role.host:
+        if person.role is CallRole.host:
             conn.send_once(
                 "room",
                 RoomView(
@@ -856,7 +856,7 @@ class Signaling:
                     guest.send(Waiting(state=WaitingState.room_full, message=message))
                     guest.last_sent.pop("waiting", None)
                 for conn in here.values():
-                    if conn.role is Role.host and conn is not guest:
+                    if conn.role is CallRole.host and conn is not guest:
                         conn.send(
                             SeatRefused(participant_id=pid, reason="room_full", message=message)
                         )

@@ -13,6 +13,7 @@ from uuid import UUID
 
 from contracts.events import Event
 from contracts.signaling import (
+    CallRole,
     EndedBecause,
     GuestKnocked,
     GuestPutOnHold,
@@ -27,7 +28,6 @@ from contracts.signaling import (
     ParticipantLeft,
     ParticipantReconnected,
     ParticipantRemoved,
-    Role,
     RoomLocked,
     RoomUnlocked,
     SessionEnded,
@@ -45,7 +45,7 @@ class Status(StrEnum):
 @dataclass(frozen=True)
 class Person:
     participant_id: UUID
-    role: Role
+    role: CallRole
     display_name: str
     link_id: UUID | None
     status: Status
@@ -78,7 +78,7 @@ class Room:
         return [p for p in self.people.values() if p.waiting]
 
     def hosts_present(self) -> bool:
-        return any(p.role is Role.host and p.disconnected_until is None for p in self.in_call())
+        return any(p.role is CallRole.host and p.disconnected_until is None for p in self.in_call())
 
 
 class RoomFull(Refused):
@@ -111,7 +111,7 @@ def _ids(room: Room, person: Person | None = None) -> dict[str, object]:
 
 def _host(room: Room, by: UUID) -> Person:
     host = room.people.get(by)
-    if host is None or host.role is not Role.host or host.status is not Status.in_call:
+    if host is None or host.role is not CallRole.host or host.status is not Status.in_call:
         raise ONLY_HOSTS
     return host
 
@@ -161,7 +161,7 @@ def knock(
 def enter(
     room: Room,
     participant_id: UUID,
-    role: Role,
+    role: CallRole,
     display_name: str,
     link_id: UUID | None,
     session_id: UUID | None,
@@ -173,15 +173,15 @@ def enter(
     """A host enters (the first one starts the call), or a guest of a direct-admission room."""
     if participant_id in room.people:
         return []
-    if role is Role.guest and room.locked:
+    if role is CallRole.guest and room.locked:
         raise ROOM_LOCKED
     _check_seat(room, cap)
     events: list[Event] = []
     session_id = session_id or room.session_id
-    if role is Role.host and not room.live:
+    if role is CallRole.host and not room.live:
         events.append(SessionStarted(room_id=room.room_id, session_id=session_id, started_at=now))
     ids = {"room_id": room.room_id, "session_id": session_id, "participant_id": participant_id}
-    if role is Role.guest:
+    if role is CallRole.guest:
         events.append(
             ParticipantAdmitted(**ids, by=None, media_node=media_node, media_url=media_url)
         )
@@ -380,7 +380,7 @@ def evolve(room: Room | None, event: Event) -> Room:
                 room,
                 Person(
                     participant_id=event.participant_id,
-                    role=Role.guest,
+                    role=CallRole.guest,
                     display_name=event.display_name,
                     link_id=event.link_id,
                     status=Status.waiting,

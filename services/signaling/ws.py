@@ -15,7 +15,7 @@ import structlog
 from fastapi import APIRouter, WebSocket
 from pydantic import ValidationError
 
-from contracts.signaling import Role
+from contracts.signaling import CallRole
 from contracts.signaling_protocol import (
     HOST_ONLY,
     WEBSOCKET_PATH,
@@ -135,7 +135,7 @@ async def _read(signaling: Signaling, conn: Connection) -> None:
         elif isinstance(message, Join):
             strike("already_joined", "This connection has already joined.")
             continue
-        elif message.type in HOST_ONLY and conn.role is not Role.host:
+        elif message.type in HOST_ONLY and conn.role is not CallRole.host:
             strike("only_hosts", "Only a host can do that.")
             continue
         try:

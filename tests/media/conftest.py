@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from nats.aio.client import Client as NATS
 
 from contracts.media import SeatAnswer, SeatRelease, SeatReleased, SeatRequest
-from contracts.signaling import Role
+from contracts.signaling import CallRole
 from runtime.context import ServiceContext
 from runtime.service import build_app
 from services.media import app as media_app
@@ -84,7 +84,12 @@ def clinic() -> str:
 
 
 def seat_request(
-    clinic_id: str, room_id: uuid.UUID, *, role: Role = Role.guest, cap: int = 16, **ids: Any
+    clinic_id: str,
+    room_id: uuid.UUID,
+    *,
+    role: CallRole = CallRole.guest,
+    cap: int = 16,
+    **ids: Any,
 ) -> SeatRequest:
     participant_id = ids.get("participant_id") or uuid.uuid4()
     return SeatRequest(

@@ -17,7 +17,7 @@ from contracts.media import (
     SeatRelease,
     SeatReleased,
 )
-from contracts.signaling import Role
+from contracts.signaling import CallRole
 from runtime.embedded import NatsServer
 from runtime.rpc import call
 from services.media.node import Action, node_subject
@@ -63,7 +63,7 @@ async def test_twenty_people_joining_at_once_get_sixteen_seats(node: Node, nc: N
 
 async def test_asking_again_for_the_same_person_keeps_one_seat(node: Node, nc: NATS) -> None:
     clinic_id, room = clinic(), uuid.uuid4()
-    request = seat_request(clinic_id, room, role=Role.host, cap=2)
+    request = seat_request(clinic_id, room, role=CallRole.host, cap=2)
     first = await call(nc, SEAT_SUBJECT, request, SeatAnswer, 5)
     again = await call(nc, SEAT_SUBJECT, request, SeatAnswer, 5)
     assert first.granted
@@ -99,7 +99,7 @@ async def test_a_claimed_seat_does_not_lapse(node: Node, nc: NATS) -> None:
 
 async def test_releasing_a_seat_frees_it(node: Node, nc: NATS) -> None:
     clinic_id, room = clinic(), uuid.uuid4()
-    host = seat_request(clinic_id, room, role=Role.host, cap=2)
+    host = seat_request(clinic_id, room, role=CallRole.host, cap=2)
     guest = seat_request(clinic_id, room, cap=2)
     for request in (host, guest):
         assert (await call(nc, SEAT_SUBJECT, request, SeatAnswer, 5)).granted

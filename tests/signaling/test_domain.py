@@ -14,6 +14,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from contracts.events import Event
 from contracts.signaling import (
+    CallRole,
     EndedBecause,
     GuestKnocked,
     GuestPutOnHold,
@@ -28,7 +29,6 @@ from contracts.signaling import (
     ParticipantLeft,
     ParticipantReconnected,
     ParticipantRemoved,
-    Role,
     RoomLocked,
     RoomUnlocked,
     SessionEnded,
@@ -65,11 +65,11 @@ def given(*steps: Step) -> list[Event]:
 
 
 def host_enters(pid: UUID = HOST) -> Step:
-    return lambda r: domain.enter(r, pid, Role.host, "Dr A", None, SESSION, NODE, URL, CAP, T0)
+    return lambda r: domain.enter(r, pid, CallRole.host, "Dr A", None, SESSION, NODE, URL, CAP, T0)
 
 
 def guest_enters(pid: UUID = GUEST) -> Step:
-    return lambda r: domain.enter(r, pid, Role.guest, "Sam", LINK, SESSION, NODE, URL, CAP, T0)
+    return lambda r: domain.enter(r, pid, CallRole.guest, "Sam", LINK, SESSION, NODE, URL, CAP, T0)
 
 
 def guest_knocks(pid: UUID = GUEST) -> Step:
@@ -100,7 +100,12 @@ def admitted(pid: UUID = GUEST, by: UUID | None = HOST) -> list[Event]:
     return [
         ParticipantAdmitted(**ids, by=by, media_node=NODE, media_url=URL),
         ParticipantJoined(
-            **ids, role=Role.guest, display_name="Sam", link_id=LINK, media_node=NODE, media_url=URL
+            **ids,
+            role=CallRole.guest,
+            display_name="Sam",
+            link_id=LINK,
+            media_node=NODE,
+            media_url=URL,
         ),
     ]
 
@@ -154,7 +159,7 @@ def test_the_first_host_starts_the_session_and_a_second_does_not() -> None:
     joined = ParticipantJoined(
         **IDS,
         participant_id=HOST,
-        role=Role.host,
+        role=CallRole.host,
         display_name="Dr A",
         media_node=NODE,
         media_url=URL,
@@ -510,7 +515,7 @@ class WaitingRoom(RuleBasedStateMachine):
         return data.draw(st.sampled_from(self.known))
 
     def pick_host(self, data: st.DataObject) -> UUID:
-        return self.pick(data, lambda p: p.role is Role.host and p.status is Status.in_call)
+        return self.pick(data, lambda p: p.role is CallRole.host and p.status is Status.in_call)
 
     def run(self, command: Step) -> list[Event] | Refused:
         """Run ``command``; a refusal writes nothing, and no command changes the room it reads."""
@@ -544,7 +549,9 @@ class WaitingRoom(RuleBasedStateMachine):
 
     def is_host(self, pid: UUID) -> bool:
         person = self.room.people.get(pid)
-        return person is not None and person.role is Role.host and person.status is Status.in_call
+        return (
+            person is not None and person.role is CallRole.host and person.status is Status.in_call
+        )
 
     def expect(self, result: list[Event] | Refused, code: str | None) -> list[Event]:
         if code is None:
@@ -583,25 +590,25 @@ class WaitingRoom(RuleBasedStateMachine):
 
     @initialize()
     def the_first_host_opens_the_room(self) -> None:
-        self.enter(Role.host)
+        self.enter(CallRole.host)
 
     @rule()
     def host_enters(self) -> None:
-        self.enter(Role.host)
+        self.enter(CallRole.host)
 
     # Only while a host is in: guests entering an empty call would fill it for good, and then
     # every host command would meet a full room without a host.
-    @precondition(lambda self: any(p.role is Role.host for p in self.room.in_call()))
+    @precondition(lambda self: any(p.role is CallRole.host for p in self.room.in_call()))
     @rule()
     def guest_enters(self) -> None:
         """A guest of a room that admits directly."""
-        self.enter(Role.guest)
+        self.enter(CallRole.guest)
 
-    def enter(self, role: Role) -> None:
+    def enter(self, role: CallRole) -> None:
         pid, before = self.newcomer(), self.room
         code = (
             "room_locked"
-            if role is Role.guest and before.locked
+            if role is CallRole.guest and before.locked
             else "room_full"
             if self.full()
             else None
@@ -613,10 +620,10 @@ class WaitingRoom(RuleBasedStateMachine):
         )
         events = self.expect(result, code)
         if events:
-            starts = role is Role.host and not before.live
+            starts = role is CallRole.host and not before.live
             assert [type(e) for e in events] == [
                 *([SessionStarted] if starts else []),
-                *([ParticipantAdmitted] if role is Role.guest else []),
+                *([ParticipantAdmitted] if role is CallRole.guest else []),
                 ParticipantJoined,
             ]
             assert self.room.people[pid].status is Status.in_call
