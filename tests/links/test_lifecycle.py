@@ -19,7 +19,7 @@ from contracts.signaling import (
     SessionEnded,
     SessionStarted,
 )
-from contracts.signaling import Role as CallRole
+from contracts.signaling import CallRole
 from tests.links.conftest import Clock, LinkedClinic, Platform, linked_clinic
 from tests.scheduling.conftest import OPERATOR, report
 from tests.support import eventually
