@@ -13,13 +13,13 @@ from nats.aio.client import Client as NATS
 
 from contracts.events import Event
 from contracts.signaling import (
+    CallRole,
     EndedBecause,
     ParticipantJoined,
     ParticipantLeft,
     SessionEnded,
     SessionStarted,
 )
-from contracts.signaling import CallRole
 from tests.links.conftest import Clock, LinkedClinic, Platform, linked_clinic
 from tests.scheduling.conftest import OPERATOR, report
 from tests.support import eventually
