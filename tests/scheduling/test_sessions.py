@@ -113,12 +113,16 @@ async def test_reschedule_cancel_and_what_a_cancelled_session_refuses(
     practitioner = await clinic.practitioner()
     session = await clinic.session(practitioner, [await clinic.client()])
     path = f"/v1/sessions/{session['session_id']}"
+    starts = at(2)  # once: two calls a second boundary apart would disagree
     moved = await clinic.ok(
         "POST",
         f"{path}/reschedule",
-        json={"starts_at": at(2).isoformat(), "ends_at": at(2, 60).isoformat()},
+        json={
+            "starts_at": starts.isoformat(),
+            "ends_at": (starts + timedelta(hours=1)).isoformat(),
+        },
     )
-    assert moved["starts_at"] == at(2).isoformat().replace("+00:00", "Z")
+    assert moved["starts_at"] == starts.isoformat().replace("+00:00", "Z")
     cancelled = await clinic.ok("POST", f"{path}/cancel", json={"reason": "sick"})
     assert cancelled["status"] == "cancelled"
     for method, suffix, body in [
