@@ -9,7 +9,7 @@ same callers for the same time:
 
 - HTTP: the same server's ``GET /healthz`` (a constant answer through the same middleware).
 - NATS: the service has no trivial NATS endpoint, so the floor is an echo answered through
-  the same ``runtime.rpc.serve`` by a process this benchmark starts (``--nats-echo``).
+  the same ``runtime.rpc.serve`` by a process this benchmark starts (``bench/echo.py``).
 
 Throughput: ``C`` callers with one request each in flight (closed loop), for ``S`` seconds
 after a warm-up. Latency: the same requests sent at a steady rate (open loop) of half the
@@ -36,7 +36,6 @@ It starts its own nats-server and Postgres (pgserver) in a temporary folder.
 
 import argparse
 import asyncio
-import contextlib
 import gc
 import hashlib
 import os
@@ -60,10 +59,10 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 
 from antechamber import catalog  # noqa: E402
+from bench.echo import ECHO_SUBJECT, start_echo  # noqa: E402
 from bench.eventstore import ms, pct  # noqa: E402
 from bench.support import (  # noqa: E402
     CpuMeter,
-    Process,
     children,
     servers,
     service_ready,
@@ -75,7 +74,6 @@ from runtime.db import create_pool  # noqa: E402
 from runtime.embedded import free_port  # noqa: E402
 from runtime.logging import configure_logging  # noqa: E402
 from runtime.migrations import migrate  # noqa: E402
-from runtime.rpc import Endpoint, serve  # noqa: E402
 from runtime.service import connect_nats  # noqa: E402
 
 SERVICE = "links"
@@ -83,8 +81,6 @@ RATIO_GOAL = 0.7
 P99_GOAL = 0.005
 CLINICS = 20
 PRACTITIONERS = 50  # per clinic
-ECHO_SUBJECT = "rpc.bench.echo"
-ECHO_REPLY = b'{"status":200}'
 # Sealed URLs are ~150 characters; no resolution unseals one, so the bulk rows hold filler.
 URL_FILLER = "bench-filler-" + "x" * 137
 # Of the measured tokens: links open now, by kind, then refused (outside their window), unknown.
@@ -93,24 +89,6 @@ REFUSED, UNKNOWN = 0.10, 0.05
 
 
 # -- processes ---------------------------------------------------------------------------------
-
-
-def start_echo(folder: Path, nats_url: str) -> Process:
-    args = [sys.executable, str(Path(__file__).resolve()), "--nats-echo", nats_url]
-    return Process("NATS echo", args, folder / "echo.log", dict(os.environ))
-
-
-async def run_echo(nats_url: str) -> None:
-    """The NATS floor: a constant answer through ``runtime.rpc.serve``, like the service's."""
-    nc = await connect_nats(nats_url, "bench-echo")
-
-    async def answer(_ctx: Any, _data: bytes) -> bytes:
-        return ECHO_REPLY
-
-    # The context is only handed to the answer, which needs none.
-    await serve(nc, [Endpoint(ECHO_SUBJECT, answer)], None, queue="bench-echo")  # type: ignore[arg-type]
-    await nc.flush()
-    await asyncio.Event().wait()
 
 
 # -- the links ---------------------------------------------------------------------------------
@@ -708,12 +686,7 @@ if __name__ == "__main__":
     parser.add_argument("--sample", type=int, default=None, help="tokens resolved (20,000)")
     parser.add_argument("--concurrency", type=int, default=32, help="requests in flight")
     parser.add_argument("--seconds", type=float, default=None, help="per measurement (10)")
-    parser.add_argument("--nats-echo", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.nats_echo:
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(run_echo(args.nats_echo))
-        raise SystemExit(0)
     n = args.links or (20_000 if args.quick else 1_000_000)
     sample = args.sample or (2_000 if args.quick else 20_000)
     seconds = args.seconds or (1.0 if args.quick else 10.0)

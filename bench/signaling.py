@@ -30,8 +30,9 @@ host sends ``unmute_knocks``, and only then are rounds measured: each measured k
 alert a host actually gets. Goal: p99 <= 20 ms for both, paced and all at once.
 
 Baseline, in the same run: the bare NATS request/reply round trip from this process to a
-responder in a process of its own (a plain subscription answering each request), with the
-same concurrency: ``N`` requests at once, and ``N`` requests at the same pace.
+responder in a process of its own (``bench/echo.py``, answering through ``runtime.rpc.serve``
+as the services do), with the same concurrency: ``N`` requests at once, and ``N`` requests at
+the same pace.
 
 All guests come from 127.0.0.1, so the replicas run with the per-address and per-link knock
 limits set out of reach (``ANTECHAMBER_SIGNALING_KNOCKS_PER_*``; the limiters are still
@@ -63,10 +64,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
-from nats.aio.msg import Msg  # noqa: E402
 from websockets.asyncio.client import ClientConnection, connect  # noqa: E402
 from websockets.exceptions import ConnectionClosed  # noqa: E402
 
+from bench.echo import ECHO_SUBJECT, echo_ready, start_echo  # noqa: E402
 from bench.eventstore import ms, pct  # noqa: E402
 from bench.support import (  # noqa: E402
     CpuMeter,
@@ -87,7 +88,6 @@ ROOMS_PER_CLINIC = 10
 CLINICS_AT_ONCE = 4
 OPERATOR_KEY = "op-" + secrets.token_urlsafe(24)
 PARTICIPANT_KEY = secrets.token_urlsafe(32)
-ECHO_SUBJECT = "bench.signaling.echo"
 OUT_OF_REACH = str(10**9)
 FRAME_WAIT_S = 30.0
 SETTLE_S = 0.5
@@ -148,32 +148,8 @@ def start_platform(folder: Path, dsn: str, nats_url: str, rooms: int) -> Platfor
             service, folder, dsn, nats_url, port, label=label, **shared, **env
         )
         urls[name] = f"http://127.0.0.1:{port}"
-    args = [sys.executable, str(Path(__file__).resolve()), "--nats-echo", nats_url]
-    processes["echo"] = Process("NATS echo", args, folder / "echo.log", dict(os.environ))
+    processes["echo"] = start_echo(folder, nats_url)
     return Platform(processes, urls)
-
-
-async def run_echo(nats_url: str) -> None:
-    """The baseline's responder: a plain subscription answering every request as it came."""
-    nc = await connect_nats(nats_url, "bench-echo")
-
-    async def answer(msg: Msg) -> None:
-        await msg.respond(msg.data)
-
-    await nc.subscribe(ECHO_SUBJECT, cb=answer)
-    await nc.flush()
-    await asyncio.Event().wait()
-
-
-async def echo_ready(nc: Any, echo: Process, within: float = 30.0) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        echo.check()
-        with contextlib.suppress(Exception):
-            await nc.request(ECHO_SUBJECT, b"ready?", timeout=0.5)
-            return
-        await asyncio.sleep(0.1)
-    raise TimeoutError(f"the NATS echo does not answer after {within}s:\n{echo.log_tail()}")
 
 
 # -- the rooms ---------------------------------------------------------------------------------
@@ -685,12 +661,7 @@ if __name__ == "__main__":
     parser.add_argument("--rooms", type=int, default=None, help="live waiting rooms (200)")
     parser.add_argument("--rounds", type=int, default=None, help="measured rounds per mode (5)")
     parser.add_argument("--rate", type=float, default=20.0, help="paced knocks per second")
-    parser.add_argument("--nats-echo", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.nats_echo:
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(run_echo(args.nats_echo))
-        raise SystemExit(0)
     rooms = args.rooms or (5 if args.quick else 200)
     rounds = args.rounds or (1 if args.quick else 5)
     raise SystemExit(asyncio.run(main(rooms, rounds, args.rate)))

@@ -28,9 +28,15 @@ PARTICIPANT_TOKEN_ISSUER = "antechamber-signaling"  # noqa: S105
 PARTICIPANT_TOKEN_ALGORITHM = "HS256"  # noqa: S105
 
 
+def node_subject(node_id: str, action: str) -> str:
+    """Request/reply on one media node: ``seat`` and ``release`` as on the shared subjects
+    (for the rooms it owns), and ``signal``."""
+    return f"rpc.media.node.{node_id}.{action}"
+
+
 def signal_subject(node_id: str) -> str:
     """Request/reply on one media node: a :class:`MediaSignal` in, a :class:`MediaSignalReply`."""
-    return f"rpc.media.node.{node_id}.signal"
+    return node_subject(node_id, "signal")
 
 
 def participant_subject(participant_id: UUID) -> str:

@@ -57,6 +57,17 @@ def parse(model: type[R], data: bytes) -> R | bytes:
         return error_reply(f"malformed request: {where}: {first['msg']}")
 
 
+def answering(model: type[R], handle: Callable[[ServiceContext, R], Awaitable[bytes]]) -> Answer:
+    """An endpoint's answer that reads the request as ``model`` first; a request that cannot
+    be read gets the error reply that :func:`parse` gives."""
+
+    async def answer(ctx: ServiceContext, data: bytes) -> bytes:
+        request = parse(model, data)
+        return request if isinstance(request, bytes) else await handle(ctx, request)
+
+    return answer
+
+
 async def serve(
     nc: NATS, endpoints: list[Endpoint], context: ServiceContext, queue: str
 ) -> list[Subscription]:

@@ -2,11 +2,18 @@
 
 from functools import partial
 
-from contracts.media import RELEASE_SUBJECT, SEAT_SUBJECT, media_events
-from runtime.rpc import Endpoint
+from contracts.media import (
+    RELEASE_SUBJECT,
+    SEAT_SUBJECT,
+    SeatRelease,
+    SeatRequest,
+    media_events,
+    node_subject,
+)
+from runtime.rpc import Endpoint, answering
 from runtime.service import ServiceDefinition
 from services.media import handlers
-from services.media.node import Media, node_subject
+from services.media.node import Media
 
 
 def build(media: Media | None = None) -> ServiceDefinition:
@@ -20,22 +27,22 @@ def build(media: Media | None = None) -> ServiceDefinition:
         endpoints=[
             Endpoint(
                 SEAT_SUBJECT,
-                partial(handlers.answer_seat, media),
+                answering(SeatRequest, media.seat),
                 "A seat in a room, or why not (room full, no capacity).",
             ),
             Endpoint(
                 RELEASE_SUBJECT,
-                partial(handlers.answer_release, media),
+                answering(SeatRelease, media.release),
                 "Free a participant's seat, or every seat of a room.",
             ),
             Endpoint(
                 node_subject(node, "seat"),
-                partial(handlers.answer_seat_here, media),
+                answering(SeatRequest, partial(handlers.answer_seat_here, media)),
                 "A seat request forwarded to the node that owns the room.",
             ),
             Endpoint(
                 node_subject(node, "release"),
-                partial(handlers.answer_release_here, media),
+                answering(SeatRelease, partial(handlers.answer_release_here, media)),
                 "A release forwarded to the node that owns the room.",
             ),
         ],

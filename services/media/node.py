@@ -28,6 +28,7 @@ from contracts.media import (
     SeatRelease,
     SeatReleased,
     SeatRequest,
+    node_subject,
 )
 from runtime.context import ServiceContext
 from runtime.retry import retry
@@ -47,11 +48,6 @@ ATTEMPTS = 4
 """Reads of a room's owner per request; more only when the placement keeps moving."""
 ROOM_FULL = "This room is full: it holds at most {cap} people."
 NO_CAPACITY = "No video server can open this room right now; please try again in a minute."
-
-
-def node_subject(node_id: str, action: Action) -> str:
-    """Request/reply on one node: the same request as ``rpc.media.<action>``, for its rooms."""
-    return f"rpc.media.node.{node_id}.{action}"
 
 
 def system_clock() -> datetime:

@@ -89,7 +89,7 @@ from runtime.sealing import secret_digest
 from services.signaling import domain
 from services.signaling.config import SignalingSettings
 from services.signaling.domain import Person, Room, Status
-from services.signaling.rooms import Rooms
+from services.signaling.rooms import Decide, Rooms
 
 log = structlog.get_logger(__name__)
 
@@ -261,50 +261,42 @@ class Signaling:
         """Heartbeat; take over the places of dead replicas; end places whose grace ran out."""
         await self.heartbeat()
         now = self.clock()
-        orphans = await self.ctx.pool.fetch(
-            "UPDATE connections c SET replica_id = NULL, updated_at = now(), "
-            "grace_until = $1::timestamptz + make_interval(secs => c.grace_s) "
-            "WHERE c.replica_id IS NOT NULL AND c.replica_id <> $2 AND NOT EXISTS ("
-            "  SELECT 1 FROM replicas r WHERE r.replica_id = c.replica_id"
-            "  AND r.seen_at > now() - make_interval(secs => $3)) "
-            "RETURNING participant_id, clinic_id, room_id, grace_until",
-            now,
-            self.replica_id,
+        await self._drop_places(
+            "c.replica_id <> $2 AND NOT EXISTS (SELECT 1 FROM replicas r"
+            " WHERE r.replica_id = c.replica_id AND r.seen_at > now() - make_interval(secs => $3))",
             self.settings.replica_timeout_s,
         )
-        await self._disconnected(orphans)
         lapsed = await self.ctx.pool.fetch(
             "SELECT participant_id, clinic_id, room_id FROM connections "
             "WHERE replica_id IS NULL AND grace_until <= $1",
             now,
         )
         for row in lapsed:
-            pid = row["participant_id"]
-            await self.rooms.run(
+            await self._end_place(
                 row["room_id"],
                 row["clinic_id"],
-                partial(domain.expire, participant_id=pid, now=now),
-            )
-            await self.ctx.pool.execute(
-                "DELETE FROM connections WHERE participant_id = $1 AND replica_id IS NULL",
-                pid,
+                row["participant_id"],
+                partial(domain.expire, participant_id=row["participant_id"], now=now),
             )
 
     async def _disown_an_earlier_life(self) -> None:
         """Before this replica serves anyone, places recorded under its name are an earlier
         process's (restarted with the same ``replica_id``, so never silent for long): their
         sockets are gone, so their grace starts now instead of never."""
+        await self._drop_places("c.replica_id = $2")
+
+    async def _drop_places(self, which: str, *arguments: object) -> None:
+        """The connections ``which`` (SQL over ``c``, with $2 this replica) are gone: their
+        rejoin grace starts now."""
         rows = await self.ctx.pool.fetch(
             "UPDATE connections c SET replica_id = NULL, updated_at = now(), "
             "grace_until = $1::timestamptz + make_interval(secs => c.grace_s) "
-            "WHERE c.replica_id = $2 "
+            f"WHERE c.replica_id IS NOT NULL AND {which} "
             "RETURNING participant_id, clinic_id, room_id, grace_until",
             self.clock(),
             self.replica_id,
+            *arguments,
         )
-        await self._disconnected(rows)
-
-    async def _disconnected(self, rows: list[Any]) -> None:
         for row in rows:
             pid, until = row["participant_id"], row["grace_until"]
             await self.rooms.run(
@@ -312,6 +304,14 @@ class Signaling:
                 row["clinic_id"],
                 partial(domain.disconnected, participant_id=pid, grace_until=until),
             )
+
+    async def _end_place(
+        self, room_id: UUID, clinic_id: str, participant_id: UUID, decide: Decide
+    ) -> None:
+        """Take someone out of the room; when that records nothing (they were gone already),
+        forget their connection here, as the after-append hook does otherwise."""
+        if not await self.rooms.run(room_id, clinic_id, decide):
+            await self._forget(participant_id)
 
     # --- joining ----------------------------------------------------------------------------
 
@@ -575,61 +575,48 @@ class Signaling:
         """Run one frame of a joined person; the domain's refusals become error frames."""
         me, room_id, clinic_id, _ = conn.place()
         now = self.clock()
+        decide: Decide
         try:
             match message:
                 case Admit():
                     await self._admit(conn, message.participant_id)
-                case Deny():
-                    await self.rooms.run(
-                        room_id,
-                        clinic_id,
-                        lambda r: domain.deny(r, me, message.participant_id, message.message),
-                    )
-                case Hold():
-                    await self.rooms.run(
-                        room_id,
-                        clinic_id,
-                        lambda r: domain.hold(r, me, message.participant_id, message.message),
-                    )
-                case Remove():
-                    await self.rooms.run(
-                        room_id,
-                        clinic_id,
-                        lambda r: domain.remove(
-                            r, me, message.participant_id, message.message, now
-                        ),
-                    )
-                case Lock():
-                    await self.rooms.run(room_id, clinic_id, lambda r: domain.lock(r, me))
-                case Unlock():
-                    await self.rooms.run(room_id, clinic_id, lambda r: domain.unlock(r, me))
-                case MuteKnocks():
-                    await self.rooms.run(room_id, clinic_id, lambda r: domain.mute_knocks(r, me))
-                case UnmuteKnocks():
-                    await self.rooms.run(room_id, clinic_id, lambda r: domain.unmute_knocks(r, me))
-                case EndForAll():
-                    await self.rooms.run(
-                        room_id,
-                        clinic_id,
-                        lambda r: domain.end_for_all(r, me, message.message, now),
-                    )
+                    return
                 case Leave():
                     await self.leave(conn)
+                    return
                 case Signal():
                     await self._signal(conn, message)
+                    return
+                case Deny(participant_id=guest, message=text):
+                    decide = partial(domain.deny, by=me, participant_id=guest, message=text)
+                case Hold(participant_id=guest, message=text):
+                    decide = partial(domain.hold, by=me, participant_id=guest, message=text)
+                case Remove(participant_id=person, message=text):
+                    decide = partial(
+                        domain.remove, by=me, participant_id=person, message=text, now=now
+                    )
+                case EndForAll(message=text):
+                    decide = partial(domain.end_for_all, by=me, message=text, now=now)
+                case Lock():
+                    decide = partial(domain.lock, by=me)
+                case Unlock():
+                    decide = partial(domain.unlock, by=me)
+                case MuteKnocks():
+                    decide = partial(domain.mute_knocks, by=me)
+                case UnmuteKnocks():
+                    decide = partial(domain.unmute_knocks, by=me)
+                case _:
+                    return
+            await self.rooms.run(room_id, clinic_id, decide)
         except refusals.Refused as exc:
             conn.send(Error(code=exc.code, message=exc.detail))
 
     async def _admit(self, conn: Connection, guest: UUID) -> None:
         me, room_id, clinic_id, _ = conn.place()
-        room = await self.rooms.state(room_id, clinic_id)
         try:
-            try:
-                domain.check_admit(room, me, guest, conn.cap)
-            except refusals.Refused:
-                # Perhaps only not known here yet (a knock announced a moment ago): ask the store.
-                room = await self.rooms.state(room_id, clinic_id, fresh=True)
-                domain.check_admit(room, me, guest, conn.cap)
+            await self.rooms.check(
+                room_id, clinic_id, lambda r: domain.check_admit(r, me, guest, conn.cap)
+            )
         except domain.RoomFull as exc:
             # Full by the room's own count (the usual case: the seats are all in use), not
             # only by the media node's: the guest keeps their place and both sides are told.
@@ -660,11 +647,9 @@ class Signaling:
         pid, room_id, clinic_id, _ = conn.place()
         now = self.clock()
         conn.done = True
-        left = await self.rooms.run(
-            room_id, clinic_id, lambda r: domain.leave(r, pid, LeftBecause.left, now)
+        await self._end_place(
+            room_id, clinic_id, pid, lambda r: domain.leave(r, pid, LeftBecause.left, now)
         )
-        if not left:  # otherwise the after-append hook forgets their resume token
-            await self._forget(pid)
         conn.close()
 
     async def dropped(self, conn: Connection) -> None:
@@ -695,13 +680,12 @@ class Signaling:
             if row is None:
                 return  # they came back elsewhere already
             if conn.grace_s <= 0:
-                left = await self.rooms.run(
+                await self._end_place(
                     room_id,
                     clinic_id,
+                    pid,
                     lambda r: domain.leave(r, pid, LeftBecause.disconnected, now),
                 )
-                if not left:
-                    await self._forget(pid)
             else:
                 await self.rooms.run(
                     room_id, clinic_id, lambda r: domain.disconnected(r, pid, until)

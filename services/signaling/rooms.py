@@ -92,17 +92,54 @@ class Rooms:
         missing = await self.ctx.store.read_stream(stream_of(room_id), cached.version)
         return self._apply(cached, missing)
 
-    async def state(self, room_id: UUID, clinic_id: str, *, fresh: bool = False) -> Room:
-        """The room as this replica knows it: kept current by announcements while watched,
-        read from the store otherwise (or when ``fresh`` is asked for)."""
+    async def _catch_up_and_tell(self, room_id: UUID, cached: Cached) -> bool:
+        """Read what this replica missed and tell its people; whether there was any."""
+        missed = await self._catch_up(room_id, cached)
+        if missed:
+            await self.react(room_id, cached.room, missed)
+        return bool(missed)
+
+    async def _current(self, room_id: UUID, clinic_id: str, cached: Cached) -> bool:
+        """Make the cached room usable (under its lock); whether it was just read from the
+        store (a watched room is kept current by announcements and is not read)."""
+        read = cached.subscription is None
+        if read:
+            await self._catch_up(room_id, cached)
+        self._check_clinic(cached, clinic_id)
+        return read
+
+    async def _decide(
+        self, room_id: UUID, cached: Cached, decide: Decide, *, fresh: bool
+    ) -> list[Event]:
+        """``decide`` on the cached room. Refused on what this replica knows, and not just read
+        from the store, it decides once more on the store's: an announcement may still be on
+        its way (a knock another replica just took)."""
+        try:
+            return decide(cached.room)
+        except Refused:
+            if fresh or not await self._catch_up_and_tell(room_id, cached):
+                raise
+            return decide(cached.room)
+
+    async def state(self, room_id: UUID, clinic_id: str) -> Room:
+        """The room as this replica knows it."""
         cached = self._cached(room_id)
         async with cached.lock:
-            if fresh or cached.subscription is None:
-                missed = await self._catch_up(room_id, cached)
-                if missed and cached.subscription is not None:
-                    await self.react(room_id, cached.room, missed)
-            self._check_clinic(cached, clinic_id)
+            await self._current(room_id, clinic_id, cached)
             return cached.room
+
+    async def check(self, room_id: UUID, clinic_id: str, check: Callable[[Room], None]) -> None:
+        """Run a domain check (which raises a refusal) as a command would decide: a refusal
+        on a room kept by announcements is confirmed against the store first."""
+
+        def decide(room: Room) -> list[Event]:
+            check(room)
+            return []
+
+        cached = self._cached(room_id)
+        async with cached.lock:
+            fresh = await self._current(room_id, clinic_id, cached)
+            await self._decide(room_id, cached, decide, fresh=fresh)
 
     @staticmethod
     def _check_clinic(cached: Cached, clinic_id: str) -> None:
@@ -147,17 +184,17 @@ class Rooms:
                 return
             async with cached.lock:
                 first = int(body["first_version"])
-                if first == cached.version + 1:
-                    events = [signaling_events.decode(*e) for e in body["events"]]
-                    for event in events:
-                        cached.room = evolve(cached.room, event)
-                    cached.version = first + len(events) - 1
-                elif first + len(body["events"]) - 1 <= cached.version:
+                last = first + len(body["events"]) - 1
+                if last <= cached.version:
                     return  # already read from the store
-                else:
-                    events = await self._catch_up(room_id, cached)
-                if events:
-                    await self.react(room_id, cached.room, events)
+                if first != cached.version + 1:  # a gap: some announcement was missed
+                    await self._catch_up_and_tell(room_id, cached)
+                    return
+                events = [signaling_events.decode(*e) for e in body["events"]]
+                for event in events:
+                    cached.room = evolve(cached.room, event)
+                cached.version = last
+                await self.react(room_id, cached.room, events)
         except Exception:
             log.exception("a room announcement could not be applied")
 
@@ -178,9 +215,7 @@ class Rooms:
             if cached is None or cached.version >= row["version"]:
                 continue
             async with cached.lock:
-                events = await self._catch_up(room_id, cached)
-                if events:
-                    await self.react(room_id, cached.room, events)
+                await self._catch_up_and_tell(room_id, cached)
 
     # --- commands ---------------------------------------------------------------------------
 
@@ -188,24 +223,9 @@ class Rooms:
         """Decide on the current state and append; raises the domain's refusals."""
         cached = self._cached(room_id)
         async with cached.lock:
-            if cached.subscription is None:
-                await self._catch_up(room_id, cached)  # nobody keeps it current: read it
-            fresh = cached.subscription is None
+            fresh = await self._current(room_id, clinic_id, cached)
             for attempt in range(CONFLICT_RETRIES):
-                self._check_clinic(cached, clinic_id)
-                try:
-                    events = decide(cached.room)
-                except Refused:
-                    if fresh:
-                        raise
-                    # Refused on what this replica knows: an announcement may still be on its
-                    # way (a knock another replica just took). Decide again on the store's.
-                    fresh = True
-                    missed = await self._catch_up(room_id, cached)
-                    if not missed:
-                        raise
-                    await self.react(room_id, cached.room, missed)
-                    events = decide(cached.room)
+                events = await self._decide(room_id, cached, decide, fresh=fresh)
                 if not events:
                     return []
                 try:
@@ -213,9 +233,9 @@ class Rooms:
                         stream_of(room_id), cached.version, events, clinic_id=clinic_id
                     )
                 except ConcurrencyError:
-                    missed = await self._catch_up(room_id, cached)
-                    if missed:
-                        await self.react(room_id, cached.room, missed)
+                    await self._catch_up_and_tell(room_id, cached)
+                    self._check_clinic(cached, clinic_id)
+                    fresh = True  # just read from the store
                     if attempt > 2:
                         await asyncio.sleep(random.uniform(0, 0.005 * attempt))  # noqa: S311
                     continue

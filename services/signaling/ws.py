@@ -9,7 +9,6 @@ frame.
 import asyncio
 import contextlib
 import json
-import time
 
 import structlog
 from fastapi import APIRouter, WebSocket
@@ -25,6 +24,7 @@ from contracts.signaling_protocol import (
     Pong,
     client_messages,
 )
+from runtime.ratelimit import RateLimiter
 from services.signaling.calls import Connection, Signaling
 
 log = structlog.get_logger(__name__)
@@ -65,26 +65,9 @@ async def _write(conn: Connection) -> None:
         pass
 
 
-class _Frames:
-    """A token bucket of frames for one connection."""
-
-    def __init__(self, per_second: float, burst: int) -> None:
-        self.rate, self.burst = per_second, float(burst)
-        self.tokens, self.seen = float(burst), time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.seen) * self.rate)
-        self.seen = now
-        if self.tokens < 1.0:
-            return False
-        self.tokens -= 1.0
-        return True
-
-
 async def _read(signaling: Signaling, conn: Connection) -> None:
     s = signaling.settings
-    frames = _Frames(s.frames_per_second, s.frame_burst)
+    frames = RateLimiter(s.frames_per_second * 60, s.frame_burst)  # this connection's only
     strikes = 0
     # One deadline from the accept: a per-frame timeout would let pings keep a client that
     # never joins connected for ever.
@@ -114,7 +97,7 @@ async def _read(signaling: Signaling, conn: Connection) -> None:
         if len(text.encode()) > s.max_frame_bytes:
             strike("frame_too_large", f"Frames may be at most {s.max_frame_bytes} bytes.")
             continue
-        if not frames.take():
+        if frames.retry_after("frames") is not None:
             strike("too_many_messages", "Too many messages; slow down.")
             continue
         try:

@@ -16,11 +16,12 @@ from contracts.media import (
     SeatRefusal,
     SeatRelease,
     SeatReleased,
+    node_subject,
 )
 from contracts.signaling import CallRole
 from runtime.embedded import NatsServer
 from runtime.rpc import call
-from services.media.node import Action, node_subject
+from services.media.node import Action
 from services.media.placement import ROOMS_BUCKET
 from tests.media.conftest import Node, clinic, events_of, running, seat_request
 from tests.support import eventually
