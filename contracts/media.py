@@ -12,6 +12,7 @@ sends back (``participant_subject(participant)``).
 """
 
 from enum import StrEnum
+from typing import Literal
 from uuid import UUID
 
 from pydantic import AwareDatetime, BaseModel, Field
@@ -26,6 +27,8 @@ RELEASE_SUBJECT = "rpc.media.release"
 PARTICIPANT_TOKEN_AUDIENCE = "antechamber-media"  # noqa: S105 - a name, not a secret
 PARTICIPANT_TOKEN_ISSUER = "antechamber-signaling"  # noqa: S105
 PARTICIPANT_TOKEN_ALGORITHM = "HS256"  # noqa: S105
+MAX_SDP = 64 * 1024
+"""Longer session descriptions are refused (a 16-person offer is about 20 KiB)."""
 
 
 def node_subject(node_id: str, action: str) -> str:
@@ -37,6 +40,12 @@ def node_subject(node_id: str, action: str) -> str:
 def signal_subject(node_id: str) -> str:
     """Request/reply on one media node: a :class:`MediaSignal` in, a :class:`MediaSignalReply`."""
     return node_subject(node_id, "signal")
+
+
+def record_subject(node_id: str) -> str:
+    """Request/reply on one media node: a :class:`RecordingCommand` in, a
+    :class:`RecordingReply` out."""
+    return node_subject(node_id, "record")
 
 
 def participant_subject(participant_id: UUID) -> str:
@@ -89,18 +98,40 @@ class SignalKind(StrEnum):
     bye = "bye"
 
 
+class MediaStream(BaseModel):
+    """Whose media a receiving transceiver carries, so a page can label its tiles."""
+
+    mid: str = Field(max_length=32)
+    participant_id: UUID
+    kind: Literal["audio", "video"]
+
+
 class MediaSignal(BaseModel):
-    """One WebRTC negotiation message between a participant's browser and the media node."""
+    """One WebRTC negotiation message between a participant's browser and the media node.
+
+    The browser makes the first offer (with what it publishes); after that the node offers
+    whenever the set of tracks it forwards to this participant changes (someone joined or
+    left), and the browser answers. ``bye`` ends the media connection either way; from the
+    node it carries ``reason`` and ``message``.
+    """
 
     participant_token: str | None = Field(
         default=None, description="The JWT from signaling (browser to node only)."
     )
     participant_id: UUID
+    room_id: UUID | None = Field(
+        default=None, description="The room the token is for (browser to node only)."
+    )
     kind: SignalKind
-    sdp: str | None = None
-    candidate: str | None = None
-    sdp_mid: str | None = None
-    sdp_mline_index: int | None = None
+    sdp: str | None = Field(default=None, max_length=MAX_SDP)
+    candidate: str | None = Field(default=None, max_length=1024)
+    sdp_mid: str | None = Field(default=None, max_length=32)
+    sdp_mline_index: int | None = Field(default=None, ge=0, le=1024)
+    streams: list[MediaStream] = Field(
+        default_factory=list, description="With a node's offer: who each sending mid carries."
+    )
+    reason: str | None = Field(default=None, description="With a node's bye: why.")
+    message: str | None = Field(default=None, description="With a node's bye: a sentence.")
 
 
 class MediaSignalReply(BaseModel):
@@ -108,6 +139,26 @@ class MediaSignalReply(BaseModel):
     reason: str | None = None
     message: str = ""
     answer: MediaSignal | None = None
+
+
+class RecordingAction(StrEnum):
+    start = "start"
+    stop = "stop"
+
+
+class RecordingCommand(BaseModel):
+    """Start or stop recording a room, sent by signaling (a host asked) to the room's node."""
+
+    clinic_id: str
+    room_id: UUID
+    recording_id: UUID
+    action: RecordingAction
+
+
+class RecordingReply(BaseModel):
+    ok: bool
+    reason: str | None = None
+    message: str = ""
 
 
 class ParticipantClaims(BaseModel):
@@ -144,3 +195,30 @@ class RoomPlaced(Event):
 
     room_id: UUID
     node_id: str
+
+
+def recording_stream(recording_id: UUID) -> str:
+    return f"recording-{recording_id}"
+
+
+@media_events.register
+class RecordingAvailable(Event):
+    """A recording's MP4 is written and can be downloaded (through the media API)."""
+
+    recording_id: UUID
+    room_id: UUID
+    node_id: str
+    duration_s: float
+    size_bytes: int
+    started_at: AwareDatetime
+    stopped_at: AwareDatetime
+
+
+@media_events.register
+class RecordingFailed(Event):
+    """A recording could not be written; ``reason`` says why (no media data in it)."""
+
+    recording_id: UUID
+    room_id: UUID
+    node_id: str
+    reason: str

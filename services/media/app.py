@@ -5,10 +5,12 @@ from functools import partial
 from contracts.media import (
     RELEASE_SUBJECT,
     SEAT_SUBJECT,
+    MediaSignal,
     SeatRelease,
     SeatRequest,
     media_events,
     node_subject,
+    signal_subject,
 )
 from runtime.rpc import Endpoint, answering
 from runtime.service import ServiceDefinition
@@ -45,8 +47,13 @@ def build(media: Media | None = None) -> ServiceDefinition:
                 answering(SeatRelease, partial(handlers.answer_release_here, media)),
                 "A release forwarded to the node that owns the room.",
             ),
+            Endpoint(
+                signal_subject(node),
+                answering(MediaSignal, media.signal),
+                "WebRTC negotiation with a participant (relayed by signaling).",
+            ),
         ],
-        tasks=[media.keep_alive, media.journal.run],
+        tasks=[media.keep_alive, media.journal.run, media.run_sfu],
         description="SFU nodes, room placement, the seat cap and recordings.",
     )
 

@@ -1,8 +1,10 @@
 """Settings of one media node, read from the environment."""
 
 import secrets
+from pathlib import Path
+from typing import Literal, Self
 
-from pydantic import Field
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contracts.ids import SUBJECT_PART
@@ -11,6 +13,14 @@ from contracts.ids import SUBJECT_PART
 def new_node_id() -> str:
     """A short id for this process: ``m`` and 8 hex digits, one NATS subject token."""
     return f"m{secrets.token_hex(4)}"
+
+
+class IceServer(BaseModel):
+    """A STUN or TURN server, as in a browser's ``RTCIceServer``."""
+
+    urls: list[str] = Field(min_length=1, examples=[["turn:turn.example.org:3478"]])
+    username: str | None = None
+    credential: str | None = None
 
 
 class MediaSettings(BaseSettings):
@@ -37,3 +47,61 @@ class MediaSettings(BaseSettings):
     forward_wait_s: float = Field(
         default=1.0, gt=0, description="How long to wait for the node that owns a room."
     )
+    ice_servers: list[IceServer] = Field(
+        default_factory=list,
+        description=(
+            "STUN/TURN servers for the node's own candidates, as JSON: "
+            '[{"urls": ["stun:stun.example.org:3478"]}, {"urls": ["turn:turn.example.org"], '
+            '"username": "u", "credential": "p"}].'
+        ),
+    )
+    udp_port_min: int | None = Field(
+        default=None, ge=1024, le=65535, description="First UDP port for media (with _max)."
+    )
+    udp_port_max: int | None = Field(
+        default=None, ge=1024, le=65535, description="Last UDP port for media (inclusive)."
+    )
+    ice_addresses: list[str] = Field(
+        default_factory=list,
+        description="Local addresses to gather host candidates on; empty: every interface.",
+    )
+    keyframe_interval_s: float = Field(
+        default=0.5, gt=0, description="At most one keyframe request per track this often."
+    )
+    max_publish_kbps: int = Field(
+        default=2500, ge=64, description="What one participant may send (audio and video)."
+    )
+    over_bitrate_s: float = Field(
+        default=5.0, gt=0, description="A participant sending twice the limit this long is cut."
+    )
+    silence_timeout_s: float = Field(
+        default=15.0, gt=0, description="A publisher that sends nothing this long has gone."
+    )
+    connect_timeout_s: float = Field(
+        default=20.0, gt=0, description="A media connection not up by then is closed."
+    )
+    forwarding: Literal["passthrough", "transcode"] = Field(
+        default="passthrough",
+        description="transcode decodes and re-encodes (aiortc's MediaRelay): for comparison only.",
+    )
+    recordings_dir: Path = Field(
+        default=Path("recordings"), description="Where recordings are written (one MP4 each)."
+    )
+    recording_width: int = Field(default=1280, ge=160, le=3840)
+    recording_height: int = Field(default=720, ge=120, le=2160)
+    recording_fps: int = Field(default=15, ge=1, le=60)
+    download_ttl_s: int = Field(
+        default=900, ge=10, le=86400, description="How long a recording's download URL works."
+    )
+
+    @model_validator(mode="after")
+    def _port_range(self) -> Self:
+        if (self.udp_port_min is None) != (self.udp_port_max is None):
+            raise ValueError("set both ANTECHAMBER_MEDIA_UDP_PORT_MIN and _MAX, or neither")
+        if (
+            self.udp_port_min is not None
+            and self.udp_port_max is not None
+            and self.udp_port_min > self.udp_port_max
+        ):
+            raise ValueError("ANTECHAMBER_MEDIA_UDP_PORT_MIN is above _MAX")
+        return self

@@ -21,6 +21,8 @@ from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 
 from contracts.media import (
+    MediaSignal,
+    MediaSignalReply,
     RoomPlaced,
     SeatAnswer,
     SeatRefusal,
@@ -28,15 +30,19 @@ from contracts.media import (
     SeatRelease,
     SeatReleased,
     SeatRequest,
+    SignalKind,
     node_subject,
+    participant_subject,
 )
 from runtime.context import ServiceContext
+from runtime.participant_tokens import ParticipantKeySettings, ParticipantTokenError, verify
 from runtime.retry import retry
 from runtime.rpc import error_reply
 from services.media.config import MediaSettings
 from services.media.journal import Journal
 from services.media.placement import Owner, Placed, Placement
 from services.media.seats import MAX_SEATS, Granted, SeatLedger
+from services.media.sfu import Sfu, SignalRefused
 
 log = structlog.get_logger(__name__)
 Clock = Callable[[], datetime]
@@ -72,9 +78,13 @@ class Media:
     settings: MediaSettings = field(default_factory=MediaSettings)
     clock: Clock = system_clock
     journal: Journal = field(default_factory=Journal)
+    key_source: Callable[[], str] = field(default=lambda: ParticipantKeySettings().key())
     owned: dict[UUID, int] = field(default_factory=dict)
     """Rooms this node owns, with the revision of their placement."""
     ledger: SeatLedger = field(init=False)
+    sfu: Sfu = field(init=False)
+    _key: str | None = field(default=None, init=False, repr=False)
+    _ctx: ServiceContext | None = field(default=None, init=False, repr=False)
     _leaving: dict[UUID, asyncio.Event] = field(default_factory=dict, init=False, repr=False)
     _placing: dict[UUID, "asyncio.Future[Placed | None]"] = field(
         default_factory=dict, init=False, repr=False
@@ -83,6 +93,19 @@ class Media:
 
     def __post_init__(self) -> None:
         self.ledger = SeatLedger(timedelta(seconds=self.settings.reservation_s))
+        self.sfu = Sfu(self.settings, self._send)
+
+    async def _send(self, participant_id: UUID, signal: MediaSignal) -> None:
+        """To one participant's browser, through whichever signaling replica holds it."""
+        assert self._ctx is not None, "the media node has not started"
+        subject = participant_subject(participant_id)
+        await self._ctx.nats.publish(subject, signal.model_dump_json().encode())
+
+    @property
+    def key(self) -> str:
+        if self._key is None:
+            self._key = self.key_source()
+        return self._key
 
     @property
     def node_id(self) -> str:
@@ -225,9 +248,69 @@ class Media:
         if not await self._owns(placement, request.room_id):
             return None
         released = self.ledger.release(request.room_id, request.participant_id)
+        await self.sfu.release(request.room_id, request.participant_id, "seat_released")
         return SeatReleased(
             released=released, taken=self.ledger.taken(request.room_id, self.clock())
         )
+
+    # -- media negotiation ---------------------------------------------------------------------
+
+    async def signal(self, ctx: ServiceContext, signal: MediaSignal) -> bytes:
+        """``rpc.media.node.<id>.signal``: one negotiation message from a participant."""
+        try:
+            answer = await self._signal(ctx, signal)
+        except SignalRefused as refused:
+            reply = MediaSignalReply(ok=False, reason=refused.reason, message=refused.message)
+        else:
+            reply = MediaSignalReply(ok=True, answer=answer)
+        return reply.model_dump_json().encode()
+
+    async def _signal(self, ctx: ServiceContext, signal: MediaSignal) -> MediaSignal | None:
+        pid = signal.participant_id
+        if signal.participant_token is None or signal.room_id is None:
+            raise SignalRefused("token_missing", "A participant token and its room are needed.")
+        try:
+            claims = verify(
+                self.key,
+                signal.participant_token,
+                room_id=str(signal.room_id),
+                node_id=self.node_id,
+            )
+        except ParticipantTokenError as exc:
+            raise SignalRefused("token_invalid", f"Media refused: {exc}.") from exc
+        if claims.sub != str(pid):
+            raise SignalRefused("token_invalid", "Media refused: the token is someone else's.")
+        match signal.kind:
+            case SignalKind.offer:
+                if not signal.sdp:
+                    raise SignalRefused("sdp_missing", "An offer needs its session description.")
+                if not await self._owns(await self.placement(ctx), signal.room_id):
+                    raise SignalRefused(NOT_OWNER, "This media node does not hold the room.")
+                if not self.ledger.claim(signal.room_id, pid, self.clock()):
+                    raise SignalRefused(
+                        "no_seat", "Your seat in this call has lapsed; join the call again."
+                    )
+                return await self.sfu.offer(
+                    signal.room_id, claims.clinic, pid, claims.role, signal.sdp
+                )
+            case SignalKind.answer:
+                if not signal.sdp:
+                    raise SignalRefused("sdp_missing", "An answer needs its session description.")
+                await self.sfu.answer(pid, signal.sdp)
+            case SignalKind.candidate:
+                await self.sfu.candidate(pid, signal)
+            case SignalKind.bye:
+                await self.sfu.bye(pid)
+        return None
+
+    async def run_sfu(self, ctx: ServiceContext) -> None:
+        """Background task: the SFU's watchdog; on stop, every connection is closed."""
+        self._ctx = ctx
+        _ = self.key  # no key: fail at start, with the way to set one
+        try:
+            await self.sfu.watch()
+        finally:
+            await self.sfu.close()
 
     async def _owns(self, placement: Placement, room: UUID) -> bool:
         while True:

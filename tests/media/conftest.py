@@ -25,6 +25,7 @@ from services.media.placement import Placement
 from tests.support import eventually, serving, settings
 
 FAST = {"heartbeat_s": 0.2, "node_ttl_s": 1.0, "forward_wait_s": 0.5}
+PARTICIPANT_KEY = "test-participant-key-of-at-least-32-characters"
 
 
 @dataclass
@@ -56,7 +57,7 @@ class Node:
 @contextlib.asynccontextmanager
 async def running(dsn: str, nats_url: str, **config: Any) -> AsyncIterator[Node]:
     """A media node, started, announced, and seeing itself in the cluster."""
-    media = Media(settings=MediaSettings(**(FAST | config)))
+    media = Media(settings=MediaSettings(**(FAST | config)), key_source=lambda: PARTICIPANT_KEY)
     app = build_app(media_app.build(media), settings(dsn, nats_url))
     async with serving(app):
         node = Node(app, media)
