@@ -167,6 +167,30 @@ class KnocksUnmuted(_InRoom):
     by: UUID
 
 
+class RecordingStoppedBecause(StrEnum):
+    host_stopped = "host_stopped"
+    session_ended = "session_ended"
+
+
+@signaling_events.register
+class RecordingStarted(_InRoom):
+    """A host started recording the call; everyone in the room is told it is on."""
+
+    recording_id: UUID
+    media_node: str = Field(description="The media node that records it.")
+    by: UUID
+
+
+@signaling_events.register
+class RecordingStopped(_InRoom):
+    """The recording is off: a host stopped it, or the call ended."""
+
+    recording_id: UUID
+    media_node: str = Field(description="The media node that recorded it.")
+    because: RecordingStoppedBecause
+    by: UUID | None = None
+
+
 @signaling_events.register
 class SessionEnded(_InRoom):
     """The call in a room is over."""

@@ -13,7 +13,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from contracts.media import SignalKind
+from contracts.media import MAX_SDP, MediaStream, SignalKind
 from contracts.signaling import CallRole, EndedBecause
 
 PROTOCOL_VERSION = 1
@@ -96,15 +96,31 @@ class Leave(_Message):
     type: Literal["leave"] = "leave"
 
 
+class StartRecording(_Message):
+    """Host only: record the call (everyone in the room is told)."""
+
+    type: Literal["start_recording"] = "start_recording"
+
+
+class StopRecording(_Message):
+    type: Literal["stop_recording"] = "stop_recording"
+
+
 class Signal(_Message):
-    """WebRTC negotiation with the media node (both directions)."""
+    """WebRTC negotiation with the media node (both directions).
+
+    The browser offers first; the node may offer again later (people joined or left), with
+    ``streams`` saying whose media each mid carries; ``bye`` from the node has a reason."""
 
     type: Literal["signal"] = "signal"
     kind: SignalKind
-    sdp: str | None = None
-    candidate: str | None = None
-    sdp_mid: str | None = None
-    sdp_mline_index: int | None = None
+    sdp: str | None = Field(default=None, max_length=MAX_SDP)
+    candidate: str | None = Field(default=None, max_length=1024)
+    sdp_mid: str | None = Field(default=None, max_length=32)
+    sdp_mline_index: int | None = Field(default=None, ge=0, le=1024)
+    streams: list[MediaStream] = Field(default_factory=list)
+    reason: str | None = None
+    message: str | None = None
 
 
 class Ping(_Message):
@@ -123,13 +139,15 @@ ClientMessage = Annotated[
     | UnmuteKnocks
     | EndForAll
     | Leave
+    | StartRecording
+    | StopRecording
     | Signal
     | Ping,
     Field(discriminator="type"),
 ]
 HOST_ONLY = frozenset(
     {"admit", "deny", "hold", "remove", "lock", "unlock", "mute_knocks", "unmute_knocks"}
-    | {"end_for_all"}
+    | {"end_for_all", "start_recording", "stop_recording"}
 )
 
 # --- signaling to browser -------------------------------------------------------------------
@@ -252,6 +270,14 @@ class SeatRefused(_Message):
     message: str
 
 
+class Recording(_Message):
+    """Everyone in the room: the call is being recorded (``on``), or no longer."""
+
+    type: Literal["recording"] = "recording"
+    on: bool
+    message: str
+
+
 class Error(_Message):
     """The last frame could not be done; the connection stays (until abuse closes it, 1008)."""
 
@@ -276,6 +302,7 @@ ServerMessage = Annotated[
     | Participants
     | Knock
     | SeatRefused
+    | Recording
     | Signal
     | Error
     | Pong,

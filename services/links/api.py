@@ -10,11 +10,9 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from starlette.types import Scope
 
 from contracts.links import Decision, LinkKind, ResolveRequest
-from contracts.scheduling import AUTHENTICATE_SUBJECT, KeyCheck, KeyOwner
+from runtime.clinic_keys import ClinicId, clinic_of
 from runtime.context import ServiceContext
-from runtime.http import Problem, bearer_credential, problem_response
-from runtime.rpc import RpcError, call
-from runtime.sealing import secret_digest
+from runtime.http import Problem, problem_response
 from runtime.service import context_of
 from services.links import commands
 from services.links.handlers import Links
@@ -35,24 +33,6 @@ async def links_of(request: Request) -> Links:
 
 
 LinksDep = Annotated[Links, Depends(links_of)]
-
-
-async def clinic_of(request: Request, ctx: Context) -> str:
-    """The caller's clinic, from a clinic API key that the scheduling service vouches for."""
-    key = bearer_credential(request, "clinic API key")
-    check = KeyCheck(key_sha256=secret_digest(key).hex())
-    try:
-        owner = await call(ctx.nats, AUTHENTICATE_SUBJECT, check, KeyOwner)
-    except RpcError as exc:
-        raise Problem(503, "Keys cannot be checked right now; try again shortly.") from exc
-    if not owner.known or owner.clinic_id is None:
-        raise Problem(401, "This API key is unknown or was revoked.", code="unauthenticated")
-    if owner.suspended:
-        raise Problem(403, "This clinic is suspended.", code="clinic_suspended")
-    return owner.clinic_id
-
-
-ClinicId = Annotated[str, Depends(clinic_of)]
 
 
 async def credential_still_works(scope: Scope) -> bool:

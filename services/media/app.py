@@ -2,20 +2,29 @@
 
 from functools import partial
 
+from fastapi import FastAPI
+
 from contracts.media import (
     RELEASE_SUBJECT,
     SEAT_SUBJECT,
     MediaSignal,
+    RecordingCommand,
     SeatRelease,
     SeatRequest,
     media_events,
     node_subject,
+    record_subject,
     signal_subject,
 )
 from runtime.rpc import Endpoint, answering
 from runtime.service import ServiceDefinition
-from services.media import handlers
+from services.media import api, handlers
 from services.media.node import Media
+
+
+def routes(app: FastAPI, media: Media) -> None:
+    app.state.media = media
+    app.include_router(api.router)
 
 
 def build(media: Media | None = None) -> ServiceDefinition:
@@ -52,7 +61,14 @@ def build(media: Media | None = None) -> ServiceDefinition:
                 answering(MediaSignal, media.signal),
                 "WebRTC negotiation with a participant (relayed by signaling).",
             ),
+            Endpoint(
+                record_subject(node),
+                answering(RecordingCommand, media.record),
+                "Start or stop recording a room this node holds.",
+            ),
         ],
+        migrations_package="services.media.sql",
+        routes=partial(routes, media=media),
         tasks=[media.keep_alive, media.journal.run, media.run_sfu],
         description="SFU nodes, room placement, the seat cap and recordings.",
     )

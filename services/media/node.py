@@ -23,6 +23,8 @@ from nats.errors import NoRespondersError
 from contracts.media import (
     MediaSignal,
     MediaSignalReply,
+    RecordingCommand,
+    RecordingReply,
     RoomPlaced,
     SeatAnswer,
     SeatRefusal,
@@ -38,9 +40,12 @@ from runtime.context import ServiceContext
 from runtime.participant_tokens import ParticipantKeySettings, ParticipantTokenError, verify
 from runtime.retry import retry
 from runtime.rpc import error_reply
+from services.media import ice
 from services.media.config import MediaSettings
 from services.media.journal import Journal
+from services.media.passthrough import check_aiortc
 from services.media.placement import Owner, Placed, Placement
+from services.media.recordings import Recordings
 from services.media.seats import MAX_SEATS, Granted, SeatLedger
 from services.media.sfu import Sfu, SignalRefused
 
@@ -83,6 +88,7 @@ class Media:
     """Rooms this node owns, with the revision of their placement."""
     ledger: SeatLedger = field(init=False)
     sfu: Sfu = field(init=False)
+    recordings: Recordings = field(init=False)
     _key: str | None = field(default=None, init=False, repr=False)
     _ctx: ServiceContext | None = field(default=None, init=False, repr=False)
     _leaving: dict[UUID, asyncio.Event] = field(default_factory=dict, init=False, repr=False)
@@ -94,6 +100,7 @@ class Media:
     def __post_init__(self) -> None:
         self.ledger = SeatLedger(timedelta(seconds=self.settings.reservation_s))
         self.sfu = Sfu(self.settings, self._send)
+        self.recordings = Recordings(self.settings, self.sfu, self.journal, self.clock)
 
     async def _send(self, participant_id: UUID, signal: MediaSignal) -> None:
         """To one participant's browser, through whichever signaling replica holds it."""
@@ -249,6 +256,8 @@ class Media:
             return None
         released = self.ledger.release(request.room_id, request.participant_id)
         await self.sfu.release(request.room_id, request.participant_id, "seat_released")
+        if self._ctx is not None and not self.ledger.taken(request.room_id, self.clock()):
+            self.recordings.stop(self._ctx, request.room_id)  # nobody left to record
         return SeatReleased(
             released=released, taken=self.ledger.taken(request.room_id, self.clock())
         )
@@ -303,13 +312,27 @@ class Media:
                 await self.sfu.bye(pid)
         return None
 
+    async def record(self, ctx: ServiceContext, command: RecordingCommand) -> bytes:
+        """``rpc.media.node.<id>.record``: a host started or stopped recording a room."""
+        if not await self._owns(await self.placement(ctx), command.room_id):
+            reply = RecordingReply(
+                ok=False, reason=NOT_OWNER, message="This media node does not hold the room."
+            )
+        else:
+            reply = await self.recordings.command(ctx, command)
+        return reply.model_dump_json().encode()
+
     async def run_sfu(self, ctx: ServiceContext) -> None:
-        """Background task: the SFU's watchdog; on stop, every connection is closed."""
+        """Background task: the SFU's watchdog; on stop, recordings are finished and every
+        connection is closed."""
         self._ctx = ctx
         _ = self.key  # no key: fail at start, with the way to set one
+        check_aiortc()
+        ice.install(self.settings)
         try:
             await self.sfu.watch()
         finally:
+            await self.recordings.stop_all(ctx)
             await self.sfu.close()
 
     async def _owns(self, placement: Placement, room: UUID) -> bool:

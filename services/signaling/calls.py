@@ -31,11 +31,15 @@ from contracts.media import (
     SEAT_SUBJECT,
     MediaSignal,
     MediaSignalReply,
+    RecordingAction,
+    RecordingCommand,
+    RecordingReply,
     SeatAnswer,
     SeatRelease,
     SeatReleased,
     SeatRequest,
     participant_subject,
+    record_subject,
     signal_subject,
 )
 from contracts.signaling import (
@@ -49,6 +53,7 @@ from contracts.signaling import (
     ParticipantJoined,
     ParticipantLeft,
     ParticipantRemoved,
+    RecordingStopped,
     SessionEnded,
 )
 from contracts.signaling_protocol import (
@@ -67,12 +72,15 @@ from contracts.signaling_protocol import (
     MuteKnocks,
     Participants,
     Present,
+    Recording,
     Refused,
     Remove,
     Removed,
     RoomView,
     SeatRefused,
     Signal,
+    StartRecording,
+    StopRecording,
     Unlock,
     UnmuteKnocks,
     Waiting,
@@ -103,6 +111,8 @@ HOLD_MESSAGE = "The host asked you to wait a little longer."
 DENIED_MESSAGE = "The host could not let you in this time."
 REMOVED_MESSAGE = "The host removed you from the call."
 ENDED_MESSAGE = "The host ended the meeting for everyone."
+RECORDING_ON = "This call is being recorded."
+RECORDING_OFF = "The recording has stopped."
 WAITING_MESSAGES = {
     WaitingState.waiting_for_host: "Waiting for the host: you will be let in when they arrive.",
     WaitingState.host_notified: "The host has been notified and will let you in shortly.",
@@ -568,6 +578,8 @@ class Signaling:
                 self._spawn(self._release(clinic_id, room_id, event.participant_id))
             elif isinstance(event, SessionEnded) and event.because is EndedBecause.ended_for_all:
                 self._spawn(self._release(clinic_id, room_id, None))
+            elif isinstance(event, RecordingStopped):
+                self._spawn(self._stop_recording(clinic_id, event))
 
     # --- what a connected person asks for ----------------------------------------------------
 
@@ -587,6 +599,11 @@ class Signaling:
                 case Signal():
                     await self._signal(conn, message)
                     return
+                case StartRecording():
+                    await self._start_recording(conn)
+                    return
+                case StopRecording():
+                    decide = partial(domain.stop_recording, by=me)
                 case Deny(participant_id=guest, message=text):
                     decide = partial(domain.deny, by=me, participant_id=guest, message=text)
                 case Hold(participant_id=guest, message=text):
@@ -642,6 +659,65 @@ class Signaling:
         await self.rooms.announce_notice(
             room_id, {"kind": "seat_refused", "participant_id": str(guest), "message": message}
         )
+
+    async def _start_recording(self, conn: Connection) -> None:
+        """Check, ask the room's media node to record, then record that it is on; if the
+        room changed meanwhile, the node is told to stop again."""
+        me, room_id, clinic_id, _ = conn.place()
+        await self.rooms.check(room_id, clinic_id, partial(domain.check_start_recording, by=me))
+        host = (await self.rooms.state(room_id, clinic_id)).people.get(me)
+        node = host.media_node if host is not None else None
+        if not node:
+            raise refusals.Conflict("not_in_call", "Join the call before recording it.")
+        recording_id = uuid4()
+        await self._record(node, clinic_id, room_id, recording_id, RecordingAction.start)
+        try:
+            await self.rooms.run(
+                room_id,
+                clinic_id,
+                partial(domain.start_recording, by=me, recording_id=recording_id, media_node=node),
+            )
+        except refusals.Refused:
+            with contextlib.suppress(refusals.Refused):
+                await self._record(node, clinic_id, room_id, recording_id, RecordingAction.stop)
+            raise
+
+    async def _record(
+        self,
+        node: str,
+        clinic_id: str,
+        room_id: UUID,
+        recording_id: UUID,
+        action: RecordingAction,
+    ) -> None:
+        command = RecordingCommand(
+            clinic_id=clinic_id, room_id=room_id, recording_id=recording_id, action=action
+        )
+        try:
+            reply = await call(
+                self.ctx.nats,
+                record_subject(node),
+                command,
+                RecordingReply,
+                self.settings.rpc_wait_s,
+            )
+        except RpcError as exc:
+            raise Unavailable("media_unavailable", UNAVAILABLE) from exc
+        if not reply.ok:
+            raise refusals.Conflict(reply.reason or "recording_refused", reply.message)
+
+    async def _stop_recording(self, clinic_id: str, event: RecordingStopped) -> None:
+        """Tell the node that records (if that fails, the node stops when the room ends)."""
+        try:
+            await self._record(
+                event.media_node,
+                clinic_id,
+                event.room_id,
+                event.recording_id,
+                RecordingAction.stop,
+            )
+        except refusals.Refused as exc:
+            log.warning("recording not stopped on its node", error=exc.detail)
 
     async def leave(self, conn: Connection) -> None:
         pid, room_id, clinic_id, _ = conn.place()
@@ -729,7 +805,8 @@ class Signaling:
         request = MediaSignal(
             participant_token=token,
             participant_id=pid,
-            **message.model_dump(exclude={"type"}),
+            room_id=room_id,
+            **message.model_dump(exclude={"type", "streams", "reason", "message"}),
         )
         try:
             reply = await call(
@@ -802,6 +879,12 @@ class Signaling:
         person = room.people.get(conn.participant_id) if conn.participant_id else None
         if person is None or conn.closing:
             return
+        if room.recording is not None or "recording" in conn.last_sent:
+            # Everyone in the room, waiting or not, knows whether they are being recorded.
+            on = room.recording is not None
+            conn.send_once(
+                "recording", Recording(on=on, message=RECORDING_ON if on else RECORDING_OFF)
+            )
         if person.waiting:
             if person.status is Status.on_hold:
                 return  # the hold message stays until the host acts
@@ -856,6 +939,9 @@ def _signal_frame(signal: MediaSignal) -> Signal:
         candidate=signal.candidate,
         sdp_mid=signal.sdp_mid,
         sdp_mline_index=signal.sdp_mline_index,
+        streams=signal.streams,
+        reason=signal.reason,
+        message=signal.message,
     )
 
 

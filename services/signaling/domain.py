@@ -28,6 +28,9 @@ from contracts.signaling import (
     ParticipantLeft,
     ParticipantReconnected,
     ParticipantRemoved,
+    RecordingStarted,
+    RecordingStopped,
+    RecordingStoppedBecause,
     RoomLocked,
     RoomUnlocked,
     SessionEnded,
@@ -70,6 +73,9 @@ class Room:
     knocks_muted: bool = False
     admitted_any: bool = False
     people: dict[UUID, Person] = field(default_factory=dict)
+    recording: UUID | None = None
+    """The recording under way, if any, and the media node that makes it."""
+    recording_node: str = ""
 
     def in_call(self) -> list[Person]:
         return [p for p in self.people.values() if p.status is Status.in_call]
@@ -290,10 +296,57 @@ def unmute_knocks(room: Room, by: UUID) -> list[Event]:
     return [KnocksUnmuted(**_ids(room), by=by)] if room.knocks_muted else []
 
 
+NOT_LIVE = Conflict("not_live", "The call has not started.")
+ALREADY_RECORDING = Conflict("already_recording", "This call is already being recorded.")
+NOT_RECORDING = Conflict("not_recording", "This call is not being recorded.")
+
+
+def check_start_recording(room: Room, by: UUID) -> None:
+    """Whether ``by`` may start a recording now (before the media node is asked)."""
+    _host(room, by)
+    if not room.live:
+        raise NOT_LIVE
+    if room.recording is not None:
+        raise ALREADY_RECORDING
+
+
+def start_recording(room: Room, by: UUID, recording_id: UUID, media_node: str) -> list[Event]:
+    check_start_recording(room, by)
+    return [RecordingStarted(**_ids(room), recording_id=recording_id, media_node=media_node, by=by)]
+
+
+def stop_recording(room: Room, by: UUID) -> list[Event]:
+    _host(room, by)
+    if room.recording is None:
+        raise NOT_RECORDING
+    return [
+        RecordingStopped(
+            **_ids(room),
+            recording_id=room.recording,
+            media_node=room.recording_node,
+            because=RecordingStoppedBecause.host_stopped,
+            by=by,
+        )
+    ]
+
+
+def _recording_ends(room: Room) -> list[Event]:
+    if room.recording is None:
+        return []
+    return [
+        RecordingStopped(
+            **_ids(room),
+            recording_id=room.recording,
+            media_node=room.recording_node,
+            because=RecordingStoppedBecause.session_ended,
+        )
+    ]
+
+
 def end_for_all(room: Room, by: UUID, message: str, now: datetime) -> list[Event]:
     """Only ever a host's explicit act: the server never ends a meeting for all by itself."""
     _host(room, by)
-    events: list[Event] = []
+    events: list[Event] = _recording_ends(room)
     for person in room.people.values():
         ids = {**_ids(room, person), "participant_id": person.participant_id}
         if person.waiting:
@@ -322,6 +375,7 @@ def leave(room: Room, participant_id: UUID, reason: LeftBecause, now: datetime) 
     events: list[Event] = [ParticipantLeft(**ids, link_id=person.link_id, reason=reason)]
     others = [p for p in room.in_call() if p.participant_id != participant_id]
     if room.live and not others:
+        events += _recording_ends(room)
         events.append(SessionEnded(**_ids(room), because=EndedBecause.last_left, ended_at=now))
     return events
 
@@ -433,6 +487,10 @@ def evolve(room: Room | None, event: Event) -> Room:
             return replace(room, locked=True)
         case RoomUnlocked():
             return replace(room, locked=False)
+        case RecordingStarted():
+            return replace(room, recording=event.recording_id, recording_node=event.media_node)
+        case RecordingStopped():
+            return replace(room, recording=None, recording_node="")
         case KnocksMuted():
             return replace(room, knocks_muted=True)
         case KnocksUnmuted():

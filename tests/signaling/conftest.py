@@ -251,7 +251,12 @@ async def calls_platform(
     sched = scheduling_app(dsn, nats_url)
     links = links_service(dsn, nats_url, clock)
     media = build_app(
-        media_app.build(media_app.Media(MediaSettings(node_id="mtest", reservation_s=60))),
+        media_app.build(
+            media_app.Media(
+                MediaSettings(node_id="mtest", reservation_s=60),
+                key_source=lambda: PARTICIPANT_KEY,
+            )
+        ),
         settings(dsn, nats_url),
     )
     signalings = [

@@ -1,0 +1,223 @@
+"""Recordings on one media node: started and stopped on a host's word (through signaling),
+written by a :class:`Recorder` in a child process, announced when the file is complete.
+
+A recording's row (table ``recordings``) says where it is and how it ended; its events
+(``RecordingAvailable``, ``RecordingFailed``) go to the stream ``recording-<id>``. The file
+is ``<recordings_dir>/<clinic_id>/<recording_id>.mp4`` and is downloaded through a URL signed
+with a key derived from the participant key, valid for ``download_ttl_s``.
+"""
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from uuid import UUID
+
+import structlog
+
+from contracts.media import (
+    RecordingAction,
+    RecordingAvailable,
+    RecordingCommand,
+    RecordingFailed,
+    RecordingReply,
+    recording_stream,
+)
+from runtime.context import ServiceContext
+from services.media.config import MediaSettings
+from services.media.journal import Journal
+from services.media.recorder import Recorder, RecordingError
+from services.media.sfu import Sfu
+
+log = structlog.get_logger(__name__)
+Clock = Callable[[], datetime]
+DOWNLOAD_KEY_LABEL = b"antechamber recording download v1"
+
+
+@dataclass(eq=False)
+class Active:
+    recording_id: UUID
+    clinic_id: str
+    room_id: UUID
+    recorder: Recorder
+    started_at: datetime
+
+
+@dataclass
+class Recordings:
+    settings: MediaSettings
+    sfu: Sfu
+    journal: Journal
+    clock: Clock
+    active: dict[UUID, Active] = field(default_factory=dict)
+    """By room: at most one recording per room."""
+    _finishing: set["asyncio.Task[None]"] = field(default_factory=set)
+
+    def path_of(self, clinic_id: str, recording_id: UUID) -> Path:
+        return self.settings.recordings_dir / clinic_id / f"{recording_id}.mp4"
+
+    async def command(self, ctx: ServiceContext, command: RecordingCommand) -> RecordingReply:
+        """Start or stop; both are idempotent for the same recording id."""
+        current = self.active.get(command.room_id)
+        if command.action is RecordingAction.stop:
+            if current is not None and current.recording_id == command.recording_id:
+                self.stop(ctx, command.room_id)
+            return RecordingReply(ok=True)
+        if current is not None:
+            if current.recording_id == command.recording_id:
+                return RecordingReply(ok=True)
+            return RecordingReply(
+                ok=False, reason="already_recording", message="This call is already recorded."
+            )
+        if self.settings.forwarding != "passthrough":
+            return RecordingReply(
+                ok=False,
+                reason="recording_unavailable",
+                message="This video server does not record calls.",
+            )
+        path = self.path_of(command.clinic_id, command.recording_id)
+        recorder = Recorder(
+            path,
+            width=self.settings.recording_width,
+            height=self.settings.recording_height,
+            fps=self.settings.recording_fps,
+        )
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            recorder.start()
+        except (OSError, RecordingError) as exc:
+            log.error(
+                "recording not started", recording_id=str(command.recording_id), error=repr(exc)
+            )
+            return RecordingReply(
+                ok=False,
+                reason="recording_unavailable",
+                message="The recording could not be started on this video server.",
+            )
+        now = self.clock()
+        await ctx.pool.execute(
+            "INSERT INTO recordings (recording_id, clinic_id, room_id, node_id, media_url, "
+            "status, started_at) VALUES ($1, $2, $3, $4, $5, 'recording', $6) "
+            "ON CONFLICT (recording_id) DO NOTHING",
+            command.recording_id,
+            command.clinic_id,
+            command.room_id,
+            self.settings.node_id,
+            self.settings.public_url,
+            now,
+        )
+        active = Active(command.recording_id, command.clinic_id, command.room_id, recorder, now)
+        self.active[command.room_id] = active
+        self.sfu.start_recording(command.room_id, command.clinic_id, recorder)
+        log.info("recording started", recording_id=str(command.recording_id))
+        return RecordingReply(ok=True)
+
+    def stop(self, ctx: ServiceContext, room_id: UUID) -> None:
+        """Stop the room's recording (if any); the file is finished in the background."""
+        active = self.active.pop(room_id, None)
+        if active is None:
+            return
+        self.sfu.stop_recording(room_id)
+        task = asyncio.create_task(self._finish(ctx, active), name="recording-finish")
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
+
+    async def stop_all(self, ctx: ServiceContext) -> None:
+        """The node stops: every recording is finished, then waited for."""
+        for room_id in list(self.active):
+            self.stop(ctx, room_id)
+        if self._finishing:
+            await asyncio.gather(*self._finishing, return_exceptions=True)
+
+    async def _finish(self, ctx: ServiceContext, active: Active) -> None:
+        stream = recording_stream(active.recording_id)
+        stopped = self.clock()
+        try:
+            outcome = await active.recorder.stop()
+        except RecordingError as exc:
+            log.error("recording failed", recording_id=str(active.recording_id), error=str(exc))
+            await self._failed(ctx, active, stopped, str(exc))
+            return
+        except Exception as exc:
+            log.exception("recording failed", recording_id=str(active.recording_id))
+            await self._failed(ctx, active, stopped, f"the recording could not be written ({exc})")
+            return
+        await ctx.pool.execute(
+            "UPDATE recordings SET status = 'available', stopped_at = $2, duration_s = $3, "
+            "size_bytes = $4 WHERE recording_id = $1",
+            active.recording_id,
+            stopped,
+            outcome.duration_s,
+            outcome.size_bytes,
+        )
+        event = RecordingAvailable(
+            recording_id=active.recording_id,
+            room_id=active.room_id,
+            node_id=self.settings.node_id,
+            duration_s=outcome.duration_s,
+            size_bytes=outcome.size_bytes,
+            started_at=active.started_at,
+            stopped_at=stopped,
+        )
+        self.journal.record(stream, active.clinic_id, event)
+        log.info(
+            "recording available",
+            recording_id=str(active.recording_id),
+            duration_s=round(outcome.duration_s, 1),
+            decode_errors=outcome.decode_errors,
+            dropped=outcome.dropped,
+        )
+
+    async def _failed(
+        self, ctx: ServiceContext, active: Active, stopped: datetime, reason: str
+    ) -> None:
+        with contextlib.suppress(Exception):
+            await ctx.pool.execute(
+                "UPDATE recordings SET status = 'failed', stopped_at = $2, failure = $3 "
+                "WHERE recording_id = $1",
+                active.recording_id,
+                stopped,
+                reason,
+            )
+        event = RecordingFailed(
+            recording_id=active.recording_id,
+            room_id=active.room_id,
+            node_id=self.settings.node_id,
+            reason=reason,
+        )
+        self.journal.record(recording_stream(active.recording_id), active.clinic_id, event)
+
+
+# -- signed download URLs ---------------------------------------------------------------------
+
+
+def download_key(participant_key: str) -> bytes:
+    """The URL-signing key: derived, so a leaked URL key is not a token-signing key."""
+    return hmac.new(participant_key.encode(), DOWNLOAD_KEY_LABEL, hashlib.sha256).digest()
+
+
+def sign(key: bytes, recording_id: UUID, expires: int) -> str:
+    message = f"{recording_id}:{expires}".encode()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+class BadSignature(Exception):
+    def __init__(self, expired: bool) -> None:
+        self.expired = expired
+
+
+def check(key: bytes, recording_id: UUID, expires: int, signature: str) -> None:
+    """Raise :class:`BadSignature` unless the URL was signed by us and has not expired."""
+    if not hmac.compare_digest(sign(key, recording_id, expires), signature):
+        raise BadSignature(expired=False)
+    if expires < time.time():
+        raise BadSignature(expired=True)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
