@@ -8,11 +8,15 @@ WebSocket clients connected to either replica.
 import asyncio
 import contextlib
 import json
+import shutil
+import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -125,6 +129,8 @@ class Calls:
     replicas: list[str]
     signalings: list[Signaling]
     clock: Clock
+    media: httpx.AsyncClient
+    """The media service's HTTP API (recordings)."""
     browsers: list[Browser] = field(default_factory=list)
 
     async def clinic(self, **clinic_settings: Any) -> LinkedClinic:
@@ -250,10 +256,11 @@ async def calls_platform(
 ) -> AsyncIterator[Calls]:
     sched = scheduling_app(dsn, nats_url)
     links = links_service(dsn, nats_url, clock)
+    recordings = Path(tempfile.mkdtemp(prefix="antechamber-recordings-"))
     media = build_app(
         media_app.build(
             media_app.Media(
-                MediaSettings(node_id="mtest", reservation_s=60),
+                MediaSettings(node_id="mtest", reservation_s=60, recordings_dir=recordings),
                 key_source=lambda: PARTICIPANT_KEY,
             )
         ),
@@ -271,18 +278,23 @@ async def calls_platform(
     async with (
         serving(sched) as scheduling_client,
         serving(links) as links_client,
-        serving(media),
+        serving(media) as media_client,
         listening(replicas[0]) as url_a,
         listening(replicas[1]) as url_b,
     ):
         calls = Calls(
-            Platform(scheduling_client, links_client, links), [url_a, url_b], signalings, clock
+            Platform(scheduling_client, links_client, links),
+            [url_a, url_b],
+            signalings,
+            clock,
+            media_client,
         )
         try:
             yield calls
         finally:
             for browser in calls.browsers:
                 await browser.aclose()
+            shutil.rmtree(recordings, ignore_errors=True)
 
 
 @pytest.fixture

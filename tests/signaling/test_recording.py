@@ -1,0 +1,166 @@
+"""Recording a call through signaling: only hosts start and stop it, everyone in the room
+(waiting guests too) is told, the node writes an MP4 the clinic downloads through a signed,
+expiring URL, and ending the call stops the recording."""
+
+import asyncio
+import io
+import time
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+from uuid import UUID
+
+import asyncpg
+import av
+
+from services.media import recordings
+from tests.signaling.conftest import (
+    PARTICIPANT_KEY,
+    Calls,
+    host_and_admitted_guest,
+    knocking_guest,
+    room_events,
+)
+from tests.support import assert_problem, eventually
+
+
+async def recording_row(dsn: str, recording_id: str) -> dict[str, Any] | None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        row = await conn.fetchrow(
+            "SELECT status, duration_s, size_bytes FROM media.recordings WHERE recording_id = $1",
+            recording_id,
+        )
+    finally:
+        await conn.close()
+    return dict(row) if row else None
+
+
+async def media_events(dsn: str, recording_id: str) -> list[str]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT type FROM media.events WHERE stream_id = $1 ORDER BY version",
+            f"recording-{recording_id}",
+        )
+    finally:
+        await conn.close()
+    return [r["type"] for r in rows]
+
+
+async def test_a_host_records_everyone_is_told_and_the_clinic_downloads_the_mp4(
+    calls: Calls, postgres_dsn: str
+) -> None:
+    call = await host_and_admitted_guest(calls)
+    waiting, _ = await knocking_guest(calls, call.room, name="Later", replica=0)
+
+    await call.guest.send("start_recording")
+    refused = await call.guest.next("error")
+    assert refused["code"] == "only_hosts"
+
+    await call.host.send("start_recording")
+    for browser in (call.host, call.guest, waiting):
+        told = await browser.next("recording", on=True)
+        assert told["message"] == "This call is being recorded."
+    await call.host.send("start_recording")
+    assert (await call.host.next("error"))["code"] == "already_recording"
+
+    room_id = call.welcome["room_id"]
+    started = [d for t, d in await room_events(postgres_dsn, room_id) if t == "RecordingStarted"]
+    assert len(started) == 1
+    recording_id = started[0]["recording_id"]
+    await asyncio.sleep(1.5)  # a recording with no media yet is a black, silent picture
+
+    await call.host.send("stop_recording")
+    for browser in (call.host, call.guest, waiting):
+        await browser.next("recording", on=False)
+
+    async def available() -> bool:
+        row = await recording_row(postgres_dsn, recording_id)
+        return row is not None and row["status"] == "available"
+
+    await eventually(available, timeout=30, what="the recording's file")
+    assert await media_events(postgres_dsn, recording_id) == ["RecordingAvailable"]
+
+    clinic = call.room.clinic.clinic
+    listed = await calls.media.get("/v1/recordings", headers=clinic.headers)
+    assert listed.status_code == 200
+    assert [r["recording_id"] for r in listed.json()["items"]] == [recording_id]
+    assert listed.json()["items"][0]["room_id"] == room_id
+
+    link = await calls.media.post(f"/v1/recordings/{recording_id}/download", headers=clinic.headers)
+    assert link.status_code == 200, link.text
+    url = urlsplit(link.json()["url"])
+    got = await calls.media.get(f"{url.path}?{url.query}")  # no API key: the URL is enough
+    assert got.status_code == 200
+    assert got.headers["content-type"] == "video/mp4"
+    with av.open(io.BytesIO(got.content)) as container:
+        kinds = sorted(s.type for s in container.streams)
+        assert kinds == ["audio", "video"]
+        assert container.streams.video[0].codec_context.name == "h264"
+        assert container.streams.audio[0].codec_context.name == "aac"
+
+
+async def test_download_urls_are_signed_expire_and_stay_in_their_clinic(
+    calls: Calls, postgres_dsn: str
+) -> None:
+    call = await host_and_admitted_guest(calls)
+    await call.host.send("start_recording")
+    await call.host.next("recording", on=True)
+    events = await room_events(postgres_dsn, call.welcome["room_id"])
+    recording_id = next(d for t, d in events if t == "RecordingStarted")["recording_id"]
+    clinic = call.room.clinic.clinic
+
+    still = await calls.media.post(
+        f"/v1/recordings/{recording_id}/download", headers=clinic.headers
+    )
+    assert_problem(still, 409, "still_recording")
+
+    await call.host.send("stop_recording")
+    await call.host.next("recording", on=False)
+
+    async def available() -> bool:
+        row = await recording_row(postgres_dsn, recording_id)
+        return row is not None and row["status"] == "available"
+
+    await eventually(available, timeout=30, what="the recording's file")
+
+    other = (await calls.clinic()).clinic
+    for path in (f"/v1/recordings/{recording_id}", f"/v1/recordings/{recording_id}/download"):
+        method = "GET" if path.endswith(recording_id) else "POST"
+        response = await calls.media.request(method, path, headers=other.headers)
+        assert_problem(response, 404, "recording_not_found")
+    assert (await calls.media.get("/v1/recordings", headers=other.headers)).json()["items"] == []
+    assert_problem(await calls.media.get("/v1/recordings"), 401)
+
+    link = (
+        await calls.media.post(f"/v1/recordings/{recording_id}/download", headers=clinic.headers)
+    ).json()
+    url = urlsplit(link["url"])
+    query = {k: v[0] for k, v in parse_qs(url.query).items()}
+    forged = f"{url.path}?expires={int(query['expires']) + 3600}&signature={query['signature']}"
+    assert_problem(await calls.media.get(forged), 403, "bad_signature")
+    past = int(time.time()) - 5
+    key = recordings.download_key(PARTICIPANT_KEY)
+    expired = recordings.sign(key, UUID(recording_id), past)
+    old = f"{url.path}?expires={past}&signature={expired}"
+    assert_problem(await calls.media.get(old), 410, "link_expired")
+    assert (await calls.media.get(f"{url.path}?{url.query}")).status_code == 200
+
+
+async def test_ending_the_call_stops_the_recording(calls: Calls, postgres_dsn: str) -> None:
+    call = await host_and_admitted_guest(calls)
+    await call.host.send("start_recording")
+    await call.guest.next("recording", on=True)
+    await call.host.send("end_for_all")
+    await call.guest.next("ended")
+    events = await room_events(postgres_dsn, call.welcome["room_id"])
+    types = [t for t, _ in events]
+    assert types.index("RecordingStopped") < types.index("SessionEnded")
+    stopped = next(d for t, d in events if t == "RecordingStopped")
+    assert stopped["because"] == "session_ended"
+
+    async def finished() -> bool:
+        row = await recording_row(postgres_dsn, stopped["recording_id"])
+        return row is not None and row["status"] == "available"
+
+    await eventually(finished, timeout=30, what="the recording finished after the call")
