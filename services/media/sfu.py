@@ -254,6 +254,8 @@ class Sfu:
             await self.close_member(member, reason=None)
 
     def _check_codecs(self, pc: RTCPeerConnection) -> None:
+        if not pc.getTransceivers():
+            raise SignalRefused("sdp_invalid", "The media offer has no audio or video in it.")
         for transceiver in pc.getTransceivers():
             if transceiver.direction in ("sendrecv", "recvonly") or transceiver.receiver.track:
                 codecs = transceiver._codecs
