@@ -83,6 +83,12 @@ class Platform:
                 "ANTECHAMBER_PARTICIPANT_KEY_FILE": str(participant_key),
                 "ANTECHAMBER_LOG_FORMAT": os.environ.get("ANTECHAMBER_LOG_FORMAT", "console"),
             }
+            if definition.name == "media":
+                # Where its download URLs point, and where its recordings go.
+                env = {
+                    "ANTECHAMBER_MEDIA_PUBLIC_URL": f"http://127.0.0.1:{port}",
+                    "ANTECHAMBER_MEDIA_RECORDINGS_DIR": str(self.data_dir / "recordings"),
+                } | env
             process = subprocess.Popen(
                 [
                     sys.executable,

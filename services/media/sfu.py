@@ -316,7 +316,8 @@ class Sfu:
                 if c.mimeType.lower() in (publication.mime_type, "video/rtx")
             ]
             transceiver.setCodecPreferences(preferred)
-            on_keyframe_request(transceiver.sender, self._keyframe_for(publication))
+            if self.relay is None:  # (re-encoding senders make their own keyframes)
+                on_keyframe_request(transceiver.sender, self._keyframe_for(publication))
             member.outgoing.append(Outgoing(publication, transceiver))
 
     def _keyframe_for(self, publication: Publication) -> Callable[[], None]:

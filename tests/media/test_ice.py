@@ -35,7 +35,7 @@ def free_range(size: int) -> int:
             for port in range(start, start + size):
                 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
                 socks.append(s)
-                s.bind(("0.0.0.0", port))  # noqa: S104 - probing, closed at once
+                s.bind(("0.0.0.0", port))
         except OSError:
             continue
         finally:

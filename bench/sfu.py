@@ -1,0 +1,248 @@
+"""The SFU's CPU: a full 16-person room, and the cost of one more subscriber, next to
+aiortc's own MediaRelay (decode once, re-encode per subscriber) measured in the same run.
+
+    python bench/sfu.py [--quick] [--seconds S]
+
+One media node runs as a process of its own (``antechamber serve media``) on its own
+nats-server and Postgres; every participant is an aiortc peer in a process of its own
+(``python -m antechamber.peer``), seated and given a token as signaling would. Publishers
+send VP8 320x240 at 15 fps, about 300 kbit/s, plus Opus, pre-encoded (``source: loop``, so
+their own CPU stays small) and answering keyframe requests with a keyframe.
+
+1. Full room, forwarding encoded frames: 15 publishers connect, then a 16th joins late and
+   decodes; the node's CPU (cores) over ``S`` seconds with 16 x 15 video and audio streams
+   forwarded. Two of the peers decode everything they receive (0 decode errors expected);
+   the others count encoded frames. Also: the late joiner's first decoded frame from each
+   publisher, after its offer (goal <= 500 ms).
+2. CPU per added subscriber, for both forwarding modes on a fresh node each: 2 publishers,
+   then subscribers (receive only) added in two steps (``LOW`` then ``HIGH``); the slope
+   between the two steps is the CPU one more subscriber costs. The baseline is the same
+   node with ``ANTECHAMBER_MEDIA_FORWARDING=transcode`` (aiortc's MediaRelay).
+
+Goals: full room <= 0.5 core; >= 8x less CPU per subscriber than MediaRelay; 0 decode
+errors; late joiner's first frame <= 500 ms.
+"""
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from nats.aio.client import Client as NATS
+
+from bench.support import CpuMeter, Process, servers, service_ready, start_service
+from contracts.media import SEAT_SUBJECT, SeatAnswer, SeatRequest
+from contracts.signaling import CallRole
+from runtime.embedded import free_port
+from runtime.participant_tokens import mint
+from runtime.rpc import call
+from runtime.service import connect_nats
+from tests.media.peers import PeerProcess, peer_process
+
+PARTICIPANT_KEY = "bench-participant-key-of-at-least-32-characters"
+CLINIC = "clinic-bench"
+LOW, HIGH = 2, 8
+
+
+class Node:
+    def __init__(self, process: Process, node_id: str, nats_url: str, nc: NATS) -> None:
+        self.process = process
+        self.node_id = node_id
+        self.nats_url = nats_url
+        self.nc = nc
+        self.room_id = uuid.uuid4()
+
+    async def config(self, **extra: Any) -> dict[str, Any]:
+        pid = uuid.uuid4()
+        request = SeatRequest(
+            clinic_id=CLINIC, room_id=self.room_id, participant_id=pid, role=CallRole.guest, cap=16
+        )
+        answer = await call(self.nc, SEAT_SUBJECT, request, SeatAnswer, 5.0)
+        if not answer.granted:
+            raise RuntimeError(f"no seat: {answer.message}")
+        token, _ = mint(
+            PARTICIPANT_KEY,
+            participant_id=str(pid),
+            room_id=str(self.room_id),
+            clinic_id=CLINIC,
+            role=CallRole.guest,
+            node_id=self.node_id,
+            ttl_s=3600,
+        )
+        return {
+            "nats_url": self.nats_url,
+            "node_id": self.node_id,
+            "room_id": str(self.room_id),
+            "participant_id": str(pid),
+            "participant_token": token,
+            "source": "loop",
+            "decode": False,
+            "report_every_s": 1.0,
+        } | extra
+
+    def cpu_over(self, seconds: float) -> "asyncio.Future[float]":
+        async def measure() -> float:
+            meter = CpuMeter({"node": lambda: [self.process.pid]})
+            meter.start()
+            started = time.monotonic()
+            await asyncio.sleep(seconds)
+            meter.stop()
+            return meter.used["node"] / (time.monotonic() - started)
+
+        return asyncio.ensure_future(measure())
+
+
+@contextlib.asynccontextmanager
+async def media_node(folder: Path, dsn: str, nats_url: str, forwarding: str) -> Any:
+    node_id = f"mb{forwarding[:4]}{os.getpid() % 1000}"
+    port = free_port()
+    process = start_service(
+        "media",
+        folder,
+        dsn,
+        nats_url,
+        port,
+        label=f"media-{forwarding}",
+        ANTECHAMBER_PARTICIPANT_KEY=PARTICIPANT_KEY,
+        ANTECHAMBER_MEDIA_NODE_ID=node_id,
+        ANTECHAMBER_MEDIA_FORWARDING=forwarding,
+        ANTECHAMBER_MEDIA_RESERVATION_S="3600",
+        ANTECHAMBER_MEDIA_RECORDINGS_DIR=str(folder / "recordings"),
+    )
+    nc = await connect_nats(nats_url, "bench-sfu")
+    try:
+        await service_ready(process, f"http://127.0.0.1:{port}")
+        yield Node(process, node_id, nats_url, nc)
+    except BaseException:
+        print(f"\n--- media log:\n{process.log_tail()}", file=sys.stderr)
+        raise
+    finally:
+        await nc.drain()
+        process.stop()
+
+
+async def join(stack: contextlib.AsyncExitStack, node: Node, **extra: Any) -> PeerProcess:
+    peer = await stack.enter_async_context(peer_process(await node.config(**extra)))
+    await peer.wait_for("ready", timeout=60)
+    return peer
+
+
+def frames(peer: PeerProcess, kind: str) -> list[int]:
+    stats = peer.latest_stats() or {"tracks": {}}
+    return [t["frames"] for t in stats["tracks"].values() if t["kind"] == kind]
+
+
+async def flowing(peers: list[PeerProcess], tracks: int, within: float = 60.0) -> None:
+    """Every peer receives ``tracks`` video tracks with frames arriving."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if all(len([n for n in frames(p, "video") if n > 5]) >= tracks for p in peers):
+            return
+        await asyncio.sleep(0.5)
+    counts = [frames(p, "video") for p in peers]
+    raise TimeoutError(f"media not flowing to every peer after {within}s: {counts}")
+
+
+async def full_room(folder: Path, dsn: str, nats_url: str, seconds: float) -> dict[str, Any]:
+    async with (
+        media_node(folder, dsn, nats_url, "passthrough") as node,
+        contextlib.AsyncExitStack() as stack,
+    ):
+        peers = [await join(stack, node, decode=n < 2) for n in range(15)]
+        await flowing(peers, 14)
+        late = await join(stack, node, decode=True, publish=["audio", "video"])
+        firsts = []
+        for _ in range(15):
+            event = await late.wait_for(
+                lambda e: (
+                    e["event"] == "first_frame"
+                    and e["kind"] == "video"
+                    and e["participant_id"] not in {f["participant_id"] for f in firsts}
+                ),
+                timeout=30,
+            )
+            firsts.append(event)
+        everyone = [*peers, late]
+        await flowing(everyone, 15)
+        await asyncio.sleep(2)  # renegotiations settle
+        before = [sum(frames(p, "video")) for p in everyone]
+        cores = await node.cpu_over(seconds)
+        after = [sum(frames(p, "video")) for p in everyone]
+        reports = [await p.stop() for p in (peers[0], peers[1], late)]
+    received_fps = statistics.mean(
+        (a - b) / seconds / 15 for a, b in zip(after, before, strict=True)
+    )
+    return {
+        "cores": cores,
+        "first_frame_ms": [round(f["since_join_s"] * 1000) for f in firsts],
+        "decode_errors": sum(r["decode_errors"] for r in reports),
+        "received_fps": received_fps,
+    }
+
+
+async def per_subscriber(
+    folder: Path, dsn: str, nats_url: str, forwarding: str, seconds: float
+) -> dict[str, float]:
+    async with (
+        media_node(folder, dsn, nats_url, forwarding) as node,
+        contextlib.AsyncExitStack() as stack,
+    ):
+        publishers = [await join(stack, node) for _ in range(2)]
+        subscribers = [await join(stack, node, publish=[]) for _ in range(LOW)]
+        await flowing(subscribers, 2)
+        await asyncio.sleep(2)
+        low = await node.cpu_over(seconds)
+        subscribers += [await join(stack, node, publish=[]) for _ in range(HIGH - LOW)]
+        await flowing(subscribers, 2)
+        await asyncio.sleep(2)
+        high = await node.cpu_over(seconds)
+        del publishers
+    return {"low": low, "high": high, "per_subscriber": (high - low) / (HIGH - LOW)}
+
+
+async def main(seconds: float) -> int:
+    with servers() as (folder, nats, postgres):
+        print(f"SFU benchmark on {os.cpu_count()} cores, {seconds:.0f} s per measurement")
+        room = await full_room(folder, postgres.dsn, nats.url, seconds)
+        passthrough = await per_subscriber(folder, postgres.dsn, nats.url, "passthrough", seconds)
+        relay = await per_subscriber(folder, postgres.dsn, nats.url, "transcode", seconds)
+    first = room["first_frame_ms"]
+    ratio = relay["per_subscriber"] / max(passthrough["per_subscriber"], 1e-6)
+    print()
+    print("full room, 16 publishers x 15 subscribers (VP8 320x240 15 fps ~300 kbit/s + Opus)")
+    print(f"  SFU process CPU:            {room['cores']:.3f} cores  (goal <= 0.5)")
+    print(f"  video received per track:   {room['received_fps']:.1f} fps (sent: 15)")
+    print(f"  decode errors:              {room['decode_errors']}  (goal 0)")
+    print(
+        f"  late joiner's first frame:  median {statistics.median(first)} ms, "
+        f"max {max(first)} ms over 15 publishers  (goal <= 500)"
+    )
+    print(f"CPU per added subscriber (2 publishers, {LOW} -> {HIGH} subscribers)")
+    print(
+        f"  forwarding encoded frames:  {passthrough['per_subscriber'] * 1000:.1f} millicores "
+        f"({passthrough['low']:.3f} -> {passthrough['high']:.3f} cores)"
+    )
+    print(
+        f"  baseline MediaRelay:        {relay['per_subscriber'] * 1000:.1f} millicores "
+        f"({relay['low']:.3f} -> {relay['high']:.3f} cores)"
+    )
+    print(f"  ratio:                      {ratio:.1f}x less CPU per subscriber  (goal >= 8x)")
+    return 0
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="3 s measurements: the smoke test")
+    parser.add_argument("--seconds", type=float, default=None, help="per measurement (10)")
+    args = parser.parse_args()
+    raise SystemExit(asyncio.run(main(args.seconds or (3.0 if args.quick else 10.0))))
