@@ -17,6 +17,7 @@ decoding again:
 
 import asyncio
 import fractions
+import functools
 import queue
 import time
 from collections.abc import Callable
@@ -54,7 +55,7 @@ def check_aiortc() -> None:
             raise IncompatibleAiortc(f"aiortc has no {owner.__name__}.{name}")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class EncodedFrame:
     """One complete encoded frame as it left a receiver's jitter buffer."""
 
@@ -66,7 +67,9 @@ class EncodedFrame:
     arrived: float
     """``time.monotonic()`` when it was complete."""
 
+    @functools.cached_property
     def packet(self) -> "av.Packet[Any]":
+        """One packet for every subscriber (senders only read it)."""
         packet = av.Packet(self.data)
         packet.pts = self.timestamp
         packet.dts = self.timestamp
@@ -182,7 +185,7 @@ class ForwardedTrack(MediaStreamTrack):
         if frame is None:
             raise MediaStreamError
         self.forwarded += 1
-        return frame.packet()
+        return frame.packet
 
     def stop(self) -> None:
         if self.readyState == "live":

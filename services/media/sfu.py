@@ -24,6 +24,7 @@ from uuid import UUID
 
 import structlog
 from aiortc import (
+    RTCBundlePolicy,
     RTCConfiguration,
     RTCIceServer,
     RTCPeerConnection,
@@ -168,7 +169,8 @@ class Sfu:
             RTCIceServer(urls=s.urls, username=s.username, credential=s.credential)
             for s in self.settings.ice_servers
         ]
-        return RTCConfiguration(iceServers=servers)
+        # One transport per connection: the node's own offers add transceivers all the time.
+        return RTCConfiguration(iceServers=servers, bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
 
     def member(self, participant_id: UUID) -> Member | None:
         for room in self.rooms.values():

@@ -79,7 +79,7 @@ async def test_the_receiver_still_has_the_decoder_queue_the_tap_replaces() -> No
     assert [f.timestamp for f in seen] == [9000]
     assert seen[0].keyframe
     assert decoder_queue.get_nowait() is None
-    packet = seen[0].packet()
+    packet = seen[0].packet
     assert bytes(packet) == keyframe
     assert packet.pts == 9000
     assert packet.time_base == fractions.Fraction(1, 90000)

@@ -1,0 +1,647 @@
+"""Recording a room: every participant's encoded frames in, one MP4 file out.
+
+The media node forwards encoded frames without decoding them; a recording has to decode them
+all, tile the pictures and mix the voices. All of that happens in a child process, so none of
+it runs on the node's event loop: :class:`Recorder` only puts small tuples on a queue, and
+drops (and counts) frames when the child is far behind.
+
+The child lays everything on the timeline of the parent's ``time.monotonic()`` (system-wide on
+Linux), which starts when the recording does: a file lasts as long as the recording did, however
+late people came or early they left. A video frame is composed every ``1/fps`` from each
+participant's latest picture; voices are placed by their RTP timestamps, anchored on arrival,
+and summed. Both run ``MARGIN_S`` behind the newest frame so that late frames still land.
+"""
+
+import asyncio
+import contextlib
+import math
+import multiprocessing
+import multiprocessing.connection
+import multiprocessing.queues
+import os
+import queue
+import signal
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Literal, NamedTuple, cast
+
+import av
+import numpy as np
+import numpy.typing as npt
+import structlog
+from av.video.plane import VideoPlane
+
+if TYPE_CHECKING:
+    from services.media.passthrough import EncodedFrame
+
+log = structlog.get_logger(__name__)
+
+DECODERS = {
+    "video/vp8": ("vp8", 90_000),
+    "video/h264": ("h264", 90_000),
+    "audio/opus": ("opus", 48_000),
+    "audio/pcmu": ("pcm_mulaw", 8_000),
+    "audio/pcma": ("pcm_alaw", 8_000),
+}
+"""FFmpeg decoder and RTP clock rate of each codec a recording can decode, by MIME type."""
+MARGIN_S = 0.2
+"""How far composing runs behind the newest frame: a frame later than this is lost."""
+QUEUE_DEPTH = 1500
+"""Frames on their way to the child (about 7 s of three people) before new ones are dropped."""
+STOP_TIMEOUT_S = 30.0
+"""How long ``stop`` waits for the child to finish the file."""
+KEYFRAME_REQUEST_S = 1.0
+"""How often to ask again for a keyframe a source's video is waiting for."""
+CLOCK_DRIFT = 0.0005
+"""How far a sender's audio clock may drift from ours (500 ppm) with its voice kept in place."""
+SAMPLE_RATE = 48_000
+AAC_FRAME = 1024
+BLACK = (16, 128, 128)  # Y, U, V in the limited range H.264 players expect
+
+Samples = npt.NDArray[np.float32]
+Plane = npt.NDArray[np.uint8]
+
+
+class RecordingError(Exception):
+    """The recording could not be written; the message says why, for a person."""
+
+
+@dataclass(frozen=True)
+class RecordingOutcome:
+    """A finished recording."""
+
+    path: Path
+    duration_s: float
+    size_bytes: int
+    decode_errors: int
+    """Frames that could not be decoded (unknown codec, corrupt data)."""
+    dropped: int
+    """Frames lost: the child was too far behind to take them, or they came too late."""
+
+
+# What the parent sends the child: plain values, no aiortc objects.
+class _Frame(NamedTuple):
+    source: str
+    mime: str
+    data: bytes
+    timestamp: int
+    keyframe: bool
+    arrived: float
+
+
+class _Left(NamedTuple):
+    source: str
+    at: float
+
+
+class _Stop(NamedTuple):
+    at: float
+
+
+# What the child answers, once.
+class _Finished(NamedTuple):
+    duration_s: float
+    decode_errors: int
+    late: int
+    cpu_s: float
+
+
+class _Failed(NamedTuple):
+    reason: str
+
+
+class Recorder:
+    """One room's recording, composed in a child process into an H.264 + AAC MP4 file.
+
+    ``add`` and ``remove`` are for the event loop: they never block. Each ``source`` is one
+    picture and one voice; a person who sends two videos needs two sources. A video that
+    cannot be decoded until its next keyframe (at the start, or after a drop) is skipped
+    until then, and ``want_keyframe(source)`` is called, at most once a second, so the
+    caller can ask the sender for one.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        width: int = 1280,
+        height: int = 720,
+        fps: int = 15,
+        want_keyframe: Callable[[str], None] | None = None,
+    ) -> None:
+        if width < 2 or height < 2 or width % 2 or height % 2:
+            raise ValueError(f"a recording's size must be even: {width}x{height} is not")
+        if fps < 1:
+            raise ValueError(f"a recording needs at least 1 frame a second, not {fps}")
+        self.path = path
+        self._size = (width, height, fps)
+        self._want_keyframe = want_keyframe
+        self._context = multiprocessing.get_context("spawn")
+        # Unbounded so that a departure or the stop always gets through; frames are held to
+        # QUEUE_DEPTH by ``add``.
+        self._inbox: multiprocessing.queues.Queue[_Frame | _Left | _Stop] = self._context.Queue()
+        self._inbox.cancel_join_thread()  # a dead child must not hold this process at exit
+        self._from_child, self._to_parent = self._context.Pipe(duplex=False)
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._state: Literal["new", "recording", "stopping", "stopped"] = "new"
+        self._decodable: set[str] = set()  # sources whose video the child can decode
+        self._keyframe_asked: dict[str, float] = {}
+        self._undecodable = 0
+        self._dropped = 0
+
+    @property
+    def running(self) -> bool:
+        """Started, not stopped, and the child is alive."""
+        return self._state == "recording" and self._process is not None and self._process.is_alive()
+
+    def start(self) -> None:
+        """Start the child; the recording's t=0 is now."""
+        if self._state != "new":
+            raise RecordingError("This recording has already been started.")
+        folder = self.path.parent
+        if not folder.is_dir():
+            raise RecordingError(
+                f"The recording cannot be written to {self.path}: "
+                f"the folder {folder} does not exist."
+            )
+        if not os.access(folder, os.W_OK):
+            raise RecordingError(
+                f"The recording cannot be written to {self.path}: "
+                f"the folder {folder} is not writable."
+            )
+        width, height, fps = self._size
+        started = time.monotonic()
+        self._process = self._context.Process(
+            target=_record,
+            args=(str(self.path), width, height, fps, started, self._inbox, self._to_parent),
+            name=f"recorder {self.path.name}",
+            daemon=True,  # ended (and its file closed) if this process exits without stop()
+        )
+        self._process.start()
+        self._to_parent.close()  # the child's end now; ours would hide the child's death
+        self._state = "recording"
+        log.info("recording started", path=str(self.path), width=width, height=height, fps=fps)
+
+    def add(self, source: str, frame: "EncodedFrame") -> None:
+        """Hand the child one encoded frame of ``source``; never blocks."""
+        if self._state != "recording":
+            return
+        mime = frame.codec.mimeType.lower()
+        if mime not in DECODERS:
+            self._undecodable += 1
+            return
+        video = mime.startswith("video/")
+        if video and source not in self._decodable:
+            if not frame.keyframe:
+                self._ask_keyframe(source, frame.arrived)
+                return
+            self._decodable.add(source)
+        if self._inbox.qsize() >= QUEUE_DEPTH:
+            self._dropped += 1
+            if video:  # the next frames depend on this one
+                self._decodable.discard(source)
+                self._ask_keyframe(source, frame.arrived)
+            return
+        self._inbox.put_nowait(
+            _Frame(source, mime, frame.data, frame.timestamp, frame.keyframe, frame.arrived)
+        )
+
+    def remove(self, source: str) -> None:
+        """``source`` left: from now on its tile is gone and its voice silent."""
+        if self._state != "recording":
+            return
+        self._decodable.discard(source)
+        self._keyframe_asked.pop(source, None)
+        self._inbox.put_nowait(_Left(source, time.monotonic()))
+
+    async def stop(self) -> RecordingOutcome:
+        """Finish and close the file; raise :class:`RecordingError` if it could not be written."""
+        if self._state == "new" or self._process is None:
+            raise RecordingError("This recording was never started.")
+        if self._state != "recording":
+            raise RecordingError("This recording has already been stopped.")
+        self._state = "stopping"
+        self._inbox.put_nowait(_Stop(time.monotonic()))
+        try:
+            answer = await asyncio.to_thread(self._wait_for_child, self._process)
+        except RecordingError as error:
+            log.warning("recording failed", path=str(self.path), reason=str(error))
+            raise
+        finally:
+            self._state = "stopped"
+            self._inbox.close()
+            self._from_child.close()
+        outcome = RecordingOutcome(
+            path=self.path,
+            duration_s=answer.duration_s,
+            size_bytes=self.path.stat().st_size,
+            decode_errors=answer.decode_errors + self._undecodable,
+            dropped=answer.late + self._dropped,
+        )
+        log.info(
+            "recording finished",
+            path=str(self.path),
+            duration_s=round(outcome.duration_s, 2),
+            size_bytes=outcome.size_bytes,
+            decode_errors=outcome.decode_errors,
+            dropped=outcome.dropped,
+            cpu_s=round(answer.cpu_s, 2),
+        )
+        return outcome
+
+    def _ask_keyframe(self, source: str, now: float) -> None:
+        if self._want_keyframe is None:
+            return
+        if now - self._keyframe_asked.get(source, -math.inf) < KEYFRAME_REQUEST_S:
+            return
+        self._keyframe_asked[source] = now
+        self._want_keyframe(source)
+
+    def _wait_for_child(self, process: multiprocessing.process.BaseProcess) -> _Finished:
+        """The child's answer (in a worker thread: this blocks)."""
+        multiprocessing.connection.wait([self._from_child, process.sentinel], STOP_TIMEOUT_S)
+        answer: _Finished | _Failed | None = None
+        with contextlib.suppress(EOFError, OSError):
+            if self._from_child.poll():
+                answer = self._from_child.recv()
+        if answer is None and process.is_alive():
+            process.kill()
+            process.join()
+            raise RecordingError(
+                f"The recording did not finish within {STOP_TIMEOUT_S:g} s and was abandoned; "
+                f"{self.path} is probably unreadable."
+            )
+        process.join(5)
+        if answer is None:
+            raise RecordingError(
+                f"The recording process stopped unexpectedly (exit code {process.exitcode}); "
+                f"{self.path} is probably unreadable."
+            )
+        if isinstance(answer, _Failed):
+            raise RecordingError(answer.reason)
+        return answer
+
+
+# Everything below runs in the child process.
+
+
+def _record(
+    path: str,
+    width: int,
+    height: int,
+    fps: int,
+    started: float,
+    inbox: "multiprocessing.queues.Queue[_Frame | _Left | _Stop]",
+    answer: multiprocessing.connection.Connection,
+) -> None:
+    """The child: compose until told to stop (or orphaned), then close the file and answer."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent, which stops us
+    ending = _Ending()
+    signal.signal(signal.SIGTERM, ending.now)
+    try:
+        composition = _Composition(path, width, height, fps, started)
+    except (OSError, av.FFmpegError) as error:
+        _reply(answer, _Failed(f"The recording cannot be written to {path}: {_reason(error)}."))
+        return
+    try:
+        ended = composition.run(inbox, ending)
+        _reply(answer, composition.close(ended))
+    except (OSError, av.FFmpegError) as error:
+        _reply(answer, _Failed(f"Writing the recording {path} failed: {_reason(error)}."))
+    except Exception as error:
+        _reply(answer, _Failed(f"The recording {path} failed on a bug: {error!r}."))
+        raise  # for the traceback
+
+
+def _reply(answer: multiprocessing.connection.Connection, outcome: _Finished | _Failed) -> None:
+    with contextlib.suppress(OSError):  # the parent is gone: nobody to tell
+        answer.send(outcome)
+
+
+def _reason(error: Exception) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror[:1].lower() + error.strerror[1:]
+    return str(error)
+
+
+class _Ending:
+    """Whether the child should finish now: SIGTERM, or the parent is gone."""
+
+    def __init__(self) -> None:
+        self.signalled = False
+        self._parent = multiprocessing.parent_process()
+
+    def now(self, signum: int, frame: FrameType | None) -> None:
+        self.signalled = True
+
+    def due(self) -> bool:
+        return self.signalled or (self._parent is not None and not self._parent.is_alive())
+
+
+class _Composition:
+    """The output file and everything composed into it, on the parent's monotonic clock."""
+
+    def __init__(self, path: str, width: int, height: int, fps: int, started: float) -> None:
+        self.started = started
+        self.fps = fps
+        self.container = av.open(path, mode="w", format="mp4")
+        self.video = self.container.add_stream(
+            "libx264", rate=fps, options={"preset": "veryfast", "crf": "23"}
+        )
+        self.video.width, self.video.height, self.video.pix_fmt = width, height, "yuv420p"
+        self.video.codec_context.gop_size = 2 * fps
+        # The default "twoloop" coder garbles steady tones (a beep, music) now and then.
+        self.audio = self.container.add_stream(
+            "aac", rate=SAMPLE_RATE, layout="mono", options={"aac_coder": "fast"}
+        )
+        self.audio.bit_rate = 96_000
+        self.container.start_encoding()  # opens the file: fail here, not on the first frame
+        self.grid = _Grid(width, height)
+        self.cameras: dict[str, _Camera] = {}
+        self.voices: dict[str, _Voice] = {}
+        self.mix = _Mix()
+        self.frames_out = 0
+        self.decode_errors = 0
+        self.late = 0
+
+    def run(
+        self, inbox: "multiprocessing.queues.Queue[_Frame | _Left | _Stop]", ending: _Ending
+    ) -> float:
+        """Compose what arrives until told to stop; the time the recording ended."""
+        # Everything that arrived until ``clock`` is here: the queue is in arrival order, and
+        # when it is empty nothing is on its way.
+        clock = self.started
+        while True:
+            try:
+                message = inbox.get(timeout=0.5 / self.fps)
+            except queue.Empty:
+                if ending.due():
+                    return clock
+                clock = max(clock, time.monotonic())
+            else:
+                match message:
+                    case _Frame():
+                        self.receive(message)
+                        clock = max(clock, message.arrived)
+                    case _Left(source, at):
+                        self.leave(source, at)
+                    case _Stop(at):
+                        return at
+            self.compose_until(clock - MARGIN_S)
+
+    def receive(self, frame: _Frame) -> None:
+        decoder, clock_rate = DECODERS[frame.mime]
+        if frame.mime.startswith("video/"):
+            camera = self.cameras.get(frame.source)
+            if camera is None or camera.left_at is not None:
+                camera = self.cameras[frame.source] = _Camera(decoder)
+            self.decode_errors += camera.decode(frame.data, frame.keyframe, frame.arrived)
+            return
+        voice = self.voices.get(frame.source)
+        if voice is None:
+            voice = self.voices[frame.source] = _Voice(decoder, clock_rate)
+        try:
+            samples = voice.decode(frame.data)
+        except av.FFmpegError:
+            self.decode_errors += 1
+            return
+        arrival = round((frame.arrived - self.started) * SAMPLE_RATE)
+        at = voice.place(frame.timestamp, arrival, earliest=self.mix.written)
+        if at is None:
+            self.late += 1
+        else:
+            self.mix.add(at, samples)
+
+    def leave(self, source: str, at: float) -> None:
+        # Its frames are all in (the queue is in order); its tile goes when the video gets to
+        # ``at``, its voice has nothing more to say.
+        self.voices.pop(source, None)
+        camera = self.cameras.get(source)
+        if camera is not None:
+            camera.left_at = at
+
+    def compose_until(self, horizon: float, *, last: bool = False) -> None:
+        """Encode the video and audio frames due by ``horizon`` (all before it, if ``last``)."""
+        elapsed = (horizon - self.started) * self.fps
+        frames = math.ceil(elapsed) if last else math.floor(elapsed) + 1
+        while self.frames_out < frames:
+            self.encode_picture(self.started + self.frames_out / self.fps)
+        end = round((horizon - self.started) * SAMPLE_RATE)
+        while self.mix.written + AAC_FRAME <= end:
+            self.encode_sound(AAC_FRAME)
+        if last and self.mix.written < end:
+            self.encode_sound(end - self.mix.written)
+
+    def encode_picture(self, at: float) -> None:
+        for source, camera in list(self.cameras.items()):
+            if camera.left_at is not None and camera.left_at <= at:
+                del self.cameras[source]
+            else:
+                camera.advance(at)
+        pictures = [c.picture for c in self.cameras.values() if c.picture is not None]
+        frame = self.grid.compose(pictures)
+        frame.pts = self.frames_out
+        frame.time_base = Fraction(1, self.fps)
+        self.container.mux(self.video.encode(frame))
+        self.frames_out += 1
+
+    def encode_sound(self, count: int) -> None:
+        frame = av.AudioFrame.from_ndarray(self.mix.take(count)[None, :], "fltp", "mono")
+        frame.sample_rate = SAMPLE_RATE
+        frame.pts = self.mix.written - count
+        frame.time_base = Fraction(1, SAMPLE_RATE)
+        self.container.mux(self.audio.encode(frame))
+
+    def close(self, ended: float) -> _Finished:
+        self.compose_until(ended, last=True)
+        self.container.mux(self.video.encode(None))
+        self.container.mux(self.audio.encode(None))
+        self.container.close()
+        with av.open(self.container.name) as written:
+            duration_s = (written.duration or 0) / av.time_base
+        return _Finished(duration_s, self.decode_errors, self.late, time.process_time())
+
+
+class _Camera:
+    """One participant's video: a decoder and the pictures it gave, in arrival order."""
+
+    def __init__(self, decoder: str) -> None:
+        self.decoder = cast(av.VideoCodecContext, av.CodecContext.create(decoder, "r"))
+        self.decoder.thread_count = 1  # frame threads would hold pictures back
+        self.waiting_for_keyframe = True
+        self.arrived: deque[tuple[float, av.VideoFrame]] = deque()
+        self.picture: av.VideoFrame | None = None
+        self.left_at: float | None = None
+
+    def decode(self, data: bytes, keyframe: bool, arrived: float) -> int:
+        """Decode one frame; the number of decode errors (0 or 1)."""
+        if self.waiting_for_keyframe:
+            if not keyframe:
+                return 0
+            self.waiting_for_keyframe = False
+        try:
+            pictures = self.decoder.decode(av.Packet(data))
+        except av.FFmpegError:
+            self.waiting_for_keyframe = True  # what follows would only be worse
+            return 1
+        self.arrived.extend((arrived, picture) for picture in pictures)
+        return 0
+
+    def advance(self, at: float) -> None:
+        """Show the latest picture that had arrived by ``at``."""
+        while self.arrived and self.arrived[0][0] <= at:
+            self.picture = self.arrived.popleft()[1]
+
+
+class _Grid:
+    """Pictures tiled on a black canvas: n tiles in ceil(sqrt(n)) columns."""
+
+    def __init__(self, width: int, height: int) -> None:
+        self.width, self.height = width, height
+        self.shown: list[av.VideoFrame] = []
+        self.frame = self._paint([])
+
+    def compose(self, pictures: list[av.VideoFrame]) -> av.VideoFrame:
+        # The encoder takes its own reference, so an unchanged canvas is sent again as it is.
+        if len(pictures) != len(self.shown) or any(
+            a is not b for a, b in zip(pictures, self.shown, strict=True)
+        ):
+            self.frame = self._paint(pictures)
+            self.shown = pictures
+        return self.frame
+
+    def _paint(self, pictures: list[av.VideoFrame]) -> av.VideoFrame:
+        frame = av.VideoFrame(self.width, self.height, "yuv420p")
+        planes = [_plane_array(plane) for plane in frame.planes]
+        for plane, value in zip(planes, BLACK, strict=True):
+            plane[:] = value
+        for picture, cell in zip(pictures, self.cells(len(pictures)), strict=True):
+            x, y, w, h = _fit(picture, cell)
+            tile = picture.reformat(width=w, height=h, format="yuv420p")
+            for scale, plane, part in zip((1, 2, 2), planes, tile.planes, strict=True):
+                pixels = _plane_array(part)
+                top, left = y // scale, x // scale
+                plane[top : top + pixels.shape[0], left : left + pixels.shape[1]] = pixels
+        return frame
+
+    def cells(self, count: int) -> list[tuple[int, int, int, int]]:
+        """Where each of ``count`` pictures goes: x, y, width, height (all even)."""
+        if count == 0:
+            return []
+        columns = math.ceil(math.sqrt(count))
+        rows = math.ceil(count / columns)
+        cell_w, cell_h = _even(self.width // columns), _even(self.height // rows)
+        return [
+            (column * cell_w, row * cell_h, cell_w, cell_h)
+            for row, column in (divmod(i, columns) for i in range(count))
+        ]
+
+
+def _fit(picture: av.VideoFrame, cell: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """The largest even rectangle of ``picture``'s shape centred in ``cell``."""
+    x, y, w, h = cell
+    scale = min(w / picture.width, h / picture.height)
+    fit_w, fit_h = max(2, _even(picture.width * scale)), max(2, _even(picture.height * scale))
+    return x + _even((w - fit_w) / 2), y + _even((h - fit_h) / 2), fit_w, fit_h
+
+
+def _even(value: float) -> int:
+    return int(value) // 2 * 2
+
+
+def _plane_array(plane: VideoPlane) -> Plane:
+    """A writable view of a plane's pixels, without the padding at the end of each line."""
+    lines = np.frombuffer(memoryview(plane), np.uint8).reshape(plane.height, plane.line_size)
+    return lines[:, : plane.width]
+
+
+class _Voice:
+    """One participant's audio: a decoder, and where its timestamps fall on the timeline."""
+
+    def __init__(self, decoder: str, clock_rate: int) -> None:
+        self.decoder = cast(av.AudioCodecContext, av.CodecContext.create(decoder, "r"))
+        # The decoder mixes a stereo voice down itself (and G.711 says nothing about itself).
+        self.decoder.sample_rate = clock_rate
+        self.decoder.layout = "mono"
+        self.resampler = av.AudioResampler(format="fltp", layout="mono", rate=SAMPLE_RATE)
+        self.clock_rate = clock_rate
+        self.first_timestamp: int | None = None
+        self.anchor = 0.0
+        self.last_offset = 0
+        self.late_since: int | None = None
+
+    def decode(self, data: bytes) -> Samples:
+        frames = [
+            resampled
+            for decoded in self.decoder.decode(av.Packet(data))
+            for resampled in self.resampler.resample(decoded)
+        ]
+        if not frames:
+            return np.zeros(0, np.float32)
+        return np.concatenate([f.to_ndarray()[0] for f in frames]).astype(np.float32)
+
+    def place(self, timestamp: int, arrival: int, *, earliest: int) -> int | None:
+        """The sample where a frame with ``timestamp`` that arrived at ``arrival`` begins.
+
+        None if that is before ``earliest``: the frame came too late to be heard.
+        """
+        if self.first_timestamp is None:
+            self.first_timestamp = timestamp
+            self.anchor = arrival
+        offset = (timestamp - self.first_timestamp) * SAMPLE_RATE // self.clock_rate
+        # Timestamps keep the voice continuous; the anchor ties them to arrival times, and
+        # follows those too slowly to be heard (but faster than the sender's clock drifts).
+        step = max(0, offset - self.last_offset) * CLOCK_DRIFT
+        self.last_offset = offset
+        self.anchor += max(-step, min(step, arrival - offset - self.anchor))
+        at = round(self.anchor) + offset
+        if at > arrival + SAMPLE_RATE:  # the timestamps jumped ahead
+            return self._restart(offset, arrival)
+        if at >= earliest:
+            self.late_since = None
+            return at
+        if self.late_since is None:
+            self.late_since = offset
+        if offset - self.late_since < SAMPLE_RATE:
+            return None  # held up on the way: lost, as it would be in a call
+        return self._restart(offset, arrival)  # late for a second: the timestamps jumped back
+
+    def _restart(self, offset: int, arrival: int) -> int:
+        self.anchor, self.late_since = arrival - offset, None
+        return arrival
+
+
+class _Mix:
+    """The sum of all voices from sample ``written`` (the first not encoded yet) on."""
+
+    def __init__(self) -> None:
+        self.written = 0
+        self.pending: Samples = np.zeros(SAMPLE_RATE, np.float32)
+
+    def add(self, at: int, samples: Samples) -> None:
+        """Add ``samples`` from sample ``at`` on, less any part that was written already."""
+        start = at - self.written
+        if start < 0:
+            samples, start = samples[-start:], 0
+        end = start + samples.size
+        self._hold(end)
+        self.pending[start:end] += samples
+
+    def _hold(self, count: int) -> None:
+        if count > self.pending.size:
+            grown = np.zeros(max(count, self.pending.size + SAMPLE_RATE), np.float32)
+            grown[: self.pending.size] = self.pending
+            self.pending = grown
+
+    def take(self, count: int) -> Samples:
+        """The next ``count`` samples, clipped, and silence where nobody spoke."""
+        self._hold(count)
+        taken = np.clip(self.pending[:count], -1.0, 1.0)
+        self.pending = self.pending[count:]
+        self.written += count
+        return taken

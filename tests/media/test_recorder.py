@@ -1,0 +1,349 @@
+"""The recording compositor, fed real VP8 and Opus in real time, read back with PyAV."""
+
+import asyncio
+import multiprocessing
+import os
+import signal
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import numpy.typing as npt
+import pytest
+from aiortc import RTCRtpCodecParameters
+
+from services.media import recorder as recorder_module
+from services.media.passthrough import EncodedFrame, is_keyframe
+from services.media.recorder import Recorder, RecordingError
+
+VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90_000, payloadType=96)
+OPUS = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48_000, payloadType=111, channels=2)
+FPS = 15
+BLACK_Y = 16
+
+
+@dataclass(frozen=True)
+class Sent:
+    """One encoded frame of ``source``, due ``due`` seconds after the recording started."""
+
+    due: float
+    source: str
+    codec: RTCRtpCodecParameters
+    data: bytes
+    timestamp: int
+
+
+@dataclass(frozen=True)
+class Leaves:
+    due: float
+    source: str
+
+
+def camera(source: str, joins: float, leaves: float, rgb: tuple[int, int, int]) -> list[Sent]:
+    """A 320x240 VP8 picture of one colour with a white bar sweeping across it."""
+    encoder = av.CodecContext.create("libvpx", "w")
+    encoder.width, encoder.height, encoder.pix_fmt = 320, 240, "yuv420p"
+    encoder.time_base, encoder.framerate, encoder.gop_size = Fraction(1, FPS), Fraction(FPS), FPS
+    packets: list[bytes] = []
+    for i in range(round((leaves - joins) * FPS)):
+        pixels = np.empty((240, 320, 3), np.uint8)
+        pixels[:] = rgb
+        pixels[:, (i * 16) % 280 : (i * 16) % 280 + 40] = 255
+        picture = av.VideoFrame.from_ndarray(pixels, format="rgb24").reformat(format="yuv420p")
+        picture.pts = i
+        packets += [bytes(p) for p in encoder.encode(picture)]
+    packets += [bytes(p) for p in encoder.encode(None)]
+    return [
+        Sent(joins + i / FPS, source, VP8, data, i * 90_000 // FPS)
+        for i, data in enumerate(packets)
+    ]
+
+
+def voice(source: str, joins: float, leaves: float, pitch: float) -> list[Sent]:
+    """A sine tone as Opus, 20 ms a packet."""
+    encoder = av.CodecContext.create("libopus", "w")
+    encoder.sample_rate, encoder.layout, encoder.format = 48_000, "mono", "s16"
+    encoder.bit_rate = 32_000
+    count = round((leaves - joins) / 0.02)
+    t = np.arange(count * 960) / 48_000
+    tone = (np.sin(2 * np.pi * pitch * t) * 0.25 * 32_767).astype(np.int16)
+    packets: list[bytes] = []
+    for i in range(count):
+        frame = av.AudioFrame.from_ndarray(tone[None, i * 960 : (i + 1) * 960], "s16", "mono")
+        frame.sample_rate, frame.pts = 48_000, i * 960
+        packets += [bytes(p) for p in encoder.encode(frame)]
+    return [Sent(joins + i * 0.02, source, OPUS, data, i * 960) for i, data in enumerate(packets)]
+
+
+def stalling(frames: list[Sent], every: int, for_s: float) -> list[Sent]:
+    """As a network that stalls every ``every`` frames, then delivers what it held at once."""
+    held: list[Sent] = []
+    until = -1.0
+    for i, sent in enumerate(frames):
+        if i % every == every // 2:
+            until = sent.due + for_s
+        held.append(Sent(max(sent.due, until), sent.source, sent.codec, sent.data, sent.timestamp))
+    return held
+
+
+async def play(recorder: Recorder, started: float, schedule: list[Sent | Leaves]) -> None:
+    """Hand each frame to the recorder when it is due, as the media node would."""
+    for event in sorted(schedule, key=lambda e: e.due):
+        await asyncio.sleep(max(0.0, started + event.due - time.monotonic()))
+        if isinstance(event, Leaves):
+            recorder.remove(event.source)
+            continue
+        keyframe = is_keyframe(event.codec.mimeType, event.data)
+        encoded = EncodedFrame(event.codec, event.data, event.timestamp, keyframe, time.monotonic())
+        recorder.add(event.source, encoded)
+
+
+@dataclass
+class Written:
+    """An MP4 file as a player would see it."""
+
+    codecs: list[tuple[str, str]]
+    duration_s: float
+    decode_errors: int
+    pictures: list[tuple[float, npt.NDArray[np.uint8]]]
+    """The luma of every picture, with its time."""
+    sound: npt.NDArray[np.float32]
+
+
+def read(path: Path) -> Written:
+    pictures: list[tuple[float, npt.NDArray[np.uint8]]] = []
+    sound: list[npt.NDArray[np.float32]] = []
+    errors = 0
+    with av.open(str(path)) as container:
+        codecs = [(str(s.type), s.codec_context.name) for s in container.streams]
+        duration_s = (container.duration or 0) / av.time_base
+        for packet in container.demux():
+            try:
+                frames = packet.decode()
+            except av.FFmpegError:
+                errors += 1
+                continue
+            for frame in frames:
+                if isinstance(frame, av.VideoFrame):
+                    luma = frame.planes[0]
+                    lines = np.frombuffer(memoryview(luma), np.uint8)
+                    lines = lines.reshape(luma.height, luma.line_size)[:, : luma.width].copy()
+                    pictures.append((float(frame.time or 0), lines))
+                elif isinstance(frame, av.AudioFrame):
+                    sound.append(frame.to_ndarray()[0])
+    samples = np.concatenate(sound) if sound else np.zeros(0, np.float32)
+    return Written(codecs, duration_s, errors, pictures, samples)
+
+
+def at(written: Written, second: float) -> npt.NDArray[np.uint8]:
+    """The picture shown at ``second``."""
+    return next(luma for time_s, luma in reversed(written.pictures) if time_s <= second)
+
+
+def is_black(area: npt.NDArray[np.uint8]) -> bool:
+    return bool(area.max() <= BLACK_Y + 4)
+
+
+def lit(luma: npt.NDArray[np.uint8]) -> set[str]:
+    """Which parts of a 1280x720 picture show something, as the grid lays them out."""
+    if is_black(luma):
+        return set()
+    if is_black(luma[:100]) and is_black(luma[-100:]):  # one row of 4:3 pictures
+        return {
+            name
+            for name, half in (("left", luma[:, :640]), ("right", luma[:, 640:]))
+            if not is_black(half)
+        }
+    quarters = {
+        "top left": luma[:360, :640],
+        "top right": luma[:360, 640:],
+        "bottom left": luma[360:, :640],
+        "bottom right": luma[360:, 640:],
+    }
+    return {name for name, quarter in quarters.items() if not is_black(quarter)}
+
+
+def loudness(sound: npt.NDArray[np.float32], pitch: float, start_s: float, end_s: float) -> float:
+    """The amplitude of the tone at ``pitch`` between two times."""
+    part = sound[round(start_s * 48_000) : round(end_s * 48_000)]
+    t = np.arange(part.size) / 48_000
+    window = np.hanning(part.size)
+    return float(2 * abs(np.sum(part * window * np.exp(-2j * np.pi * pitch * t))) / window.sum())
+
+
+@dataclass(frozen=True)
+class Levels:
+    """The quietest and the loudest, in % of full scale."""
+
+    quietest: int
+    loudest: int
+
+    def within(self, low: int, high: int) -> bool:
+        return low <= self.quietest and self.loudest <= high
+
+
+def heard(sound: npt.NDArray[np.float32], pitch: float, start_s: float, end_s: float) -> Levels:
+    """How loud the tone at ``pitch`` was between two times, in 40 ms steps."""
+    steps = [loudness(sound, pitch, t, t + 0.04) for t in np.arange(start_s, end_s - 0.039, 0.04)]
+    return Levels(round(min(steps) * 100), round(max(steps) * 100))
+
+
+async def test_a_room_is_recorded_as_one_tiled_video_and_one_mixed_voice(tmp_path: Path) -> None:
+    # Alice is there throughout; Carol leaves at 2.5 s; Bob joins at 0.8 s mid-picture (his
+    # first frames need an earlier keyframe) and only shows from his next keyframe on.
+    bob_video = camera("bob", 0.8, 4.3, (80, 200, 80))
+    bob_video = [
+        Sent(s.due - 5 / FPS, s.source, s.codec, s.data, s.timestamp) for s in bob_video[5:]
+    ]
+    assert not is_keyframe("video/VP8", bob_video[0].data)
+    bob_shows = next(s.due for s in bob_video if is_keyframe("video/VP8", s.data))
+    # Bob's network stalls now and then, for less than the recorder waits; Carol's once, at
+    # 1 s, for 0.4 s: what she said in the first half of it comes too late to be heard.
+    bob_voice = stalling(voice("bob", 0.8, 4.0, 660), every=30, for_s=0.15)
+    carol_voice = stalling(voice("carol", 0.0, 2.5, 550), every=100, for_s=0.4)
+    schedule: list[Sent | Leaves] = [
+        *camera("alice", 0.0, 4.0, (200, 80, 80)),
+        *voice("alice", 0.0, 4.0, 440),
+        *bob_video,
+        *bob_voice,
+        *camera("carol", 0.0, 2.5, (80, 80, 200)),
+        *carol_voice,
+        Leaves(2.5, "carol"),
+    ]
+    schedule = [event for event in schedule if event.due < 4.0]
+    asked: list[str] = []
+    path = tmp_path / "room.mp4"
+    recorder = Recorder(path, want_keyframe=asked.append)
+
+    started = time.monotonic()
+    recorder.start()
+    assert recorder.running
+    await play(recorder, started, schedule)
+    await asyncio.sleep(max(0.0, started + 4.0 - time.monotonic()))
+    outcome = await recorder.stop()
+    wall_s = 4.0
+
+    assert not recorder.running
+    assert outcome.path == path
+    assert outcome.duration_s == pytest.approx(wall_s, abs=0.5)
+    assert outcome.size_bytes == path.stat().st_size > 0
+    assert outcome.decode_errors == 0
+    assert 5 <= outcome.dropped <= 15  # Carol's, 20 ms each
+    assert asked == ["bob"]  # once: his keyframe came within the second
+
+    written = read(path)
+    assert written.codecs == [("video", "h264"), ("audio", "aac")]
+    assert written.duration_s == pytest.approx(wall_s, abs=0.5)
+    assert written.decode_errors == 0
+    assert len(written.pictures) == pytest.approx(wall_s * FPS, abs=2)
+    assert all(luma.shape == (720, 1280) for _, luma in written.pictures)
+
+    # Two side by side (cells of 640x720): black above and below, a picture in each half.
+    assert lit(at(written, 0.5)) == {"left", "right"}
+    # Three in two rows of two from Bob's first keyframe: the fourth cell stays black.
+    assert lit(at(written, bob_shows - 0.15)) == {"left", "right"}
+    assert lit(at(written, bob_shows + 0.15)) == {"top left", "top right", "bottom left"}
+    assert lit(at(written, 2.4)) == {"top left", "top right", "bottom left"}
+    # Carol left: back to two side by side.
+    assert lit(at(written, 2.7)) == {"left", "right"}
+    assert lit(at(written, 3.9)) == {"left", "right"}
+
+    assert written.sound.size == pytest.approx(wall_s * 48_000, abs=0.5 * 48_000)
+    assert np.abs(written.sound).max() <= 1.0
+    # Each voice where it was, at the level it was sent (25%), without gaps or overlaps (a
+    # gap or an echo of 20 ms in 40 would make it 12% or 50%), and nowhere else.
+    spoken, silent = (18, 32), (0, 1)
+    assert heard(written.sound, 440, 0.1, 3.9).within(*spoken)
+    assert heard(written.sound, 550, 0.1, 0.95).within(*spoken)
+    assert heard(written.sound, 550, 1.02, 1.14).within(*silent)  # too late after her stall
+    assert heard(written.sound, 550, 1.35, 2.4).within(*spoken)
+    assert heard(written.sound, 550, 2.6, 3.9).within(*silent)
+    assert heard(written.sound, 660, 0.1, 0.7).within(*silent)
+    assert heard(written.sound, 660, 0.9, 3.9).within(*spoken)  # his stalls were short enough
+
+
+async def test_a_recording_nobody_sent_to_is_black_silent_and_as_long(tmp_path: Path) -> None:
+    path = tmp_path / "empty.mp4"
+    recorder = Recorder(path, width=640, height=360)
+    recorder.start()
+    await asyncio.sleep(1.5)
+    outcome = await recorder.stop()
+
+    assert outcome.duration_s == pytest.approx(1.5, abs=0.5)
+    written = read(path)
+    assert written.codecs == [("video", "h264"), ("audio", "aac")]
+    assert written.duration_s == pytest.approx(1.5, abs=0.5)
+    assert written.decode_errors == 0
+    assert all(lit(luma) == set() for _, luma in written.pictures)
+    assert np.abs(written.sound).max() < 1e-3
+
+    size = path.stat().st_size
+    late = voice("late", 0.0, 0.1, 440)[0]
+    recorder.add("late", EncodedFrame(OPUS, late.data, 0, True, time.monotonic()))
+    recorder.remove("late")
+    assert not recorder.running
+    assert path.stat().st_size == size
+    with pytest.raises(RecordingError, match="already been stopped"):
+        await recorder.stop()
+
+
+async def test_frames_the_child_cannot_take_are_dropped_and_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(recorder_module, "QUEUE_DEPTH", 0)
+    asked: list[str] = []
+    recorder = Recorder(tmp_path / "full.mp4", want_keyframe=asked.append)
+    recorder.start()
+    for sent in [*voice("ann", 0.0, 0.06, 440), *camera("ann", 0.0, 0.2, (90, 90, 90))[:2]]:
+        keyframe = is_keyframe(sent.codec.mimeType, sent.data)
+        recorder.add("ann", EncodedFrame(sent.codec, sent.data, sent.timestamp, keyframe, 0.0))
+    outcome = await recorder.stop()
+
+    # Three voice frames and the keyframe; the next picture needs the dropped one, so it
+    # waits for a keyframe rather than reach the decoder.
+    assert outcome.dropped == 4
+    assert asked == ["ann"]
+
+
+async def test_a_missing_folder_is_refused_at_start(tmp_path: Path) -> None:
+    recorder = Recorder(tmp_path / "nowhere" / "room.mp4")
+    with pytest.raises(RecordingError, match=r"cannot be written .* does not exist\.$"):
+        recorder.start()
+    assert not recorder.running
+
+
+async def test_a_file_that_cannot_be_opened_fails_the_recording_with_the_reason(
+    tmp_path: Path,
+) -> None:
+    recorder = Recorder(tmp_path)  # a folder, not a file
+    recorder.start()
+    with pytest.raises(RecordingError, match=r"cannot be written to .*: is a directory\.$"):
+        await recorder.stop()
+
+
+async def test_a_recording_whose_process_died_fails(tmp_path: Path) -> None:
+    recorder = Recorder(tmp_path / "killed.mp4")
+    recorder.start()
+    (child,) = multiprocessing.active_children()
+    child.kill()
+    child.join()
+    assert not recorder.running
+    with pytest.raises(RecordingError, match="stopped unexpectedly"):
+        await recorder.stop()
+
+
+async def test_a_recording_that_does_not_finish_in_time_is_abandoned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(recorder_module, "STOP_TIMEOUT_S", 0.5)
+    recorder = Recorder(tmp_path / "stuck.mp4")
+    recorder.start()
+    (child,) = multiprocessing.active_children()
+    assert child.pid is not None
+    os.kill(child.pid, signal.SIGSTOP)  # alive, and answering nothing
+    with pytest.raises(RecordingError, match=r"did not finish within 0\.5 s"):
+        await asyncio.wait_for(recorder.stop(), timeout=5)
+    assert not child.is_alive()
