@@ -49,6 +49,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/scheduling.py
 	$(BIN)/python bench/links.py
 	$(BIN)/python bench/signaling.py
+	$(BIN)/python bench/sfu.py
 
 clean:
 	rm -rf $(VENV) .antechamber .pytest_cache .mypy_cache .ruff_cache
