@@ -714,10 +714,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(args) != 1:
         sys.stderr.write("usage: python -m antechamber.peer '<json config>'\n")
         return 2
+    try:
+        config = PeerConfig.model_validate_json(args[0])
+    except ValidationError as exc:
+        sys.stderr.write(f"bad peer config: {exc}\n")
+        return 2
     logging.basicConfig(
         level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
     )
-    return asyncio.run(take_part(PeerConfig.model_validate_json(args[0])))
+    return asyncio.run(take_part(config))
 
 
 if __name__ == "__main__":

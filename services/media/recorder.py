@@ -123,6 +123,9 @@ class Recorder:
     cannot be decoded until its next keyframe (at the start, or after a drop) is skipped
     until then, and ``want_keyframe(source)`` is called, at most once a second, so the
     caller can ask the sender for one.
+
+    The child is spawned, so it imports the program's main module again: that module must
+    start nothing unless ``__name__ == "__main__"``. Always ``stop()`` a started recording.
     """
 
     def __init__(

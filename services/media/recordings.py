@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from uuid import UUID
 
@@ -86,6 +87,7 @@ class Recordings:
             width=self.settings.recording_width,
             height=self.settings.recording_height,
             fps=self.settings.recording_fps,
+            want_keyframe=partial(self.sfu.keyframe_for_recording, command.room_id),
         )
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

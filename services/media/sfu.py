@@ -479,6 +479,14 @@ class Sfu:
             if publication.kind == "video":
                 publication.want_keyframe(self.settings.keyframe_interval_s)
 
+    def keyframe_for_recording(self, room_id: UUID, source: str) -> None:
+        """The recorder lost a participant's picture: ask their camera for a keyframe."""
+        room = self.rooms.get(room_id)
+        member = room.members.get(UUID(source)) if room is not None else None
+        for publication in member.publications if member is not None else []:
+            if publication.kind == "video":
+                publication.want_keyframe(self.settings.keyframe_interval_s)
+
     def stop_recording(self, room_id: UUID) -> "Recorder | None":
         room = self.rooms.get(room_id)
         if room is None:

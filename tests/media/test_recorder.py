@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import cast
 
 import av
 import numpy as np
@@ -21,6 +22,8 @@ from services.media.recorder import Recorder, RecordingError
 
 VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90_000, payloadType=96)
 OPUS = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48_000, payloadType=111, channels=2)
+H264 = RTCRtpCodecParameters(mimeType="video/H264", clockRate=90_000, payloadType=102)
+PCMU = RTCRtpCodecParameters(mimeType="audio/PCMU", clockRate=8_000, payloadType=0)
 FPS = 15
 BLACK_Y = 16
 
@@ -42,10 +45,13 @@ class Leaves:
     source: str
 
 
-def camera(source: str, joins: float, leaves: float, rgb: tuple[int, int, int]) -> list[Sent]:
-    """A 320x240 VP8 picture of one colour with a white bar sweeping across it."""
-    encoder = av.CodecContext.create("libvpx", "w")
+def camera(
+    source: str, joins: float, leaves: float, rgb: tuple[int, int, int], codec: str = "libvpx"
+) -> list[Sent]:
+    """A 320x240 VP8 (or H.264) picture of one colour with a white bar sweeping across it."""
+    encoder = cast(av.VideoCodecContext, av.CodecContext.create(codec, "w"))
     encoder.width, encoder.height, encoder.pix_fmt = 320, 240, "yuv420p"
+    encoder.options = {"tune": "zerolatency"} if codec == "libx264" else {}
     encoder.time_base, encoder.framerate, encoder.gop_size = Fraction(1, FPS), Fraction(FPS), FPS
     packets: list[bytes] = []
     for i in range(round((leaves - joins) * FPS)):
@@ -56,26 +62,33 @@ def camera(source: str, joins: float, leaves: float, rgb: tuple[int, int, int]) 
         picture.pts = i
         packets += [bytes(p) for p in encoder.encode(picture)]
     packets += [bytes(p) for p in encoder.encode(None)]
+    rtp = VP8 if codec == "libvpx" else H264
     return [
-        Sent(joins + i / FPS, source, VP8, data, i * 90_000 // FPS)
+        Sent(joins + i / FPS, source, rtp, data, i * 90_000 // FPS)
         for i, data in enumerate(packets)
     ]
 
 
-def voice(source: str, joins: float, leaves: float, pitch: float) -> list[Sent]:
-    """A sine tone as Opus, 20 ms a packet."""
-    encoder = av.CodecContext.create("libopus", "w")
-    encoder.sample_rate, encoder.layout, encoder.format = 48_000, "mono", "s16"
-    encoder.bit_rate = 32_000
+def voice(
+    source: str, joins: float, leaves: float, pitch: float, codec: str = "libopus"
+) -> list[Sent]:
+    """A sine tone as Opus (or G.711 µ-law), 20 ms a packet."""
+    rtp, rate = (OPUS, 48_000) if codec == "libopus" else (PCMU, 8_000)
+    encoder = cast(av.AudioCodecContext, av.CodecContext.create(codec, "w"))
+    encoder.sample_rate, encoder.layout, encoder.format = rate, "mono", "s16"
+    per_packet = rate // 50
     count = round((leaves - joins) / 0.02)
-    t = np.arange(count * 960) / 48_000
+    t = np.arange(count * per_packet) / rate
     tone = (np.sin(2 * np.pi * pitch * t) * 0.25 * 32_767).astype(np.int16)
     packets: list[bytes] = []
     for i in range(count):
-        frame = av.AudioFrame.from_ndarray(tone[None, i * 960 : (i + 1) * 960], "s16", "mono")
-        frame.sample_rate, frame.pts = 48_000, i * 960
+        part = tone[None, i * per_packet : (i + 1) * per_packet]
+        frame = av.AudioFrame.from_ndarray(part, "s16", "mono")
+        frame.sample_rate, frame.pts = rate, i * per_packet
         packets += [bytes(p) for p in encoder.encode(frame)]
-    return [Sent(joins + i * 0.02, source, OPUS, data, i * 960) for i, data in enumerate(packets)]
+    return [
+        Sent(joins + i * 0.02, source, rtp, data, i * per_packet) for i, data in enumerate(packets)
+    ]
 
 
 def stalling(frames: list[Sent], every: int, for_s: float) -> list[Sent]:
@@ -263,6 +276,24 @@ async def test_a_room_is_recorded_as_one_tiled_video_and_one_mixed_voice(tmp_pat
     assert heard(written.sound, 550, 2.6, 3.9).within(*silent)
     assert heard(written.sound, 660, 0.1, 0.7).within(*silent)
     assert heard(written.sound, 660, 0.9, 3.9).within(*spoken)  # his stalls were short enough
+
+
+async def test_h264_and_g711_are_recorded_too(tmp_path: Path) -> None:
+    video = camera("dan", 0.0, 1.5, (200, 200, 80), codec="libx264")
+    assert video[0].data.startswith(b"\x00\x00\x00\x01")  # Annex B, as aiortc gives it
+    schedule: list[Sent | Leaves] = [*video, *voice("dan", 0.0, 1.5, 440, codec="pcm_mulaw")]
+    path = tmp_path / "h264.mp4"
+    recorder = Recorder(path)
+    started = time.monotonic()
+    recorder.start()
+    await play(recorder, started, schedule)
+    outcome = await recorder.stop()
+
+    assert (outcome.decode_errors, outcome.dropped) == (0, 0)
+    written = read(path)
+    assert written.decode_errors == 0
+    assert lit(at(written, 1.0)) == {"top left", "top right", "bottom left", "bottom right"}
+    assert heard(written.sound, 440, 0.3, 1.4).within(18, 32)
 
 
 async def test_a_recording_nobody_sent_to_is_black_silent_and_as_long(tmp_path: Path) -> None:
