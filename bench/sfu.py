@@ -43,10 +43,9 @@ from bench.support import CpuMeter, Process, servers, service_ready, start_servi
 from contracts.media import SEAT_SUBJECT, SeatAnswer, SeatRequest
 from contracts.signaling import CallRole
 from runtime.embedded import free_port
-from runtime.participant_tokens import mint
 from runtime.rpc import call
 from runtime.service import connect_nats
-from tests.media.peers import PeerProcess, peer_process
+from tests.media.peers import PeerProcess, participant_config, peer_process
 
 PARTICIPANT_KEY = "bench-participant-key-of-at-least-32-characters"
 CLINIC = "clinic-bench"
@@ -69,36 +68,25 @@ class Node:
         answer = await call(self.nc, SEAT_SUBJECT, request, SeatAnswer, 5.0)
         if not answer.granted:
             raise RuntimeError(f"no seat: {answer.message}")
-        token, _ = mint(
+        return participant_config(
             PARTICIPANT_KEY,
-            participant_id=str(pid),
-            room_id=str(self.room_id),
+            nats_url=self.nats_url,
             clinic_id=CLINIC,
-            role=CallRole.guest,
+            room_id=self.room_id,
             node_id=self.node_id,
+            participant_id=pid,
             ttl_s=3600,
+            **({"source": "loop", "decode": False, "report_every_s": 1.0} | extra),
         )
-        return {
-            "nats_url": self.nats_url,
-            "node_id": self.node_id,
-            "room_id": str(self.room_id),
-            "participant_id": str(pid),
-            "participant_token": token,
-            "source": "loop",
-            "decode": False,
-            "report_every_s": 1.0,
-        } | extra
 
-    def cpu_over(self, seconds: float) -> "asyncio.Future[float]":
-        async def measure() -> float:
-            meter = CpuMeter({"node": lambda: [self.process.pid]})
-            meter.start()
-            started = time.monotonic()
-            await asyncio.sleep(seconds)
-            meter.stop()
-            return meter.used["node"] / (time.monotonic() - started)
-
-        return asyncio.ensure_future(measure())
+    async def cpu_over(self, seconds: float) -> float:
+        """Cores the node used over the next ``seconds``."""
+        meter = CpuMeter({"node": lambda: [self.process.pid]})
+        meter.start()
+        started = time.monotonic()
+        await asyncio.sleep(seconds)
+        meter.stop()
+        return meter.used["node"] / (time.monotonic() - started)
 
 
 @contextlib.asynccontextmanager
@@ -199,7 +187,8 @@ async def per_subscriber(
         media_node(folder, dsn, nats_url, forwarding) as node,
         contextlib.AsyncExitStack() as stack,
     ):
-        publishers = [await join(stack, node) for _ in range(2)]
+        for _ in range(2):  # publishers
+            await join(stack, node)
         subscribers = [await join(stack, node, publish=[]) for _ in range(LOW)]
         await flowing(subscribers, 2)
         await asyncio.sleep(2)
@@ -208,40 +197,33 @@ async def per_subscriber(
         await flowing(subscribers, 2)
         await asyncio.sleep(2)
         high = await node.cpu_over(seconds)
-        del publishers
     return {"low": low, "high": high, "per_subscriber": (high - low) / (HIGH - LOW)}
-
-
-async def measure_room(
-    folder: Path, dsn: str, nats_url: str, seconds: float, people: int
-) -> dict[str, Any]:
-    return await room(folder, dsn, nats_url, seconds, people)
 
 
 async def main(seconds: float, people: int) -> int:
     with servers() as (folder, nats, postgres):
         print(f"SFU benchmark on {os.cpu_count()} cores, {seconds:.0f} s per measurement")
-        room = await measure_room(folder, postgres.dsn, nats.url, seconds, people)
+        measured = await room(folder, postgres.dsn, nats.url, seconds, people)
         passthrough = await per_subscriber(folder, postgres.dsn, nats.url, "passthrough", seconds)
         relay = await per_subscriber(folder, postgres.dsn, nats.url, "transcode", seconds)
-    first = room["first_frame_ms"]
+    first = measured["first_frame_ms"]
     ratio = relay["per_subscriber"] / max(passthrough["per_subscriber"], 1e-6)
     print()
-    streams = room["people"] * (room["people"] - 1)
-    per_stream = room["cores"] / streams
+    streams = measured["people"] * (measured["people"] - 1)
+    per_stream = measured["cores"] / streams
     print(
-        f"room of {room['people']}: {room['people']} publishers x {room['people'] - 1} "
+        f"room of {measured['people']}: {measured['people']} publishers x {measured['people'] - 1} "
         "subscribers (VP8 320x240 15 fps ~300 kbit/s + Opus)"
     )
     print(
-        f"  SFU process CPU:            {room['cores']:.3f} cores for {streams} forwarded "
+        f"  SFU process CPU:            {measured['cores']:.3f} cores for {streams} forwarded "
         f"audio+video pairs ({per_stream * 1000:.2f} millicores each)"
     )
     print(
         f"  full room of 16 (240 pairs): {per_stream * 240:.2f} cores, extrapolated  (goal <= 0.5)"
     )
-    print(f"  video received per track:   {room['received_fps']:.1f} fps (sent: 15)")
-    print(f"  decode errors:              {room['decode_errors']}  (goal 0)")
+    print(f"  video received per track:   {measured['received_fps']:.1f} fps (sent: 15)")
+    print(f"  decode errors:              {measured['decode_errors']}  (goal 0)")
     print(
         f"  late joiner's first frame:  median {statistics.median(first)} ms, "
         f"max {max(first)} ms over {len(first)} publishers  (goal <= 500)"

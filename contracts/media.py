@@ -106,8 +106,9 @@ class MediaStream(BaseModel):
     kind: Literal["audio", "video"]
 
 
-class MediaSignal(BaseModel):
-    """One WebRTC negotiation message between a participant's browser and the media node.
+class Negotiation(BaseModel):
+    """One WebRTC negotiation message: the fields the browser's ``signal`` frame and the
+    node's :class:`MediaSignal` share.
 
     The browser makes the first offer (with what it publishes); after that the node offers
     whenever the set of tracks it forwards to this participant changes (someone joined or
@@ -115,13 +116,6 @@ class MediaSignal(BaseModel):
     node it carries ``reason`` and ``message``.
     """
 
-    participant_token: str | None = Field(
-        default=None, description="The JWT from signaling (browser to node only)."
-    )
-    participant_id: UUID
-    room_id: UUID | None = Field(
-        default=None, description="The room the token is for (browser to node only)."
-    )
     kind: SignalKind
     sdp: str | None = Field(default=None, max_length=MAX_SDP)
     candidate: str | None = Field(default=None, max_length=1024)
@@ -132,6 +126,18 @@ class MediaSignal(BaseModel):
     )
     reason: str | None = Field(default=None, description="With a node's bye: why.")
     message: str | None = Field(default=None, description="With a node's bye: a sentence.")
+
+
+class MediaSignal(Negotiation):
+    """A negotiation message between signaling (for one participant) and a media node."""
+
+    participant_token: str | None = Field(
+        default=None, description="The JWT from signaling (browser to node only)."
+    )
+    participant_id: UUID
+    room_id: UUID | None = Field(
+        default=None, description="The room the token is for (browser to node only)."
+    )
 
 
 class MediaSignalReply(BaseModel):

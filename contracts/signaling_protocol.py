@@ -13,7 +13,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from contracts.media import MAX_SDP, MediaStream, SignalKind
+from contracts.media import Negotiation
 from contracts.signaling import CallRole, EndedBecause
 
 PROTOCOL_VERSION = 1
@@ -106,21 +106,13 @@ class StopRecording(_Message):
     type: Literal["stop_recording"] = "stop_recording"
 
 
-class Signal(_Message):
+class Signal(_Message, Negotiation):
     """WebRTC negotiation with the media node (both directions).
 
     The browser offers first; the node may offer again later (people joined or left), with
     ``streams`` saying whose media each mid carries; ``bye`` from the node has a reason."""
 
     type: Literal["signal"] = "signal"
-    kind: SignalKind
-    sdp: str | None = Field(default=None, max_length=MAX_SDP)
-    candidate: str | None = Field(default=None, max_length=1024)
-    sdp_mid: str | None = Field(default=None, max_length=32)
-    sdp_mline_index: int | None = Field(default=None, ge=0, le=1024)
-    streams: list[MediaStream] = Field(default_factory=list)
-    reason: str | None = None
-    message: str | None = None
 
 
 class Ping(_Message):

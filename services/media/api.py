@@ -114,7 +114,7 @@ async def download_link(
     if row["status"] == "failed":
         raise Problem(410, "This recording failed and has no file.", code="recording_failed")
     expires = int(time.time()) + media.settings.download_ttl_s
-    signature = recordings.sign(recordings.download_key(media.key), recording_id, expires)
+    signature = recordings.sign(media.download_key, recording_id, expires)
     base = str(row["media_url"]).rstrip("/")
     return DownloadLink(
         url=f"{base}/v1/recordings/{recording_id}/file?expires={expires}&signature={signature}",
@@ -135,7 +135,7 @@ async def download(
     signature: Annotated[str, Query(max_length=128)],
 ) -> FileResponse:
     try:
-        recordings.check(recordings.download_key(media.key), recording_id, expires, signature)
+        recordings.check(media.download_key, recording_id, expires, signature)
     except recordings.BadSignature as exc:
         if exc.expired:
             raise Problem(

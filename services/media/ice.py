@@ -89,8 +89,8 @@ async def _bind(
         )
     ports = list(range(settings.udp_port_min, settings.udp_port_max + 1))
     start = random.randrange(len(ports))  # noqa: S311 - spreading, not security
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
     for port in ports[start:] + ports[:start]:
-        family = socket.AF_INET6 if ":" in address else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
             sock.bind((address, port))

@@ -9,6 +9,7 @@ placed again with compare-and-set, and answered by the new owner.
 
 import asyncio
 import contextlib
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,7 +46,7 @@ from services.media.config import MediaSettings
 from services.media.journal import Journal
 from services.media.passthrough import check_aiortc
 from services.media.placement import Owner, Placed, Placement
-from services.media.recordings import Recordings
+from services.media.recordings import Recordings, download_key
 from services.media.seats import MAX_SEATS, Granted, SeatLedger
 from services.media.sfu import Sfu, SignalRefused
 
@@ -113,6 +114,11 @@ class Media:
         if self._key is None:
             self._key = self.key_source()
         return self._key
+
+    @functools.cached_property
+    def download_key(self) -> bytes:
+        """Signs recordings' download URLs (derived from the participant key)."""
+        return download_key(self.key)
 
     @property
     def node_id(self) -> str:

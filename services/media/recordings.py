@@ -14,7 +14,7 @@ import hmac
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from uuid import UUID
@@ -219,7 +219,3 @@ def check(key: bytes, recording_id: UUID, expires: int, signature: str) -> None:
         raise BadSignature(expired=False)
     if expires < time.time():
         raise BadSignature(expired=True)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)

@@ -259,10 +259,9 @@ class Sfu:
         if not pc.getTransceivers():
             raise SignalRefused("sdp_invalid", "The media offer has no audio or video in it.")
         for transceiver in pc.getTransceivers():
-            if transceiver.direction in ("sendrecv", "recvonly") or transceiver.receiver.track:
-                codecs = transceiver._codecs
-                if codecs and codecs[0].mimeType.lower() not in FORWARDED:
-                    raise SignalRefused("codec_unsupported", CODECS_REFUSED)
+            codecs = transceiver._codecs
+            if codecs and codecs[0].mimeType.lower() not in FORWARDED:
+                raise SignalRefused("codec_unsupported", CODECS_REFUSED)
 
     async def _renegotiate(self, member: Member) -> None:
         """Offer this participant the tracks it should receive now; one offer at a time."""

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID, uuid4
 
 import structlog
@@ -31,6 +31,7 @@ from contracts.media import (
     SEAT_SUBJECT,
     MediaSignal,
     MediaSignalReply,
+    Negotiation,
     RecordingAction,
     RecordingCommand,
     RecordingReply,
@@ -100,6 +101,8 @@ from services.signaling.domain import Person, Room, Status
 from services.signaling.rooms import Decide, Rooms
 
 log = structlog.get_logger(__name__)
+A = TypeVar("A", bound=BaseModel)
+NEGOTIATION = set(Negotiation.model_fields)
 
 RESUME_LAPSED = Refused(
     reason="resume_expired",
@@ -541,12 +544,14 @@ class Signaling:
             role=role,
             cap=conn.cap,
         )
+        return await self._ask_media(SEAT_SUBJECT, request, SeatAnswer)
+
+    async def _ask_media(self, subject: str, request: BaseModel, answer: type[A]) -> A:
+        """A media request; a media service that does not answer is ``media_unavailable``."""
         try:
-            return await call(
-                self.ctx.nats, SEAT_SUBJECT, request, SeatAnswer, self.settings.rpc_wait_s
-            )
+            return await call(self.ctx.nats, subject, request, answer, self.settings.rpc_wait_s)
         except RpcError as exc:
-            log.warning("no media node answered a seat request", error=str(exc))
+            log.warning("the media service did not answer", subject=subject, error=str(exc))
             raise Unavailable("media_unavailable", UNAVAILABLE) from exc
 
     async def _release(self, clinic_id: str, room_id: UUID, participant_id: UUID | None) -> None:
@@ -693,16 +698,7 @@ class Signaling:
         command = RecordingCommand(
             clinic_id=clinic_id, room_id=room_id, recording_id=recording_id, action=action
         )
-        try:
-            reply = await call(
-                self.ctx.nats,
-                record_subject(node),
-                command,
-                RecordingReply,
-                self.settings.rpc_wait_s,
-            )
-        except RpcError as exc:
-            raise Unavailable("media_unavailable", UNAVAILABLE) from exc
+        reply = await self._ask_media(record_subject(node), command, RecordingReply)
         if not reply.ok:
             raise refusals.Conflict(reply.reason or "recording_refused", reply.message)
 
@@ -806,18 +802,9 @@ class Signaling:
             participant_token=token,
             participant_id=pid,
             room_id=room_id,
-            **message.model_dump(exclude={"type", "streams", "reason", "message"}),
+            **message.model_dump(include=NEGOTIATION),
         )
-        try:
-            reply = await call(
-                self.ctx.nats,
-                signal_subject(me.media_node),
-                request,
-                MediaSignalReply,
-                self.settings.rpc_wait_s,
-            )
-        except RpcError as exc:
-            raise Unavailable("media_unavailable", UNAVAILABLE) from exc
+        reply = await self._ask_media(signal_subject(me.media_node), request, MediaSignalReply)
         if not reply.ok:
             raise refusals.Invalid(reply.reason or "media_refused", reply.message)
         if reply.answer is not None:
@@ -933,16 +920,7 @@ class Signaling:
 
 
 def _signal_frame(signal: MediaSignal) -> Signal:
-    return Signal(
-        kind=signal.kind,
-        sdp=signal.sdp,
-        candidate=signal.candidate,
-        sdp_mid=signal.sdp_mid,
-        sdp_mline_index=signal.sdp_mline_index,
-        streams=signal.streams,
-        reason=signal.reason,
-        message=signal.message,
-    )
+    return Signal(**signal.model_dump(include=NEGOTIATION))
 
 
 def _present(p: Person) -> Present:

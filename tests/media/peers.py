@@ -18,6 +18,10 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
+from uuid import UUID
+
+from contracts.signaling import CallRole
+from runtime.participant_tokens import mint
 
 REPO = Path(__file__).resolve().parents[2]
 STDERR_LINES = 200
@@ -153,6 +157,59 @@ class PeerProcess:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
+
+
+def participant_token(
+    key: str,
+    *,
+    clinic_id: str,
+    room_id: UUID,
+    node_id: str,
+    participant_id: UUID,
+    ttl_s: float = 120,
+    now: float | None = None,
+) -> str:
+    """A participant token as signaling mints it (a guest's)."""
+    token, _ = mint(
+        key,
+        participant_id=str(participant_id),
+        room_id=str(room_id),
+        clinic_id=clinic_id,
+        role=CallRole.guest,
+        node_id=node_id,
+        ttl_s=ttl_s,
+        now=now,
+    )
+    return token
+
+
+def participant_config(
+    key: str,
+    *,
+    nats_url: str,
+    clinic_id: str,
+    room_id: UUID,
+    node_id: str,
+    participant_id: UUID,
+    ttl_s: float = 120,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A peer's configuration for one seated participant, with its token."""
+    token = participant_token(
+        key,
+        clinic_id=clinic_id,
+        room_id=room_id,
+        node_id=node_id,
+        participant_id=participant_id,
+        ttl_s=ttl_s,
+    )
+    return {
+        "nats_url": nats_url,
+        "node_id": node_id,
+        "room_id": str(room_id),
+        "participant_id": str(participant_id),
+        "participant_token": token,
+    } | extra
 
 
 @contextlib.asynccontextmanager

@@ -31,9 +31,13 @@ from contracts.media import (
 )
 from contracts.signaling import CallRole
 from runtime.embedded import NatsServer
-from runtime.participant_tokens import mint
 from tests.media.conftest import PARTICIPANT_KEY, Node, running
-from tests.media.peers import PeerProcess, peer_process
+from tests.media.peers import (
+    PeerProcess,
+    participant_config,
+    participant_token,
+    peer_process,
+)
 from tests.support import eventually
 
 CLINIC = "clinic-media"
@@ -55,28 +59,33 @@ class Room:
         )
         return (await self.node.seat(request)).granted
 
-    def token(self, pid: uuid.UUID, room_id: uuid.UUID | None = None) -> str:
-        token, _ = mint(
+    def token(
+        self,
+        pid: uuid.UUID,
+        room_id: uuid.UUID | None = None,
+        ttl_s: float = 120,
+        now: float | None = None,
+    ) -> str:
+        return participant_token(
             PARTICIPANT_KEY,
-            participant_id=str(pid),
-            room_id=str(room_id or self.room_id),
             clinic_id=CLINIC,
-            role=CallRole.guest,
+            room_id=room_id or self.room_id,
             node_id=self.node.node_id,
-            ttl_s=120,
+            participant_id=pid,
+            ttl_s=ttl_s,
+            now=now,
         )
-        return token
 
     def config(self, pid: uuid.UUID, **extra: Any) -> dict[str, Any]:
-        return {
-            "nats_url": self.nats_url,
-            "node_id": self.node.node_id,
-            "room_id": str(self.room_id),
-            "participant_id": str(pid),
-            "participant_token": self.token(pid),
-            "publish": ["audio", "video"],
-            "report_every_s": 0.5,
-        } | extra
+        return participant_config(
+            PARTICIPANT_KEY,
+            nats_url=self.nats_url,
+            clinic_id=CLINIC,
+            room_id=self.room_id,
+            node_id=self.node.node_id,
+            participant_id=pid,
+            **({"publish": ["audio", "video"], "report_every_s": 0.5} | extra),
+        )
 
     @contextlib.asynccontextmanager
     async def peer(self, **extra: Any) -> AsyncIterator[PeerProcess]:
@@ -186,26 +195,9 @@ async def test_a_token_for_another_room_or_node_or_expired_is_refused(node: Node
     other_room = await offer(room.token(pid, room_id=uuid.uuid4()))
     assert (other_room.ok, other_room.reason) == (False, "token_invalid")
     assert "another room" in other_room.message
-    expired, _ = mint(
-        PARTICIPANT_KEY,
-        participant_id=str(pid),
-        room_id=str(room.room_id),
-        clinic_id=CLINIC,
-        role=CallRole.guest,
-        node_id=node.node_id,
-        ttl_s=1,
-        now=1_000_000,
-    )
+    expired = room.token(pid, ttl_s=1, now=1_000_000)
     assert (await offer(expired)).message.endswith("expired.")
-    someone_else = mint(
-        PARTICIPANT_KEY,
-        participant_id=str(uuid.uuid4()),
-        room_id=str(room.room_id),
-        clinic_id=CLINIC,
-        role=CallRole.guest,
-        node_id=node.node_id,
-        ttl_s=60,
-    )[0]
+    someone_else = room.token(uuid.uuid4())
     assert "someone else" in (await offer(someone_else)).message
     forged = room.token(pid)[:-4] + "AAAA"
     assert (await offer(forged)).reason == "token_invalid"

@@ -226,16 +226,22 @@ async def host_and_admitted_guest(
     return InCall(room, host, guest, welcome)
 
 
-async def room_events(dsn: str, room_id: str) -> list[tuple[str, dict[str, Any]]]:
-    """(type, data) of every event of a room, in order, as the signaling store holds them."""
+async def query(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+    """Rows of one query, on a connection of its own (to read what the services wrote)."""
     conn = await asyncpg.connect(dsn)
     try:
-        rows = await conn.fetch(
-            "SELECT type, data FROM signaling.events WHERE stream_id = $1 ORDER BY version",
-            f"room-{room_id}",
-        )
+        return await conn.fetch(sql, *args)
     finally:
         await conn.close()
+
+
+async def room_events(dsn: str, room_id: str) -> list[tuple[str, dict[str, Any]]]:
+    """(type, data) of every event of a room, in order, as the signaling store holds them."""
+    rows = await query(
+        dsn,
+        "SELECT type, data FROM signaling.events WHERE stream_id = $1 ORDER BY version",
+        f"room-{room_id}",
+    )
     return [(row["type"], json.loads(row["data"])) for row in rows]
 
 

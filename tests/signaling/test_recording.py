@@ -5,11 +5,9 @@ expiring URL, and ending the call stops the recording."""
 import asyncio
 import io
 import time
-from typing import Any
 from urllib.parse import parse_qs, urlsplit
 from uuid import UUID
 
-import asyncpg
 import av
 
 from services.media import recordings
@@ -18,32 +16,30 @@ from tests.signaling.conftest import (
     Calls,
     host_and_admitted_guest,
     knocking_guest,
+    query,
     room_events,
 )
 from tests.support import assert_problem, eventually
 
 
-async def recording_row(dsn: str, recording_id: str) -> dict[str, Any] | None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        row = await conn.fetchrow(
-            "SELECT status, duration_s, size_bytes FROM media.recordings WHERE recording_id = $1",
-            recording_id,
+async def recording_available(dsn: str, recording_id: str) -> None:
+    """Wait until the node has written the recording's file."""
+
+    async def available() -> bool:
+        rows = await query(
+            dsn, "SELECT status FROM media.recordings WHERE recording_id = $1", recording_id
         )
-    finally:
-        await conn.close()
-    return dict(row) if row else None
+        return bool(rows) and rows[0]["status"] == "available"
+
+    await eventually(available, timeout=30, what="the recording's file")
 
 
 async def media_events(dsn: str, recording_id: str) -> list[str]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        rows = await conn.fetch(
-            "SELECT type FROM media.events WHERE stream_id = $1 ORDER BY version",
-            f"recording-{recording_id}",
-        )
-    finally:
-        await conn.close()
+    rows = await query(
+        dsn,
+        "SELECT type FROM media.events WHERE stream_id = $1 ORDER BY version",
+        f"recording-{recording_id}",
+    )
     return [r["type"] for r in rows]
 
 
@@ -74,11 +70,7 @@ async def test_a_host_records_everyone_is_told_and_the_clinic_downloads_the_mp4(
     for browser in (call.host, call.guest, waiting):
         await browser.next("recording", on=False)
 
-    async def available() -> bool:
-        row = await recording_row(postgres_dsn, recording_id)
-        return row is not None and row["status"] == "available"
-
-    await eventually(available, timeout=30, what="the recording's file")
+    await recording_available(postgres_dsn, recording_id)
     assert await media_events(postgres_dsn, recording_id) == ["RecordingAvailable"]
 
     clinic = call.room.clinic.clinic
@@ -118,11 +110,7 @@ async def test_download_urls_are_signed_expire_and_stay_in_their_clinic(
     await call.host.send("stop_recording")
     await call.host.next("recording", on=False)
 
-    async def available() -> bool:
-        row = await recording_row(postgres_dsn, recording_id)
-        return row is not None and row["status"] == "available"
-
-    await eventually(available, timeout=30, what="the recording's file")
+    await recording_available(postgres_dsn, recording_id)
 
     other = (await calls.clinic()).clinic
     for path in (f"/v1/recordings/{recording_id}", f"/v1/recordings/{recording_id}/download"):
@@ -159,8 +147,4 @@ async def test_ending_the_call_stops_the_recording(calls: Calls, postgres_dsn: s
     stopped = next(d for t, d in events if t == "RecordingStopped")
     assert stopped["because"] == "session_ended"
 
-    async def finished() -> bool:
-        row = await recording_row(postgres_dsn, stopped["recording_id"])
-        return row is not None and row["status"] == "available"
-
-    await eventually(finished, timeout=30, what="the recording finished after the call")
+    await recording_available(postgres_dsn, stopped["recording_id"])
