@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nats.aio.client import Client as NATS
 
-from bench.support import CpuMeter, Process, servers, service_ready, start_service
+from bench.support import Process, cpu_split, servers, service_ready, start_service
 from contracts.media import SEAT_SUBJECT, SeatAnswer, SeatRequest
 from contracts.signaling import CallRole
 from runtime.embedded import free_port
@@ -81,12 +81,15 @@ class Node:
 
     async def cpu_over(self, seconds: float) -> float:
         """Cores the node used over the next ``seconds``."""
-        meter = CpuMeter({"node": lambda: [self.process.pid]})
-        meter.start()
-        started = time.monotonic()
+        return (await self.cpu_split_over(seconds))[0]
+
+    async def cpu_split_over(self, seconds: float) -> tuple[float, float]:
+        """Cores the node used over the next ``seconds``, and of them in the kernel."""
+        started, before = time.monotonic(), cpu_split(self.process.pid)
         await asyncio.sleep(seconds)
-        meter.stop()
-        return meter.used["node"] / (time.monotonic() - started)
+        after, elapsed = cpu_split(self.process.pid), time.monotonic() - started
+        user, kernel = (a - b for a, b in zip(after, before, strict=True))
+        return (user + kernel) / elapsed, kernel / elapsed
 
 
 @contextlib.asynccontextmanager
@@ -165,7 +168,7 @@ async def room(
         await flowing(everyone, people - 1)
         await asyncio.sleep(2)  # renegotiations settle
         before = [sum(frames(p, "video")) for p in everyone]
-        cores = await node.cpu_over(seconds)
+        cores, kernel = await node.cpu_split_over(seconds)
         after = [sum(frames(p, "video")) for p in everyone]
         reports = [await p.stop() for p in (peers[0], peers[1], late)]
     received_fps = statistics.mean(
@@ -174,6 +177,7 @@ async def room(
     return {
         "people": people,
         "cores": cores,
+        "kernel": kernel,
         "first_frame_ms": [round(f["since_join_s"] * 1000) for f in firsts],
         "decode_errors": sum(r["decode_errors"] for r in reports),
         "received_fps": received_fps,
@@ -200,12 +204,46 @@ async def per_subscriber(
     return {"low": low, "high": high, "per_subscriber": (high - low) / (HIGH - LOW)}
 
 
+LOOPBACK_SENDER = """
+import resource, socket, subprocess, sys, time
+reader = subprocess.Popen([sys.executable, "-c", "import socket,sys\\n"
+    "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.bind(('127.0.0.1',0))\\n"
+    "print(s.getsockname()[1],flush=True)\\nwhile True: s.recv(2048)"],
+    stdout=subprocess.PIPE, text=True)
+port = int(reader.stdout.readline())
+out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+payload, count = bytes(1200), 0
+before = resource.getrusage(resource.RUSAGE_SELF)
+deadline = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < deadline:
+    for _ in range(20):
+        out.sendto(payload, ("127.0.0.1", port))
+    count += 20
+    time.sleep(0.001)
+after = resource.getrusage(resource.RUSAGE_SELF)
+reader.kill()
+print(count, after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime)
+"""
+
+
+async def loopback_sendto(seconds: float) -> dict[str, float]:
+    """CPU per UDP datagram sent on loopback with nothing else in the way: the kernel's share
+    of forwarding here (on loopback it also does the receiving side's work)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", LOOPBACK_SENDER, str(seconds), stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await proc.communicate()
+    count, user, kernel = (float(x) for x in out.split())
+    return {"user_us": user / count * 1e6, "kernel_us": kernel / count * 1e6}
+
+
 async def main(seconds: float, people: int) -> int:
     with servers() as (folder, nats, postgres):
         print(f"SFU benchmark on {os.cpu_count()} cores, {seconds:.0f} s per measurement")
         measured = await room(folder, postgres.dsn, nats.url, seconds, people)
         passthrough = await per_subscriber(folder, postgres.dsn, nats.url, "passthrough", seconds)
         relay = await per_subscriber(folder, postgres.dsn, nats.url, "transcode", seconds)
+        raw = await loopback_sendto(seconds)
     first = measured["first_frame_ms"]
     ratio = relay["per_subscriber"] / max(passthrough["per_subscriber"], 1e-6)
     print()
@@ -218,6 +256,10 @@ async def main(seconds: float, people: int) -> int:
     print(
         f"  SFU process CPU:            {measured['cores']:.3f} cores for {streams} forwarded "
         f"audio+video pairs ({per_stream * 1000:.2f} millicores each)"
+    )
+    print(
+        f"  of which in the kernel:     {measured['kernel']:.3f} cores "
+        f"({measured['kernel'] / measured['cores']:.0%}; UDP sends on loopback)"
     )
     print(
         f"  full room of 16 (240 pairs): {per_stream * 240:.2f} cores, extrapolated  (goal <= 0.5)"
@@ -238,6 +280,11 @@ async def main(seconds: float, people: int) -> int:
         f"({relay['low']:.3f} -> {relay['high']:.3f} cores)"
     )
     print(f"  ratio:                      {ratio:.1f}x less CPU per subscriber  (goal >= 8x)")
+    print("Raw loopback UDP, 1,200-byte datagrams to a reader, no WebRTC (the floor)")
+    print(
+        f"  per datagram sent:          {raw['user_us'] + raw['kernel_us']:.1f} us CPU "
+        f"({raw['kernel_us']:.1f} us in the kernel)"
+    )
     return 0
 
 

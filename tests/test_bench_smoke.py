@@ -46,6 +46,17 @@ PRINTED = {
         "all at once:",
         "paced,",
     ),
+    "sfu": (
+        "SFU process CPU:",
+        "of which in the kernel:",
+        "full room of 16 (240 pairs):",
+        "decode errors:              0",
+        "late joiner's first frame:",
+        "forwarding encoded frames:",
+        "baseline MediaRelay:",
+        "x less CPU per subscriber",
+        "per datagram sent:",
+    ),
 }
 
 

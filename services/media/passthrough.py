@@ -101,8 +101,9 @@ def _h264_nal_types(data: bytes) -> list[int]:
 FrameSink = Callable[[EncodedFrame], None]
 
 
-def tap_receiver(receiver: RTCRtpReceiver, sink: FrameSink) -> None:
-    """Hand every complete encoded frame of ``receiver`` to ``sink`` instead of decoding it.
+def tap_receiver(receiver: RTCRtpReceiver, sink: FrameSink, *, decode: bool = False) -> None:
+    """Hand every complete encoded frame of ``receiver`` to ``sink`` instead of decoding it
+    (or as well, with ``decode``: aiortc's decoder still gets it).
 
     ``sink`` runs in the event loop, inside aiortc's packet handling: it must not block.
     """
@@ -123,6 +124,8 @@ def tap_receiver(receiver: RTCRtpReceiver, sink: FrameSink) -> None:
                 arrived=time.monotonic(),
             )
         )
+        if decode:
+            put(item)
 
     decoder_queue.put = tapped  # type: ignore[method-assign]
 

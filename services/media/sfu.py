@@ -345,8 +345,9 @@ class Sfu:
         kind: Kind = "audio" if track.kind == "audio" else "video"
         publication = Publication(member, kind, mime, transceiver.receiver, track)
         member.publications.append(publication)
-        if self.relay is None:
-            tap_receiver(transceiver.receiver, lambda f: self._arrived(publication, f))
+        # Transcoding (the comparison) decodes as well; the tap still watches the rates.
+        decode = self.relay is not None
+        tap_receiver(transceiver.receiver, lambda f: self._arrived(publication, f), decode=decode)
 
     def _arrived(self, publication: Publication, frame: EncodedFrame) -> None:
         """Runs in aiortc's packet handling for every complete frame: keep it short."""
@@ -354,8 +355,9 @@ class Sfu:
         publication.last_frame_at = frame.arrived
         member = publication.owner
         member.window.append((frame.arrived, len(frame.data)))
-        for copy in publication.copies.values():
-            copy.push(frame)  # type: ignore[attr-defined]
+        if self.relay is None:
+            for copy in publication.copies.values():
+                copy.push(frame)  # type: ignore[attr-defined]
         recorder = member.room.recorder
         if recorder is not None:
             recorder.add(str(member.participant_id), frame)

@@ -240,20 +240,24 @@ async def test_a_publisher_that_vanishes_without_bye_is_cleaned_up(node: Node) -
         async with room.peer(vanish=True) as vanishing:
             gone = vanishing.config["participant_id"]
             await receiving(stays, [gone], frames=5)
+            before = stays.latest_stats()["renegotiations"]
             vanishing.kill()
         # Its media stopped: the node closes its connection and tells the other to stop
-        # receiving it (a new offer without its tracks).
+        # receiving it (a new offer without its tracks, answered).
 
         async def cleaned() -> bool:
             return node.media.sfu.member(uuid.UUID(gone)) is None
 
         await eventually(cleaned, timeout=20, what="the vanished publisher's connection closed")
-        renegotiated = stays.latest_stats()["renegotiations"]
+        staying = node.media.sfu.member(uuid.UUID(stays.config["participant_id"]))
+        assert staying is not None
 
         async def told() -> bool:
-            return stays.latest_stats()["renegotiations"] > renegotiated - 1
+            sent = [o.publication.owner.participant_id for o in staying.outgoing]
+            answered = stays.latest_stats()["renegotiations"] > before
+            return answered and uuid.UUID(gone) not in sent
 
-        await eventually(told, what="the other participant renegotiated")
+        await eventually(told, what="the other participant answered an offer without its tracks")
         # Its seat stays until signaling releases it (the rejoin grace); then it is free.
         release = SeatRelease(
             clinic_id=CLINIC, room_id=room.room_id, participant_id=uuid.UUID(gone)

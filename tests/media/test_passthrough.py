@@ -86,6 +86,24 @@ async def test_the_receiver_still_has_the_decoder_queue_the_tap_replaces() -> No
     await pc.close()
 
 
+async def test_a_tap_that_decodes_as_well_passes_every_frame_on_to_the_decoder() -> None:
+    pc = RTCPeerConnection()
+    receiver = pc.addTransceiver("video", direction="recvonly").receiver
+    decoder_queue = receiver._RTCRtpReceiver__decoder_queue  # type: ignore[attr-defined]
+    seen: list[EncodedFrame] = []
+    tap_receiver(receiver, seen.append, decode=True)
+
+    class Jittered:
+        data = vp8_frames(1)[0]
+        timestamp = 3000
+
+    item = (VP8, Jittered())
+    decoder_queue.put(item)
+    assert [f.timestamp for f in seen] == [3000]
+    assert decoder_queue.get_nowait() is item
+    await pc.close()
+
+
 async def test_a_keyframe_request_from_a_subscriber_reaches_the_hook() -> None:
     pc = RTCPeerConnection()
     sender = pc.addTransceiver("video", direction="sendonly").sender
