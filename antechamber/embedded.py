@@ -15,6 +15,8 @@ from antechamber.demo import join_links, link_key_file, operator_key, participan
 from runtime.embedded import EmbeddedPostgres, NatsServer, free_port
 
 NATS_DEFAULT_PORT = 4222
+MAIL_SINK_SMTP_DEFAULT_PORT = 1025
+MAIL_SINK_HTTP_DEFAULT_PORT = 8025
 READY_TIMEOUT_S = 90.0
 
 
@@ -33,6 +35,7 @@ class Platform:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir.resolve()
         self.services: list[RunningService] = []
+        self.mail_sink: RunningService | None = None
         self.nats: NatsServer | None = None
         self.postgres: EmbeddedPostgres | None = None
         self._stopping = False
@@ -73,16 +76,21 @@ class Platform:
             os.environ.get("ANTECHAMBER_PARTICIPANT_KEY_FILE")
             or participant_key_file(self.data_dir)
         )
+        mail = self._start_mail_sink()
         for definition in definitions():
             port = free_port(definition.default_port)
-            env = os.environ | {
-                "DATABASE_URL": dsn,
-                "NATS_URL": self.nats.url,
-                "ANTECHAMBER_OPERATOR_KEY_FILE": str(key_file),
-                "ANTECHAMBER_LINK_KEY_FILE": str(link_key),
-                "ANTECHAMBER_PARTICIPANT_KEY_FILE": str(participant_key),
-                "ANTECHAMBER_LOG_FORMAT": os.environ.get("ANTECHAMBER_LOG_FORMAT", "console"),
-            }
+            env = (
+                os.environ
+                | mail
+                | {
+                    "DATABASE_URL": dsn,
+                    "NATS_URL": self.nats.url,
+                    "ANTECHAMBER_OPERATOR_KEY_FILE": str(key_file),
+                    "ANTECHAMBER_LINK_KEY_FILE": str(link_key),
+                    "ANTECHAMBER_PARTICIPANT_KEY_FILE": str(participant_key),
+                    "ANTECHAMBER_LOG_FORMAT": os.environ.get("ANTECHAMBER_LOG_FORMAT", "console"),
+                }
+            )
             if definition.name == "media":
                 # Where its download URLs point, and where its recordings go.
                 env = {
@@ -105,9 +113,47 @@ class Platform:
             self.services.append(RunningService(definition.name, port, process))
         for service in self.services:
             print(f"{service.name:<18} {service.url}   (/readyz, /metrics, /docs)")
+        if self.mail_sink is not None:
+            mail_dir = self.data_dir / "mail"
+            print(
+                f"mail sink          {self.mail_sink.url}   (every mail sent, kept in {mail_dir})"
+            )
         self._wait_until_ready()
         self._show_demo(key_file)
         print("Antechamber is ready. Press Ctrl-C to stop.", flush=True)
+
+    def _start_mail_sink(self) -> dict[str, str]:
+        """The services' mail settings: a local sink that keeps every mail and shows it on a
+        page, unless the environment names a mail server."""
+        if os.environ.get("ANTECHAMBER_NOTIFY_SMTP_HOST"):
+            print("mail               ANTECHAMBER_NOTIFY_SMTP_* from the environment")
+            return {}
+        smtp_port = free_port(MAIL_SINK_SMTP_DEFAULT_PORT)
+        http_port = free_port(MAIL_SINK_HTTP_DEFAULT_PORT)
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "antechamber.mailsink",
+                "--dir",
+                str(self.data_dir / "mail"),
+                "--smtp-port",
+                str(smtp_port),
+                "--http-port",
+                str(http_port),
+            ],
+            stdout=subprocess.DEVNULL,  # its "ready" line; the URL is printed with the others
+            start_new_session=True,
+        )
+        self.mail_sink = RunningService("mail sink", http_port, process)
+        return {
+            "ANTECHAMBER_NOTIFY_SMTP_HOST": "127.0.0.1",
+            "ANTECHAMBER_NOTIFY_SMTP_PORT": str(smtp_port),
+            "ANTECHAMBER_NOTIFY_SMTP_SECURITY": "none",
+        }
+
+    def _children(self) -> list[RunningService]:
+        return self.services + ([self.mail_sink] if self.mail_sink is not None else [])
 
     def _show_demo(self, key_file: Path) -> None:
         scheduling = next(s for s in self.services if s.name == "scheduling")
@@ -123,7 +169,7 @@ class Platform:
 
     def _wait_until_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
-        waiting = list(self.services)
+        waiting = self._children()
         while waiting:
             self._check_children()
             if time.monotonic() > deadline:
@@ -133,7 +179,7 @@ class Platform:
             time.sleep(0.2)
 
     def _check_children(self) -> None:
-        for service in self.services:
+        for service in self._children():
             code = service.process.poll()
             if code is not None:
                 raise SystemExit(f"the {service.name} service stopped (exit code {code})")
@@ -149,10 +195,10 @@ class Platform:
         self._stopping = True
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         print("stopping...", flush=True)
-        for service in self.services:
+        for service in self._children():
             if service.process.poll() is None:
                 service.process.send_signal(signal.SIGTERM)
-        for service in self.services:
+        for service in self._children():
             try:
                 service.process.wait(15)
             except subprocess.TimeoutExpired:

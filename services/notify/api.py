@@ -1,0 +1,276 @@
+"""Notify HTTP API: a clinic's templates, its delivery log, re-sending, the copy-link text."""
+
+from typing import Annotated, Any, Literal
+from uuid import UUID, uuid4
+
+from fastapi import APIRouter, Depends, Request, Response
+from pydantic import AwareDatetime, BaseModel, Field
+
+from contracts.notify import MessageKind, RecipientKind
+from runtime.clinic_keys import ClinicId
+from runtime.context import ServiceContext
+from runtime.http import Problem
+from runtime.service import context_of
+from services.notify import templates as tmpl
+from services.notify.handlers import Notify, plan
+from services.notify.sender import session_context, templates_of
+
+router = APIRouter(prefix="/v1", tags=["notify"])
+Context = Annotated[ServiceContext, Depends(context_of)]
+NO_SESSION = "There is no such session in this clinic."
+
+
+async def notify_of(request: Request) -> Notify:
+    notify: Notify = request.app.state.notify
+    return notify
+
+
+NotifyDep = Annotated[Notify, Depends(notify_of)]
+
+
+# -- templates ---------------------------------------------------------------------------------
+
+
+class TemplateView(BaseModel):
+    kind: MessageKind
+    subject: str
+    text: str
+    html: str
+    customised: bool = Field(description="False: the default that ships with Antechamber.")
+    variables: dict[str, str] = Field(description="What the template may use, and what each is.")
+
+
+async def _template_view(ctx: ServiceContext, clinic_id: str, kind: MessageKind) -> TemplateView:
+    async with ctx.pool.acquire() as conn:
+        current = await templates_of(conn, clinic_id, kind)
+    return TemplateView(
+        kind=kind,
+        subject=current.subject,
+        text=current.text,
+        html=current.html,
+        customised=current != tmpl.DEFAULT_TEMPLATES[kind],
+        variables=tmpl.VARIABLES[kind],
+    )
+
+
+def _invalid(exc: tmpl.TemplateInvalid) -> Problem:
+    first = exc.problems[0]
+    where = f"{first.part}, line {first.line}" if first.line else first.part
+    return Problem(
+        422,
+        f"The template was not saved: {where}: {first.reason}",
+        code="template_invalid",
+        problems=[{"part": p.part, "line": p.line, "reason": p.reason} for p in exc.problems],
+    )
+
+
+@router.get("/templates", summary="The clinic's message templates, one per kind")
+async def list_templates(ctx: Context, clinic_id: ClinicId) -> list[TemplateView]:
+    return [await _template_view(ctx, clinic_id, kind) for kind in MessageKind]
+
+
+@router.get("/templates/{kind}", summary="One template")
+async def get_template(ctx: Context, clinic_id: ClinicId, kind: MessageKind) -> TemplateView:
+    return await _template_view(ctx, clinic_id, kind)
+
+
+@router.put(
+    "/templates/{kind}",
+    summary="Replace a template (checked: syntax, variables, a test render)",
+    responses={422: {"description": "The template is refused; `problems` says where and why."}},
+)
+async def put_template(
+    ctx: Context, notify: NotifyDep, clinic_id: ClinicId, kind: MessageKind, body: tmpl.TemplateSet
+) -> TemplateView:
+    try:
+        tmpl.validate(kind, body)
+    except tmpl.TemplateInvalid as exc:
+        raise _invalid(exc) from exc
+    await ctx.pool.execute(
+        "INSERT INTO templates (clinic_id, kind, subject, text_body, html_body, updated_at) "
+        "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (clinic_id, kind) DO UPDATE SET "
+        "subject = EXCLUDED.subject, text_body = EXCLUDED.text_body, "
+        "html_body = EXCLUDED.html_body, updated_at = EXCLUDED.updated_at",
+        clinic_id,
+        kind.value,
+        body.subject,
+        body.text,
+        body.html,
+        notify.clock(),
+    )
+    return await _template_view(ctx, clinic_id, kind)
+
+
+@router.delete("/templates/{kind}", status_code=204, summary="Back to the default template")
+async def reset_template(ctx: Context, clinic_id: ClinicId, kind: MessageKind) -> Response:
+    await ctx.pool.execute(
+        "DELETE FROM templates WHERE clinic_id = $1 AND kind = $2", clinic_id, kind.value
+    )
+    return Response(status_code=204)
+
+
+class Preview(BaseModel):
+    subject: str
+    text: str
+    html: str
+
+
+@router.post("/templates/{kind}/preview", summary="Render a template with sample values")
+async def preview_template(
+    clinic_id: ClinicId, kind: MessageKind, body: tmpl.TemplateSet
+) -> Preview:
+    try:
+        tmpl.validate(kind, body)
+    except tmpl.TemplateInvalid as exc:
+        raise _invalid(exc) from exc
+    rendered = tmpl.render(kind, body, tmpl.SAMPLE_CONTEXT[kind])
+    return Preview(subject=rendered.subject, text=rendered.text, html=rendered.html)
+
+
+# -- the delivery log --------------------------------------------------------------------------
+
+
+class DeliveryView(BaseModel):
+    delivery_id: UUID
+    session_id: UUID
+    recipient_id: UUID
+    recipient_kind: RecipientKind
+    kind: MessageKind
+    revision: int
+    offset_minutes: int | None = Field(default=None, description="Reminders: minutes before.")
+    status: Literal[
+        "pending", "sending", "accepting", "sent", "failed", "skipped", "dropped", "unconfirmed"
+    ]
+    due_at: AwareDatetime
+    updated_at: AwareDatetime
+    attempts: int
+    address: str | None = Field(default=None, description="Masked: g***@example.org.")
+    message_id: str | None = None
+    detail: str | None = Field(default=None, description="Why it failed or was skipped.")
+
+
+def _delivery(row: Any) -> DeliveryView:
+    data = dict(row)
+    data["address"] = data.pop("address_masked")
+    if data["kind"] != MessageKind.reminder.value:
+        data["offset_minutes"] = None
+    return DeliveryView.model_validate(data)
+
+
+@router.get("/deliveries", summary="The delivery log: per session and per recipient")
+async def deliveries(
+    ctx: Context,
+    clinic_id: ClinicId,
+    session_id: UUID | None = None,
+    recipient_id: UUID | None = None,
+    limit: Annotated[int, Field(ge=1, le=500)] = 100,
+) -> list[DeliveryView]:
+    if session_id is None and recipient_id is None:
+        raise Problem(
+            400, "Say which session (session_id) or recipient (recipient_id).", code="no_filter"
+        )
+    rows = await ctx.pool.fetch(
+        "SELECT delivery_id, session_id, recipient_id, recipient_kind, kind, revision, "
+        "offset_minutes, status, due_at, updated_at, attempts, address_masked, message_id, "
+        "detail FROM deliveries WHERE clinic_id = $1 AND ($2::uuid IS NULL OR session_id = $2) "
+        "AND ($3::uuid IS NULL OR recipient_id = $3) ORDER BY due_at, created_at LIMIT $4",
+        clinic_id,
+        session_id,
+        recipient_id,
+        limit,
+    )
+    return [_delivery(r) for r in rows]
+
+
+class Resend(BaseModel):
+    recipient_id: UUID | None = Field(
+        default=None, description="One recipient; none: every client and attendee."
+    )
+
+
+class Resent(BaseModel):
+    delivery_ids: list[UUID]
+
+
+@router.post("/sessions/{session_id}/resend", status_code=202, summary="Send the invitation again")
+async def resend(
+    ctx: Context, notify: NotifyDep, clinic_id: ClinicId, session_id: UUID, body: Resend
+) -> Resent:
+    now = notify.clock()
+    request = str(uuid4())  # each request is its own message (Idempotency-Key repeats it)
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        session = await conn.fetchrow(
+            "SELECT status, revision FROM sessions WHERE session_id = $1 AND clinic_id = $2",
+            session_id,
+            clinic_id,
+        )
+        if session is None:
+            raise Problem(404, NO_SESSION, code="session_not_found")
+        if session["status"] in ("cancelled", "completed"):
+            raise Problem(
+                409,
+                f"This session is {session['status']}; there is nothing to join.",
+                code=f"session_{session['status']}",
+            )
+        rows = await conn.fetch(
+            "SELECT recipient_id, kind FROM recipients WHERE session_id = $1 AND NOT removed "
+            "AND ($2::uuid IS NULL OR recipient_id = $2)",
+            session_id,
+            body.recipient_id,
+        )
+        if not rows:
+            raise Problem(404, "There is no such recipient in this session.", code="no_recipient")
+        ids = []
+        for row in rows:
+            delivery = await plan(
+                conn,
+                clinic_id,
+                session_id,
+                (row["recipient_id"], row["kind"]),
+                MessageKind.invitation,
+                session["revision"],
+                now,
+                now,
+                ref=f"resend:{request}",
+            )
+            if delivery is not None:
+                ids.append(delivery)
+    return Resent(delivery_ids=ids)
+
+
+# -- copy link ---------------------------------------------------------------------------------
+
+
+class CopyText(BaseModel):
+    text: str = Field(description="The link and the session's details, ready to paste.")
+    join_url: str = Field(description="Do not log it: it lets its holder in.")
+
+
+@router.get("/sessions/{session_id}/copy-link", summary="The link with the session's details")
+async def copy_link(
+    ctx: Context,
+    notify: NotifyDep,
+    clinic_id: ClinicId,
+    session_id: UUID,
+    recipient_id: UUID | None = None,
+) -> CopyText:
+    async with ctx.pool.acquire() as conn:
+        exists = await conn.fetchval(
+            "SELECT 1 FROM sessions WHERE session_id = $1 AND clinic_id = $2", session_id, clinic_id
+        )
+        if exists is None:
+            raise Problem(404, NO_SESSION, code="session_not_found")
+        _, context, _, _ = await session_context(conn, notify, clinic_id, session_id, recipient_id)
+    if "join_url" not in context:
+        raise Problem(
+            409, "This session has no working link yet; try again in a moment.", code="no_link"
+        )
+    who = f" with {context['practitioner_name']}" if context["practitioner_name"] else ""
+    text = (
+        f"Video session{who} ({context['clinic_name']})\n"
+        f"{context['date']}, {context['start_time']} to {context['end_time']} "
+        f"({context['time_zone']})\n"
+        f"Join: {context['join_url']}\n"
+        f"The link opens at {context['opens_at']}. It is personal: please do not share it."
+    )
+    return CopyText(text=text, join_url=context["join_url"])

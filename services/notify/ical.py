@@ -1,0 +1,83 @@
+"""The calendar entry a message carries (iTIP, RFC 5546, over iCalendar, RFC 5545).
+
+A session is one entry for its whole life: the UID never changes and every change raises
+SEQUENCE, so a calendar moves the entry on an update and removes it on a CANCEL instead of
+adding a second one.
+"""
+
+from datetime import UTC, date, datetime
+from typing import Literal
+from uuid import UUID
+from zoneinfo import ZoneInfo
+
+from icalendar import Calendar, Event, vCalAddress
+
+PRODID = "-//Antechamber//Antechamber//EN"
+
+
+def session_uid(session_id: UUID) -> str:
+    return f"{session_id}@antechamber"
+
+
+def calendar(
+    *,
+    uid: str,
+    sequence: int,
+    method: Literal["REQUEST", "CANCEL"],
+    starts_at: datetime,
+    ends_at: datetime,
+    time_zone: str,
+    summary: str,
+    description: str,
+    url: str | None,
+    organizer: tuple[str, str] | None,
+    attendee: tuple[str, str] | None,
+    stamp: datetime,
+) -> bytes:
+    """One VEVENT, its times in ``time_zone`` with the VTIMEZONE that defines it.
+
+    ``organizer`` and ``attendee`` are (name, email). Times must be aware; a zone of UTC is
+    written as UTC (``Z``), which needs no VTIMEZONE.
+    """
+    if any(moment.tzinfo is None for moment in (starts_at, ends_at, stamp)):
+        raise ValueError("starts_at, ends_at and stamp must carry a time zone")
+    zone = ZoneInfo(time_zone)
+    event = Event()
+    event.add("uid", uid)
+    event.add("sequence", sequence)
+    event.add("dtstamp", stamp.astimezone(UTC))
+    event.add("dtstart", starts_at.astimezone(zone))
+    event.add("dtend", ends_at.astimezone(zone))
+    event.add("summary", summary)
+    event.add("description", description)
+    if url:
+        # LOCATION too: most calendars show it on the entry, and few show URL at all.
+        event.add("url", url)
+        event.add("location", url)
+    event.add("status", "CONFIRMED" if method == "REQUEST" else "CANCELLED")
+    if organizer:
+        event.add("organizer", _address(*organizer))
+    if attendee:
+        # RSVP=FALSE: nobody reads replies, so calendars should not offer to send one.
+        event.add("attendee", _address(*attendee, ROLE="REQ-PARTICIPANT", RSVP="FALSE"))
+
+    entry = Calendar()
+    entry.add("prodid", PRODID)
+    entry.add("version", "2.0")
+    entry.add("method", method)
+    entry.add_component(event)
+    # The zone's rules around the session only: the full 1970-2038 history would be most of
+    # the file, and a later change of the session sends a new VTIMEZONE with it.
+    entry.add_missing_timezones(
+        first_date=date(starts_at.year - 1, 1, 1), last_date=date(ends_at.year + 2, 1, 1)
+    )
+    content: bytes = entry.to_ical()
+    return content
+
+
+def _address(name: str, email: str, **params: str) -> vCalAddress:
+    address = vCalAddress(f"mailto:{email}")
+    # A parameter value cannot hold a double quote or a line break, even quoted (RFC 5545 3.1).
+    address.params["CN"] = " ".join(name.replace('"', "'").split())
+    address.params.update(params)
+    return address

@@ -1,0 +1,486 @@
+"""Sending what is due: claim, write, hand to the mail server, record.
+
+Any number of notify processes may run. A process claims due messages (``FOR UPDATE SKIP
+LOCKED``, a claim id and a deadline), writes each with the clinic's template, its recipient's
+link and a calendar entry, and sends it through :class:`~services.notify.smtp.Mailer`, which
+records ``accepting`` just before the mail server is told to accept. A claim whose process
+died is taken over when its deadline passes: ``sending`` is sent again (the server never got
+the final dot), ``accepting`` is recorded as unconfirmed and not sent again.
+"""
+
+import asyncio
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from email.message import EmailMessage
+from email.utils import format_datetime, formataddr
+from typing import Any, Literal
+from uuid import UUID, uuid4
+from zoneinfo import ZoneInfo
+
+import structlog
+from email_validator import EmailNotValidError, validate_email
+
+from contracts.events import Event
+from contracts.notify import (
+    DeliveryFailed,
+    FailedBecause,
+    InvitationSent,
+    MessageKind,
+    RecipientKind,
+    ReminderSent,
+    ReminderSkipped,
+    SkippedBecause,
+)
+from runtime.context import ServiceContext
+from runtime.db import Executor
+from services.notify import ical
+from services.notify.handlers import Notify
+from services.notify.smtp import Mailer, Outcome
+from services.notify.templates import DEFAULT_TEMPLATES, RenderError, TemplateSet, render
+
+log = structlog.get_logger(__name__)
+MAX_BACKOFF_S = 3600.0
+LINK_RETRY_S = 2.0
+
+
+class NotYet(Exception):
+    """The message cannot be written yet (its link has not arrived): try again soon."""
+
+
+@dataclass(frozen=True)
+class Refused(Exception):
+    because: FailedBecause
+    detail: str
+
+
+@dataclass(frozen=True)
+class Skipped(Exception):
+    because: SkippedBecause
+
+
+@dataclass(frozen=True)
+class Written:
+    message: EmailMessage
+    address: str
+
+
+def mask(address: str) -> str:
+    """``g***@example.org``: enough to recognise, not enough to read."""
+    local, _, domain = address.partition("@")
+    return f"{local[:1]}***@{domain}" if domain else "***"
+
+
+def local_parts(moment: datetime, zone: str) -> tuple[str, str]:
+    local = moment.astimezone(ZoneInfo(zone))
+    return f"{local:%A} {local.day} {local:%B %Y}", f"{local:%H:%M}"
+
+
+def starts_in(minutes: int) -> str:
+    if minutes % 1440 == 0:
+        days = minutes // 1440
+        return "in 24 hours" if days == 1 else f"in {days} days"
+    if minutes % 60 == 0:
+        hours = minutes // 60
+        return "in 1 hour" if hours == 1 else f"in {hours} hours"
+    return f"in {minutes} minutes"
+
+
+async def session_context(
+    conn: Executor, notify: Notify, clinic_id: str, session_id: UUID, recipient_id: UUID | None
+) -> tuple[Any, dict[str, Any], str | None, str | None]:
+    """The template variables of a session for one recipient (``join_url`` included), the
+    session row, the recipient's address and the recipient's kind."""
+    session = await conn.fetchrow(
+        "SELECT s.*, c.name AS clinic_name, c.early_join_minutes, p.display_name AS practitioner "
+        "FROM sessions s JOIN clinics c USING (clinic_id) "
+        "LEFT JOIN practitioners p USING (practitioner_id) "
+        "WHERE s.session_id = $1 AND s.clinic_id = $2",
+        session_id,
+        clinic_id,
+    )
+    if session is None:
+        raise Refused(FailedBecause.no_link, "the session is unknown to notify")
+    recipient = None
+    if recipient_id is not None:
+        recipient = await conn.fetchrow(
+            "SELECT r.kind, coalesce(r.email, c.email) AS email, "
+            "coalesce(r.display_name, c.display_name, '') AS name FROM recipients r "
+            "LEFT JOIN clients c ON c.client_id = r.recipient_id "
+            "WHERE r.session_id = $1 AND r.recipient_id = $2",
+            session_id,
+            recipient_id,
+        )
+    if recipient is None:  # the session's clients' link, for the copy-link text
+        recipient = {"kind": "client", "email": None, "name": ""}
+    zone = session["time_zone"]
+    date, start = local_parts(session["starts_at"], zone)
+    _, end = local_parts(session["ends_at"], zone)
+    opens = session["starts_at"] - timedelta(minutes=session["early_join_minutes"])
+    context: dict[str, Any] = {
+        "clinic_name": session["clinic_name"],
+        "practitioner_name": session["practitioner"] or "",
+        "recipient_name": recipient["name"] or "",
+        "date": date,
+        "start_time": start,
+        "end_time": end,
+        "time_zone": zone,
+        "duration_minutes": int((session["ends_at"] - session["starts_at"]).total_seconds() // 60),
+        "opens_at": local_parts(opens, zone)[1],
+    }
+    if session["previous_starts_at"] is not None:
+        context["previous_date"], context["previous_start_time"] = local_parts(
+            session["previous_starts_at"], zone
+        )
+    url = await link_for(conn, session, recipient_id, recipient["kind"])
+    if url is not None:
+        context["join_url"] = notify.sealer.unseal(url)
+    return session, context, recipient["email"], recipient["kind"]
+
+
+async def link_for(
+    conn: Executor, session: Any, recipient_id: UUID | None, kind: str
+) -> str | None:
+    """The sealed link this recipient joins with: an attendee's own drop-in link while link
+    sharing is on (None until links has issued it), else the session's own link or the room
+    the session is held in."""
+    if kind == RecipientKind.attendee.value and session["link_sharing"]:
+        drop_in: str | None = await conn.fetchval(
+            "SELECT url_sealed FROM links WHERE attendee_id = $1 AND active "
+            "ORDER BY issued_at DESC LIMIT 1",
+            recipient_id,
+        )
+        return drop_in
+    if session["video_mode"] == "session_link":
+        sealed: str | None = await conn.fetchval(
+            "SELECT url_sealed FROM links WHERE session_id = $1 AND kind = 'session' AND active "
+            "ORDER BY issued_at DESC LIMIT 1",
+            session["session_id"],
+        )
+    else:
+        sealed = await conn.fetchval(
+            "SELECT url_sealed FROM links WHERE room_id = $1 AND kind = $2 AND active "
+            "ORDER BY issued_at DESC LIMIT 1",
+            session["room_id"],
+            session["video_mode"],
+        )
+    return sealed
+
+
+async def templates_of(conn: Executor, clinic_id: str, kind: MessageKind) -> TemplateSet:
+    row = await conn.fetchrow(
+        "SELECT subject, text_body, html_body FROM templates WHERE clinic_id = $1 AND kind = $2",
+        clinic_id,
+        kind.value,
+    )
+    if row is None:
+        return DEFAULT_TEMPLATES[kind]
+    return TemplateSet(subject=row["subject"], text=row["text_body"], html=row["html_body"])
+
+
+class Sender:
+    def __init__(self, notify: Notify) -> None:
+        self.notify = notify
+        self.settings = notify.settings
+        self.domain = self.settings.sender_address.partition("@")[2] or "antechamber.invalid"
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    async def run(self, ctx: ServiceContext) -> None:
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        workers = [
+            asyncio.create_task(self._worker(ctx, queue), name=f"notify-sender-{n}")
+            for n in range(self.settings.smtp_connections)
+        ]
+        try:
+            while True:
+                try:
+                    await self._take_over(ctx)
+                    claimed = []
+                    if queue.qsize() < self.settings.smtp_connections:
+                        claimed = await self._claim(ctx)
+                except Exception as exc:  # Postgres away for a moment: the loop goes on
+                    log.warning("cannot look for due messages", error=type(exc).__name__)
+                    claimed = []
+                for row in claimed:
+                    queue.put_nowait(row)
+                if len(claimed) < self.settings.batch:
+                    await asyncio.sleep(self.settings.poll_s)
+                else:
+                    await asyncio.sleep(0)
+        finally:
+            for worker in workers:
+                worker.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+
+    async def _claim(self, ctx: ServiceContext) -> list[Any]:
+        now = self.notify.clock()
+        return list(
+            await ctx.pool.fetch(
+                "UPDATE deliveries SET status = 'sending', claim = $3, claimed_until = $4, "
+                "updated_at = $1 WHERE delivery_id IN (SELECT delivery_id FROM deliveries "
+                "WHERE status = 'pending' AND next_attempt_at <= $1 ORDER BY next_attempt_at "
+                "LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING *",
+                now,
+                self.settings.batch,
+                uuid4(),
+                now + timedelta(seconds=self.settings.claim_s),
+            )
+        )
+
+    async def _take_over(self, ctx: ServiceContext) -> None:
+        """Claims of processes that stopped: sent again, or recorded as unconfirmed."""
+        now = self.notify.clock()
+        async with ctx.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "UPDATE deliveries SET status = 'pending', claim = NULL, updated_at = $1 "
+                "WHERE status = 'sending' AND claimed_until < $1",
+                now,
+            )
+            lost = await conn.fetch(
+                "UPDATE deliveries SET status = 'unconfirmed', claim = NULL, updated_at = $1, "
+                "detail = 'notify stopped while the mail server was accepting this message; "
+                "it may have arrived, so it is not sent again' "
+                "WHERE status = 'accepting' AND claimed_until < $1 RETURNING *",
+                now,
+            )
+            for row in lost:
+                await self._event(
+                    ctx, conn, row, self._failed(row, FailedBecause.unconfirmed, row["detail"])
+                )
+
+    async def _worker(self, ctx: ServiceContext, queue: "asyncio.Queue[Any]") -> None:
+        mailer = Mailer(self.settings)
+        try:
+            while True:
+                row = await queue.get()
+                try:
+                    await self.deliver(ctx, mailer, row)
+                except Exception:
+                    # Left claimed: taken over when the claim lapses, never lost.
+                    log.exception(
+                        "delivery failed unexpectedly", delivery_id=str(row["delivery_id"])
+                    )
+        finally:
+            mailer.close()
+
+    # -- one message ---------------------------------------------------------------------------
+
+    async def deliver(self, ctx: ServiceContext, mailer: Mailer, row: Any) -> None:
+        try:
+            async with ctx.pool.acquire() as conn:
+                written = await self.write(conn, row)
+        except NotYet:
+            await self._again(ctx, row, LINK_RETRY_S, attempt=False)
+            return
+        except Refused as refused:
+            await self._finish(
+                ctx,
+                row,
+                "failed",
+                refused.detail,
+                self._failed(row, refused.because, refused.detail),
+            )
+            return
+        except Skipped as skipped:
+            event = ReminderSkipped(
+                delivery_id=row["delivery_id"],
+                session_id=row["session_id"],
+                recipient_id=row["recipient_id"],
+                recipient_kind=RecipientKind(row["recipient_kind"]),
+                offset_minutes=row["offset_minutes"],
+                because=skipped.because,
+            )
+            await self._finish(ctx, row, "skipped", "the session had started", event)
+            return
+
+        async def point_of_no_return() -> bool:
+            status = await ctx.pool.execute(
+                "UPDATE deliveries SET status = 'accepting', updated_at = $3, "
+                "address_masked = $4 WHERE delivery_id = $1 AND claim = $2 AND status = 'sending'",
+                row["delivery_id"],
+                row["claim"],
+                self.notify.clock(),
+                mask(written.address),
+            )
+            return bool(status == "UPDATE 1")
+
+        outcome = await mailer.send(
+            self.settings.sender_address,
+            written.address,
+            written.message.as_bytes(),
+            point_of_no_return,
+        )
+        await self._outcome(ctx, row, written, outcome)
+
+    async def write(self, conn: Executor, row: Any) -> Written:
+        kind = MessageKind(row["kind"])
+        now = self.notify.clock()
+        session, context, address, recipient_kind = await session_context(
+            conn, self.notify, row["clinic_id"], row["session_id"], row["recipient_id"]
+        )
+        if kind is MessageKind.reminder:
+            if session["status"] != "scheduled" or session["starts_at"] <= now:
+                raise Skipped(SkippedBecause.session_started)
+            context["starts_in"] = starts_in(row["offset_minutes"])
+        if not address:
+            raise Refused(FailedBecause.invalid_address, "the recipient has no email address")
+        try:
+            address = validate_email(address, check_deliverability=False).normalized
+        except EmailNotValidError as exc:
+            raise Refused(
+                FailedBecause.invalid_address, f"the recipient's address is not valid: {exc}"
+            ) from exc
+        if kind is MessageKind.cancellation:
+            context.pop("join_url", None)
+        elif "join_url" not in context:
+            waited = (now - row["created_at"]).total_seconds()
+            if waited < self.settings.link_wait_s:
+                raise NotYet
+            raise Refused(
+                FailedBecause.no_link,
+                f"no working link for this recipient arrived within {waited:.0f} s",
+            )
+        try:
+            rendered = render(kind, await templates_of(conn, row["clinic_id"], kind), context)
+        except RenderError as exc:
+            raise Refused(FailedBecause.template, str(exc)) from exc
+        message = EmailMessage()
+        message["From"] = formataddr((session["clinic_name"], self.settings.sender_address))
+        message["To"] = address
+        message["Subject"] = rendered.subject
+        message["Date"] = format_datetime(now)
+        message["Message-ID"] = f"<{row['delivery_id']}@{self.domain}>"
+        message["Auto-Submitted"] = "auto-generated"
+        message.set_content(rendered.text)
+        message.add_alternative(rendered.html, subtype="html")
+        if kind is not MessageKind.reminder:
+            method: Literal["REQUEST", "CANCEL"] = (
+                "CANCEL" if kind is MessageKind.cancellation else "REQUEST"
+            )
+            calendar = ical.calendar(
+                uid=ical.session_uid(session["session_id"]),
+                sequence=session["revision"],
+                method=method,
+                starts_at=session["starts_at"],
+                ends_at=session["ends_at"],
+                time_zone=session["time_zone"],
+                summary=f"Video session with {context['practitioner_name']}".strip(),
+                description=rendered.text,
+                url=context.get("join_url"),
+                organizer=(session["clinic_name"], self.settings.sender_address),
+                attendee=None,
+                stamp=now,
+            )
+            message.add_attachment(
+                calendar,
+                maintype="text",
+                subtype="calendar",
+                filename="invite.ics",
+                params={"method": method},
+            )
+        del recipient_kind
+        return Written(message, address)
+
+    # -- recording -----------------------------------------------------------------------------
+
+    async def _outcome(
+        self, ctx: ServiceContext, row: Any, written: Written, outcome: Outcome
+    ) -> None:
+        message_id = written.message["Message-ID"]
+        if outcome.status == "sent":
+            await self._finish(
+                ctx, row, "sent", outcome.detail, self._sent(row, message_id), message_id
+            )
+        elif outcome.status == "unconfirmed":
+            event = self._failed(row, FailedBecause.unconfirmed, outcome.detail)
+            await self._finish(ctx, row, "unconfirmed", outcome.detail, event, message_id)
+        elif outcome.status == "abandoned":
+            log.info("message taken over by another process", delivery_id=str(row["delivery_id"]))
+        elif outcome.status == "permanent":
+            event = self._failed(row, FailedBecause.refused, outcome.detail)
+            await self._finish(ctx, row, "failed", outcome.detail, event)
+        elif row["attempts"] + 1 >= self.settings.max_attempts:
+            detail = f"gave up after {row['attempts'] + 1} tries; the last: {outcome.detail}"
+            await self._finish(
+                ctx, row, "failed", detail, self._failed(row, FailedBecause.gave_up, detail)
+            )
+        else:
+            backoff = min(self.settings.retry_base_s * 2 ** row["attempts"], MAX_BACKOFF_S)
+            await self._again(ctx, row, backoff, attempt=True, detail=outcome.detail)
+
+    async def _again(
+        self,
+        ctx: ServiceContext,
+        row: Any,
+        after_s: float,
+        *,
+        attempt: bool,
+        detail: str | None = None,
+    ) -> None:
+        now = self.notify.clock()
+        await ctx.pool.execute(
+            "UPDATE deliveries SET status = 'pending', claim = NULL, next_attempt_at = $3, "
+            "attempts = attempts + $4, detail = coalesce($5, detail), updated_at = $6 "
+            "WHERE delivery_id = $1 AND claim = $2 AND status = 'sending'",
+            row["delivery_id"],
+            row["claim"],
+            now + timedelta(seconds=after_s),
+            1 if attempt else 0,
+            detail,
+            now,
+        )
+
+    async def _finish(
+        self,
+        ctx: ServiceContext,
+        row: Any,
+        status: str,
+        detail: str,
+        event: Event,
+        message_id: str | None = None,
+    ) -> None:
+        async with ctx.pool.acquire() as conn, conn.transaction():
+            updated = await conn.execute(
+                "UPDATE deliveries SET status = $3, detail = $4, message_id = $5, "
+                "attempts = attempts + $6, updated_at = $7, claim = NULL "
+                "WHERE delivery_id = $1 AND claim = $2 AND status IN ('sending', 'accepting')",
+                row["delivery_id"],
+                row["claim"],
+                status,
+                detail[:500],
+                message_id,
+                0 if status == "skipped" else 1,
+                self.notify.clock(),
+            )
+            if updated == "UPDATE 1":
+                await self._event(ctx, conn, row, event)
+
+    async def _event(self, ctx: ServiceContext, conn: Executor, row: Any, event: Event) -> None:
+        # One outcome per message (the status update above guards it): a stream of one event.
+        await ctx.store.append(
+            f"delivery-{row['delivery_id']}", 0, [event], clinic_id=row["clinic_id"], conn=conn
+        )
+
+    def _sent(self, row: Any, message_id: str) -> Event:
+        common = {
+            "delivery_id": row["delivery_id"],
+            "session_id": row["session_id"],
+            "recipient_id": row["recipient_id"],
+            "recipient_kind": RecipientKind(row["recipient_kind"]),
+            "message_id": message_id,
+        }
+        if row["kind"] == MessageKind.reminder.value:
+            late = row["due_at"] < self.notify.clock() - timedelta(minutes=1)
+            return ReminderSent(offset_minutes=row["offset_minutes"], late=late, **common)
+        return InvitationSent(kind=MessageKind(row["kind"]), revision=row["revision"], **common)
+
+    def _failed(self, row: Any, because: FailedBecause, detail: str) -> Event:
+        return DeliveryFailed(
+            delivery_id=row["delivery_id"],
+            session_id=row["session_id"],
+            recipient_id=row["recipient_id"],
+            recipient_kind=RecipientKind(row["recipient_kind"]),
+            kind=MessageKind(row["kind"]),
+            because=because,
+            detail=detail[:500],
+        )

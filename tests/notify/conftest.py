@@ -1,0 +1,186 @@
+"""Notify next to scheduling and links, mailing a real SMTP server (aiosmtpd) in the test.
+
+Scheduling is driven through its API as a clinic would; links issues the links; notify mails
+them. Notify runs on a clock the test moves, so reminders fall due when the test says.
+"""
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from typing import Any
+
+import httpx
+import icalendar
+import pytest
+from fastapi import FastAPI
+
+from runtime.embedded import NatsServer
+from runtime.service import build_app
+from services.notify import app as notify_app
+from services.notify.config import NotifySettings
+from services.notify.handlers import Notify
+from tests.links.conftest import Clock, LinkedClinic, linked_clinic, links_service
+from tests.notify.smtp import Received, SmtpSink
+from tests.scheduling.conftest import SEALER, scheduling_app
+from tests.support import eventually, serving, settings
+
+
+@dataclass
+class RunningClock:
+    """Real time, moved forward by the test: retries fall due on their own, reminders when
+    the test skips ahead."""
+
+    offset: timedelta = timedelta()
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+    def advance(self, **delta: float) -> None:
+        self.offset += timedelta(**delta)
+
+
+FAST = {
+    "poll_s": 0.05,
+    "retry_base_s": 0.2,
+    "claim_s": 3.0,
+    "link_wait_s": 10.0,
+    "smtp_timeout_s": 2.0,
+    "smtp_security": "none",
+    "sender_address": "appointments@clinic.example",
+}
+
+
+def notify_service(
+    dsn: str, nats_url: str, sink: SmtpSink, clock: RunningClock, **config: Any
+) -> FastAPI:
+    notify = Notify(
+        settings=NotifySettings(smtp_host=sink.host, smtp_port=sink.port, **(FAST | config)),
+        sealer_source=lambda: SEALER,
+        clock=clock,
+    )
+    return build_app(notify_app.build(notify), settings(dsn, nats_url))
+
+
+@pytest.fixture
+async def sink() -> AsyncIterator[SmtpSink]:
+    async with SmtpSink() as smtp:
+        yield smtp
+
+
+@dataclass
+class Platform:
+    scheduling: httpx.AsyncClient
+    links: httpx.AsyncClient
+    notify: httpx.AsyncClient
+    sink: SmtpSink
+    clock: RunningClock
+    dsn: str
+    nats_url: str
+
+    @contextlib.asynccontextmanager
+    async def notify_stopped(self) -> AsyncIterator[None]:
+        """Notify down for the block (the test moves the clock meanwhile), then up again."""
+        await self._notify_stack.aclose()
+        yield
+        await self._start_notify()
+
+    async def _start_notify(self, **config: Any) -> None:
+        self._notify_stack = contextlib.AsyncExitStack()
+        app = notify_service(self.dsn, self.nats_url, self.sink, self.clock, **config)
+        self.notify = await self._notify_stack.enter_async_context(serving(app))
+
+    _notify_stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
+
+
+@pytest.fixture
+async def platform(
+    postgres_dsn: str, nats_server: NatsServer, sink: SmtpSink
+) -> AsyncIterator[Platform]:
+    clock = RunningClock()
+    sched = scheduling_app(postgres_dsn, nats_server.url)
+    links = links_service(postgres_dsn, nats_server.url, Clock())
+    async with serving(sched) as scheduling_client, serving(links) as links_client:
+        found = Platform(
+            scheduling_client,
+            links_client,
+            httpx.AsyncClient(),
+            sink,
+            clock,
+            postgres_dsn,
+            nats_server.url,
+        )
+        await found._start_notify()
+        try:
+            yield found
+        finally:
+            await found._notify_stack.aclose()
+
+
+@dataclass
+class Clinic:
+    """A clinic registered through scheduling, with its key working on links and notify."""
+
+    linked: LinkedClinic
+    platform: Platform
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self.linked.clinic.headers
+
+    @property
+    def scheduling(self) -> Any:
+        return self.linked.clinic
+
+    async def notify_call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        return await self.platform.notify.request(method, path, headers=self.headers, **kwargs)
+
+    async def deliveries(self, **filters: Any) -> list[dict[str, Any]]:
+        response = await self.notify_call("GET", "/v1/deliveries", params=filters)
+        assert response.status_code == 200, response.text
+        found: list[dict[str, Any]] = response.json()
+        return found
+
+    async def wait_deliveries(self, predicate: Any, what: str, **filters: Any) -> list[Any]:
+        found: list[dict[str, Any]] = []
+
+        async def done() -> bool:
+            nonlocal found
+            found = await self.deliveries(**filters)
+            return bool(predicate(found))
+
+        await eventually(done, timeout=20, what=what)
+        return found
+
+
+async def clinic_of(platform: Platform, **clinic_settings: Any) -> Clinic:
+    # links' helper needs only the scheduling and links clients, which this platform has too
+    linked = await linked_clinic(platform, **clinic_settings)  # type: ignore[arg-type]
+    return Clinic(linked, platform)
+
+
+def mails_to(sink: SmtpSink, address: str) -> list[Received]:
+    return [m for m in sink.messages if address in m.rcpt_tos]
+
+
+def body_of(message: EmailMessage, subtype: str = "plain") -> str:
+    part = message.get_body(preferencelist=(subtype,))
+    assert part is not None, f"no text/{subtype} part"
+    content: str = part.get_content()  # type: ignore[attr-defined]
+    return content
+
+
+def calendar_of(message: EmailMessage) -> icalendar.Calendar:
+    for part in message.iter_attachments():
+        if part.get_content_type() == "text/calendar":
+            raw = part.get_payload(decode=True)
+            assert isinstance(raw, bytes)
+            return icalendar.Calendar.from_ical(raw)
+    raise AssertionError("the message has no calendar attachment")
+
+
+def event_of(calendar: icalendar.Calendar) -> Any:
+    events = [c for c in calendar.walk("VEVENT")]
+    assert len(events) == 1
+    return events[0]
