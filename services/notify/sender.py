@@ -421,7 +421,7 @@ class Sender:
         await ctx.pool.execute(
             "UPDATE deliveries SET status = 'pending', claim = NULL, next_attempt_at = $3, "
             "attempts = attempts + $4, detail = coalesce($5, detail), updated_at = $6 "
-            "WHERE delivery_id = $1 AND claim = $2 AND status = 'sending'",
+            "WHERE delivery_id = $1 AND claim = $2 AND status IN ('sending', 'accepting')",
             row["delivery_id"],
             row["claim"],
             now + timedelta(seconds=after_s),

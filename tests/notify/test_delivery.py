@@ -1,0 +1,235 @@
+"""Delivery against a mail server that refuses, fails for a while or hangs; the point of no
+return before the final dot; templates edited through the API."""
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+
+from services.notify.config import NotifySettings
+from services.notify.smtp import Mailer
+from tests.notify.conftest import Platform, body_of, clinic_of, mails_to
+from tests.notify.smtp import SmtpSink
+from tests.notify.test_invitations import CLIENT, schedule
+from tests.support import assert_problem
+
+
+def mailer_for(sink: SmtpSink, **config: object) -> Mailer:
+    return Mailer(
+        NotifySettings(
+            smtp_host=sink.host,
+            smtp_port=sink.port,
+            smtp_security="none",
+            smtp_timeout_s=2.0,
+            **config,  # type: ignore[arg-type]
+        )
+    )
+
+
+MESSAGE = (
+    b"From: a@clinic.example\r\nTo: b@example.org\r\nSubject: hi\r\n\r\n.dot first\r\nbody\r\n"
+)
+
+
+async def test_the_server_gets_the_final_dot_only_after_the_point_of_no_return(
+    sink: SmtpSink,
+) -> None:
+    mailer = mailer_for(sink)
+
+    async def not_ours() -> bool:
+        return False
+
+    outcome = await mailer.send("a@clinic.example", "b@example.org", MESSAGE, not_ours)
+    assert outcome.status == "abandoned"
+
+    seen_before: list[int] = []
+
+    async def ours() -> bool:
+        await asyncio.sleep(0.2)  # time enough for a server that had the dot to store it
+        seen_before.append(len(sink.messages))
+        return True
+
+    outcome = await mailer.send("a@clinic.example", "b@example.org", MESSAGE, ours)
+    assert outcome.status == "sent"
+    assert seen_before == [0], "the server had the message before the point of no return"
+    (received,) = await sink.wait_for(1)
+    assert received.message.get_content().startswith(".dot first")  # dot-stuffing kept
+    mailer.close()
+
+
+async def test_refusals_and_temporary_failures_are_classified(sink: SmtpSink) -> None:
+    mailer = mailer_for(sink)
+
+    async def go() -> bool:
+        return True
+
+    sink.refuse("b@example.org", 550, "no such user")
+    refused = await mailer.send("a@clinic.example", "b@example.org", MESSAGE, go)
+    assert (refused.status, refused.code) == ("permanent", 550)
+    assert "no such user" in refused.detail
+    sink.fail_next(1, 451, "greylisted")
+    later = await mailer.send("a@clinic.example", "c@example.org", MESSAGE, go)
+    assert (later.status, later.code) == ("temporary", 451)
+    sent = await mailer.send("a@clinic.example", "c@example.org", MESSAGE, go)
+    assert sent.status == "sent"
+    mailer.close()
+    closed = mailer_for(SmtpSink(port=1))
+    unreachable = await closed.send("a@clinic.example", "c@example.org", MESSAGE, go)
+    assert unreachable.status == "temporary"
+    assert "cannot reach" in unreachable.detail
+
+
+async def test_a_refused_recipient_is_recorded_as_failed_and_not_tried_again(
+    platform: Platform,
+) -> None:
+    platform.sink.refuse(CLIENT, 550, "mailbox unavailable")
+    clinic = await clinic_of(platform)
+    session = await schedule(clinic, timedelta(days=2))
+    log = await clinic.wait_deliveries(
+        lambda found: any(d["status"] == "failed" for d in found),
+        "the invitation recorded as failed",
+        session_id=session["session_id"],
+    )
+    (failed,) = [d for d in log if d["kind"] == "invitation"]
+    assert "550" in failed["detail"]
+    assert "mailbox unavailable" in failed["detail"]
+    assert failed["attempts"] == 1
+    assert CLIENT not in failed["detail"]
+    assert platform.sink.messages == []
+
+
+async def test_temporary_failures_are_retried_and_the_message_sent_once(
+    platform: Platform,
+) -> None:
+    platform.sink.fail_next(2, 451, "try again later")
+    clinic = await clinic_of(platform)
+    session = await schedule(clinic, timedelta(days=2))
+    await platform.sink.wait_for(1, timeout=20)
+    log = await clinic.wait_deliveries(
+        lambda found: any(d["status"] == "sent" for d in found),
+        "the invitation sent",
+        session_id=session["session_id"],
+    )
+    (sent,) = [d for d in log if d["kind"] == "invitation"]
+    assert sent["attempts"] == 3
+    assert platform.sink.attempts == 3
+    assert len(mails_to(platform.sink, CLIENT)) == 1
+
+
+async def test_a_server_that_hangs_after_the_dot_gets_the_message_at_most_once(
+    platform: Platform,
+) -> None:
+    platform.sink.hang = True
+    clinic = await clinic_of(platform)
+    session = await schedule(clinic, timedelta(days=2))
+    log = await clinic.wait_deliveries(
+        lambda found: any(d["status"] == "unconfirmed" for d in found),
+        "the invitation recorded as unconfirmed",
+        session_id=session["session_id"],
+    )
+    (unconfirmed,) = [d for d in log if d["status"] == "unconfirmed"]
+    assert "not sent again" in unconfirmed["detail"]
+    platform.sink.hang = False
+    # The server dropped the transaction when the connection closed; notify does not try
+    # again: at most once, and the log says the message may not have arrived.
+    await asyncio.sleep(1.0)
+    assert platform.sink.attempts == 1
+    assert mails_to(platform.sink, CLIENT) == []
+    log = await clinic.deliveries(session_id=session["session_id"])
+    assert [d["status"] for d in log if d["kind"] == "invitation"] == ["unconfirmed"]
+
+
+async def test_a_client_without_an_address_is_a_recorded_failure(platform: Platform) -> None:
+    clinic = await clinic_of(platform)
+    sched = clinic.scheduling
+    practitioner = await sched.practitioner()
+    response = await sched.call("POST", "/v1/clients", json={"display_name": "No Mail"})
+    assert response.status_code == 201, response.text
+    session = await sched.session(practitioner, [response.json()])
+    log = await clinic.wait_deliveries(
+        lambda found: any(d["status"] == "failed" for d in found),
+        "the invitation recorded as failed",
+        session_id=session["session_id"],
+    )
+    assert "no email address" in next(d for d in log if d["status"] == "failed")["detail"]
+
+
+# -- templates ---------------------------------------------------------------------------------
+
+ESCAPES = [
+    "{{ join_url.__class__.__mro__ }}",
+    "{{ ''.__class__.__subclasses__() }}",
+    "{{ clinic_name.format.__globals__ }}",
+    "{{ self._TemplateReference__context }}",
+    "{% for x in range(10**9) %}x{% endfor %}",
+    "{{ config }}",
+    "{{ lipsum.__globals__['os'] }}",
+]
+
+
+@pytest.mark.parametrize("attempt", ESCAPES)
+async def test_template_code_that_reaches_for_python_internals_is_refused(
+    platform: Platform, attempt: str
+) -> None:
+    clinic = await clinic_of(platform)
+    current = (await clinic.notify_call("GET", "/v1/templates/invitation")).json()
+    body = {
+        "subject": current["subject"],
+        "text": f"line one\n{attempt}\n",
+        "html": current["html"],
+    }
+    response = await clinic.notify_call("PUT", "/v1/templates/invitation", json=body)
+    assert_problem(response, 422, "template_invalid")
+    problem = response.json()
+    assert problem["problems"][0]["part"] == "text"
+    assert problem["problems"][0]["line"] in (2, None)
+
+
+async def test_a_clinic_edits_its_template_and_its_next_invitation_uses_it(
+    platform: Platform,
+) -> None:
+    clinic = await clinic_of(platform)
+    other = await clinic_of(platform)
+    current = (await clinic.notify_call("GET", "/v1/templates/invitation")).json()
+    assert current["customised"] is False
+    assert "join_url" in current["variables"]
+    current = {part: current[part] for part in ("subject", "text", "html")}
+    broken = current | {"text": "Hello\n{{ join_url }\n"}
+    response = await clinic.notify_call("PUT", "/v1/templates/invitation", json=broken)
+    assert_problem(response, 422, "template_invalid")
+    assert response.json()["problems"][0]["line"] == 2
+    unknown = current | {"text": "Hello {{ patient_dob }}"}
+    response = await clinic.notify_call("PUT", "/v1/templates/invitation", json=unknown)
+    assert_problem(response, 422, "template_invalid")
+    assert "patient_dob" in response.json()["detail"]
+    named = current | {"subject": "Session for {{ recipient_name }}"}
+    response = await clinic.notify_call("PUT", "/v1/templates/invitation", json=named)
+    assert_problem(response, 422, "template_invalid")
+    custom = {
+        "subject": "See you on {{ date }}",
+        "text": "Dear {{ recipient_name }}, join at {{ join_url }} ({{ start_time }}).",
+        "html": "<p>Dear {{ recipient_name }}, <a href='{{ join_url }}'>join</a></p>",
+    }
+    response = await clinic.notify_call("POST", "/v1/templates/invitation/preview", json=custom)
+    assert response.status_code == 200, response.text
+    response = await clinic.notify_call("PUT", "/v1/templates/invitation", json=custom)
+    assert response.status_code == 200, response.text
+    assert response.json()["customised"] is True
+    assert (await other.notify_call("GET", "/v1/templates/invitation")).json()[
+        "customised"
+    ] is False
+    session = await schedule(clinic, timedelta(days=2))
+    link = await clinic.linked.link("session", session_id=session["session_id"])
+    mail = (await platform.sink.wait_for(1, timeout=20))[0].message
+    assert mail["Subject"].startswith("See you on ")
+    assert body_of(mail).strip().startswith("Dear Grace Hopper, join at " + link["url"])
+    response = await clinic.notify_call("DELETE", "/v1/templates/invitation")
+    assert response.status_code == 204
+    assert (await clinic.notify_call("GET", "/v1/templates/invitation")).json()[
+        "customised"
+    ] is False
+
+
+async def test_the_api_needs_a_clinic_key(platform: Platform) -> None:
+    response = await platform.notify.get("/v1/templates")
+    assert_problem(response, 401)
