@@ -50,6 +50,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/links.py
 	$(BIN)/python bench/signaling.py
 	$(BIN)/python bench/sfu.py
+	$(BIN)/python bench/notify.py
 
 clean:
 	rm -rf $(VENV) .antechamber .pytest_cache .mypy_cache .ruff_cache

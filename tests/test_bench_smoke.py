@@ -46,6 +46,16 @@ PRINTED = {
         "all at once:",
         "paced,",
     ),
+    "notify": (
+        "invitations delivered:",
+        "(duplicates 0, wrong URL 0, to strangers 0)",
+        "SessionScheduled -> mail:",
+        "invitations/s",
+        "raw aiosmtplib send rate:",
+        "messages/s",
+        "ratio:",
+        "planned (consumers):",
+    ),
     "sfu": (
         "SFU process CPU:",
         "of which in the kernel:",

@@ -6,11 +6,12 @@ adding a second one.
 """
 
 from datetime import UTC, date, datetime
+from functools import lru_cache
 from typing import Literal
 from uuid import UUID
 from zoneinfo import ZoneInfo
 
-from icalendar import Calendar, Event, vCalAddress
+from icalendar import Calendar, Component, Event, vCalAddress
 
 PRODID = "-//Antechamber//Antechamber//EN"
 
@@ -65,14 +66,24 @@ def calendar(
     entry.add("prodid", PRODID)
     entry.add("version", "2.0")
     entry.add("method", method)
+    for definition in _vtimezones(time_zone, starts_at.year - 1, ends_at.year + 2):
+        entry.add_component(definition)
     entry.add_component(event)
-    # The zone's rules around the session only: the full 1970-2038 history would be most of
-    # the file, and a later change of the session sends a new VTIMEZONE with it.
-    entry.add_missing_timezones(
-        first_date=date(starts_at.year - 1, 1, 1), last_date=date(ends_at.year + 2, 1, 1)
-    )
     content: bytes = entry.to_ical()
     return content
+
+
+@lru_cache(maxsize=128)
+def _vtimezones(time_zone: str, first_year: int, last_year: int) -> tuple[Component, ...]:
+    """The zone's rules around the session only: the full 1970-2038 history would be most of
+    the file, and a later change of the session sends a new VTIMEZONE with it. Made once per
+    zone and years (a quarter of a calendar's cost otherwise); none for UTC."""
+    probe = Calendar()
+    moment = Event()
+    moment.add("dtstart", datetime(first_year + 1, 6, 1, tzinfo=ZoneInfo(time_zone)))
+    probe.add_component(moment)
+    probe.add_missing_timezones(first_date=date(first_year, 1, 1), last_date=date(last_year, 1, 1))
+    return tuple(c for c in probe.subcomponents if c.name == "VTIMEZONE")
 
 
 def _address(name: str, email: str, **params: str) -> vCalAddress:
