@@ -4,7 +4,11 @@ import os
 import re
 import subprocess
 import sys
+import uuid
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
 
 from antechamber.catalog import SERVICES, definition
 from runtime.embedded import NatsServer
@@ -24,10 +28,23 @@ def antechamber(*args: str, env: dict[str, str] | None = None) -> subprocess.Com
     )
 
 
-def test_migrate_rebuild_and_republish_a_service(
+async def fresh_database(dsn: str) -> str:
+    """A database of its own on the harness's Postgres: other tests run every service (and
+    migrate their schemas) in the shared one."""
+    name = f"cli_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f"CREATE DATABASE {name}")
+    finally:
+        await conn.close()
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+async def test_migrate_rebuild_and_republish_a_service(
     postgres_dsn: str, nats_server: NatsServer
 ) -> None:
-    env = {"DATABASE_URL": postgres_dsn, "NATS_URL": nats_server.url}
+    env = {"DATABASE_URL": await fresh_database(postgres_dsn), "NATS_URL": nats_server.url}
     first = antechamber("migrate", "notify", env=env)
     assert first.returncode == 0, first.stderr
     notify_migrations = len(definition("notify").migrations())

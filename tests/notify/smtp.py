@@ -47,6 +47,7 @@ class SmtpSink:
         self._arrived = asyncio.Condition()
         self._server: asyncio.Server | None = None
         self._connections: weakref.WeakSet[SMTP] = weakref.WeakSet()
+        self._finishing: set[asyncio.Future[str]] = set()
 
     @property
     def hang(self) -> bool:
@@ -106,6 +107,8 @@ class SmtpSink:
             if connection._handler_coroutine is not None:
                 handlers.append(connection._handler_coroutine)
         await asyncio.gather(*handlers, return_exceptions=True)
+        self.hang = False  # what a hang held back finishes now
+        await asyncio.gather(*self._finishing, return_exceptions=True)
         await self._server.wait_closed()
         self._server = None
 
@@ -156,6 +159,14 @@ class _Hooks:
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        # As a real mail server does, finish what the final dot started even if the client
+        # goes away meanwhile (aiosmtpd cancels the handler when the connection drops).
+        task = asyncio.ensure_future(self._data(envelope))
+        self.sink._finishing.add(task)
+        task.add_done_callback(self.sink._finishing.discard)
+        return await asyncio.shield(task)
+
+    async def _data(self, envelope: Envelope) -> str:
         sink = self.sink
         sink.attempts += 1
         await sink._unhung.wait()

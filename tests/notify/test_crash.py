@@ -9,8 +9,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from bench.support import Process, service_ready, start_service
-from runtime.embedded import NatsServer, free_port
+from bench.support import Process, servers, service_ready, start_service
+from runtime.embedded import free_port
 from runtime.sealing import Sealer, new_key
 from runtime.service import connect_nats
 from tests.notify.conftest import body_of
@@ -42,16 +42,21 @@ def notify_process(
 
 
 @pytest.mark.slow
-async def test_notify_killed_mid_way_through_1000_invitations_sends_each_exactly_once(
-    postgres_dsn: str, nats_server: NatsServer, tmp_path: Path
-) -> None:
+async def test_notify_killed_mid_way_through_1000_invitations_sends_each_exactly_once() -> None:
+    # Servers of its own: the 1,000 sessions would otherwise wait in the shared streams for
+    # every later test's links and notify.
+    with servers() as (folder, nats, postgres):
+        await killed_mid_way(folder, postgres.dsn, nats.url)
+
+
+async def killed_mid_way(tmp_path: Path, postgres_dsn: str, nats_url: str) -> None:
     key = new_key()
     async with SmtpSink() as sink:
         sink.accepting_delay = 0.002  # a relay that takes a moment: the kill lands mid-send
-        first, port = notify_process(tmp_path, postgres_dsn, nats_server.url, sink, key, "n1")
+        first, port = notify_process(tmp_path, postgres_dsn, nats_url, sink, key, "n1")
         try:
             await service_ready(first, f"http://127.0.0.1:{port}")
-            nc = await connect_nats(nats_server.url, "crash-test")
+            nc = await connect_nats(nats_url, "crash-test")
             feed = Feed(nc, Sealer(key))
             await feed.clinic()
             invited = await feed.sessions(COUNT)
@@ -63,7 +68,7 @@ async def test_notify_killed_mid_way_through_1000_invitations_sends_each_exactly
         finally:
             first.stop()
         assert at_kill < COUNT, "the kill came too late to test anything"
-        second, port = notify_process(tmp_path, postgres_dsn, nats_server.url, sink, key, "n2")
+        second, port = notify_process(tmp_path, postgres_dsn, nats_url, sink, key, "n2")
         try:
             await service_ready(second, f"http://127.0.0.1:{port}")
             await sink.wait_for(COUNT, timeout=180)
