@@ -5,10 +5,11 @@ them. Notify runs on a clock the test moves, so reminders fall due when the test
 """
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,7 +17,7 @@ import icalendar
 import pytest
 from fastapi import FastAPI
 
-from runtime.embedded import NatsServer
+from runtime.embedded import EmbeddedPostgres, NatsServer
 from runtime.service import build_app
 from services.notify import app as notify_app
 from services.notify.config import NotifySettings
@@ -52,6 +53,23 @@ FAST = {
 }
 
 
+@pytest.fixture(scope="package")
+def nats_server(short_tmp: Path) -> Iterator[NatsServer]:
+    """Notify's tests get a NATS and a Postgres of their own: notify reads every session ever
+    scheduled on its streams, and the rest of the suite schedules hundreds (which would be
+    mailed here, to these tests' sinks)."""
+    server = NatsServer(short_tmp / "notify-nats").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="package")
+def postgres_dsn(short_tmp: Path) -> Iterator[str]:
+    postgres = EmbeddedPostgres(short_tmp / "notify-pg").start()
+    yield postgres.dsn
+    postgres.stop()
+
+
 def notify_service(
     dsn: str, nats_url: str, sink: SmtpSink, clock: RunningClock, **config: Any
 ) -> FastAPI:
@@ -78,13 +96,6 @@ class Platform:
     clock: RunningClock
     dsn: str
     nats_url: str
-
-    @contextlib.asynccontextmanager
-    async def notify_stopped(self) -> AsyncIterator[None]:
-        """Notify down for the block (the test moves the clock meanwhile), then up again."""
-        await self._notify_stack.aclose()
-        yield
-        await self._start_notify()
 
     async def _start_notify(self, **config: Any) -> None:
         self._notify_stack = contextlib.AsyncExitStack()
