@@ -79,10 +79,6 @@ class Node:
             **({"source": "loop", "decode": False, "report_every_s": 1.0} | extra),
         )
 
-    async def cpu_over(self, seconds: float) -> float:
-        """Cores the node used over the next ``seconds``."""
-        return (await self.cpu_split_over(seconds))[0]
-
     async def cpu_split_over(self, seconds: float) -> tuple[float, float]:
         """Cores the node used over the next ``seconds``, and of them in the kernel."""
         started, before = time.monotonic(), cpu_split(self.process.pid)
@@ -196,11 +192,11 @@ async def per_subscriber(
         subscribers = [await join(stack, node, publish=[]) for _ in range(LOW)]
         await flowing(subscribers, 2)
         await asyncio.sleep(2)
-        low = await node.cpu_over(seconds)
+        low, _ = await node.cpu_split_over(seconds)
         subscribers += [await join(stack, node, publish=[]) for _ in range(HIGH - LOW)]
         await flowing(subscribers, 2)
         await asyncio.sleep(2)
-        high = await node.cpu_over(seconds)
+        high, _ = await node.cpu_split_over(seconds)
     return {"low": low, "high": high, "per_subscriber": (high - low) / (HIGH - LOW)}
 
 

@@ -63,9 +63,6 @@ class Notify:
 
 # -- planning messages -------------------------------------------------------------------------
 
-PLANNED = ("pending",)
-"""What a message is while it can still be dropped (later it is in a mail server's hands)."""
-
 
 async def plan(
     conn: Executor,
@@ -101,10 +98,16 @@ async def plan(
     return delivery_id
 
 
+SESSIONS = "SELECT s.*, c.reminder_offsets FROM sessions s JOIN clinics c USING (clinic_id) "
+"""Sessions with what planning their reminders needs."""
+
+TOLD = "('sending', 'accepting', 'sent', 'unconfirmed')"
+"""Statuses of a message a mail server has, or may have."""
+
+
 async def _session(conn: Executor, clinic_id: str, session_id: UUID) -> Any:
     return await conn.fetchrow(
-        "SELECT s.*, c.reminder_offsets FROM sessions s JOIN clinics c USING (clinic_id) "
-        "WHERE s.session_id = $1 AND s.clinic_id = $2",
+        SESSIONS + "WHERE s.session_id = $1 AND s.clinic_id = $2",
         session_id,
         clinic_id,
     )
@@ -168,8 +171,7 @@ async def _was_told(conn: Executor, session_id: UUID) -> list[tuple[UUID, str]]:
     rows = await conn.fetch(
         "SELECT DISTINCT d.recipient_id, d.recipient_kind FROM deliveries d "
         "JOIN recipients r ON r.session_id = d.session_id AND r.recipient_id = d.recipient_id "
-        "WHERE d.session_id = $1 AND NOT r.removed "
-        "AND d.status IN ('sending', 'accepting', 'sent', 'unconfirmed')",
+        f"WHERE d.session_id = $1 AND NOT r.removed AND d.status IN {TOLD}",
         session_id,
     )
     return [(r["recipient_id"], r["recipient_kind"]) for r in rows]
@@ -314,13 +316,14 @@ async def _rescheduled(
     # already told get an update. Reminders move.
     await drop_pending(conn, event.session_id, now, kinds=(MessageKind.reminder,))
     told = await _was_told(conn, event.session_id)
-    for recipient in await _recipients(conn, event.session_id):
+    recipients = await _recipients(conn, event.session_id)
+    for recipient in recipients:
         if recipient in told:
             await plan(
                 conn, clinic, event.session_id, recipient, MessageKind.update, revision, now, now
             )
     session = await _session(conn, clinic, event.session_id)
-    await plan_reminders(conn, session, await _recipients(conn, event.session_id), now)
+    await plan_reminders(conn, session, recipients, now)
 
 
 async def _cancelled(conn: Executor, clinic: str, session_id: UUID, now: datetime) -> None:
@@ -367,8 +370,7 @@ async def _attendee_invited(
 async def _replan_clinic_reminders(conn: Executor, clinic: str, now: datetime) -> None:
     """New reminder offsets apply to the sessions still ahead."""
     sessions = await conn.fetch(
-        "SELECT s.*, c.reminder_offsets FROM sessions s JOIN clinics c USING (clinic_id) "
-        "WHERE s.clinic_id = $1 AND s.status = 'scheduled' AND s.starts_at > $2",
+        SESSIONS + "WHERE s.clinic_id = $1 AND s.status = 'scheduled' AND s.starts_at > $2",
         clinic,
         now,
     )
@@ -449,20 +451,19 @@ async def _tell_new_link(
         "SELECT s.session_id, s.revision, r.recipient_id, r.kind FROM sessions s "
         "JOIN recipients r USING (session_id) "
         f"WHERE s.clinic_id = $1 AND {where} AND NOT r.removed "
-        "AND s.status IN ('scheduled', 'live') AND s.ends_at > $3",
+        "AND s.status IN ('scheduled', 'live') AND s.ends_at > $3 "
+        "AND EXISTS (SELECT 1 FROM deliveries d WHERE d.session_id = s.session_id "
+        f"AND d.recipient_id = r.recipient_id AND d.status IN {TOLD})",
         clinic,
         arg,
         now,
     )
     for row in rows:
-        recipient = (row["recipient_id"], row["kind"])
-        if recipient not in await _was_told(conn, row["session_id"]):
-            continue
         await plan(
             conn,
             clinic,
             row["session_id"],
-            recipient,
+            (row["recipient_id"], row["kind"]),
             MessageKind.new_link,
             row["revision"],
             now,

@@ -9,6 +9,7 @@ the final dot), ``accepting`` is recorded as unconfirmed and not sent again.
 """
 
 import asyncio
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.message import EmailMessage
@@ -87,9 +88,9 @@ def starts_in(minutes: int) -> str:
 
 async def session_context(
     conn: Executor, notify: Notify, clinic_id: str, session_id: UUID, recipient_id: UUID | None
-) -> tuple[Any, dict[str, Any], str | None, str | None]:
-    """The template variables of a session for one recipient (``join_url`` included), the
-    session row, the recipient's address and the recipient's kind."""
+) -> tuple[Any, dict[str, Any], str | None]:
+    """The session row, its template variables for one recipient (``join_url`` included) and
+    the recipient's address."""
     session = await conn.fetchrow(
         "SELECT s.*, c.name AS clinic_name, c.early_join_minutes, p.display_name AS practitioner "
         "FROM sessions s JOIN clinics c USING (clinic_id) "
@@ -134,7 +135,7 @@ async def session_context(
     url = await link_for(conn, session, recipient_id, recipient["kind"])
     if url is not None:
         context["join_url"] = notify.sealer.unseal(url)
-    return session, context, recipient["email"], recipient["kind"]
+    return session, context, recipient["email"]
 
 
 async def link_for(
@@ -191,10 +192,16 @@ class Sender:
             asyncio.create_task(self._worker(ctx, queue), name=f"notify-sender-{n}")
             for n in range(self.settings.smtp_connections)
         ]
+        # Claims lapse after claim_s: looking for lapsed ones a few times as often is enough,
+        # not on every poll.
+        take_over_every = self.settings.claim_s / 4
+        next_take_over = 0.0
         try:
             while True:
                 try:
-                    await self._take_over(ctx)
+                    if time.monotonic() >= next_take_over:
+                        await self._take_over(ctx)
+                        next_take_over = time.monotonic() + take_over_every
                     claimed = []
                     if queue.qsize() < self.settings.smtp_connections:
                         claimed = await self._claim(ctx)
@@ -315,7 +322,7 @@ class Sender:
     async def write(self, conn: Executor, row: Any) -> Written:
         kind = MessageKind(row["kind"])
         now = self.notify.clock()
-        session, context, address, recipient_kind = await session_context(
+        session, context, address = await session_context(
             conn, self.notify, row["clinic_id"], row["session_id"], row["recipient_id"]
         )
         if kind is MessageKind.reminder:
@@ -378,7 +385,6 @@ class Sender:
                 filename="invite.ics",
                 params={"method": method},
             )
-        del recipient_kind
         return Written(message, address)
 
     # -- recording -----------------------------------------------------------------------------

@@ -93,11 +93,7 @@ class Mailer:
         except (aiosmtplib.SMTPException, OSError) as exc:
             self.close()
             return Outcome("temporary", f"the mail server went away: {_describe(exc)}")
-        try:
-            return await self._data(smtp, content, point_of_no_return)
-        finally:
-            if self._smtp is not None and not self._smtp.is_connected:
-                self.close()
+        return await self._data(smtp, content, point_of_no_return)
 
     async def _reset(self) -> None:
         try:

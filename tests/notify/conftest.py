@@ -4,9 +4,8 @@ Scheduling is driven through its API as a clinic would; links issues the links; 
 them. Notify runs on a clock the test moves, so reminders fall due when the test says.
 """
 
-import contextlib
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
@@ -94,15 +93,6 @@ class Platform:
     notify: httpx.AsyncClient
     sink: SmtpSink
     clock: RunningClock
-    dsn: str
-    nats_url: str
-
-    async def _start_notify(self, **config: Any) -> None:
-        self._notify_stack = contextlib.AsyncExitStack()
-        app = notify_service(self.dsn, self.nats_url, self.sink, self.clock, **config)
-        self.notify = await self._notify_stack.enter_async_context(serving(app))
-
-    _notify_stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
 
 
 @pytest.fixture
@@ -112,21 +102,13 @@ async def platform(
     clock = RunningClock()
     sched = scheduling_app(postgres_dsn, nats_server.url)
     links = links_service(postgres_dsn, nats_server.url, Clock())
-    async with serving(sched) as scheduling_client, serving(links) as links_client:
-        found = Platform(
-            scheduling_client,
-            links_client,
-            httpx.AsyncClient(),
-            sink,
-            clock,
-            postgres_dsn,
-            nats_server.url,
-        )
-        await found._start_notify()
-        try:
-            yield found
-        finally:
-            await found._notify_stack.aclose()
+    notify = notify_service(postgres_dsn, nats_server.url, sink, clock)
+    async with (
+        serving(sched) as scheduling_client,
+        serving(links) as links_client,
+        serving(notify) as notify_client,
+    ):
+        yield Platform(scheduling_client, links_client, notify_client, sink, clock)
 
 
 @dataclass

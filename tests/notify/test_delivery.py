@@ -14,14 +14,10 @@ from tests.notify.test_invitations import CLIENT, schedule
 from tests.support import assert_problem
 
 
-def mailer_for(sink: SmtpSink, **config: object) -> Mailer:
+def mailer_for(sink: SmtpSink) -> Mailer:
     return Mailer(
         NotifySettings(
-            smtp_host=sink.host,
-            smtp_port=sink.port,
-            smtp_security="none",
-            smtp_timeout_s=2.0,
-            **config,  # type: ignore[arg-type]
+            smtp_host=sink.host, smtp_port=sink.port, smtp_security="none", smtp_timeout_s=2.0
         )
     )
 
