@@ -26,9 +26,18 @@ def serve(args: argparse.Namespace) -> int:
 
     from runtime.service import build_app
 
-    definition = catalog.definition(args.service)
-    settings = _settings(http_host=args.host, http_port=args.port or definition.default_port)
-    app = build_app(definition, settings)
+    if args.service == "web":
+        from runtime.logging import configure_logging
+        from web.app import build
+        from web.config import DEFAULT_PORT
+
+        settings = _settings(http_host=args.host, http_port=args.port or DEFAULT_PORT)
+        configure_logging("web", settings.log_level, settings.log_format)
+        app = build()
+    else:
+        definition = catalog.definition(args.service)
+        settings = _settings(http_host=args.host, http_port=args.port or definition.default_port)
+        app = build_app(definition, settings)
     uvicorn.run(
         app,
         host=settings.http_host,
@@ -135,8 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=".antechamber", help="where NATS and Postgres keep data")
     p.set_defaults(func=up)
 
-    p = commands.add_parser("serve", help="run one service against NATS_URL and DATABASE_URL")
-    p.add_argument("service", choices=catalog.SERVICES)
+    p = commands.add_parser(
+        "serve", help="run one service against NATS_URL and DATABASE_URL, or the web client"
+    )
+    p.add_argument("service", choices=(*catalog.SERVICES, "web"))
     p.add_argument("--host", default=None)
     p.add_argument("--port", type=int, default=None)
     p.set_defaults(func=serve)

@@ -17,6 +17,7 @@ from runtime.embedded import EmbeddedPostgres, NatsServer, free_port
 NATS_DEFAULT_PORT = 4222
 MAIL_SINK_SMTP_DEFAULT_PORT = 1025
 MAIL_SINK_HTTP_DEFAULT_PORT = 8025
+WEB_DEFAULT_PORT = 8100
 READY_TIMEOUT_S = 90.0
 
 
@@ -36,6 +37,7 @@ class Platform:
         self.data_dir = data_dir.resolve()
         self.services: list[RunningService] = []
         self.mail_sink: RunningService | None = None
+        self.web: RunningService | None = None
         self.nats: NatsServer | None = None
         self.postgres: EmbeddedPostgres | None = None
         self._stopping = False
@@ -77,6 +79,9 @@ class Platform:
             or participant_key_file(self.data_dir)
         )
         mail = self._start_mail_sink()
+        web_port = free_port(WEB_DEFAULT_PORT)
+        # Links are issued for the pages the web client serves.
+        public_url = os.environ.get("ANTECHAMBER_PUBLIC_URL", f"http://127.0.0.1:{web_port}")
         for definition in definitions():
             port = free_port(definition.default_port)
             env = (
@@ -88,6 +93,7 @@ class Platform:
                     "ANTECHAMBER_OPERATOR_KEY_FILE": str(key_file),
                     "ANTECHAMBER_LINK_KEY_FILE": str(link_key),
                     "ANTECHAMBER_PARTICIPANT_KEY_FILE": str(participant_key),
+                    "ANTECHAMBER_PUBLIC_URL": public_url,
                     "ANTECHAMBER_LOG_FORMAT": os.environ.get("ANTECHAMBER_LOG_FORMAT", "console"),
                 }
             )
@@ -111,8 +117,10 @@ class Platform:
                 start_new_session=True,
             )
             self.services.append(RunningService(definition.name, port, process))
+        self.web = self._start_web(web_port)
         for service in self.services:
             print(f"{service.name:<18} {service.url}   (/readyz, /metrics, /docs)")
+        print(f"web client         {self.web.url}   (join pages /j/, /h/, /r/; demo console /demo)")
         if self.mail_sink is not None:
             mail_dir = self.data_dir / "mail"
             print(
@@ -152,8 +160,31 @@ class Platform:
             "ANTECHAMBER_NOTIFY_SMTP_SECURITY": "none",
         }
 
+    def _start_web(self, port: int) -> RunningService:
+        """The reference web client: the pages links open, and the demo console."""
+        signaling = next(s for s in self.services if s.name == "signaling")
+        scheduling = next(s for s in self.services if s.name == "scheduling")
+        links = next(s for s in self.services if s.name == "links")
+        env = {
+            "ANTECHAMBER_WEB_SIGNALING_URL": f"ws://127.0.0.1:{signaling.port}/v1/signaling",
+            "ANTECHAMBER_WEB_DEMO_FILE": str(self.data_dir / "demo.json"),
+            "ANTECHAMBER_WEB_SCHEDULING_URL": scheduling.url,
+            "ANTECHAMBER_WEB_LINKS_URL": links.url,
+        }
+        if self.mail_sink is not None:
+            env["ANTECHAMBER_WEB_MAIL_URL"] = self.mail_sink.url
+        process = subprocess.Popen(
+            [sys.executable, "-m", "antechamber", "serve", "web", "--port", str(port)],
+            env=env
+            | os.environ
+            | {"ANTECHAMBER_LOG_FORMAT": os.environ.get("ANTECHAMBER_LOG_FORMAT", "console")},
+            start_new_session=True,
+        )
+        return RunningService("web client", port, process)
+
     def _children(self) -> list[RunningService]:
-        return self.services + ([self.mail_sink] if self.mail_sink is not None else [])
+        extra = [s for s in (self.web, self.mail_sink) if s is not None]
+        return self.services + extra
 
     def _show_demo(self, key_file: Path) -> None:
         scheduling = next(s for s in self.services if s.name == "scheduling")
@@ -166,6 +197,8 @@ class Platform:
         for kind, url in sorted(join_links(links.url, demo).items()):
             print(f"  {kind + ' link':<18} {url}")
         print(f"  API docs           {scheduling.url}/docs  {links.url}/docs")
+        if self.web is not None:
+            print(f"  demo console       {self.web.url}/demo   (sessions, links to copy, mails)")
 
     def _wait_until_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S

@@ -29,10 +29,9 @@ class _Message(BaseModel):
 # --- browser to signaling -------------------------------------------------------------------
 
 
-class Join(_Message):
-    """Enter a room with a link (or come back with a resume token)."""
+class _Link(_Message):
+    """Which link: a token (``/j/``, ``/h/``), or a room link's clinic and room."""
 
-    type: Literal["join"] = "join"
     v: Literal[1] = 1
     token: str | None = Field(default=None, description="The token of a /j/ or /h/ link.")
     clinic: str | None = Field(default=None, description="A room link's clinic slug.")
@@ -40,10 +39,23 @@ class Join(_Message):
     session_id: UUID | None = Field(
         default=None, description="With a host link: the session to host."
     )
+
+
+class Join(_Link):
+    """Enter a room with a link (or come back with a resume token)."""
+
+    type: Literal["join"] = "join"
     name: str = Field(default="", max_length=MAX_NAME_LENGTH, description="The name to show.")
     resume: str | None = Field(
         default=None, description="The resume token from an earlier welcome (after a drop)."
     )
+
+
+class Check(_Link):
+    """May this link join now? Answered with ``link_ready`` or ``refused``, then the socket is
+    closed. Nobody knocks: a join page asks it before it asks for a name and a camera."""
+
+    type: Literal["check"] = "check"
 
 
 class _OnParticipant(_Message):
@@ -121,6 +133,7 @@ class Ping(_Message):
 
 ClientMessage = Annotated[
     Join
+    | Check
     | Admit
     | Deny
     | Hold
@@ -163,6 +176,19 @@ class WaitingState(StrEnum):
     on_hold = "on_hold"
     room_full = "room_full"
     """The host tried to let them in but the call is full; they keep their place."""
+
+
+class LinkReady(_Message):
+    """The answer to a ``check``: the link may join now, as ``role``."""
+
+    type: Literal["link_ready"] = "link_ready"
+    role: CallRole
+    admission: Literal["waiting_room", "direct"] = Field(
+        description="Whether a guest waits for a host to let them in, or enters at once."
+    )
+    live: bool = Field(description="Someone is in the call already.")
+    closes_at: datetime | None = None
+    warning: str | None = Field(default=None, description="E.g. a retired link's sunset.")
 
 
 class Waiting(_Message):
@@ -284,6 +310,7 @@ class Pong(_Message):
 
 ServerMessage = Annotated[
     Welcome
+    | LinkReady
     | Waiting
     | Admitted
     | Refused

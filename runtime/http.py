@@ -137,12 +137,13 @@ def create_http_app(
     readiness: list[ReadinessCheck],
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None = None,
     version: str = "0.1.0",
+    docs: bool = True,
 ) -> FastAPI:
     app = FastAPI(
         title=f"Antechamber {service}",
         version=version,
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url="/docs" if docs else None,
         redoc_url=None,
         # Our own middleware below traces and counts requests; FastAPI's would add a
         # second set of spans to every request.

@@ -47,7 +47,9 @@ def run_once(data_dir: Path, log: Path) -> str:
         output = wait_for(log, "Antechamber is ready", process)
         urls = re.findall(r"^(\w+)\s+(http://127\.0\.0\.1:\d+)", output, re.MULTILINE)
         assert [name for name, _ in urls] == ["scheduling", "links", "signaling", "media", "notify"]
-        for _, url in urls:
+        web = re.search(r"^web client\s+(http://127\.0\.0\.1:\d+)", output, re.MULTILINE)
+        assert web is not None, "the web client's address is printed"
+        for url in [url for _, url in urls] + [web.group(1)]:
             with urllib.request.urlopen(f"{url}/readyz", timeout=5) as response:
                 assert response.status == 200
         process.send_signal(signal.SIGINT)
@@ -71,6 +73,12 @@ def test_up_starts_everything_stops_on_ctrl_c_and_reuses_its_data(short_tmp: Pat
     assert "practitioner room  /r/demo-" in first
     for kind in ("session", "guest", "host", "practitioner_room"):
         assert f"  {kind} link" in first, kind
+    web = re.search(r"^web client\s+(http://127\.0\.0\.1:\d+)", first, re.MULTILINE)
+    assert web is not None
+    assert re.search(rf"guest link\s+{web.group(1)}/j/[\w-]{{43}}$", first, re.MULTILINE), (
+        "links open the web client's pages"
+    )
+    assert f"demo console       {web.group(1)}/demo" in first
 
     second = run_once(data_dir, short_tmp / "up-2.log")
     assert "migration applied" not in second, "the second run should find its schemas in place"

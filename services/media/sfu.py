@@ -40,6 +40,7 @@ from aiortc.sdp import candidate_from_sdp
 from contracts.media import MediaSignal, MediaStream, SignalKind
 from contracts.signaling import CallRole
 from services.media.config import MediaSettings
+from services.media.offers import Terms
 from services.media.passthrough import (
     EncodedFrame,
     ForwardedTrack,
@@ -124,6 +125,9 @@ class Member:
     room: "MediaRoom"
     role: CallRole
     pc: RTCPeerConnection
+    terms: Terms
+    """What the participant's first offer called each codec and extension; the node's own
+    offers use the same (see ``offers.py``)."""
     publications: list[Publication] = field(default_factory=list)
     outgoing: list[Outgoing] = field(default_factory=list)
     offering: bool = False
@@ -184,6 +188,12 @@ class Sfu:
         self, room_id: UUID, clinic_id: str, participant_id: UUID, role: CallRole, sdp: str
     ) -> MediaSignal:
         """A participant's first offer (or a fresh start): a new connection, and its answer."""
+        try:
+            terms = Terms(sdp)
+        except Exception as exc:  # aiortc's parser raises many kinds for text it cannot read
+            raise SignalRefused(
+                "sdp_invalid", f"The media offer could not be used: {_sentence(exc)}"
+            ) from exc
         old = self.member(participant_id)
         if old is not None:
             if old.offering:
@@ -193,7 +203,7 @@ class Sfu:
             await self.close_member(old, reason=None)
         room = self.rooms.setdefault(room_id, MediaRoom(room_id, clinic_id))
         pc = RTCPeerConnection(self.configuration())
-        member = Member(participant_id, room, role, pc)
+        member = Member(participant_id, room, role, pc, terms)
         pc.on("track", lambda track: self._published(member, track))
         pc.on("connectionstatechange", lambda: self._state_changed(member))
         try:
@@ -273,7 +283,10 @@ class Sfu:
             member.stale = False
             self._sync_outgoing(member)
             try:
-                await member.pc.setLocalDescription(await member.pc.createOffer())
+                made = await member.pc.createOffer()
+                await member.pc.setLocalDescription(
+                    RTCSessionDescription(sdp=member.terms.rewrite(made.sdp), type="offer")
+                )
             except Exception:
                 log.warning("offer not made", participant_id=str(member.participant_id))
                 await self.close_member(member, "server_error", "The media connection failed.")

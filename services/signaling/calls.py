@@ -60,6 +60,7 @@ from contracts.signaling import (
 from contracts.signaling_protocol import (
     Admit,
     Admitted,
+    Check,
     Denied,
     Deny,
     Ended,
@@ -69,6 +70,7 @@ from contracts.signaling_protocol import (
     Join,
     Knock,
     Leave,
+    LinkReady,
     Lock,
     MuteKnocks,
     Participants,
@@ -332,16 +334,8 @@ class Signaling:
         if message.resume:
             await self._resume(conn, message.resume)
             return
-        wait = self.knocks_by_address.retry_after(conn.address)
-        if wait is not None:
-            self._rate_limited(conn, wait)
-            return
-        decision = await self._resolve(conn, message)
+        decision = await self._allowed(conn, message)
         if decision is None:
-            return
-        if not decision.allowed:
-            conn.send(refused_frame(decision))
-            conn.close()
             return
         room_id = decision.room_id or decision.session_id
         if room_id is None or decision.clinic_id is None:
@@ -408,6 +402,35 @@ class Signaling:
             conn.send(refusal_frame(exc))
             conn.close()
 
+    async def check(self, conn: Connection, message: Check) -> None:
+        """Whether a link may join now, without a knock; the socket closes after the answer.
+        It counts towards the address's join limit, as the join that follows does."""
+        decision = await self._allowed(conn, message)
+        if decision is not None:
+            conn.send(
+                LinkReady(
+                    role=CallRole.host if decision.role == "host" else CallRole.guest,
+                    admission="direct" if decision.admission == "direct" else "waiting_room",
+                    live=decision.live,
+                    closes_at=decision.closes_at,
+                    warning=decision.warning,
+                )
+            )
+        conn.close()
+
+    async def _allowed(self, conn: Connection, message: Join | Check) -> Decision | None:
+        """The links service's yes to a link; None once the browser has been told no."""
+        wait = self.knocks_by_address.retry_after(conn.address)
+        if wait is not None:
+            self._rate_limited(conn, wait)
+            return None
+        decision = await self._resolve(conn, message)
+        if decision is not None and not decision.allowed:
+            conn.send(refused_frame(decision))
+            conn.close()
+            return None
+        return decision
+
     def _rate_limited(self, conn: Connection, wait: float) -> None:
         seconds = max(1, round(wait))
         conn.send(
@@ -420,7 +443,7 @@ class Signaling:
         )
         conn.close()
 
-    async def _resolve(self, conn: Connection, message: Join) -> Decision | None:
+    async def _resolve(self, conn: Connection, message: Join | Check) -> Decision | None:
         request = ResolveRequest(
             token=message.token,
             clinic_slug=message.clinic,

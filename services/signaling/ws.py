@@ -18,6 +18,7 @@ from contracts.signaling import CallRole
 from contracts.signaling_protocol import (
     HOST_ONLY,
     WEBSOCKET_PATH,
+    Check,
     Error,
     Join,
     Ping,
@@ -112,10 +113,13 @@ async def _read(signaling: Signaling, conn: Connection) -> None:
             conn.send(Pong())
             continue
         if conn.participant_id is None:
-            if not isinstance(message, Join):
-                strike("join_first", "Send a join before anything else.")
+            if isinstance(message, Check):
+                await signaling.check(conn, message)
                 continue
-        elif isinstance(message, Join):
+            if not isinstance(message, Join):
+                strike("join_first", "Send a join (or a check) before anything else.")
+                continue
+        elif isinstance(message, Join | Check):
             strike("already_joined", "This connection has already joined.")
             continue
         elif message.type in HOST_ONLY and conn.role is not CallRole.host:

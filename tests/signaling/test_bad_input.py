@@ -15,7 +15,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from runtime.embedded import NatsServer
-from tests.links.conftest import Clock
+from tests.links.conftest import PUBLIC_URL, Clock
 from tests.signaling.conftest import (
     Browser,
     Calls,
@@ -23,6 +23,7 @@ from tests.signaling.conftest import (
     host_in_call,
     knocking_guest,
     practitioner_room,
+    room_events,
 )
 
 STRIKES = 5  # the default
@@ -250,6 +251,44 @@ async def test_a_link_not_open_yet_is_refused_as_links_says(calls: Calls) -> Non
         problem["opens_at"]
     )
     await serves_a_join(calls, replica=1)
+
+
+async def test_a_check_tells_a_page_what_a_link_would_do_without_knocking(
+    calls: Calls, postgres_dsn: str
+) -> None:
+    room = await practitioner_room(calls)
+    c = room.clinic.clinic
+    session = await c.session(room.practitioner, [await c.client()])  # tomorrow
+    link = await room.clinic.link("session", session_id=session["session_id"])
+    early = await calls.open(replica=1)
+    await early.send("check", token=link["url"].rsplit("/", 1)[1])
+    refused = await early.next("refused")
+    assert (refused["reason"], refused["status"]) == ("not_yet_open", 423)
+    assert refused["opens_at"] is not None
+    assert await early.closed() == 1000
+
+    _, _, clinic, slug = room.room_url.removeprefix(PUBLIC_URL).split("/")
+    checks = [await calls.open(replica=r) for r in (0, 1)]
+    for browser in checks:
+        await browser.send("check", clinic=clinic, room=slug)
+    for browser in checks:
+        ready = await browser.next("link_ready")
+        assert ready | {"closes_at": None, "warning": None} == {
+            "type": "link_ready",
+            "role": "guest",
+            "admission": "waiting_room",
+            "live": False,
+            "closes_at": None,
+            "warning": None,
+        }
+        assert await browser.closed() == 1000
+        assert not browser.seen("welcome")
+    host = await calls.open()
+    await host.send("check", token=room.host_url.rsplit("/", 1)[1])
+    assert (await host.next("link_ready"))["role"] == "host"
+    _, welcome = await knocking_guest(calls, room, replica=0)
+    events = await room_events(postgres_dsn, welcome["room_id"])
+    assert [kind for kind, _ in events] == ["GuestKnocked"], "checks knock on no door"
 
 
 async def test_the_replica_serves_after_a_mix_of_abuse(calls: Calls) -> None:

@@ -1,0 +1,164 @@
+"""The demo console of ``antechamber up``: the demo clinic's sessions, their links, its mails.
+
+It reads the demo clinic's API key from ``demo.json`` and asks scheduling and links through
+their public APIs, as any integrator would, and the local mail sink for what was sent. Only
+for trying the platform on one machine: it shows links to whoever opens the page.
+"""
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+import httpx
+from fastapi import Body, FastAPI
+from fastapi.responses import HTMLResponse
+from pydantic import BaseModel, Field
+
+from runtime.http import Problem
+from web.config import WebSettings
+
+SESSIONS_SHOWN = 20
+UPSTREAM_TIMEOUT_S = 5.0
+
+
+class NewSession(BaseModel):
+    guest_admission: Literal["waiting_room", "direct"] = "waiting_room"
+    minutes: int = Field(default=50, ge=5, le=240)
+
+
+class DemoConsole:
+    def __init__(self, settings: WebSettings) -> None:
+        assert settings.demo_file is not None
+        self.settings = settings
+        self.http = httpx.AsyncClient(timeout=UPSTREAM_TIMEOUT_S)
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    def _demo(self) -> dict[str, Any]:
+        assert self.settings.demo_file is not None
+        try:
+            demo: dict[str, Any] = json.loads(self.settings.demo_file.read_text())
+        except (OSError, ValueError) as exc:
+            raise Problem(503, "The demo clinic is not set up yet; try again shortly.") from exc
+        return demo
+
+    async def _call(self, service: str, method: str, path: str, **kwargs: Any) -> Any:
+        base = self.settings.scheduling_url if service == "scheduling" else self.settings.links_url
+        demo = self._demo()
+        try:
+            response = await self.http.request(
+                method,
+                f"{base}{path}",
+                headers={"Authorization": f"Bearer {demo['api_key']}"},
+                **kwargs,
+            )
+        except httpx.HTTPError as exc:
+            raise Problem(
+                502, f"The {service} service did not answer ({type(exc).__name__})."
+            ) from exc
+        if response.status_code >= 400:
+            detail = response.json().get("detail", "") if response.content else ""
+            raise Problem(502, f"The {service} service refused: {detail}")
+        return response.json()
+
+    async def overview(self) -> dict[str, Any]:
+        demo = self._demo()
+        clinic = await self._call("scheduling", "GET", "/v1/clinic")
+        since = (datetime.now(UTC) - timedelta(hours=12)).isoformat()
+        page = await self._call(
+            "scheduling",
+            "GET",
+            "/v1/sessions",
+            params={"practitioner_id": demo["practitioner_id"], "from": since, "limit": 100},
+        )
+        practitioner_links = await self._call(
+            "links", "GET", "/v1/links", params={"practitioner_id": demo["practitioner_id"]}
+        )
+        host = next((x["url"] for x in practitioner_links if x["kind"] == "host"), None)
+        room = next(
+            (x["url"] for x in practitioner_links if x["kind"] == "practitioner_room"), None
+        )
+        sessions = []
+        for session in sorted(page["items"], key=lambda s: s["starts_at"], reverse=True)[
+            :SESSIONS_SHOWN
+        ]:
+            links = await self._call(
+                "links", "GET", "/v1/links", params={"session_id": session["session_id"]}
+            )
+            sessions.append(
+                {
+                    key: session[key]
+                    for key in (
+                        "session_id",
+                        "starts_at",
+                        "ends_at",
+                        "time_zone",
+                        "status",
+                        "video_mode",
+                        "guest_admission",
+                    )
+                }
+                | {
+                    "host_url": f"{host}?session={session['session_id']}" if host else None,
+                    "links": [
+                        {k: x[k] for k in ("kind", "role", "url", "state")}
+                        for x in links
+                        if x["kind"] != "host"
+                    ],
+                }
+            )
+        return {
+            "clinic": {"name": clinic["name"], "slug": clinic["slug"]},
+            "room_url": room,
+            "host_url": host,
+            "sessions": sessions,
+            "mail_url": self.settings.mail_url,
+        }
+
+    async def mails(self) -> list[dict[str, Any]]:
+        if self.settings.mail_url is None:
+            return []
+        try:
+            response = await self.http.get(f"{self.settings.mail_url}/api/mails")
+            response.raise_for_status()
+        except httpx.HTTPError as exc:
+            raise Problem(502, f"The mail sink did not answer ({type(exc).__name__}).") from exc
+        mails: list[dict[str, Any]] = response.json()
+        return [m | {"view_url": f"{self.settings.mail_url}/mail/{m['name']}"} for m in mails]
+
+    async def new_session(self, wanted: NewSession) -> dict[str, Any]:
+        demo = self._demo()
+        start = datetime.now(UTC).replace(second=0, microsecond=0)
+        session: dict[str, Any] = await self._call(
+            "scheduling",
+            "POST",
+            "/v1/sessions",
+            json={
+                "practitioner_id": demo["practitioner_id"],
+                "client_ids": [demo["client_id"]],
+                "starts_at": start.isoformat(),
+                "ends_at": (start + timedelta(minutes=wanted.minutes)).isoformat(),
+                "link_sharing": True,
+                "guest_admission": wanted.guest_admission,
+            },
+        )
+        return session
+
+    def mount(self, app: FastAPI, pages: Any) -> None:
+        @app.get("/demo", include_in_schema=False)
+        async def console() -> HTMLResponse:
+            page: HTMLResponse = pages("demo")
+            return page
+
+        @app.get("/demo/api/overview", summary="The demo clinic, its sessions and their links")
+        async def overview() -> dict[str, Any]:
+            return await self.overview()
+
+        @app.get("/demo/api/mails", summary="What the local mail sink received, newest first")
+        async def mails() -> list[dict[str, Any]]:
+            return await self.mails()
+
+        @app.post("/demo/api/sessions", status_code=201, summary="A demo session starting now")
+        async def new_session(wanted: Annotated[NewSession, Body()]) -> dict[str, Any]:
+            return await self.new_session(wanted)

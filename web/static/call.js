@@ -1,0 +1,549 @@
+// The join page, the waiting room, the call and the host's call manager: one page per link.
+
+import { Connection, ask, linkOfPage, readConfig } from "./signaling.js";
+import { Media } from "./media.js";
+import { Devices } from "./devices.js";
+
+const config = readConfig();
+const $ = (id) => document.getElementById(id);
+const SCREENS = ["checking", "refusal", "prejoin", "waiting", "call", "ended"];
+
+// What a test or a curious developer can read; nothing personal.
+const observed = (window.antechamber = {
+  screen: "checking",
+  role: null,
+  joinClickedMs: null,
+  firstRemoteFrameMs: null,
+});
+
+const REFUSAL_TITLES = {
+  unknown: "This link does not work",
+  not_yet_open: "This session is not open yet",
+  ended: "This session has ended",
+  regenerated: "This link was replaced",
+  retired: "This link was replaced",
+  sharing_disabled: "Guest links are switched off",
+  revoked: "This link no longer works",
+  plan_not_included: "Not available",
+  clinic_suspended: "Not available",
+  rate_limited: "Too many attempts",
+  room_locked: "The room is locked",
+  room_full: "The call is full",
+  resume_expired: "Your place has lapsed",
+  links_unavailable: "Please try again shortly",
+  media_unavailable: "Please try again shortly",
+};
+
+const WAITING_TITLES = {
+  waiting_for_host: "Waiting for the host",
+  host_notified: "The host has been notified",
+  on_hold: "On hold",
+  room_full: "The call is full right now",
+};
+
+const localTime = new Intl.DateTimeFormat(undefined, { dateStyle: "full", timeStyle: "short" });
+const clockTime = new Intl.DateTimeFormat(undefined, { timeStyle: "short" });
+
+function show(screen) {
+  for (const name of SCREENS) $(name).hidden = name !== screen;
+  observed.screen = screen;
+  // Move focus to the new screen's heading, so keyboard and screen reader users follow.
+  const heading = $(screen).querySelector("h1");
+  if (heading) {
+    heading.tabIndex = -1;
+    heading.focus({ preventScroll: true });
+  }
+}
+
+let toastTimer = null;
+function toast(text) {
+  $("toast").textContent = text;
+  clearTimeout(toastTimer);
+  toastTimer = setTimeout(() => ($("toast").textContent = ""), 6000);
+}
+
+// A confirmation with an optional message; resolves to the message, or null if cancelled.
+function confirmWithMessage(title, text, okLabel, defaultMessage = "") {
+  const dialog = $("dialog");
+  $("dialog-title").textContent = title;
+  $("dialog-text").textContent = text;
+  $("dialog-ok").textContent = okLabel;
+  $("dialog-message").value = defaultMessage;
+  dialog.returnValue = "cancel";
+  dialog.showModal();
+  $("dialog-message").focus();
+  return new Promise((resolve) => {
+    dialog.addEventListener(
+      "close",
+      () => resolve(dialog.returnValue === "ok" ? $("dialog-message").value.trim() : null),
+      { once: true },
+    );
+  });
+}
+
+// --- before joining -----------------------------------------------------------------------
+
+const link = linkOfPage(window.location);
+let role = null;
+let reopenTimer = null;
+
+function refuse(frame) {
+  $("refusal-title").textContent = REFUSAL_TITLES[frame.reason] || "You cannot join right now";
+  $("refusal-message").textContent = frame.message;
+  $("refusal-local").textContent = "";
+  $("refusal-next").textContent = "";
+  $("refusal-retry").hidden = true;
+  if (frame.opens_at) {
+    const opens = new Date(frame.opens_at);
+    $("refusal-local").textContent = `In your time zone: ${localTime.format(opens)}.`;
+    $("refusal-next").textContent = "This page lets you in by itself when it opens.";
+    clearTimeout(reopenTimer);
+    const wait = Math.min(Math.max(opens - Date.now() + 1000, 1000), 2 ** 31 - 1);
+    reopenTimer = setTimeout(check, wait);
+  } else if (frame.replaced_by_hint) {
+    $("refusal-next").textContent = frame.replaced_by_hint;
+  }
+  if (["rate_limited", "links_unavailable", "media_unavailable"].includes(frame.reason)) {
+    $("refusal-retry").hidden = false;
+  }
+  show("refusal");
+}
+
+async function check() {
+  if (!link) {
+    refuse({ reason: "unknown", message: "This address is not a link to a video session." });
+    return;
+  }
+  show("checking");
+  let answer;
+  try {
+    answer = await ask(config.signaling_url, { type: "check", ...link });
+  } catch {
+    refuse({
+      reason: "links_unavailable",
+      message: "The video service cannot be reached right now. Check your connection.",
+    });
+    return;
+  }
+  if (answer.type !== "link_ready") {
+    refuse(answer);
+    return;
+  }
+  role = answer.role;
+  observed.role = role;
+  $("prejoin-title").textContent =
+    role === "host" ? "Join as the host" : "Join the video session";
+  $("join-button").textContent = role === "host" ? "Join as host" : "Join";
+  $("prejoin-note").hidden = !answer.warning;
+  $("prejoin-note").textContent = answer.warning || "";
+  show("prejoin");
+  devices.start();
+}
+
+const devices = new Devices({
+  preview: $("preview"),
+  status: $("device-status"),
+  level: $("mic-level"),
+  camera: $("camera"),
+  microphone: $("microphone"),
+});
+
+$("refusal-retry").addEventListener("click", check);
+
+$("join-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const name = $("name").value.trim();
+  if (!name) {
+    $("join-error").textContent = "Please type your name, so the host knows who you are.";
+    $("name").setAttribute("aria-invalid", "true");
+    $("name").focus();
+    return;
+  }
+  $("name").removeAttribute("aria-invalid");
+  $("join-error").textContent = "";
+  observed.joinClickedMs = performance.now();
+  call.join(name);
+});
+
+// --- in the room --------------------------------------------------------------------------
+
+class Call {
+  constructor() {
+    this.connection = null;
+    this.media = null;
+    this.me = null; // participant_id
+    this.resume = null;
+    this.graceMs = 0;
+    this.droppedAt = null;
+    this.names = new Map();
+    this.tiles = new Map();
+    this.recording = false;
+    this.room = null;
+    this.stream = null;
+  }
+
+  async join(name) {
+    $("join-button").disabled = true;
+    this.stream = await devices.handOver();
+    if (this.stream) {
+      for (const t of this.stream.getAudioTracks()) t.enabled = !$("join-muted").checked;
+      for (const t of this.stream.getVideoTracks()) t.enabled = !$("join-camera-off").checked;
+    }
+    this.media = new Media({
+      iceServers: config.ice_servers,
+      send: (fields) => this.connection.send("signal", fields),
+      onRemote: (people) => this.showRemote(people),
+      onFailed: (sentence) => toast(sentence),
+    });
+    this.connection = new Connection(config.signaling_url, {
+      onFrame: (frame) => this.on(frame),
+      onDrop: () => this.dropped(),
+    });
+    try {
+      await this.connection.open({ type: "join", ...link, name });
+    } catch {
+      $("join-button").disabled = false;
+      $("join-error").textContent =
+        "The video service cannot be reached right now. Check your connection and try again.";
+    }
+  }
+
+  on(frame) {
+    const handler = this[`on_${frame.type}`];
+    if (handler) handler.call(this, frame);
+  }
+
+  on_welcome(frame) {
+    this.me = frame.participant_id;
+    this.resume = frame.resume_token;
+    this.graceMs = frame.rejoin_grace_s * 1000;
+    $("manager").hidden = frame.role !== "host";
+    if (frame.warning) toast(frame.warning);
+  }
+
+  on_waiting(frame) {
+    $("waiting-title").textContent = WAITING_TITLES[frame.state] || "Waiting room";
+    $("waiting-message").textContent = frame.message;
+    if (observed.screen !== "waiting") show("waiting");
+  }
+
+  on_admitted() {
+    if (observed.screen !== "call") show("call");
+    this.showLocal();
+    syncControls(this.stream);
+    this.media.start(this.stream).catch((error) => {
+      console.warn("the media connection could not start", error);
+      toast("Your camera and microphone could not be connected to the call.");
+    });
+  }
+
+  on_signal(frame) {
+    this.media.received(frame);
+  }
+
+  on_participants(frame) {
+    for (const p of frame.participants) this.names.set(p.participant_id, p.display_name);
+    for (const [pid, tile] of this.tiles) {
+      tile.querySelector("figcaption").textContent = this.names.get(pid) || "Guest";
+    }
+  }
+
+  on_room(frame) {
+    this.room = frame;
+    this.on_participants(frame);
+    renderManager(frame, this.me, this.recording);
+  }
+
+  on_knock(frame) {
+    const text = `${frame.display_name} is waiting to join.`;
+    $("alerts").textContent = text;
+    toast(text);
+  }
+
+  on_seat_refused(frame) {
+    $("alerts").textContent = frame.message;
+  }
+
+  on_recording(frame) {
+    this.recording = frame.on;
+    $("recording").hidden = !frame.on;
+    toast(frame.message);
+    if (this.room) renderManager(this.room, this.me, this.recording);
+  }
+
+  on_error(frame) {
+    toast(frame.message);
+  }
+
+  on_refused(frame) {
+    this.finish();
+    refuse(frame);
+  }
+
+  on_denied(frame) {
+    this.end("You were not let in", frame.message);
+  }
+
+  on_removed(frame) {
+    this.end("You were removed from the call", frame.message);
+  }
+
+  on_ended(frame) {
+    this.end("The session has ended", frame.message);
+  }
+
+  leave() {
+    this.connection.send("leave");
+    this.end("You left the call", "The others can carry on without you.");
+  }
+
+  end(title, message) {
+    this.finish();
+    $("ended-title").textContent = title;
+    $("ended-message").textContent = message;
+    $("rejoin").href = window.location.href;
+    $("recording").hidden = true;
+    show("ended");
+  }
+
+  finish() {
+    if (this.connection) this.connection.finish();
+    if (this.media) this.media.stop();
+    if (this.stream) for (const t of this.stream.getTracks()) t.stop();
+    devices.stop();
+  }
+
+  // A drop that was not an ending: come back with the resume token within the grace.
+  async dropped() {
+    if (!this.resume) {
+      this.end("The connection was lost", "Open your link again to rejoin.");
+      return;
+    }
+    this.droppedAt = this.droppedAt || Date.now();
+    toast("Connection lost; reconnecting…");
+    if (this.media) this.media.stop();
+    for (let delay = 500; Date.now() - this.droppedAt < this.graceMs; delay = Math.min(delay * 2, 8000)) {
+      await new Promise((r) => setTimeout(r, delay));
+      try {
+        await this.connection.open({ type: "join", resume: this.resume });
+        this.droppedAt = null;
+        return;
+      } catch {
+        // not back yet
+      }
+    }
+    this.end("The connection was lost", "Your place has lapsed; open your link again to rejoin.");
+  }
+
+  showLocal() {
+    if ($("tile-me")) return;
+    const tile = makeTile("tile-me", "You", true);
+    tile.querySelector("video").srcObject = this.stream || null;
+    $("grid").prepend(tile);
+  }
+
+  showRemote(people) {
+    for (const [pid, tracks] of people) {
+      let tile = this.tiles.get(pid);
+      if (!tile) {
+        tile = makeTile(`tile-${pid}`, this.names.get(pid) || "Guest", false);
+        this.tiles.set(pid, tile);
+        $("grid").append(tile);
+        watchFirstFrame(tile.querySelector("video"));
+      }
+      const video = tile.querySelector("video");
+      const current = video.srcObject ? video.srcObject.getTracks() : [];
+      const same = current.length === tracks.length && tracks.every((t) => current.includes(t));
+      if (!same) video.srcObject = new MediaStream(tracks);
+    }
+    for (const [pid, tile] of this.tiles) {
+      if (!people.has(pid)) {
+        tile.remove();
+        this.tiles.delete(pid);
+      }
+    }
+    $("grid").dataset.count = String(this.tiles.size + 1);
+  }
+}
+
+function makeTile(id, name, local) {
+  const tile = document.createElement("figure");
+  tile.id = id;
+  tile.className = local ? "tile local" : "tile remote";
+  const video = document.createElement("video");
+  video.autoplay = true;
+  video.playsInline = true;
+  video.muted = local; // our own sound never plays back
+  const caption = document.createElement("figcaption");
+  caption.textContent = name;
+  video.setAttribute("aria-label", local ? "Your video" : `Video of ${name}`);
+  tile.append(video, caption);
+  return tile;
+}
+
+function watchFirstFrame(video) {
+  const seen = () => {
+    if (observed.firstRemoteFrameMs === null) observed.firstRemoteFrameMs = performance.now();
+    video.dataset.firstFrameMs = String(Math.round(performance.now()));
+  };
+  if ("requestVideoFrameCallback" in video) video.requestVideoFrameCallback(seen);
+  else video.addEventListener("loadeddata", seen, { once: true });
+}
+
+// --- the call manager (hosts) ---------------------------------------------------------------
+
+function button(label, onClick, className = "") {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.textContent = label;
+  if (className) b.className = className;
+  b.addEventListener("click", onClick);
+  return b;
+}
+
+function span(className, text) {
+  const element = document.createElement("span");
+  element.className = className;
+  element.textContent = text;
+  return element;
+}
+
+// A list item for one person, with their id, name and flags; actions are added by the caller.
+function personItem(participantId, name, flags) {
+  const item = document.createElement("li");
+  item.dataset.participantId = participantId;
+  item.append(span("who", name), " ", ...flags.map((flag) => span(`badge ${flag.replace(" ", "-")}`, flag)));
+  return item;
+}
+
+function renderManager(room, me, recording) {
+  const waiting = $("waiting-list");
+  waiting.replaceChildren(
+    ...room.waiting.map((guest) => {
+      const flags = [];
+      if (guest.muted) flags.push("muted knock");
+      if (guest.on_hold) flags.push("on hold");
+      if (guest.disconnected) flags.push("disconnected");
+      const item = personItem(guest.participant_id, guest.display_name, flags);
+      item.insertBefore(span("muted", `since ${clockTime.format(new Date(guest.waiting_since))}`), item.children[1] || null);
+      const name = guest.display_name;
+      const actions = document.createElement("span");
+      actions.className = "actions";
+      actions.append(
+        button("Admit", () => call.connection.send("admit", { participant_id: guest.participant_id }), "primary"),
+        button("Hold", async () => {
+          const message = await confirmWithMessage(
+            `Put ${name} on hold?`,
+            "They keep waiting and see your message.",
+            "Put on hold",
+            "The host will be with you shortly.",
+          );
+          if (message !== null) call.connection.send("hold", { participant_id: guest.participant_id, message });
+        }),
+        button("Deny", async () => {
+          const message = await confirmWithMessage(
+            `Turn ${name} away?`,
+            "They see your message and leave the waiting room.",
+            "Deny entry",
+          );
+          if (message !== null) call.connection.send("deny", { participant_id: guest.participant_id, message });
+        }, "danger"),
+      );
+      for (const b of actions.children) b.setAttribute("aria-label", `${b.textContent} ${name}`);
+      item.append(actions);
+      return item;
+    }),
+  );
+  $("waiting-count").textContent = String(room.waiting.length);
+  $("waiting-empty").hidden = room.waiting.length > 0;
+  $("knocks-state").textContent = room.knocks_muted
+    ? "New knocks are muted: they are listed without an alert."
+    : "New knocks alert you.";
+  $("knocks-toggle").textContent = room.knocks_muted ? "Unmute knocks" : "Mute knocks";
+
+  const present = $("participant-list");
+  present.replaceChildren(
+    ...room.participants.map((person) => {
+      const flags = [];
+      if (person.role === "host") flags.push("host");
+      if (person.disconnected) flags.push("disconnected");
+      const you = person.participant_id === me;
+      const item = personItem(person.participant_id, you ? `${person.display_name} (you)` : person.display_name, flags);
+      if (person.participant_id !== me) {
+        const remove = button("Remove", async () => {
+          const message = await confirmWithMessage(
+            `Remove ${person.display_name} from the call?`,
+            "They see your message and leave the call.",
+            "Remove",
+          );
+          if (message !== null) call.connection.send("remove", { participant_id: person.participant_id, message });
+        }, "danger");
+        remove.setAttribute("aria-label", `Remove ${person.display_name}`);
+        const actions = document.createElement("span");
+        actions.className = "actions";
+        actions.append(remove);
+        item.append(actions);
+      }
+      return item;
+    }),
+  );
+  $("participant-count").textContent = `${room.participants.length} of ${room.max_participants}`;
+  $("lock").textContent = room.locked ? "Unlock the room" : "Lock the room";
+  $("lock").setAttribute("aria-pressed", String(room.locked));
+  $("record").textContent = recording ? "Stop recording" : "Start recording";
+  $("record").setAttribute("aria-pressed", String(recording));
+}
+
+const call = new Call();
+
+$("knocks-toggle").addEventListener("click", () => {
+  call.connection.send(call.room && call.room.knocks_muted ? "unmute_knocks" : "mute_knocks");
+});
+$("lock").addEventListener("click", () => {
+  call.connection.send(call.room && call.room.locked ? "unlock" : "lock");
+});
+$("record").addEventListener("click", () => {
+  call.connection.send(call.recording ? "stop_recording" : "start_recording");
+});
+$("end-all").addEventListener("click", async () => {
+  const message = await confirmWithMessage(
+    "End the meeting for everyone?",
+    "Everyone in the call and in the waiting room is disconnected.",
+    "End for all",
+  );
+  if (message !== null) call.connection.send("end_for_all", { message });
+});
+$("leave").addEventListener("click", () => call.leave());
+$("waiting-leave").addEventListener("click", () => call.leave());
+
+function syncControls(stream) {
+  const audio = stream ? stream.getAudioTracks() : [];
+  const video = stream ? stream.getVideoTracks() : [];
+  const muted = !audio.some((t) => t.enabled);
+  const off = !video.some((t) => t.enabled);
+  $("mute").setAttribute("aria-pressed", String(muted));
+  $("mute").textContent = muted ? "Unmute" : "Mute";
+  $("mute").disabled = audio.length === 0;
+  $("camera-toggle").setAttribute("aria-pressed", String(off));
+  $("camera-toggle").textContent = off ? "Start camera" : "Stop camera";
+  $("camera-toggle").disabled = video.length === 0;
+}
+
+$("mute").addEventListener("click", () => {
+  const tracks = call.stream ? call.stream.getAudioTracks() : [];
+  const muted = tracks.some((t) => t.enabled);
+  for (const t of tracks) t.enabled = !muted;
+  syncControls(call.stream);
+});
+$("camera-toggle").addEventListener("click", () => {
+  const tracks = call.stream ? call.stream.getVideoTracks() : [];
+  const off = tracks.some((t) => t.enabled);
+  for (const t of tracks) t.enabled = !off;
+  syncControls(call.stream);
+});
+
+window.addEventListener("pagehide", () => {
+  if (call.connection && !call.connection.finished) call.connection.send("leave");
+});
+
+check();
