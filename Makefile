@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test test-fast lint format bench asyncapi clean
+.PHONY: run test test-fast lint format bench asyncapi browser clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Antechamber needs Python 3.11 or newer")'
@@ -29,10 +29,18 @@ lint: $(VENV)/.installed-test
 	$(BIN)/antechamber asyncapi --check
 	$(BIN)/antechamber protocol-schema --check
 
-test: lint
+# The browser tests drive Debian's Chromium (package `chromium`); installed here when missing.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium for the browser tests"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get install -y -q chromium || { $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; }; \
+	}
+
+test: lint browser
 	$(BIN)/pytest
 
-# Skips the slow suites (chaos, platform, benchmark smoke); CI runs everything.
+# Skips the slow suites (chaos, platform, browser, benchmark smoke); CI runs everything.
 test-fast: lint
 	$(BIN)/pytest --fast
 
@@ -44,13 +52,14 @@ asyncapi: $(VENV)/.installed-run
 	$(BIN)/antechamber asyncapi
 	$(BIN)/antechamber protocol-schema
 
-bench: $(VENV)/.installed-test
+bench: $(VENV)/.installed-test browser
 	$(BIN)/python bench/eventstore.py
 	$(BIN)/python bench/scheduling.py
 	$(BIN)/python bench/links.py
 	$(BIN)/python bench/signaling.py
 	$(BIN)/python bench/sfu.py
 	$(BIN)/python bench/notify.py
+	$(BIN)/python bench/web.py
 
 clean:
-	rm -rf $(VENV) .antechamber .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .antechamber .pytest_cache .mypy_cache .ruff_cache test-artifacts

@@ -257,6 +257,7 @@ class Call {
   on_knock(frame) {
     const text = `${frame.display_name} is waiting to join.`;
     $("alerts").textContent = text;
+    $("alerts").dataset.participantId = frame.participant_id;
     toast(text);
   }
 
@@ -454,6 +455,11 @@ function renderManager(room, me, recording) {
       return item;
     }),
   );
+  const alerted = $("alerts").dataset.participantId;
+  if (alerted && !room.waiting.some((guest) => guest.participant_id === alerted)) {
+    $("alerts").textContent = ""; // the knock was answered
+    delete $("alerts").dataset.participantId;
+  }
   $("waiting-count").textContent = String(room.waiting.length);
   $("waiting-empty").hidden = room.waiting.length > 0;
   $("knocks-state").textContent = room.knocks_muted
