@@ -178,3 +178,49 @@ async def test_the_demo_console_lists_sessions_their_links_and_the_mails_sent(
     await expect(console.locator("#mails tr").first).to_be_visible(timeout=30_000)
     await expect(console.locator("#mails")).to_contain_text("client@demo.example")
     await people.shoot("demo-console")
+
+
+async def test_hold_recording_and_deny_reach_the_waiting_guest_by_keyboard_alone(
+    platform: Platform, people: People
+) -> None:
+    session = await new_session(platform, guest_admission="waiting_room")
+    host = await people.open("host", session["host_url"])
+    await join(host, "Dr Demo")
+    await screen(host, "call")
+
+    guest = await people.open("guest", link_of(session, "guest"))
+    await screen(guest, "prejoin")
+    assert await guest.evaluate("document.activeElement.id") == "prejoin-title"
+    await guest.keyboard.press("Tab")  # from the screen's heading, where focus moved
+    assert await guest.evaluate("document.activeElement.id") == "name"
+    await guest.keyboard.type("Kim Keyboard")
+    await guest.keyboard.press("Enter")
+    await screen(guest, "waiting")
+
+    knock = await waiting_guest(host, "Kim Keyboard")
+    await knock.get_by_role("button", name="Hold Kim Keyboard").click()
+    await host.fill("#dialog-message", "Five more minutes, please.")
+    await host.locator("#dialog").get_by_role("button", name="Put on hold").click()
+    await expect(guest.locator("#waiting-title")).to_have_text("On hold")
+    await expect(guest.locator("#waiting-message")).to_have_text("Five more minutes, please.")
+    await expect(knock.locator(".badge.on-hold")).to_be_visible()
+
+    await host.click("#record")
+    await expect(host.locator("#record")).to_have_text("Stop recording")
+    for page in (host, guest):
+        await expect(page.locator("#recording")).to_be_visible()
+    await host.click("#lock")
+    await expect(host.locator("#lock")).to_have_text("Unlock the room")
+    await people.shoot("on-hold-recording-locked")
+
+    await knock.get_by_role("button", name="Deny Kim Keyboard").click()
+    await host.fill("#dialog-message", "Please book another time.")
+    await host.locator("#dialog").get_by_role("button", name="Deny entry").click()
+    await screen(guest, "ended")
+    await expect(guest.locator("#ended-title")).to_have_text("You were not let in")
+    await expect(guest.locator("#ended-message")).to_have_text("Please book another time.")
+    await expect(guest.locator("#recording")).to_be_hidden()
+    await expect(host.locator("#waiting-list li")).to_have_count(0)
+    await host.click("#record")
+    await expect(host.locator("#recording")).to_be_hidden()
+    await people.shoot("denied")
