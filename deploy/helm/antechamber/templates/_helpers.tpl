@@ -90,32 +90,38 @@ Name of the Secret holding DATABASE_URL, NATS_URL and ANTECHAMBER_OPERATOR_KEY.
 {{- end }}
 
 {{/*
-Environment shared by service containers and the migration Job.
+Name of the ConfigMap with the settings that are not secret.
+*/}}
+{{- define "antechamber.configName" -}}
+{{- printf "%s-config" (include "antechamber.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+One variable from the Secret. Call with (list $ "ENV_NAME" "secretKeysEntry" optional).
+*/}}
+{{- define "antechamber.secretEnv" -}}
+{{- $ctx := index . 0 }}
+- name: {{ index . 1 }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "antechamber.secretName" $ctx }}
+      key: {{ index $ctx.Values.secretKeys (index . 2) }}
+      {{- if index . 3 }}
+      optional: true
+      {{- end }}
+{{- end }}
+
+{{/*
+Environment shared by service containers and the migration Job (the ConfigMap
+comes in through envFrom).
 */}}
 {{- define "antechamber.env" -}}
-- name: DATABASE_URL
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "antechamber.secretName" . }}
-      key: {{ .Values.secretKeys.databaseUrl }}
-- name: NATS_URL
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "antechamber.secretName" . }}
-      key: {{ .Values.secretKeys.natsUrl }}
-- name: ANTECHAMBER_OPERATOR_KEY
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "antechamber.secretName" . }}
-      key: {{ .Values.secretKeys.operatorKey }}
-- name: ANTECHAMBER_LOG_LEVEL
-  value: {{ .Values.logLevel | quote }}
-- name: ANTECHAMBER_OTEL_EXPORTER
-  value: {{ .Values.otel.exporter | quote }}
-{{- with .Values.otel.endpoint }}
-- name: OTEL_EXPORTER_OTLP_ENDPOINT
-  value: {{ . | quote }}
-{{- end }}
+{{ include "antechamber.secretEnv" (list . "DATABASE_URL" "databaseUrl" false) }}
+{{ include "antechamber.secretEnv" (list . "NATS_URL" "natsUrl" false) }}
+{{ include "antechamber.secretEnv" (list . "ANTECHAMBER_OPERATOR_KEY" "operatorKey" false) }}
+{{ include "antechamber.secretEnv" (list . "ANTECHAMBER_LINK_KEY" "linkKey" false) }}
+{{ include "antechamber.secretEnv" (list . "ANTECHAMBER_PARTICIPANT_KEY" "participantKey" false) }}
+{{ include "antechamber.secretEnv" (list . "ANTECHAMBER_NOTIFY_SMTP_PASSWORD" "smtpPassword" true) }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}
