@@ -132,8 +132,9 @@ class ServiceRuntime:
         self.context = context = ServiceContext(s, pool, store, nc)
         consumers = list(d.consumers)
         js = nc.jetstream()
-        streams = [service_stream(d.name), deadletter_stream()]
-        streams += [service_stream(c.source) for c in consumers]
+        r = s.stream_replicas
+        streams = [service_stream(d.name, r), deadletter_stream(r)]
+        streams += [service_stream(c.source, r) for c in consumers]
 
         async def declare_streams() -> None:
             for config in streams:

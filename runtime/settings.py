@@ -25,6 +25,12 @@ class RuntimeSettings(BaseSettings):
     otel_exporter: Literal["none", "console", "otlp"] = Field(
         default="none", description="Where spans go; trace ids are logged either way."
     )
+    stream_replicas: int = Field(
+        default=1,
+        ge=1,
+        le=5,
+        description="Copies JetStream keeps of each stream: 3 on a production cluster (R3).",
+    )
     db_pool_size: int = Field(default=10, ge=2)
     lock_timeout_ms: int = Field(
         default=10_000, description="How long an append waits for the store's commit-order lock."
