@@ -1,10 +1,15 @@
 # syntax=docker/dockerfile:1
 #
-# Antechamber: one image for every service. The role is chosen by the command:
-#   docker run antechamber serve scheduling --host 0.0.0.0 --port 8080
+# Antechamber: one image for every service and for the web client. The role is the command:
+#   docker run -p 8101:8080 antechamber serve scheduling --port 8080
+#   docker run -p 8100:8080 antechamber serve web --port 8080
 #   docker run antechamber migrate --all
 #
-ARG PYTHON_IMAGE=python:3.11-slim
+# The HEALTHCHECK asks http://127.0.0.1:8080/healthz, so run services with `--port 8080`
+# (docker-compose.yml and the Helm chart do). Without --port a service listens on its own
+# default port (8101-8105, web 8100) and the health check fails.
+#
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # ---------------------------------------------------------------------------
 # Builder: install the project and its dependencies into a self-contained venv.
@@ -29,6 +34,7 @@ RUN python -m venv /opt/venv
 ENV PATH="/opt/venv/bin:${PATH}"
 
 WORKDIR /src
+# .dockerignore keeps .env, .venv, tests, docs and deploy out of the context.
 COPY . .
 RUN pip install --upgrade pip \
     && pip install . ${EXTRA_PACKAGES}
@@ -42,22 +48,31 @@ LABEL org.opencontainers.image.title="antechamber" \
       org.opencontainers.image.description="Self-hosted telehealth video sessions" \
       org.opencontainers.image.licenses="Apache-2.0"
 
-# Numeric uid/gid so Kubernetes can verify runAsNonRoot.
+# Numeric uid/gid so Kubernetes can verify runAsNonRoot. /data belongs to that user: a named
+# volume mounted there starts out owned by it (recordings, the mail sink's folder).
 RUN groupadd --system --gid 10001 antechamber \
     && useradd --system --uid 10001 --gid 10001 \
-       --home-dir /home/antechamber --create-home --shell /usr/sbin/nologin antechamber
+       --home-dir /home/antechamber --create-home --shell /usr/sbin/nologin antechamber \
+    && install -d -o 10001 -g 10001 -m 0750 /data
 
 COPY --from=builder /opt/venv /opt/venv
 
+# ANTECHAMBER_HTTP_HOST: inside a container, listen on every interface (`--host` overrides).
 ENV PATH="/opt/venv/bin:${PATH}" \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
+    ANTECHAMBER_HTTP_HOST=0.0.0.0 \
     ANTECHAMBER_LOG_LEVEL=info
 
 WORKDIR /home/antechamber
 USER 10001:10001
 
 EXPOSE 8080
+
+# Liveness: the process answers on 8080 (/healthz says nothing about Postgres or NATS; /readyz
+# does). Python's urllib, because the image has no curl; a non-2xx answer or no answer fails.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=4).status == 200 else 1)"]
 
 ENTRYPOINT ["antechamber"]
 CMD ["--help"]

@@ -3,6 +3,7 @@
 import argparse
 import asyncio
 import contextlib
+import os
 import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -21,6 +22,13 @@ def _settings(**overrides: object) -> RuntimeSettings:
     )
 
 
+def _port(given: int | None, default: int) -> int | None:
+    """--port, else ANTECHAMBER_HTTP_PORT (None: the settings read it), else the default."""
+    if given is not None:
+        return given
+    return None if "ANTECHAMBER_HTTP_PORT" in os.environ else default
+
+
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -28,15 +36,19 @@ def serve(args: argparse.Namespace) -> int:
 
     if args.service == "web":
         from runtime.logging import configure_logging
+        from runtime.telemetry import configure_tracing
         from web.app import build
         from web.config import DEFAULT_PORT
 
-        settings = _settings(http_host=args.host, http_port=args.port or DEFAULT_PORT)
+        settings = _settings(http_host=args.host, http_port=_port(args.port, DEFAULT_PORT))
         configure_logging("web", settings.log_level, settings.log_format)
+        configure_tracing("web", settings.otel_exporter)
         app = build()
     else:
         definition = catalog.definition(args.service)
-        settings = _settings(http_host=args.host, http_port=args.port or definition.default_port)
+        settings = _settings(
+            http_host=args.host, http_port=_port(args.port, definition.default_port)
+        )
         app = build_app(definition, settings)
     uvicorn.run(
         app,
