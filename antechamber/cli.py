@@ -104,10 +104,17 @@ async def _republish(name: str, from_position: int) -> None:
     from runtime.service import connect_nats
 
     catalog.definition(name)
-    nc = await connect_nats(RuntimeSettings().nats_url, f"antechamber-{name}-republish")
+    settings = RuntimeSettings()
+    nc = await connect_nats(settings.nats_url, f"antechamber-{name}-republish")
     try:
         async with _service_pool(name) as pool:
-            sent = await republish(pool, nc.jetstream(), name, from_position)
+            sent = await republish(
+                pool,
+                nc.jetstream(),
+                name,
+                from_position,
+                stream_replicas=settings.stream_replicas,
+            )
     finally:
         await nc.drain()
     print(f"{name}: published {sent} events from position {from_position}")

@@ -82,9 +82,12 @@ class Relay:
         nats: NATS,
         batch_size: int = 500,
         ack_timeout: float = 5.0,
+        stream_replicas: int = 1,
         on_acked: Callable[[Sequence[RecordedEvent]], None] | None = None,
     ) -> None:
-        """``on_acked`` is called with each batch once JetStream acknowledged it."""
+        """``on_acked`` is called with each batch once JetStream acknowledged it.
+        ``stream_replicas`` must be what the service declares its stream with: ensuring the
+        stream updates it to this config."""
         self.dsn = dsn
         self.service = service
         self.schema = service  # a service's store lives in the schema named after it
@@ -92,6 +95,7 @@ class Relay:
         self.js = nats.jetstream()
         self.batch_size = batch_size
         self.ack_timeout = ack_timeout
+        self.stream_replicas = stream_replicas
         self.on_acked = on_acked
         self.leader = asyncio.Event()
         self.position = 0
@@ -139,7 +143,7 @@ class Relay:
 
     async def _ensure_stream(self) -> None:
         await retry(
-            lambda: ensure_stream(self.js, service_stream(self.service)),
+            lambda: ensure_stream(self.js, service_stream(self.service, self.stream_replicas)),
             errors=(TimeoutError, NatsError, OSError),
             what="relay: JetStream",
         )
@@ -198,12 +202,13 @@ async def republish(
     *,
     batch_size: int = 500,
     ack_timeout: float = 10.0,
+    stream_replicas: int = 1,
 ) -> int:
     """Publish every stored event from ``from_position`` on; returns how many were sent.
 
     Events still inside the stream's duplicate window are de-duplicated by JetStream.
     """
-    await ensure_stream(js, service_stream(service))
+    await ensure_stream(js, service_stream(service, stream_replicas))
     sent, after, started = 0, from_position - 1, time.monotonic()
     while batch := await read_all(pool, after, batch_size):
         await publish_events(js, service, batch, ack_timeout)

@@ -147,6 +147,7 @@ class ServiceRuntime:
             nats=nc,
             batch_size=s.relay_batch_size,
             ack_timeout=s.relay_ack_timeout_s,
+            stream_replicas=s.stream_replicas,
         )
         self._tasks.append(asyncio.create_task(relay.run(), name=f"{d.name}-relay"))
         # Per-message access lines at DEBUG: our own log lines say what matters.
