@@ -10,7 +10,6 @@ import secrets
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any
 from uuid import UUID, uuid4
@@ -41,6 +40,7 @@ from contracts.scheduling import (
 )
 from contracts.signaling import ParticipantLeft, SessionEnded, SessionStarted
 from runtime import commands
+from runtime.clock import Clock, system_clock
 from runtime.commands import Decide
 from runtime.context import ServiceContext
 from runtime.db import Executor
@@ -53,11 +53,6 @@ from services.links.config import LinksSettings
 from services.links.domain import NewLink, Slot
 
 log = structlog.get_logger(__name__)
-Clock = Callable[[], datetime]
-
-
-def system_clock() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass

@@ -13,7 +13,7 @@ import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Literal
 from uuid import UUID
 
@@ -37,6 +37,7 @@ from contracts.media import (
     node_subject,
     participant_subject,
 )
+from runtime.clock import Clock, system_clock
 from runtime.context import ServiceContext
 from runtime.participant_tokens import ParticipantKeySettings, ParticipantTokenError, verify
 from runtime.retry import retry
@@ -51,7 +52,6 @@ from services.media.seats import MAX_SEATS, Granted, SeatLedger
 from services.media.sfu import Sfu, SignalRefused
 
 log = structlog.get_logger(__name__)
-Clock = Callable[[], datetime]
 Action = Literal["seat", "release"]
 
 NOT_OWNER = "not_owner"
@@ -60,10 +60,6 @@ ATTEMPTS = 4
 """Reads of a room's owner per request; more only when the placement keeps moving."""
 ROOM_FULL = "This room is full: it holds at most {cap} people."
 NO_CAPACITY = "No video server can open this room right now; please try again in a minute."
-
-
-def system_clock() -> datetime:
-    return datetime.now(UTC)
 
 
 def stream_of(room_id: UUID) -> str:

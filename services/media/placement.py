@@ -13,7 +13,7 @@ clock: node clocks must agree to well within that (NTP does).
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from uuid import UUID
@@ -29,10 +29,10 @@ from nats.js.errors import (
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from pydantic import AwareDatetime, BaseModel, ValidationError
 
+from runtime.clock import Clock
 from services.media.config import MediaSettings
 
 log = structlog.get_logger(__name__)
-Clock = Callable[[], datetime]
 
 NODES_BUCKET = "media-nodes"
 ROOMS_BUCKET = "media-rooms"

@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import hmac
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
@@ -29,6 +28,7 @@ from contracts.media import (
     RecordingReply,
     recording_stream,
 )
+from runtime.clock import Clock
 from runtime.context import ServiceContext
 from services.media.config import MediaSettings
 from services.media.journal import Journal
@@ -36,7 +36,6 @@ from services.media.recorder import Recorder, RecordingError
 from services.media.sfu import Sfu
 
 log = structlog.get_logger(__name__)
-Clock = Callable[[], datetime]
 DOWNLOAD_KEY_LABEL = b"antechamber recording download v1"
 
 

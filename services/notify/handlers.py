@@ -8,7 +8,7 @@ Nothing here talks to a mail server: :mod:`services.notify.sender` sends what is
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import cached_property
 from typing import Any
 from uuid import UUID, uuid4
@@ -34,16 +34,11 @@ from contracts.scheduling import (
     SessionScheduled,
     SessionWentLive,
 )
+from runtime.clock import Clock, system_clock
 from runtime.context import ServiceContext
 from runtime.db import Executor
 from runtime.sealing import Sealer, SealingSettings
 from services.notify.config import NotifySettings
-
-Clock = Callable[[], datetime]
-
-
-def system_clock() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass

@@ -92,6 +92,7 @@ from contracts.signaling_protocol import (
     Welcome,
 )
 from runtime import refusals
+from runtime.clock import Clock, system_clock
 from runtime.context import ServiceContext
 from runtime.participant_tokens import ParticipantKeySettings, mint
 from runtime.ratelimit import RateLimiter
@@ -203,7 +204,7 @@ class Signaling:
         self,
         settings: SignalingSettings | None = None,
         key_source: Callable[[], str] | None = None,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Clock = system_clock,
     ) -> None:
         self.settings = settings or SignalingSettings()
         self._key_source = key_source or (lambda: ParticipantKeySettings().key())
