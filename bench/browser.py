@@ -1,6 +1,7 @@
 """The whole platform as `antechamber up` starts it, and headless Chromium to use it: shared
 by the browser tests (``tests/browser``) and the web client's benchmark (``bench/web.py``)."""
 
+import asyncio
 import contextlib
 import json
 import os
@@ -15,6 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("ANTECHAMBER_CHROMIUM", "/usr/bin/chromium")
@@ -127,3 +130,22 @@ def platform_up(log: Path) -> Iterator[Up]:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
         shutil.rmtree(data, ignore_errors=True)
+
+
+async def new_session(web: str, **fields: Any) -> dict[str, Any]:
+    """A demo clinic's session starting now, made through the demo console's API, once the
+    links service has issued its session and guest links."""
+    async with httpx.AsyncClient(base_url=web, timeout=10) as client:
+        created = await client.post("/demo/api/sessions", json=fields)
+        if created.status_code != 201:
+            raise RuntimeError(f"no session: {created.status_code} {created.text}")
+        session_id = created.json()["session_id"]
+        for _ in range(150):
+            overview = (await client.get("/demo/api/overview")).json()
+            session: dict[str, Any] = next(
+                s for s in overview["sessions"] if s["session_id"] == session_id
+            )
+            if {"session", "guest"} <= {link["kind"] for link in session["links"]}:
+                return session
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"the links of {session_id} were not issued")

@@ -20,14 +20,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
-import httpx
 from playwright.async_api import Browser, Page, async_playwright
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.browser import CHROMIUM_ARGS, Missing, Up, chromium, platform_up
+from bench.browser import CHROMIUM_ARGS, Missing, Up, chromium, new_session, platform_up
 
 GOAL_MS = 1500.0
 FIRST_FRAME = """() => new Promise((resolve) => {
@@ -79,22 +77,6 @@ SUBSCRIBER_FINISH = """async (answer) => {
 }"""
 
 
-async def direct_session(up: Up) -> dict[str, Any]:
-    async with httpx.AsyncClient(base_url=up.web, timeout=10) as web:
-        created = await web.post("/demo/api/sessions", json={"guest_admission": "direct"})
-        created.raise_for_status()
-        session_id = created.json()["session_id"]
-        for _ in range(150):
-            overview = (await web.get("/demo/api/overview")).json()
-            session: dict[str, Any] = next(
-                s for s in overview["sessions"] if s["session_id"] == session_id
-            )
-            if any(link["kind"] == "guest" for link in session["links"]):
-                return session
-            await asyncio.sleep(0.2)
-    raise RuntimeError("the session's links were not issued")
-
-
 async def open_page(browser: Browser, url: str) -> Page:
     context = await browser.new_context(permissions=["camera", "microphone"])
     page = await context.new_page()
@@ -103,7 +85,7 @@ async def open_page(browser: Browser, url: str) -> Page:
 
 
 async def through_antechamber(browser: Browser, up: Up, runs: int) -> list[tuple[float, float]]:
-    session = await direct_session(up)
+    session = await new_session(up.web, guest_admission="direct")
     host = await open_page(browser, session["host_url"])
     await host.locator("#prejoin").wait_for(state="visible")
     await host.fill("#name", "Host")

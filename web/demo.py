@@ -5,6 +5,7 @@ their public APIs, as any integrator would, and the local mail sink for what was
 for trying the platform on one machine: it shows links to whoever opens the page.
 """
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
@@ -19,6 +20,15 @@ from web.config import WebSettings
 
 SESSIONS_SHOWN = 20
 UPSTREAM_TIMEOUT_S = 5.0
+SESSION_FIELDS = (
+    "session_id",
+    "starts_at",
+    "ends_at",
+    "time_zone",
+    "status",
+    "video_mode",
+    "guest_admission",
+)
 
 
 class NewSession(BaseModel):
@@ -43,9 +53,10 @@ class DemoConsole:
             raise Problem(503, "The demo clinic is not set up yet; try again shortly.") from exc
         return demo
 
-    async def _call(self, service: str, method: str, path: str, **kwargs: Any) -> Any:
+    async def _call(
+        self, demo: dict[str, Any], service: str, method: str, path: str, **kwargs: Any
+    ) -> Any:
         base = self.settings.scheduling_url if service == "scheduling" else self.settings.links_url
-        demo = self._demo()
         try:
             response = await self.http.request(
                 method,
@@ -64,50 +75,50 @@ class DemoConsole:
 
     async def overview(self) -> dict[str, Any]:
         demo = self._demo()
-        clinic = await self._call("scheduling", "GET", "/v1/clinic")
         since = (datetime.now(UTC) - timedelta(hours=12)).isoformat()
-        page = await self._call(
-            "scheduling",
-            "GET",
-            "/v1/sessions",
-            params={"practitioner_id": demo["practitioner_id"], "from": since, "limit": 100},
-        )
-        practitioner_links = await self._call(
-            "links", "GET", "/v1/links", params={"practitioner_id": demo["practitioner_id"]}
+        clinic, page, practitioner_links = await asyncio.gather(
+            self._call(demo, "scheduling", "GET", "/v1/clinic"),
+            self._call(
+                demo,
+                "scheduling",
+                "GET",
+                "/v1/sessions",
+                params={"practitioner_id": demo["practitioner_id"], "from": since, "limit": 100},
+            ),
+            self._call(
+                demo,
+                "links",
+                "GET",
+                "/v1/links",
+                params={"practitioner_id": demo["practitioner_id"]},
+            ),
         )
         host = next((x["url"] for x in practitioner_links if x["kind"] == "host"), None)
         room = next(
             (x["url"] for x in practitioner_links if x["kind"] == "practitioner_room"), None
         )
-        sessions = []
-        for session in sorted(page["items"], key=lambda s: s["starts_at"], reverse=True)[
-            :SESSIONS_SHOWN
-        ]:
-            links = await self._call(
-                "links", "GET", "/v1/links", params={"session_id": session["session_id"]}
+        shown = sorted(page["items"], key=lambda s: s["starts_at"], reverse=True)[:SESSIONS_SHOWN]
+        # Guest and drop-in links name no practitioner: one question per session, all at once.
+        links_of = await asyncio.gather(
+            *(
+                self._call(
+                    demo, "links", "GET", "/v1/links", params={"session_id": s["session_id"]}
+                )
+                for s in shown
             )
-            sessions.append(
-                {
-                    key: session[key]
-                    for key in (
-                        "session_id",
-                        "starts_at",
-                        "ends_at",
-                        "time_zone",
-                        "status",
-                        "video_mode",
-                        "guest_admission",
-                    )
-                }
-                | {
-                    "host_url": f"{host}?session={session['session_id']}" if host else None,
-                    "links": [
-                        {k: x[k] for k in ("kind", "role", "url", "state")}
-                        for x in links
-                        if x["kind"] != "host"
-                    ],
-                }
-            )
+        )
+        sessions = [
+            {key: session[key] for key in SESSION_FIELDS}
+            | {
+                "host_url": f"{host}?session={session['session_id']}" if host else None,
+                "links": [
+                    {k: x[k] for k in ("kind", "role", "url", "state")}
+                    for x in links
+                    if x["kind"] != "host"
+                ],
+            }
+            for session, links in zip(shown, links_of, strict=True)
+        ]
         return {
             "clinic": {"name": clinic["name"], "slug": clinic["slug"]},
             "room_url": room,
@@ -131,6 +142,7 @@ class DemoConsole:
         demo = self._demo()
         start = datetime.now(UTC).replace(second=0, microsecond=0)
         session: dict[str, Any] = await self._call(
+            demo,
             "scheduling",
             "POST",
             "/v1/sessions",

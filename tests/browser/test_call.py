@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from playwright.async_api import Page, expect
 
+from bench.browser import new_session
 from tests.browser.conftest import (
     People,
     Platform,
@@ -20,22 +21,6 @@ from tests.browser.conftest import (
 )
 
 pytestmark = pytest.mark.slow
-
-
-async def new_session(platform: Platform, **fields: Any) -> dict[str, Any]:
-    """A session of the demo clinic through the demo console's API, with its links."""
-    async with platform.api(platform.web) as web:
-        created = await web.post("/demo/api/sessions", json=fields)
-        assert created.status_code == 201, created.text
-        session_id = created.json()["session_id"]
-        for _ in range(100):
-            overview = (await web.get("/demo/api/overview")).json()
-            session = next(s for s in overview["sessions"] if s["session_id"] == session_id)
-            kinds = {link["kind"] for link in session["links"]}
-            if {"session", "guest"} <= kinds:
-                return session
-            await asyncio.sleep(0.2)
-    raise AssertionError(f"the links of {session_id} were not issued")
 
 
 def link_of(session: dict[str, Any], kind: str) -> str:
@@ -52,7 +37,7 @@ async def waiting_guest(host: Page, name: str) -> Any:
 async def test_a_host_admits_two_guests_everyone_sees_everyone_and_the_host_ends_it(
     platform: Platform, people: People
 ) -> None:
-    session = await new_session(platform, guest_admission="waiting_room")
+    session = await new_session(platform.web, guest_admission="waiting_room")
     host = await people.open("host", session["host_url"])
     await join(host, "Dr Demo")
     await screen(host, "call")
@@ -144,7 +129,7 @@ async def test_a_link_not_open_yet_shows_when_it_opens_in_local_time(
 async def test_a_regenerated_guest_link_says_it_was_replaced(
     platform: Platform, people: People
 ) -> None:
-    session = await new_session(platform)
+    session = await new_session(platform.web)
     old = link_of(session, "guest")
     async with platform.api(platform.links) as links:
         listed = (await links.get("/v1/links", params={"session_id": session["session_id"]})).json()
@@ -168,7 +153,7 @@ async def test_a_regenerated_guest_link_says_it_was_replaced(
 async def test_the_demo_console_lists_sessions_their_links_and_the_mails_sent(
     platform: Platform, people: People
 ) -> None:
-    session = await new_session(platform, guest_admission="direct")
+    session = await new_session(platform.web, guest_admission="direct")
     console = await people.open("console", f"{platform.web}/demo")
     row = console.locator(f'tr[data-session-id="{session["session_id"]}"]')
     await expect(row).to_be_visible(timeout=15_000)
@@ -183,7 +168,7 @@ async def test_the_demo_console_lists_sessions_their_links_and_the_mails_sent(
 async def test_hold_recording_and_deny_reach_the_waiting_guest_by_keyboard_alone(
     platform: Platform, people: People
 ) -> None:
-    session = await new_session(platform, guest_admission="waiting_room")
+    session = await new_session(platform.web, guest_admission="waiting_room")
     host = await people.open("host", session["host_url"])
     await join(host, "Dr Demo")
     await screen(host, "call")
