@@ -52,14 +52,9 @@ asyncapi: $(VENV)/.installed-run
 	$(BIN)/antechamber asyncapi
 	$(BIN)/antechamber protocol-schema
 
+# Every bench/ script, one at a time, into docs/benchmarks.md (bench/web.py needs Chromium).
 bench: $(VENV)/.installed-test browser
-	$(BIN)/python bench/eventstore.py
-	$(BIN)/python bench/scheduling.py
-	$(BIN)/python bench/links.py
-	$(BIN)/python bench/signaling.py
-	$(BIN)/python bench/sfu.py
-	$(BIN)/python bench/notify.py
-	$(BIN)/python bench/web.py
+	$(BIN)/python bench/report.py
 
 clean:
 	rm -rf $(VENV) .antechamber .pytest_cache .mypy_cache .ruff_cache test-artifacts

@@ -80,6 +80,7 @@ from contracts.media import (
     participant_subject,
     signal_subject,
 )
+from runtime.settings import nats_servers
 from services.media.passthrough import EncodedFrame, on_keyframe_request, tap_receiver
 
 logger = logging.getLogger(__name__)
@@ -702,7 +703,7 @@ class Participant:
 
 async def take_part(config: PeerConfig) -> int:
     tracks = synthetic_tracks(config)
-    nc = await nats.connect(config.nats_url)
+    nc = await nats.connect(nats_servers(config.nats_url))
     try:
         return await Participant(config, nc, tracks).attend()
     finally:

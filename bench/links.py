@@ -1,6 +1,6 @@
 """Link resolutions per second and their latency, over HTTP and over NATS, next to floors.
 
-    python bench/links.py [--quick] [--links N] [--concurrency C] [--seconds S]
+    python bench/links.py [--quick] [--links N] [--concurrency C] [--seconds S] [--results PATH]
 
 With 1,000,000 links stored, the links service (``antechamber serve links``, a process of its
 own) answers "may this token join now?" as ``GET /v1/links/resolve?token=...`` and as a
@@ -31,7 +31,8 @@ caller, and freezes its own garbage collector once the rows are loaded: it share
 with the service, Postgres and nats-server, so the less CPU and the fewer pauses it takes,
 the more the figures are the service's. Its CPU is printed with the others'.
 
-It starts its own nats-server and Postgres (pgserver) in a temporary folder.
+It starts its own nats-server and Postgres (pgserver) in a temporary folder. With
+``--results``, the figures are also appended there as JSON lines (``bench/results.py``).
 """
 
 import argparse
@@ -61,6 +62,7 @@ import httpx  # noqa: E402
 from antechamber import catalog  # noqa: E402
 from bench.echo import ECHO_SUBJECT, start_echo  # noqa: E402
 from bench.eventstore import ms, pct  # noqa: E402
+from bench.results import Figure, add_results_option, write_results  # noqa: E402
 from bench.support import (  # noqa: E402
     CpuMeter,
     children,
@@ -564,8 +566,10 @@ def line(run: Run, unit: str) -> str:
     )
 
 
-def report(loaded: Loaded, f: Figures, concurrency: int, seconds: float) -> bool:
+def report(loaded: Loaded, f: Figures, concurrency: int, seconds: float) -> list[Figure]:
+    """Print the figures; the headline ones, each with its floor, as records."""
     met = True
+    records = []
     mix = ", ".join(f"{k} {v / len(loaded.tokens):.0%}" for k, v in loaded.expected.items())
     print(
         f"\nlinks: {loaded.links:,} links stored (loaded in {loaded.seconds:.1f} s: "
@@ -584,6 +588,19 @@ def report(loaded: Loaded, f: Figures, concurrency: int, seconds: float) -> bool
         ratio = resolve.rate / floor.rate
         ok = ratio >= RATIO_GOAL
         met &= ok
+        records.append(
+            Figure(
+                SERVICE,
+                f"{resolve.label} throughput",
+                resolve.rate,
+                "resolutions/s",
+                f"{floor.label} throughput",
+                floor.rate,
+                "requests/s",
+                goal=f"ratio >= {RATIO_GOAL}",
+                met=ok,
+            )
+        )
         print(f"  over {transport}")
         print(line(floor, "requests/s") + "   (floor)")
         print(line(resolve, "resolutions/s"))
@@ -613,6 +630,10 @@ def report(loaded: Loaded, f: Figures, concurrency: int, seconds: float) -> bool
             f"   /v1/links/resolve {ms(resolve_mean)}"
         )
     print("\nlatency: requests sent at a steady rate, half the resolve rate above")
+    names = {  # the paced runs are labelled by their key
+        "http": (f.http_floor.label, f.http_resolve.label),
+        "nats": (f.nats_floor.label, f.nats_resolve.label),
+    }
     for transport in ("http", "nats"):
         print(f"  over {transport.upper()} at {f.paced_rate[transport]:.0f} requests/s")
         floor, resolve = f.paced[f"{transport} floor"], f.paced[f"{transport} resolve"]
@@ -624,14 +645,33 @@ def report(loaded: Loaded, f: Figures, concurrency: int, seconds: float) -> bool
         p99 = pct(resolve.latencies, 99)
         ok = p99 <= P99_GOAL
         met &= ok
+        records.append(
+            Figure(
+                SERVICE,
+                f"{names[transport][1]} p99 at {f.paced_rate[transport]:.0f} requests/s",
+                p99 * 1000,
+                "ms",
+                f"{names[transport][0]} p99 at the same rate",
+                pct(floor.latencies, 99) * 1000,
+                goal=f"<= {P99_GOAL * 1000:.0f} ms",
+                met=ok,
+            )
+        )
         print(f"   goal resolve p99 <= {P99_GOAL * 1000:.0f} ms: {'met' if ok else 'not met'}")
     if f.reconnects:
         print(f"   {f.reconnects} HTTP requests were sent again after a dropped connection")
     print(f"\ngoals: {'all met' if met else 'not all met'}")
-    return met
+    return records
 
 
-async def main(n: int, sample: int, concurrency: int, warm_up: float, seconds: float) -> int:
+async def main(
+    n: int,
+    sample: int,
+    concurrency: int,
+    warm_up: float,
+    seconds: float,
+    results: Path | None,
+) -> int:
     configure_logging("bench", "warning", "console")
     print(f"Antechamber links benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
     with servers() as (folder, nats, postgres):
@@ -668,7 +708,7 @@ async def main(n: int, sample: int, concurrency: int, warm_up: float, seconds: f
             figures = await measure(
                 port, nats.url, Tokens(loaded.tokens), concurrency, warm_up, seconds, meter
             )
-            report(loaded, figures, concurrency, seconds)
+            write_results(results, report(loaded, figures, concurrency, seconds))
         except BaseException:
             print(f"\nlinks service log:\n{service.log_tail()}", file=sys.stderr)
             raise
@@ -686,9 +726,10 @@ if __name__ == "__main__":
     parser.add_argument("--sample", type=int, default=None, help="tokens resolved (20,000)")
     parser.add_argument("--concurrency", type=int, default=32, help="requests in flight")
     parser.add_argument("--seconds", type=float, default=None, help="per measurement (10)")
+    add_results_option(parser)
     args = parser.parse_args()
     n = args.links or (20_000 if args.quick else 1_000_000)
     sample = args.sample or (2_000 if args.quick else 20_000)
     seconds = args.seconds or (1.0 if args.quick else 10.0)
     warm_up = 0.5 if args.quick else 3.0
-    raise SystemExit(asyncio.run(main(n, sample, args.concurrency, warm_up, seconds)))
+    raise SystemExit(asyncio.run(main(n, sample, args.concurrency, warm_up, seconds, args.results)))

@@ -1,7 +1,7 @@
 """Invitations per second delivered to a local SMTP sink from SessionScheduled events, next to
 the raw aiosmtplib send rate in the same run.
 
-    python bench/notify.py [--quick] [--count N]
+    python bench/notify.py [--quick] [--count N] [--results PATH]
 
 The notify service runs as a process of its own (``antechamber serve notify``) on its own
 nats-server and Postgres, with ``ANTECHAMBER_NOTIFY_SMTP_CONNECTIONS`` set to ``CONNECTIONS``
@@ -21,7 +21,9 @@ LinkIssued, sealed with the link key notify was given.
    size; they are built before the clock starts (that cost is printed on its own). It runs in
    a process of its own, as notify does, so neither shares the sink's event loop.
 
-It starts its own nats-server and Postgres (pgserver) in a temporary folder.
+It starts its own nats-server and Postgres (pgserver) in a temporary folder. With
+``--results``, the rate and the delivery check are also appended there as JSON lines
+(``bench/results.py``).
 """
 
 import argparse
@@ -47,6 +49,7 @@ import aiosmtplib  # noqa: E402
 from aiosmtpd.smtp import Envelope  # noqa: E402
 
 from bench.eventstore import pct  # noqa: E402
+from bench.results import Figure, add_results_option, write_results  # noqa: E402
 from bench.support import CpuMeter, children, servers, service_ready, start_service  # noqa: E402
 from runtime.db import connect  # noqa: E402
 from runtime.embedded import free_port  # noqa: E402
@@ -311,7 +314,8 @@ async def raw_rate(sink: RawSink, count: int, parts_file: Path) -> dict[str, flo
 # -- report ------------------------------------------------------------------------------------
 
 
-def report(run: Delivered, checked: Checked, log: Log, raw: dict[str, float]) -> None:
+def report(run: Delivered, checked: Checked, log: Log, raw: dict[str, float]) -> list[Figure]:
+    """Print the figures; the rate next to the raw send rate, and the check, as records."""
     raw_rate = run.count / raw["seconds"]
     per_invitation = run.cpu["notify"] / run.count
     print(f"\nNotify benchmark on {os.cpu_count()} cores, {run.count} invitations")
@@ -351,9 +355,31 @@ def report(run: Delivered, checked: Checked, log: Log, raw: dict[str, float]) ->
     )
     shares = "   ".join(f"{k} {v / run.seconds:.0%}" for k, v in run.cpu.items())
     print(f"  CPU during the run (100% = one core):   {shares}")
+    return [
+        Figure(
+            "notify",
+            "SessionScheduled -> mail",
+            run.rate,
+            "invitations/s",
+            f"raw aiosmtplib send rate, {CONNECTIONS} connections, same sink",
+            raw_rate,
+            "messages/s",
+        ),
+        Figure(
+            "notify",
+            f"invitations delivered (duplicates {checked.duplicates}, wrong URL "
+            f"{checked.wrong_url}, to strangers {checked.strays})",
+            checked.delivered,
+            f"of {run.count}",
+            None,
+            None,
+            goal=f"{run.count}, with no duplicates, wrong URLs or strangers",
+            met=checked.ok and checked.delivered == run.count,
+        ),
+    ]
 
 
-async def main(count: int, warm_up: int) -> int:
+async def main(count: int, warm_up: int, results: Path | None) -> int:
     with servers() as (folder, nats, postgres):
         async with RawSink() as sink:
             port = free_port()
@@ -398,7 +424,7 @@ async def main(count: int, warm_up: int) -> int:
                 parts_file = folder / "invitation.json"
                 parts_file.write_text(json.dumps(parts_of(notified[-1])))
                 raw = await raw_rate(sink, count, parts_file)
-                report(run, checked, log, raw)
+                write_results(results, report(run, checked, log, raw))
             except Exception:
                 print(f"\nnotify service log:\n{service.log_tail()}", file=sys.stderr)
                 raise
@@ -413,6 +439,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for the smoke test")
     parser.add_argument("--count", type=int, default=None, help="measured invitations (2000)")
+    add_results_option(parser)
     args = parser.parse_args()
     count = args.count or (200 if args.quick else 2000)
-    raise SystemExit(asyncio.run(main(count, warm_up=20 if args.quick else 100)))
+    raise SystemExit(asyncio.run(main(count, 20 if args.quick else 100, args.results)))

@@ -1,6 +1,6 @@
 """Sessions scheduled per second over HTTP, next to the event store's raw append rate.
 
-    python bench/scheduling.py [--quick] [--sessions N] [--concurrency C]
+    python bench/scheduling.py [--quick] [--sessions N] [--concurrency C] [--results PATH]
 
 The scheduling service runs as its own process (``antechamber serve scheduling``), so the
 load generator here shares neither its event loop nor its core. A session counts once its
@@ -10,7 +10,8 @@ rate = N / (first request sent -> last of the N events received). Goal: >= 500 s
 Baseline, in the same run against the same Postgres: ``EventStore.append`` of one small
 event per new stream, no projections, with the same number of concurrent callers.
 
-It starts its own nats-server and Postgres (pgserver) in a temporary folder.
+It starts its own nats-server and Postgres (pgserver) in a temporary folder. With
+``--results``, the figure is also appended there as a JSON line (``bench/results.py``).
 """
 
 import argparse
@@ -36,6 +37,7 @@ import httpx  # noqa: E402
 from nats.aio.msg import Msg  # noqa: E402
 
 from bench.eventstore import ms, pct, schema_pool  # noqa: E402
+from bench.results import Figure, add_results_option, write_results  # noqa: E402
 from bench.support import CpuMeter, children, servers, service_ready, start_service  # noqa: E402
 from contracts.envelope import event_subject  # noqa: E402
 from runtime.embedded import free_port  # noqa: E402
@@ -259,7 +261,7 @@ async def append_rate(dsn: str, appends: int, concurrency: int) -> float:
 # -- report ------------------------------------------------------------------------------------
 
 
-def report(run: Run, baseline: float, server: dict[str, float], concurrency: int) -> None:
+def report(run: Run, baseline: float, server: dict[str, float], concurrency: int) -> Figure:
     ratio = run.rate / baseline
     print(
         f"\nscheduling: {run.count} sessions over HTTP/1.1 keep-alive, "
@@ -280,9 +282,22 @@ def report(run: Run, baseline: float, server: dict[str, float], concurrency: int
         print(f"   CPU during the run (100% = one core):   {shares}")
     if run.retried:
         print(f"   {run.retried} requests were sent again after a dropped connection")
+    return Figure(
+        SERVICE,
+        "HTTP schedule -> JetStream ack",
+        run.rate,
+        "sessions/s",
+        "raw event-store append",
+        baseline,
+        "appends/s",
+        goal=f">= {GOAL:.0f} sessions/s",
+        met=run.rate >= GOAL,
+    )
 
 
-async def main(sessions: int, warm_up: int, concurrency: int, baseline_appends: int) -> int:
+async def main(
+    sessions: int, warm_up: int, concurrency: int, baseline_appends: int, results: Path | None
+) -> int:
     configure_logging("bench", "warning", "console")  # no line per migration of the baseline
     with servers() as (folder, nats, postgres):
         port = free_port()
@@ -305,7 +320,7 @@ async def main(sessions: int, warm_up: int, concurrency: int, baseline_appends: 
             )
             baseline = await append_rate(postgres.dsn, baseline_appends, concurrency)
             run, server = await http_rate(base_url, nats.url, sessions, warm_up, concurrency, meter)
-            report(run, baseline, server, concurrency)
+            write_results(results, [report(run, baseline, server, concurrency)])
         except Exception:
             print(f"\nscheduling service log:\n{service.log_tail()}", file=sys.stderr)
             raise
@@ -320,7 +335,11 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for the smoke test")
     parser.add_argument("--sessions", type=int, default=None, help="measured sessions (3000)")
     parser.add_argument("--concurrency", type=int, default=48, help="requests in flight")
+    add_results_option(parser)
     args = parser.parse_args()
     sessions = args.sessions or (200 if args.quick else 3000)
     warm_up = 20 if args.quick else 300
-    raise SystemExit(asyncio.run(main(sessions, warm_up, args.concurrency, max(sessions, 1000))))
+    baseline_appends = max(sessions, 1000)
+    raise SystemExit(
+        asyncio.run(main(sessions, warm_up, args.concurrency, baseline_appends, args.results))
+    )

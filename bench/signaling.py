@@ -1,6 +1,6 @@
 """Waiting rooms across two signaling replicas: knock -> host sees it, admit -> admitted.
 
-    python bench/signaling.py [--quick] [--rooms N] [--rounds R] [--rate K]
+    python bench/signaling.py [--quick] [--rooms N] [--rounds R] [--rate K] [--results PATH]
 
 Scheduling, links, one media node and two signaling replicas (A and B) run as processes of
 their own (``antechamber serve ...``) on one nats-server and one Postgres. ``N`` practitioners
@@ -38,7 +38,8 @@ All guests come from 127.0.0.1, so the replicas run with the per-address and per
 limits set out of reach (``ANTECHAMBER_SIGNALING_KNOCKS_PER_*``; the limiters are still
 consulted on every join), and the media node with room for every room.
 
-It starts its own nats-server and Postgres (pgserver) in a temporary folder.
+It starts its own nats-server and Postgres (pgserver) in a temporary folder. With
+``--results``, the figures are also appended there as JSON lines (``bench/results.py``).
 """
 
 import argparse
@@ -69,6 +70,7 @@ from websockets.exceptions import ConnectionClosed  # noqa: E402
 
 from bench.echo import ECHO_SUBJECT, echo_ready, start_echo  # noqa: E402
 from bench.eventstore import ms, pct  # noqa: E402
+from bench.results import Figure, add_results_option, write_results  # noqa: E402
 from bench.support import (  # noqa: E402
     CpuMeter,
     Process,
@@ -541,9 +543,16 @@ async def baseline(nc: Any, count: int, pace: float | None, rounds: int) -> list
 
 # -- report ------------------------------------------------------------------------------------
 
+TIMED = {"knock": "knock -> host sees it", "admitted": "admit -> guest admitted"}
+"""The measured paths with a goal, by their ``Visit`` field."""
 
-def report(rooms: int, rounds: int, series: list[Series], floors: dict[str, list[float]]) -> bool:
+
+def report(
+    rooms: int, rounds: int, series: list[Series], floors: dict[str, list[float]]
+) -> list[Figure]:
+    """Print the figures; knock and admit, p50 and p99 per mode, as records."""
     met = True
+    records = []
     print(
         f"\nsignaling: {rooms} live rooms (host on replica A, guest on replica B), "
         f"{rounds} measured round(s) per mode after a warm-up, {os.cpu_count()} CPUs shared by "
@@ -558,8 +567,7 @@ def report(rooms: int, rounds: int, series: list[Series], floors: dict[str, list
         )
         print(f"   {'':<36} {'p50':>10} {'p99':>10}   {'x p50':>7} {'x p99':>7}")
         for what, name in (
-            ("knock", "knock -> host sees it"),
-            ("admitted", "admit -> guest admitted"),
+            *TIMED.items(),
             ("welcome", "  (join -> guest's welcome, B)"),
             ("admit_seen", "  (admit -> host's room view, A)"),
         ):
@@ -574,6 +582,19 @@ def report(rooms: int, rounds: int, series: list[Series], floors: dict[str, list
             p99 = pct(s.of(what), 99)
             ok = p99 <= P99_GOAL
             met &= ok
+            for p in (50, 99):
+                records.append(
+                    Figure(
+                        "signaling",
+                        f"{TIMED[what]} p{p}, {s.label}",
+                        pct(s.of(what), p) * 1000,
+                        "ms",
+                        f"bare NATS request/reply p{p}, {s.label}",
+                        pct(floor, p) * 1000,
+                        goal=f"<= {P99_GOAL * 1000:.0f} ms" if p == 99 else None,
+                        met=ok if p == 99 else None,
+                    )
+                )
             print(
                 f"   goal {name} p99 <= {P99_GOAL * 1000:.0f} ms: "
                 f"{'met' if ok else 'not met'} ({p99 * 1000:.1f} ms)"
@@ -595,13 +616,13 @@ def report(rooms: int, rounds: int, series: list[Series], floors: dict[str, list
                 f"{conflicts / len(s.visits):.2f} appends refused as conflicting per guest"
             )
     print(f"\ngoals: {'all met' if met else 'not all met'}")
-    return met
+    return records
 
 
 # -- main --------------------------------------------------------------------------------------
 
 
-async def main(rooms: int, rounds: int, rate: float) -> int:
+async def main(rooms: int, rounds: int, rate: float, results: Path | None) -> int:
     configure_logging("bench", "warning", "console")
     print(f"Antechamber signaling benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
     with servers() as (folder, nats, postgres):
@@ -642,7 +663,7 @@ async def main(rooms: int, rounds: int, rate: float) -> int:
                 await measure_visits(label, live, replicas, p, rounds, meter)
                 for label, p in modes.items()
             ]
-            report(rooms, rounds, series, floors)
+            write_results(results, report(rooms, rounds, series, floors))
         except BaseException:
             print(f"\n{platform.log_tails()}", file=sys.stderr)
             raise
@@ -661,7 +682,8 @@ if __name__ == "__main__":
     parser.add_argument("--rooms", type=int, default=None, help="live waiting rooms (200)")
     parser.add_argument("--rounds", type=int, default=None, help="measured rounds per mode (5)")
     parser.add_argument("--rate", type=float, default=20.0, help="paced knocks per second")
+    add_results_option(parser)
     args = parser.parse_args()
     rooms = args.rooms or (5 if args.quick else 200)
     rounds = args.rounds or (1 if args.quick else 5)
-    raise SystemExit(asyncio.run(main(rooms, rounds, args.rate)))
+    raise SystemExit(asyncio.run(main(rooms, rounds, args.rate, args.results)))

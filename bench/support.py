@@ -91,16 +91,10 @@ class Process:
     def __init__(self, name: str, args: list[str], log_path: Path, env: dict[str, str]) -> None:
         self.name = name
         self.log_path = log_path
-        with open(log_path, "ab") as log:
-            self.process: subprocess.Popen[bytes] | None = subprocess.Popen(
-                args,
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C reaches us only; we stop it in order
-            )
-        self.pid = self.process.pid
+        self.args = args
+        self.env = env
+        self.process: subprocess.Popen[bytes] | None = None
+        self.restart()
 
     def check(self) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -115,6 +109,28 @@ class Process:
         if self.process is not None:
             stop_process(self.process, timeout)
         self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL: the process dies at once, with no chance to clean up (a crash)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def restart(self) -> None:
+        """Start the same command again (after ``stop`` or ``kill``), logging to the same file."""
+        if self.process is not None and self.process.poll() is None:
+            raise RuntimeError(f"the {self.name} process is still running")
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                self.args,
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C reaches us only; we stop it in order
+            )
+        self.pid = self.process.pid
 
 
 def start_service(

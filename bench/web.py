@@ -10,7 +10,8 @@ The baseline, in the same run and the same Chromium: the same two fake cameras i
 browser-to-browser call with no server between them (the offer and answer handed over by the
 benchmark itself), from the start of the page's navigation to the first remote frame.
 
-``python bench/web.py`` (5 runs each; ``--quick``: 2).
+``python bench/web.py`` (5 runs each; ``--quick``: 2). With ``--results PATH``, the figure is
+also appended there as a JSON line (``bench/results.py``).
 """
 
 import argparse
@@ -26,6 +27,7 @@ from playwright.async_api import Browser, Page, async_playwright
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.browser import CHROMIUM_ARGS, Missing, Up, chromium, new_session, platform_up
+from bench.results import Figure, add_results_option, write_results
 
 GOAL_MS = 1500.0
 FIRST_FRAME = """() => new Promise((resolve) => {
@@ -128,6 +130,7 @@ def spread(values: list[float]) -> str:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="2 runs each (the smoke test)")
+    add_results_option(parser)
     args = parser.parse_args()
     runs = 2 if args.quick else 5
     try:
@@ -161,6 +164,17 @@ async def main() -> None:
     print(f"ratio: {median / baseline:.1f}x the direct call")
     verdict = "met" if median <= GOAL_MS else "NOT met"
     print(f"goal <= {GOAL_MS:.0f} ms: {verdict}")
+    figure = Figure(
+        "web",
+        f"guest link -> first remote frame, median of {runs}",
+        median,
+        "ms",
+        f"direct browser-to-browser call, median of {runs}",
+        baseline,
+        goal=f"<= {GOAL_MS:.0f} ms",
+        met=median <= GOAL_MS,
+    )
+    write_results(args.results, [figure])
 
 
 if __name__ == "__main__":

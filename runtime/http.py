@@ -1,22 +1,35 @@
 """The HTTP side every service shares: problem details, health, readiness, metrics, tracing."""
 
+import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from http import HTTPStatus
-from typing import Any
+from typing import Annotated, Any
 
 import structlog
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from opentelemetry.trace import SpanKind
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from runtime import metrics
 from runtime.refusals import Refused
+from runtime.storable_text import (
+    MESSAGE,
+    NOT_UTF8,
+    not_utf8,
+    unstorable,
+    unstorable_json,
+    unstorable_query,
+)
 from runtime.telemetry import context_from, tracer
 
 log = structlog.get_logger(__name__)
@@ -46,17 +59,77 @@ class Problem(Exception):
         self.extra = extra
 
 
-def bearer_credential(request: Request, what: str = "key") -> str:
+class ProblemDetails(BaseModel):
+    """An RFC 9457 problem body: how every service answers every error."""
+
+    model_config = ConfigDict(extra="allow", title="Problem")
+
+    type: str = Field(default="about:blank", description="Always about:blank: see `code`.")
+    title: str = Field(description="The HTTP status's phrase, or a short summary.")
+    status: int = Field(ge=400, le=599)
+    detail: str = Field(description="A sentence for a person: what went wrong, what to do.")
+    instance: str = Field(description="The path that was requested.")
+    code: Annotated[str | SkipJsonSchema[None], Field(description="A machine code.")] = None
+
+
+PROBLEM_SCHEMA = "Problem"
+PROBLEM_DESCRIPTIONS = {
+    400: "The request cannot be answered as it is; the detail says what to give.",
+    401: "No key, or a key that is unknown or was revoked.",
+    403: "Not allowed: the clinic is suspended, or its plan does not include this.",
+    404: "There is no such object (another clinic's objects answer the same).",
+    409: "It conflicts with the object's state, or it changed concurrently.",
+    410: "It is gone for good.",
+    422: "The request is not valid: the detail names the first field, `errors` each one.",
+    423: "Not open yet.",
+    429: "Too many requests; `Retry-After` says when to try again.",
+    503: "The service is starting, or a dependency is briefly unavailable; try again.",
+}
+
+
+def problems(
+    *statuses: int, described: Mapping[int, str] | None = None
+) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for the errors a route answers, each an RFC 9457 problem body.
+
+    ``described`` gives a route's own description of some of them.
+    """
+    described = described or {}
+    return {
+        status: {
+            "description": described.get(status) or PROBLEM_DESCRIPTIONS[status],
+            "content": {
+                PROBLEM_JSON: {"schema": {"$ref": f"#/components/schemas/{PROBLEM_SCHEMA}"}}
+            },
+        }
+        for status in (*statuses, *described)
+    }
+
+
+CLINIC_KEY = HTTPBearer(
+    scheme_name="clinicKey",
+    description="A clinic API key, issued by the operator (`POST /v1/clinics/{id}/api-keys`).",
+    auto_error=False,
+)
+OPERATOR_KEY = HTTPBearer(
+    scheme_name="operatorKey",
+    description="The operator key (ANTECHAMBER_OPERATOR_KEY).",
+    auto_error=False,
+)
+"""The two credentials, declared in the services' OpenAPI documents. Without ``auto_error``:
+a missing key is answered by ``bearer_credential``, as a problem body that says how."""
+
+
+def bearer_credential(credentials: HTTPAuthorizationCredentials | None, what: str = "key") -> str:
     """The credential of ``Authorization: Bearer <credential>``, or a 401 that says how."""
-    scheme, _, credential = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not credential.strip():
+    if credentials is None:
         raise Problem(
             401,
             f"Send your {what} as 'Authorization: Bearer <key>'.",
             code="unauthenticated",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    return credential.strip()
+    return credentials.credentials
 
 
 def problem_response(
@@ -91,6 +164,63 @@ def _describe_validation(exc: RequestValidationError) -> tuple[str, list[dict[st
 TRACE_ID_KEY = "antechamber.trace_id"
 """Where the request's trace id waits in the ASGI scope for the error handler, which runs
 outside the request's span."""
+
+
+class StorableTextMiddleware:
+    """Refuses (422) a request whose path, query or JSON body holds text Postgres cannot store
+    (``runtime.storable_text``), so it never reaches a handler that would fail on it, and a
+    JSON body that is not UTF-8 (which FastAPI would answer with a bare 400)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        fields = (["path"] if unstorable(scope["path"]) else []) + unstorable_query(
+            scope["query_string"]
+        )
+        errors = [{"field": field, "message": MESSAGE} for field in fields]
+        if "json" in Headers(scope=scope).get("content-type", ""):
+            body = await _read_body(receive)
+            if not_utf8(body):
+                errors.append({"field": "body", "message": NOT_UTF8})
+            else:
+                errors += [{"field": f, "message": MESSAGE} for f in unstorable_json(body)]
+            receive = _replaying(body, receive)
+        if errors:
+            first = errors[0]
+            detail = f"The request is not valid: '{first['field']}': {first['message']}."
+            await problem_response(Request(scope), 422, detail, errors=errors)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break  # the client went away; the app sees an empty body
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _replaying(body: bytes, receive: Receive) -> Receive:
+    """``receive`` for the app: the body read already, then whatever comes next."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
 
 
 class TracingMiddleware:
@@ -129,6 +259,33 @@ class TracingMiddleware:
                 metrics.http_requests.labels(
                     self.service, scope["method"], getattr(route, "path", "unmatched"), str(status)
                 ).observe(time.perf_counter() - started)
+
+
+def _documenting_problems(
+    app: FastAPI, generate: Callable[[], dict[str, Any]]
+) -> Callable[[], dict[str, Any]]:
+    """``app.openapi`` that also documents the problem bodies: the schema routes' ``problems()``
+    refer to, and the invalid-request answer in place of FastAPI's own (which this app never
+    sends: ``_invalid`` answers a problem instead)."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        document = generate()
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        schemas[PROBLEM_SCHEMA] = ProblemDetails.model_json_schema()
+        invalid = problems(422)[422]
+        for operation in (op for item in document["paths"].values() for op in item.values()):
+            answer = operation.get("responses", {}).get("422", {})
+            if "HTTPValidationError" in str(answer.get("content", "")):
+                operation["responses"]["422"] = invalid
+        if "/HTTPValidationError" not in json.dumps(document["paths"]):
+            schemas.pop("HTTPValidationError", None)
+            schemas.pop("ValidationError", None)
+        app.openapi_schema = document
+        return document
+
+    return openapi
 
 
 def create_http_app(
@@ -186,7 +343,9 @@ def create_http_app(
             trace_id=trace_id,
         )
 
-    app.add_middleware(TracingMiddleware, service=service)
+    app.add_middleware(StorableTextMiddleware)
+    app.add_middleware(TracingMiddleware, service=service)  # outermost: it sees every answer
+    app.openapi = _documenting_problems(app, app.openapi)  # type: ignore[method-assign]
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

@@ -1,6 +1,6 @@
 """Prometheus metrics. Each service is its own process, so the default registry is per service."""
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -12,6 +12,11 @@ append_conflicts = Counter(
 )
 relay_published = Counter(
     "antechamber_relay_published_total", "Events acknowledged by JetStream.", ["service"]
+)
+relay_leader = Gauge(
+    "antechamber_relay_leader",
+    "1 while this process leads its service's relay (one leader per service), else 0.",
+    ["service"],
 )
 relay_failures = Counter(
     "antechamber_relay_failures_total",

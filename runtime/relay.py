@@ -117,6 +117,7 @@ class Relay:
             await self._ensure_stream()
             self.position = await self._resume_position(conn)
             self.leader.set()
+            metrics.relay_leader.labels(self.service).set(1)
             log.info("relay leading", position=self.position)
             while True:
                 wake.clear()
@@ -137,6 +138,7 @@ class Relay:
                 )
         finally:
             self.leader.clear()
+            metrics.relay_leader.labels(self.service).set(0)
             # Not a graceful close: cancelled mid-query, close() can time out and leave the
             # session, and so the leadership lock, alive. Dropping the socket ends both.
             conn.terminate()

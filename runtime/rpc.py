@@ -99,14 +99,31 @@ async def serve(
 
 
 async def call(
-    nc: NATS, subject: str, request: BaseModel, answer: type[R], wait_s: float = 2.0
+    nc: NATS,
+    subject: str,
+    request: BaseModel,
+    answer: type[R],
+    wait_s: float = 2.0,
+    *,
+    attempts: int = 1,
 ) -> R:
-    try:
-        msg = await nc.request(subject, request.model_dump_json().encode(), timeout=wait_s)
-    except NoRespondersError as exc:
-        raise RpcError(f"no answer on {subject}: no service is listening") from exc
-    except TimeoutError as exc:
-        raise RpcError(f"no answer on {subject} within {wait_s}s") from exc
+    """Ask and wait up to ``wait_s`` in all. With ``attempts`` > 1 (only for requests that may
+    be answered twice: reads, and requests the other side de-duplicates), the wait is split
+    and an unanswered request is sent again: a request lost with a NATS node that died, or
+    sent while the responder was reconnecting, is answered by the next."""
+    data = request.model_dump_json().encode()
+    each = wait_s / attempts
+    for attempt in range(1, attempts + 1):
+        try:
+            msg = await nc.request(subject, data, timeout=each)
+            break
+        except NoRespondersError as exc:
+            if attempt == attempts:
+                raise RpcError(f"no answer on {subject}: no service is listening") from exc
+            await asyncio.sleep(min(0.2, each))
+        except TimeoutError as exc:
+            if attempt == attempts:
+                raise RpcError(f"no answer on {subject} within {wait_s}s") from exc
     body = json.loads(msg.data)
     if isinstance(body, dict) and "error" in body:
         raise RpcError(str(body["error"]))

@@ -36,7 +36,7 @@ from runtime.migrations import Migration, discover, migrate, pending, runtime_mi
 from runtime.relay import Relay
 from runtime.retry import retry
 from runtime.rpc import Endpoint, serve
-from runtime.settings import RuntimeSettings
+from runtime.settings import RuntimeSettings, nats_servers
 from runtime.streams import deadletter_stream, ensure_stream, service_stream
 from runtime.telemetry import configure_tracing
 
@@ -92,7 +92,11 @@ DEPENDENCY_ERRORS = (
 
 async def connect_nats(url: str, name: str) -> NATS:
     return await nats.connect(
-        url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.25, connect_timeout=2
+        nats_servers(url),
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.25,
+        connect_timeout=2,
     )
 
 
@@ -150,15 +154,31 @@ class ServiceRuntime:
             stream_replicas=s.stream_replicas,
         )
         self._tasks.append(asyncio.create_task(relay.run(), name=f"{d.name}-relay"))
-        # Per-message access lines at DEBUG: our own log lines say what matters.
-        broker = NatsBroker(
-            s.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=1, log_level=logging.DEBUG
+
+        async def start_broker() -> NatsBroker:
+            # Per-message access lines at DEBUG: our own log lines say what matters.
+            broker = NatsBroker(
+                nats_servers(s.nats_url),
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=1,
+                log_level=logging.DEBUG,
+            )
+            document_events(broker, d)
+            for consumer in consumers:
+                attach(broker, consumer, service=d.name, context=context)
+            try:
+                await broker.start()
+            except BaseException:
+                # A JetStream API call timed out (a cluster electing leaders, a busy node):
+                # drop this half-started broker and start a whole new one.
+                with contextlib.suppress(Exception):
+                    await broker.stop()
+                raise
+            return broker
+
+        self._broker = await retry(
+            start_broker, errors=DEPENDENCY_ERRORS, what="jetstream consumers", first_delay=0.2
         )
-        document_events(broker, d)
-        for consumer in consumers:
-            attach(broker, consumer, service=d.name, context=context)
-        await broker.start()
-        self._broker = broker
         if d.endpoints:
             await serve(nc, list(d.endpoints), context, queue=d.name)
         for work in d.tasks:

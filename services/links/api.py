@@ -10,9 +10,9 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from starlette.types import Scope
 
 from contracts.links import Decision, LinkKind, ResolveRequest
-from runtime.clinic_keys import ClinicId, clinic_of
+from runtime.clinic_keys import CLINIC_KEY_PROBLEMS, ClinicId, clinic_of
 from runtime.context import ServiceContext
-from runtime.http import Problem, problem_response
+from runtime.http import CLINIC_KEY, Problem, problem_response, problems
 from runtime.service import context_of
 from services.links import commands
 from services.links.handlers import Links
@@ -40,7 +40,7 @@ async def credential_still_works(scope: Scope) -> bool:
     replayed only to a key that still works; otherwise the request runs and is refused."""
     request = Request(scope)
     try:
-        await clinic_of(request, await context_of(request))
+        await clinic_of(await context_of(request), await CLINIC_KEY(request))
     except Problem:
         return False
     return True
@@ -58,7 +58,21 @@ def answer(request: Request, decision: Decision) -> JSONResponse:
     return problem_response(request, decision.status, decision.message, headers=headers, **extra)
 
 
-@router.get("/resolve", response_model=Decision)
+@router.get(
+    "/resolve",
+    response_model=Decision,
+    responses=problems(
+        400,
+        503,
+        described={
+            403: "Refused: the clinic is suspended, or its plan does not include this link.",
+            404: "Refused: there is no such link (`code` is the reason, as for every refusal).",
+            410: "Refused: the link ended, was replaced, revoked, retired or unshared.",
+            423: "Refused: the link does not open yet (`opens_at` says when).",
+            429: "Refused: too many unknown links from this address; `Retry-After` says when.",
+        },
+    ),
+)
 async def resolve_link(
     request: Request,
     ctx: Context,
@@ -108,7 +122,7 @@ def view(links: Links, row: Any) -> LinkView:
     return LinkView(**fields, url=links.sealer.unseal(row["url_sealed"]))
 
 
-@router.get("")
+@router.get("", responses=CLINIC_KEY_PROBLEMS | problems(400))
 async def list_links(
     clinic_id: ClinicId,
     ctx: Context,
@@ -141,7 +155,9 @@ async def list_links(
     return [view(links, r) for r in rows]
 
 
-@router.post("/{link_id}/regenerate", status_code=201)
+@router.post(
+    "/{link_id}/regenerate", status_code=201, responses=CLINIC_KEY_PROBLEMS | problems(404, 409)
+)
 async def regenerate(
     link_id: UUID, clinic_id: ClinicId, ctx: Context, links: LinksDep, response: Response
 ) -> LinkView:
@@ -165,7 +181,7 @@ class Retired(BaseModel):
     retired: int = Field(description="How many links were retired (each got a successor).")
 
 
-@router.post("/retire")
+@router.post("/retire", responses=CLINIC_KEY_PROBLEMS | problems(409))
 async def retire(body: Retirement, clinic_id: ClinicId, ctx: Context, links: LinksDep) -> Retired:
     """Retire the clinic's links in bulk: each gets a successor at once and keeps working with
     a warning until the sunset, after which it is refused with a hint to use the newest link."""
@@ -187,7 +203,7 @@ class Audit(BaseModel):
     resolutions: dict[str, int] = Field(description="Resolutions by outcome: allowed, or why not.")
 
 
-@router.get("/{link_id}/audit")
+@router.get("/{link_id}/audit", responses=CLINIC_KEY_PROBLEMS | problems(404))
 async def audit(link_id: UUID, clinic_id: ClinicId, ctx: Context, links: LinksDep) -> Audit:
     """A link's lifecycle (its events) and how often it was resolved, by outcome."""
     row = await ctx.pool.fetchrow(

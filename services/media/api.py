@@ -9,9 +9,9 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse
 from pydantic import AwareDatetime, BaseModel, Field
 
-from runtime.clinic_keys import ClinicId
+from runtime.clinic_keys import CLINIC_KEY_PROBLEMS, ClinicId
 from runtime.context import ServiceContext
-from runtime.http import Problem
+from runtime.http import Problem, problems
 from runtime.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page, decode_cursor, encode_cursor
 from runtime.service import context_of
 from services.media import recordings
@@ -53,7 +53,11 @@ def _view(row: Any) -> RecordingView:
     return RecordingView.model_validate(dict(row))
 
 
-@router.get("", summary="The clinic's recordings, newest first")
+@router.get(
+    "",
+    summary="The clinic's recordings, newest first",
+    responses=CLINIC_KEY_PROBLEMS | problems(400),
+)
 async def list_recordings(
     ctx: Context,
     clinic_id: ClinicId,
@@ -84,7 +88,9 @@ async def list_recordings(
     )
 
 
-@router.get("/{recording_id}", summary="One recording")
+@router.get(
+    "/{recording_id}", summary="One recording", responses=CLINIC_KEY_PROBLEMS | problems(404)
+)
 async def get_recording(ctx: Context, clinic_id: ClinicId, recording_id: UUID) -> RecordingView:
     row = await ctx.pool.fetchrow(
         f"SELECT {COLUMNS} FROM recordings WHERE clinic_id = $1 AND recording_id = $2",
@@ -96,7 +102,18 @@ async def get_recording(ctx: Context, clinic_id: ClinicId, recording_id: UUID) -
     return _view(row)
 
 
-@router.post("/{recording_id}/download", summary="A signed URL that downloads the MP4")
+@router.post(
+    "/{recording_id}/download",
+    summary="A signed URL that downloads the MP4",
+    responses=CLINIC_KEY_PROBLEMS
+    | problems(
+        404,
+        described={
+            409: "The recording is still under way.",
+            410: "The recording failed and has no file.",
+        },
+    ),
+)
 async def download_link(
     ctx: Context, media: MediaDep, clinic_id: ClinicId, recording_id: UUID
 ) -> DownloadLink:
@@ -126,6 +143,17 @@ async def download_link(
     "/{recording_id}/file",
     summary="The MP4 itself, through a signed URL (no API key)",
     response_class=FileResponse,
+    responses={
+        200: {"content": {"video/mp4": {"schema": {"type": "string", "format": "binary"}}}},
+        **problems(
+            404,
+            503,
+            described={
+                403: "The signature is not valid for this recording.",
+                410: "The download link has expired; ask for a new one.",
+            },
+        ),
+    },
 )
 async def download(
     ctx: Context,

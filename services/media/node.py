@@ -130,7 +130,9 @@ class Media:
         return await asyncio.shield(opening)
 
     async def _open(self, ctx: ServiceContext) -> Placement:
-        placement = await Placement.open(ctx.nats.jetstream(), self.settings, self.clock)
+        placement = await Placement.open(
+            ctx.nats.jetstream(), self.settings, self.clock, ctx.settings.stream_replicas
+        )
         await placement.announce(rooms=0)
         return placement
 
@@ -256,6 +258,9 @@ class Media:
     async def release_here(self, placement: Placement, request: SeatRelease) -> SeatReleased | None:
         if not await self._owns(placement, request.room_id):
             return None
+        # A reservation that lapsed is no seat to free, whether or not the heartbeat has
+        # forgotten it yet: otherwise the count would depend on that timing.
+        self.ledger.drop_lapsed(request.room_id, self.clock())
         released = self.ledger.release(request.room_id, request.participant_id)
         await self.sfu.release(request.room_id, request.participant_id, "seat_released")
         if self._ctx is not None and not self.ledger.taken(request.room_id, self.clock()):

@@ -80,16 +80,26 @@ class Placed:
     """This node's write put the room there (else it read another node's)."""
 
 
-async def open_bucket(js: JetStreamContext, bucket: str, ttl: float | None = None) -> KeyValue:
-    """The bucket, created if missing; safe when several nodes start at once."""
+async def open_bucket(
+    js: JetStreamContext, bucket: str, ttl: float | None = None, replicas: int = 1
+) -> KeyValue:
+    """The bucket, created if missing (safe when several nodes start at once), with
+    ``replicas`` copies: a bucket found with fewer is raised to that many, so placement
+    survives the loss of a NATS node on a cluster as the services' streams do."""
     try:
-        return await js.key_value(bucket)
+        kv = await js.key_value(bucket)
     except BucketNotFoundError:
-        pass
-    try:
-        return await js.create_key_value(bucket=bucket, history=1, ttl=ttl)
-    except APIError:  # another node created it first, perhaps with other limits
-        return await js.key_value(bucket)
+        try:
+            return await js.create_key_value(bucket=bucket, history=1, ttl=ttl, replicas=replicas)
+        except APIError:  # another node created it first, perhaps with other limits
+            kv = await js.key_value(bucket)
+    stream = f"KV_{bucket}"
+    config = (await js.stream_info(stream)).config
+    if (config.num_replicas or 1) < replicas:
+        config.num_replicas = replicas
+        await js.update_stream(config)
+        log.info("placement bucket replicated", bucket=bucket, replicas=replicas)
+    return kv
 
 
 def room_key(room_id: UUID) -> str:
@@ -108,9 +118,11 @@ class Placement:
     """Every node's latest card, kept by :meth:`watch_nodes`."""
 
     @classmethod
-    async def open(cls, js: JetStreamContext, settings: MediaSettings, clock: Clock) -> "Placement":
-        nodes = await open_bucket(js, NODES_BUCKET, ttl=CARD_MAX_AGE_S)
-        rooms = await open_bucket(js, ROOMS_BUCKET)
+    async def open(
+        cls, js: JetStreamContext, settings: MediaSettings, clock: Clock, replicas: int = 1
+    ) -> "Placement":
+        nodes = await open_bucket(js, NODES_BUCKET, ttl=CARD_MAX_AGE_S, replicas=replicas)
+        rooms = await open_bucket(js, ROOMS_BUCKET, replicas=replicas)
         return cls(nodes, rooms, settings, clock)
 
     @property

@@ -214,7 +214,9 @@ class BadSignature(Exception):
 
 def check(key: bytes, recording_id: UUID, expires: int, signature: str) -> None:
     """Raise :class:`BadSignature` unless the URL was signed by us and has not expired."""
-    if not hmac.compare_digest(sign(key, recording_id, expires), signature):
+    # As bytes: compare_digest refuses str with non-ASCII characters (a TypeError, not False).
+    expected = sign(key, recording_id, expires).encode()
+    if not hmac.compare_digest(expected, signature.encode("utf-8", "surrogatepass")):
         raise BadSignature(expired=False)
     if expires < time.time():
         raise BadSignature(expired=True)

@@ -93,6 +93,12 @@ class SeatLedger:
         seat.reserved_until = None
         return True
 
+    def drop_lapsed(self, room_id: UUID, now: datetime) -> None:
+        """Forget the reservations in the room that lapsed by ``now`` (nobody claimed them)."""
+        room = self._rooms.get(room_id)
+        if room is not None:
+            room.drop_lapsed(now)
+
     def release(self, room_id: UUID, participant_id: UUID | None = None) -> int:
         """Free one participant's seat, or every seat of the room; how many were freed."""
         room = self._rooms.get(room_id)

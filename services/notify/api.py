@@ -7,15 +7,18 @@ from fastapi import APIRouter, Depends, Request, Response
 from pydantic import AwareDatetime, BaseModel, Field
 
 from contracts.notify import MessageKind, RecipientKind
-from runtime.clinic_keys import ClinicId
+from runtime.clinic_keys import CLINIC_KEY_PROBLEMS, ClinicId
 from runtime.context import ServiceContext
-from runtime.http import Problem
+from runtime.http import Problem, problems
 from runtime.service import context_of
 from services.notify import templates as tmpl
 from services.notify.handlers import Notify, plan
 from services.notify.sender import session_context, templates_of
 
-router = APIRouter(prefix="/v1", tags=["notify"])
+router = APIRouter(prefix="/v1", tags=["notify"], responses=CLINIC_KEY_PROBLEMS)
+REFUSED_TEMPLATE = problems(
+    described={422: "The template is refused; `problems` says where and why."}
+)
 Context = Annotated[ServiceContext, Depends(context_of)]
 NO_SESSION = "There is no such session in this clinic."
 
@@ -77,7 +80,7 @@ async def get_template(ctx: Context, clinic_id: ClinicId, kind: MessageKind) -> 
 @router.put(
     "/templates/{kind}",
     summary="Replace a template (checked: syntax, variables, a test render)",
-    responses={422: {"description": "The template is refused; `problems` says where and why."}},
+    responses=REFUSED_TEMPLATE,
 )
 async def put_template(
     ctx: Context, notify: NotifyDep, clinic_id: ClinicId, kind: MessageKind, body: tmpl.TemplateSet
@@ -115,7 +118,11 @@ class Preview(BaseModel):
     html: str
 
 
-@router.post("/templates/{kind}/preview", summary="Render a template with sample values")
+@router.post(
+    "/templates/{kind}/preview",
+    summary="Render a template with sample values",
+    responses=REFUSED_TEMPLATE,
+)
 async def preview_template(
     clinic_id: ClinicId, kind: MessageKind, body: tmpl.TemplateSet
 ) -> Preview:
@@ -157,7 +164,11 @@ def _delivery(row: Any) -> DeliveryView:
     return DeliveryView.model_validate(data)
 
 
-@router.get("/deliveries", summary="The delivery log: per session and per recipient")
+@router.get(
+    "/deliveries",
+    summary="The delivery log: per session and per recipient",
+    responses=problems(400),
+)
 async def deliveries(
     ctx: Context,
     clinic_id: ClinicId,
@@ -192,7 +203,17 @@ class Resent(BaseModel):
     delivery_ids: list[UUID]
 
 
-@router.post("/sessions/{session_id}/resend", status_code=202, summary="Send the invitation again")
+@router.post(
+    "/sessions/{session_id}/resend",
+    status_code=202,
+    summary="Send the invitation again",
+    responses=problems(
+        described={
+            404: "There is no such session in this clinic, or no such recipient in it.",
+            409: "The session is cancelled or completed.",
+        }
+    ),
+)
 async def resend(
     ctx: Context, notify: NotifyDep, clinic_id: ClinicId, session_id: UUID, body: Resend
 ) -> Resent:
@@ -246,7 +267,11 @@ class CopyText(BaseModel):
     join_url: str = Field(description="Do not log it: it lets its holder in.")
 
 
-@router.get("/sessions/{session_id}/copy-link", summary="The link with the session's details")
+@router.get(
+    "/sessions/{session_id}/copy-link",
+    summary="The link with the session's details",
+    responses=problems(404, described={409: "The session has no working link yet."}),
+)
 async def copy_link(
     ctx: Context,
     notify: NotifyDep,

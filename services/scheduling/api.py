@@ -8,11 +8,11 @@ from pydantic import ValidationError
 
 from contracts.events import Event
 from contracts.scheduling import ClinicSettings, Contact
-from runtime.http import Problem
+from runtime.http import Problem, problems
 from runtime.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page, decode_cursor
 from runtime.refusals import not_found
 from services.scheduling import domain, handlers, queries
-from services.scheduling.auth import Clinic, Context
+from services.scheduling.auth import CLINIC_PROBLEMS, Clinic, Context
 from services.scheduling.domain import Client
 from services.scheduling.handlers import CLIENT, CLINIC, ROOM, execute
 from services.scheduling.models import (
@@ -29,7 +29,7 @@ from services.scheduling.models import (
     SettingsPatch,
 )
 
-router = APIRouter(prefix="/v1", tags=["clinic"])
+router = APIRouter(prefix="/v1", tags=["clinic"], responses=CLINIC_PROBLEMS)
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
 
 
@@ -39,7 +39,7 @@ async def get_clinic(caller: Clinic, ctx: Context) -> ClinicView:
     return await queries.clinic(ctx.pool, caller.clinic_id)
 
 
-@router.patch("/clinic/settings")
+@router.patch("/clinic/settings", responses=problems(409))
 async def change_settings(body: SettingsPatch, caller: Clinic, ctx: Context) -> ClinicView:
     """Change some settings; the others keep their values."""
     merged = caller.settings.model_dump() | body.model_dump(exclude_unset=True)
@@ -64,7 +64,7 @@ async def change_settings(body: SettingsPatch, caller: Clinic, ctx: Context) -> 
 # -- practitioners -----------------------------------------------------------------------------
 
 
-@router.post("/practitioners", status_code=201, tags=["practitioners"])
+@router.post("/practitioners", status_code=201, tags=["practitioners"], responses=problems(409))
 async def add_practitioner(
     body: PractitionerCreate, caller: Clinic, ctx: Context, response: Response
 ) -> PractitionerView:
@@ -76,7 +76,7 @@ async def add_practitioner(
     return await queries.practitioner(ctx.pool, caller.clinic_id, caller.slug, practitioner_id)
 
 
-@router.get("/practitioners", tags=["practitioners"])
+@router.get("/practitioners", tags=["practitioners"], responses=problems(400))
 async def list_practitioners(
     caller: Clinic, ctx: Context, cursor: str | None = None, limit: Limit = DEFAULT_LIMIT
 ) -> Page[PractitionerView]:
@@ -85,7 +85,7 @@ async def list_practitioners(
     )
 
 
-@router.get("/practitioners/{practitioner_id}", tags=["practitioners"])
+@router.get("/practitioners/{practitioner_id}", tags=["practitioners"], responses=problems(404))
 async def get_practitioner(practitioner_id: UUID, caller: Clinic, ctx: Context) -> PractitionerView:
     return await queries.practitioner(ctx.pool, caller.clinic_id, caller.slug, practitioner_id)
 
@@ -117,19 +117,19 @@ async def add_client(
     return await queries.client(ctx.pool, caller.clinic_id, client.client_id)
 
 
-@router.get("/clients", tags=["clients"])
+@router.get("/clients", tags=["clients"], responses=problems(400))
 async def list_clients(
     caller: Clinic, ctx: Context, cursor: str | None = None, limit: Limit = DEFAULT_LIMIT
 ) -> Page[ClientView]:
     return await queries.clients(ctx.pool, caller.clinic_id, decode_cursor(cursor, 2), limit)
 
 
-@router.get("/clients/{client_id}", tags=["clients"])
+@router.get("/clients/{client_id}", tags=["clients"], responses=problems(404))
 async def get_client(client_id: UUID, caller: Clinic, ctx: Context) -> ClientView:
     return await queries.client(ctx.pool, caller.clinic_id, client_id)
 
 
-@router.patch("/clients/{client_id}", tags=["clients"])
+@router.patch("/clients/{client_id}", tags=["clients"], responses=problems(404, 409))
 async def update_client(
     client_id: UUID, body: ClientPatch, caller: Clinic, ctx: Context
 ) -> ClientView:
@@ -161,7 +161,7 @@ async def update_client(
 # -- rooms -------------------------------------------------------------------------------------
 
 
-@router.post("/clients/{client_id}/rooms", status_code=201, tags=["rooms"])
+@router.post("/clients/{client_id}/rooms", status_code=201, tags=["rooms"], responses=problems(404))
 async def create_client_room(
     client_id: UUID, body: RoomCreate, caller: Clinic, ctx: Context, response: Response
 ) -> RoomView:
@@ -173,7 +173,7 @@ async def create_client_room(
     return await queries.room(ctx.pool, caller.clinic_id, room_id)
 
 
-@router.get("/rooms", tags=["rooms"])
+@router.get("/rooms", tags=["rooms"], responses=problems(400))
 async def list_rooms(
     caller: Clinic,
     ctx: Context,
@@ -187,12 +187,12 @@ async def list_rooms(
     )
 
 
-@router.get("/rooms/{room_id}", tags=["rooms"])
+@router.get("/rooms/{room_id}", tags=["rooms"], responses=problems(404))
 async def get_room(room_id: UUID, caller: Clinic, ctx: Context) -> RoomView:
     return await queries.room(ctx.pool, caller.clinic_id, room_id)
 
 
-@router.patch("/rooms/{room_id}", tags=["rooms"])
+@router.patch("/rooms/{room_id}", tags=["rooms"], responses=problems(404, 409))
 async def rename_room(room_id: UUID, body: RoomPatch, caller: Clinic, ctx: Context) -> RoomView:
     await execute(
         ctx.store, ROOM, room_id, caller.clinic_id, lambda s: domain.rename_room(s, body.title)
@@ -200,7 +200,7 @@ async def rename_room(room_id: UUID, body: RoomPatch, caller: Clinic, ctx: Conte
     return await queries.room(ctx.pool, caller.clinic_id, room_id)
 
 
-@router.delete("/rooms/{room_id}", status_code=204, tags=["rooms"])
+@router.delete("/rooms/{room_id}", status_code=204, tags=["rooms"], responses=problems(404, 409))
 async def delete_room(room_id: UUID, caller: Clinic, ctx: Context) -> None:
     """Delete a client room; its link stops working."""
     await execute(ctx.store, ROOM, room_id, caller.clinic_id, domain.delete_room)

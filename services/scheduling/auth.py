@@ -4,12 +4,13 @@ import hmac
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials
 from starlette.types import Scope
 
 from contracts.scheduling import ClinicSettings
 from runtime.context import ServiceContext
-from runtime.http import Problem, bearer_credential
+from runtime.http import CLINIC_KEY, OPERATOR_KEY, Problem, bearer_credential, problems
 from runtime.ratelimit import RateLimiter
 from runtime.sealing import Sealer, secret_digest
 from runtime.service import context_of
@@ -38,8 +39,14 @@ async def access_of(request: Request) -> Access:
     return access
 
 
-async def operator(request: Request, access: Annotated[Access, Depends(access_of)]) -> None:
-    key = bearer_credential(request)
+Credentials = HTTPAuthorizationCredentials | None
+
+
+async def operator(
+    access: Annotated[Access, Depends(access_of)],
+    credentials: Annotated[Credentials, Security(OPERATOR_KEY)],
+) -> None:
+    key = bearer_credential(credentials)
     if access.operator_key_hash is None:
         raise Problem(
             503,
@@ -51,9 +58,10 @@ async def operator(request: Request, access: Annotated[Access, Depends(access_of
 
 
 async def clinic_caller(
-    request: Request, ctx: Annotated[ServiceContext, Depends(context_of)]
+    ctx: Annotated[ServiceContext, Depends(context_of)],
+    credentials: Annotated[Credentials, Security(CLINIC_KEY)],
 ) -> ClinicCaller:
-    key = bearer_credential(request)
+    key = bearer_credential(credentials)
     if not key.startswith(API_KEY_PREFIX):
         raise Problem(
             401, f"Clinic API keys start with {API_KEY_PREFIX!r}.", code="unauthenticated"
@@ -81,6 +89,10 @@ async def clinic_caller(
 Operator = Depends(operator)
 Clinic = Annotated[ClinicCaller, Depends(clinic_caller)]
 Context = Annotated[ServiceContext, Depends(context_of)]
+OPERATOR_PROBLEMS = problems(401, 503)
+"""What ``operator`` may answer instead (503: no operator key is configured, or starting)."""
+CLINIC_PROBLEMS = problems(401, 403, 503)
+"""What ``clinic_caller`` may answer instead (403: the clinic is suspended)."""
 
 
 async def credential_still_works(scope: Scope) -> bool:
@@ -90,9 +102,9 @@ async def credential_still_works(scope: Scope) -> bool:
         return True
     try:
         if request.url.path.startswith("/v1/clinics"):
-            await operator(request, await access_of(request))
+            await operator(await access_of(request), await OPERATOR_KEY(request))
         else:
-            await clinic_caller(request, await context_of(request))
+            await clinic_caller(await context_of(request), await CLINIC_KEY(request))
     except Problem:
         return False
     return True

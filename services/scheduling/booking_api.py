@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from contracts.scheduling import ClinicSettings, SessionSource
 from runtime.db import lock_key
-from runtime.http import Problem
+from runtime.http import Problem, problems
 from runtime.refusals import Conflict
 from services.scheduling import handlers, queries
 from services.scheduling.auth import Access, ClinicCaller, Context, access_of
@@ -21,7 +21,8 @@ from services.scheduling.handlers import ScheduleRequest
 from services.scheduling.models import BookingCreate, BookingView, PublicClinicView
 from services.scheduling.sessions_api import default_video_mode, now
 
-router = APIRouter(prefix="/v1/public/clinics", tags=["public booking"])
+router = APIRouter(prefix="/v1/public/clinics", tags=["public booking"], responses=problems(503))
+CLOSED = "The clinic does not take bookings online (or does not exist, or is suspended)."
 
 
 async def _bookable(ctx: Context, slug: str) -> ClinicCaller:
@@ -47,7 +48,7 @@ async def _limit(request: Request, access: Annotated[Access, Depends(access_of)]
         )
 
 
-@router.get("/{clinic_slug}")
+@router.get("/{clinic_slug}", responses=problems(described={404: CLOSED}))
 async def booking_page(clinic_slug: str, ctx: Context) -> PublicClinicView:
     """What a booking page shows: the clinic's name, time zone and practitioners."""
     clinic = await _bookable(ctx, clinic_slug)
@@ -64,7 +65,19 @@ async def booking_page(clinic_slug: str, ctx: Context) -> PublicClinicView:
     )
 
 
-@router.post("/{clinic_slug}/bookings", status_code=201, dependencies=[Depends(_limit)])
+@router.post(
+    "/{clinic_slug}/bookings",
+    status_code=201,
+    dependencies=[Depends(_limit)],
+    responses=problems(
+        429,
+        described={
+            403: "Not allowed: the clinic's plan does not include the booked video mode.",
+            404: CLOSED + " Or it has no practitioner by that name.",
+            409: "That time is no longer free.",
+        },
+    ),
+)
 async def book(
     clinic_slug: str, body: BookingCreate, ctx: Context, response: Response
 ) -> BookingView:

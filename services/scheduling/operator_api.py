@@ -5,9 +5,10 @@ from uuid import UUID
 
 from fastapi import APIRouter, Query, Response
 
+from runtime.http import problems
 from runtime.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page, decode_cursor
 from services.scheduling import domain, handlers, queries
-from services.scheduling.auth import Context, Operator
+from services.scheduling.auth import OPERATOR_PROBLEMS, Context, Operator
 from services.scheduling.handlers import CLINIC, execute
 from services.scheduling.models import (
     ApiKeyCreate,
@@ -18,10 +19,12 @@ from services.scheduling.models import (
     IssuedApiKey,
 )
 
-router = APIRouter(prefix="/v1/clinics", tags=["operator"], dependencies=[Operator])
+router = APIRouter(
+    prefix="/v1/clinics", tags=["operator"], dependencies=[Operator], responses=OPERATOR_PROBLEMS
+)
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, responses=problems(409))
 async def register_clinic(body: ClinicCreate, ctx: Context, response: Response) -> ClinicView:
     """Register a clinic (a tenant) with its settings."""
     clinic_id = await handlers.register_clinic(ctx.store, body.name, body.slug, body.settings)
@@ -29,7 +32,7 @@ async def register_clinic(body: ClinicCreate, ctx: Context, response: Response) 
     return await queries.clinic(ctx.pool, clinic_id)
 
 
-@router.get("")
+@router.get("", responses=problems(400))
 async def list_clinics(
     ctx: Context,
     cursor: str | None = None,
@@ -38,12 +41,12 @@ async def list_clinics(
     return await queries.clinics(ctx.pool, decode_cursor(cursor, 2), limit)
 
 
-@router.get("/{clinic_id}")
+@router.get("/{clinic_id}", responses=problems(404))
 async def get_clinic(clinic_id: str, ctx: Context) -> ClinicView:
     return await queries.clinic(ctx.pool, clinic_id)
 
 
-@router.post("/{clinic_id}/suspend")
+@router.post("/{clinic_id}/suspend", responses=problems(404, 409))
 async def suspend_clinic(clinic_id: str, body: ClinicSuspend, ctx: Context) -> ClinicView:
     """Suspend a clinic: its API keys and links stop working until it is reinstated."""
     await execute(
@@ -52,13 +55,13 @@ async def suspend_clinic(clinic_id: str, body: ClinicSuspend, ctx: Context) -> C
     return await queries.clinic(ctx.pool, clinic_id)
 
 
-@router.post("/{clinic_id}/reinstate")
+@router.post("/{clinic_id}/reinstate", responses=problems(404, 409))
 async def reinstate_clinic(clinic_id: str, ctx: Context) -> ClinicView:
     await execute(ctx.store, CLINIC, clinic_id, clinic_id, domain.reinstate_clinic)
     return await queries.clinic(ctx.pool, clinic_id)
 
 
-@router.post("/{clinic_id}/api-keys", status_code=201)
+@router.post("/{clinic_id}/api-keys", status_code=201, responses=problems(404, 409))
 async def issue_api_key(
     clinic_id: str, body: ApiKeyCreate, ctx: Context, response: Response
 ) -> IssuedApiKey:
@@ -74,13 +77,13 @@ async def issue_api_key(
     return IssuedApiKey(**view.model_dump(), key=secret)
 
 
-@router.get("/{clinic_id}/api-keys")
+@router.get("/{clinic_id}/api-keys", responses=problems(404))
 async def list_api_keys(clinic_id: str, ctx: Context) -> list[ApiKeyView]:
     await queries.clinic(ctx.pool, clinic_id)
     return await queries.api_keys(ctx.pool, clinic_id)
 
 
-@router.delete("/{clinic_id}/api-keys/{key_id}", status_code=204)
+@router.delete("/{clinic_id}/api-keys/{key_id}", status_code=204, responses=problems(404, 409))
 async def revoke_api_key(clinic_id: str, key_id: UUID, ctx: Context) -> None:
     """Revoke a key: it stops working at once."""
     await execute(

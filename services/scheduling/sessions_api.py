@@ -9,11 +9,18 @@ from fastapi import APIRouter, Depends, Query, Response
 from contracts.events import Event
 from contracts.scheduling import PLAN_VIDEO_MODES, SessionSource, VideoMode
 from runtime.commands import Decide
-from runtime.http import Problem
+from runtime.http import Problem, problems
 from runtime.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page, decode_cursor
 from runtime.refusals import not_found
 from services.scheduling import handlers, queries, sessions
-from services.scheduling.auth import Access, Clinic, ClinicCaller, Context, access_of
+from services.scheduling.auth import (
+    CLINIC_PROBLEMS,
+    Access,
+    Clinic,
+    ClinicCaller,
+    Context,
+    access_of,
+)
 from services.scheduling.handlers import SESSION, ScheduleRequest, execute
 from services.scheduling.models import (
     AdHocCreate,
@@ -28,7 +35,10 @@ from services.scheduling.models import (
 )
 from services.scheduling.sessions import Attendee
 
-router = APIRouter(prefix="/v1", tags=["sessions"])
+router = APIRouter(prefix="/v1", tags=["sessions"], responses=CLINIC_PROBLEMS)
+SCHEDULING_PROBLEMS = problems(
+    404, described={403: "Not allowed: the clinic's plan does not include the video mode."}
+)
 
 
 def now() -> datetime:
@@ -41,7 +51,7 @@ def default_video_mode(caller: ClinicCaller) -> VideoMode:
     return VideoMode.practitioner_room
 
 
-@router.post("/sessions", status_code=201)
+@router.post("/sessions", status_code=201, responses=SCHEDULING_PROBLEMS)
 async def schedule_session(
     body: SessionCreate, caller: Clinic, ctx: Context, response: Response
 ) -> SessionView:
@@ -64,7 +74,7 @@ async def schedule_session(
     return await queries.session(ctx.pool, caller.clinic_id, session_id)
 
 
-@router.post("/sessions/ad-hoc", status_code=201)
+@router.post("/sessions/ad-hoc", status_code=201, responses=SCHEDULING_PROBLEMS)
 async def start_ad_hoc_session(
     body: AdHocCreate, caller: Clinic, ctx: Context, response: Response
 ) -> SessionView:
@@ -88,7 +98,7 @@ async def start_ad_hoc_session(
     return await queries.session(ctx.pool, caller.clinic_id, session_id)
 
 
-@router.get("/sessions")
+@router.get("/sessions", responses=problems(400))
 async def list_sessions(
     caller: Clinic,
     ctx: Context,
@@ -121,12 +131,12 @@ async def list_sessions(
     )
 
 
-@router.get("/sessions/{session_id}")
+@router.get("/sessions/{session_id}", responses=problems(404))
 async def get_session(session_id: UUID, caller: Clinic, ctx: Context) -> SessionView:
     return await queries.session(ctx.pool, caller.clinic_id, session_id)
 
 
-@router.get("/sessions/{session_id}/history")
+@router.get("/sessions/{session_id}/history", responses=problems(404))
 async def session_history(session_id: UUID, caller: Clinic, ctx: Context) -> list[HistoryEntry]:
     """Everything that happened to the session, in order (its events)."""
     recorded = await ctx.store.read_stream(SESSION.stream(session_id))
@@ -153,7 +163,7 @@ async def _change(
     return await queries.session(ctx.pool, caller.clinic_id, session_id)
 
 
-@router.post("/sessions/{session_id}/reschedule")
+@router.post("/sessions/{session_id}/reschedule", responses=problems(404, 409))
 async def reschedule_session(
     session_id: UUID, body: Reschedule, caller: Clinic, ctx: Context
 ) -> SessionView:
@@ -166,7 +176,7 @@ async def reschedule_session(
     return await _change(ctx, caller, session_id, decide)
 
 
-@router.post("/sessions/{session_id}/cancel")
+@router.post("/sessions/{session_id}/cancel", responses=problems(404, 409))
 async def cancel_session(
     session_id: UUID, body: Cancel, caller: Clinic, ctx: Context
 ) -> SessionView:
@@ -174,7 +184,7 @@ async def cancel_session(
     return await _change(ctx, caller, session_id, lambda s: sessions.cancel_session(s, body.reason))
 
 
-@router.post("/sessions/{session_id}/attendees", status_code=201)
+@router.post("/sessions/{session_id}/attendees", status_code=201, responses=problems(404, 409))
 async def invite_attendee(
     session_id: UUID, body: AttendeeCreate, caller: Clinic, ctx: Context
 ) -> SessionView:
@@ -193,7 +203,11 @@ async def invite_attendee(
     )
 
 
-@router.delete("/sessions/{session_id}/attendees/{attendee_id}", status_code=204)
+@router.delete(
+    "/sessions/{session_id}/attendees/{attendee_id}",
+    status_code=204,
+    responses=problems(404, 409),
+)
 async def remove_attendee(
     session_id: UUID, attendee_id: UUID, caller: Clinic, ctx: Context
 ) -> None:
@@ -206,7 +220,7 @@ async def remove_attendee(
     )
 
 
-@router.put("/sessions/{session_id}/link-sharing")
+@router.put("/sessions/{session_id}/link-sharing", responses=problems(404, 409))
 async def set_link_sharing(
     session_id: UUID, body: LinkSharing, caller: Clinic, ctx: Context
 ) -> SessionView:
@@ -216,13 +230,13 @@ async def set_link_sharing(
     )
 
 
-@router.post("/sessions/{session_id}/complete")
+@router.post("/sessions/{session_id}/complete", responses=problems(404, 409))
 async def mark_complete(session_id: UUID, caller: Clinic, ctx: Context) -> SessionView:
     """Complete a session that ended before its scheduled end."""
     return await _change(ctx, caller, session_id, sessions.mark_complete)
 
 
-@router.get("/clients/{client_id}/sessions/upcoming", tags=["clients"])
+@router.get("/clients/{client_id}/sessions/upcoming", tags=["clients"], responses=problems(404))
 async def upcoming_sessions(
     client_id: UUID, caller: Clinic, ctx: Context, access: Annotated[Access, Depends(access_of)]
 ) -> list[UpcomingSession]:

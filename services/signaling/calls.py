@@ -454,7 +454,12 @@ class Signaling:
         )
         try:
             return await call(
-                self.ctx.nats, RESOLVE_SUBJECT, request, Decision, self.settings.rpc_wait_s
+                self.ctx.nats,
+                RESOLVE_SUBJECT,
+                request,
+                Decision,
+                self.settings.rpc_wait_s,
+                attempts=2,  # a resolve only reads
             )
         except RpcError as exc:
             log.warning("links did not answer a join", error=str(exc))
@@ -568,12 +573,17 @@ class Signaling:
             role=role,
             cap=conn.cap,
         )
-        return await self._ask_media(SEAT_SUBJECT, request, SeatAnswer)
+        # Asking again for the same participant returns the same seat: safe to send twice.
+        return await self._ask_media(SEAT_SUBJECT, request, SeatAnswer, attempts=2)
 
-    async def _ask_media(self, subject: str, request: BaseModel, answer: type[A]) -> A:
+    async def _ask_media(
+        self, subject: str, request: BaseModel, answer: type[A], attempts: int = 1
+    ) -> A:
         """A media request; a media service that does not answer is ``media_unavailable``."""
         try:
-            return await call(self.ctx.nats, subject, request, answer, self.settings.rpc_wait_s)
+            return await call(
+                self.ctx.nats, subject, request, answer, self.settings.rpc_wait_s, attempts=attempts
+            )
         except RpcError as exc:
             log.warning("the media service did not answer", subject=subject, error=str(exc))
             raise Unavailable("media_unavailable", UNAVAILABLE) from exc
@@ -582,7 +592,12 @@ class Signaling:
         request = SeatRelease(clinic_id=clinic_id, room_id=room_id, participant_id=participant_id)
         try:
             await call(
-                self.ctx.nats, RELEASE_SUBJECT, request, SeatReleased, self.settings.rpc_wait_s
+                self.ctx.nats,
+                RELEASE_SUBJECT,
+                request,
+                SeatReleased,
+                self.settings.rpc_wait_s,
+                attempts=2,  # releasing twice frees nothing more
             )
         except RpcError as exc:
             # The node lets an unclaimed reservation lapse on its own; a held seat is freed
@@ -679,7 +694,11 @@ class Signaling:
                 lambda r: domain.admit(r, me, guest, seat.node_id or "", seat.media_url, conn.cap),
             )
         except refusals.Refused as exc:
-            await self._release(clinic_id, room_id, guest)
+            # Another host may have let them in meanwhile (media answered both of us with
+            # the same seat): their seat is then in use, not ours to give back.
+            person = (await self.rooms.state(room_id, clinic_id)).people.get(guest)
+            if person is None or person.status is not Status.in_call:
+                await self._release(clinic_id, room_id, guest)
             if not isinstance(exc, domain.RoomFull):
                 raise
             await self._seat_refused(room_id, guest, exc.detail)

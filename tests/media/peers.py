@@ -74,6 +74,11 @@ class PeerProcess:
             raise PeerFailed(await self.explain(f"exited before any {_name(match)}"))
         return event
 
+    @property
+    def stderr(self) -> str:
+        """The last lines the peer wrote to stderr (its log)."""
+        return "\n".join(self._stderr)
+
     def latest_stats(self) -> Event | None:
         """The latest ``stats`` (or the final ``done``) report, if any yet."""
         return next((e for e in reversed(self.events) if e.get("event") in ("stats", "done")), None)

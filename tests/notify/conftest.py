@@ -16,7 +16,7 @@ import icalendar
 import pytest
 from fastapi import FastAPI
 
-from runtime.embedded import EmbeddedPostgres, NatsServer
+from runtime.embedded import NatsServer
 from runtime.service import build_app
 from services.notify import app as notify_app
 from services.notify.config import NotifySettings
@@ -24,7 +24,7 @@ from services.notify.handlers import Notify
 from tests.links.conftest import Clock, LinkedClinic, linked_clinic, links_service
 from tests.notify.smtp import Received, SmtpSink
 from tests.scheduling.conftest import SEALER, scheduling_app
-from tests.support import eventually, serving, settings
+from tests.support import eventually, serving, settings, start_nats, start_postgres
 
 
 @dataclass
@@ -57,14 +57,14 @@ def nats_server(short_tmp: Path) -> Iterator[NatsServer]:
     """Notify's tests get a NATS and a Postgres of their own: notify reads every session ever
     scheduled on its streams, and the rest of the suite schedules hundreds (which would be
     mailed here, to these tests' sinks)."""
-    server = NatsServer(short_tmp / "notify-nats").start()
+    server = start_nats(short_tmp / "notify-nats")
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="package")
 def postgres_dsn(short_tmp: Path) -> Iterator[str]:
-    postgres = EmbeddedPostgres(short_tmp / "notify-pg").start()
+    postgres = start_postgres(short_tmp / "notify-pg")
     yield postgres.dsn
     postgres.stop()
 
