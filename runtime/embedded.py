@@ -62,6 +62,8 @@ class NatsServer:
     store_dir: Path
     port: int = 0
     log_file: Path | None = None
+    monitor_port: int | None = None
+    """Serve nats-server's HTTP monitoring (``/connz``, ``/jsz``) on this port (0: a free one)."""
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -71,6 +73,10 @@ class NatsServer:
     def start(self, timeout: float = 15.0) -> "NatsServer":
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
+        monitor: list[str] = []
+        if self.monitor_port is not None:
+            self.monitor_port = self.monitor_port or free_port()
+            monitor = ["-m", str(self.monitor_port)]
         log = open(self.log_file or self.store_dir / "nats-server.log", "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
             [
@@ -84,6 +90,7 @@ class NatsServer:
                 str(self.store_dir),
                 "--server_name",
                 "antechamber-embedded",
+                *monitor,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -89,6 +89,9 @@ DEPENDENCY_ERRORS = (
 )
 """What a dependency that is still starting (or briefly down) raises."""
 
+STOP_WAIT_S = 10.0
+"""How long stopping waits for in-flight work (NATS drain, Postgres connections in use)."""
+
 
 async def connect_nats(url: str, name: str) -> NATS:
     return await nats.connect(
@@ -191,15 +194,36 @@ class ServiceRuntime:
         log.info("service started", port=s.http_port)
 
     async def stop(self) -> None:
+        """Stop everything start() began; each step runs whatever the one before did.
+
+        The NATS connection is closed in the end even when draining it fails: a connection
+        left open keeps its subscriptions, so the server would go on handing this stopped
+        service a share of its queue groups' requests (rpc, consumers) that nobody answers.
+        """
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._broker is not None:
-            await self._broker.stop()
+            try:
+                await self._broker.stop()
+            except Exception:
+                log.warning("event consumers did not stop cleanly", exc_info=True)
         if self.context is not None:
-            with contextlib.suppress(Exception):
-                await self.context.nats.drain()
-            await self.context.pool.close()
+            nc = self.context.nats
+            try:
+                async with asyncio.timeout(STOP_WAIT_S):
+                    await nc.drain()
+            except Exception:
+                log.warning("NATS connection not drained; closing it", exc_info=True)
+            finally:
+                if not nc.is_closed:
+                    await nc.close()
+            try:
+                async with asyncio.timeout(STOP_WAIT_S):
+                    await self.context.pool.close()
+            except Exception:
+                log.warning("Postgres connections not released in time; closing them")
+                self.context.pool.terminate()
 
     def readiness(self) -> list[ReadinessCheck]:
         async def started() -> str | None:

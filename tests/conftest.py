@@ -5,6 +5,7 @@ each other's events. If a server cannot start, the test fails and says how to ge
 """
 
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -23,7 +24,13 @@ from runtime.embedded import NatsServer
 from runtime.eventstore import EventStore
 from runtime.migrations import migrate, runtime_migrations
 from runtime.service import connect_nats
-from tests.support import NOTES_MIGRATION, NoteCounts, start_nats, start_postgres
+from tests.support import (
+    NOTES_MIGRATION,
+    NoteCounts,
+    service_connections,
+    start_nats,
+    start_postgres,
+)
 
 SPANS = InMemorySpanExporter()
 
@@ -50,6 +57,31 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if deselected:
         config.hook.pytest_deselected(items=deselected)
         items[:] = kept
+
+
+@pytest.fixture(autouse=True)
+def no_service_outlives_its_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A service a test started has closed its NATS connection when the test ends.
+
+    One left open keeps its subscriptions: it stays in ``rpc.*`` queue groups and is handed
+    a share of later tests' requests that nobody answers (seen as timeouts far from the leak).
+    """
+    if "nats_server" not in request.fixturenames:
+        yield
+        return
+    server: NatsServer = request.getfixturevalue("nats_server")
+    before = service_connections(server)
+    yield
+    deadline = time.monotonic() + 10
+    while left := {
+        cid: name for cid, name in service_connections(server).items() if cid not in before
+    }:
+        if time.monotonic() > deadline:
+            pytest.fail(
+                f"{request.node.nodeid} left these service connections open on NATS: "
+                f"{sorted(left.values())}; stop every service the test starts"
+            )
+        time.sleep(0.1)
 
 
 @pytest.fixture(scope="session")

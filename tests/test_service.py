@@ -1,9 +1,11 @@
 """A service composed as in production: HTTP -> Postgres -> NATS -> another service's consumer."""
 
 import asyncio
+from pathlib import Path
 from typing import Annotated
 
 import httpx
+import pytest
 from fastapi import Depends, FastAPI
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from pydantic import BaseModel
@@ -12,9 +14,19 @@ from runtime.context import ServiceContext
 from runtime.embedded import NatsServer
 from runtime.eventstore import Cause
 from runtime.migrations import migrate
-from runtime.service import ServiceDefinition, build_app, context_of
+from runtime.rpc import Endpoint, RpcError, call
+from runtime.service import ServiceDefinition, build_app, connect_nats, context_of
 from tests.conftest import NOTES_MIGRATION
-from tests.support import NoteTaken, eventually, notes, notes_consumer, serving, settings
+from tests.support import (
+    NoteTaken,
+    eventually,
+    notes,
+    notes_consumer,
+    service_connections,
+    serving,
+    settings,
+    start_nats,
+)
 
 
 class NoteRequest(BaseModel):
@@ -102,3 +114,41 @@ async def test_readiness_says_what_is_missing_until_the_runtime_has_started(
             assert "still starting" in response.json()["detail"]
             metrics = await client.get("/metrics")
             assert "antechamber_http_request_seconds" in metrics.text
+
+
+async def test_a_service_stopped_while_nats_is_down_does_not_come_back_when_nats_does(
+    postgres_dsn: str, service_name: str, short_tmp: Path
+) -> None:
+    """Draining needs a connected client; stopping must close it anyway, or it reconnects
+    when NATS returns and rejoins its queue groups: requests handed to a service that has
+    stopped are never answered."""
+    server = start_nats(short_tmp / f"nats-{service_name}")
+    subject = f"rpc.{service_name}.echo"
+
+    async def echo(ctx: ServiceContext, data: bytes) -> bytes:
+        return data
+
+    app = build_app(
+        ServiceDefinition(
+            name=service_name,
+            default_port=0,
+            events=notes,
+            endpoints=(Endpoint(subject, echo),),
+        ),
+        settings(postgres_dsn, server.url),
+    )
+    try:
+        async with serving(app):
+            assert set(service_connections(server).values()) == {f"antechamber-{service_name}"}
+            await asyncio.to_thread(server.stop)
+        await asyncio.to_thread(server.start)
+        asker = await connect_nats(server.url, "asker")
+        try:
+            await asyncio.sleep(1.5)  # the client would have reconnected six times by now
+            assert service_connections(server) == {}
+            with pytest.raises(RpcError, match="no service is listening"):
+                await call(asker, subject, NoteRequest(n=1), NoteRequest)
+        finally:
+            await asker.close()
+    finally:
+        server.stop()

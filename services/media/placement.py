@@ -7,8 +7,8 @@ absent: of two nodes racing, exactly one wins and the other reads the winner. A 
 owner is dead is taken over with ``update(last=revision)``, which succeeds only if nobody
 moved the room since it was read. So a room has one owner at a time.
 
-A node is live while its card's ``seen_at`` is younger than ``node_ttl_s`` by this node's
-clock: node clocks must agree to well within that (NTP does).
+A node is live while its card's ``seen_at`` is within ``node_ttl_s`` of this node's clock
+(younger, or ahead by less than that): node clocks must agree to well within that (NTP does).
 """
 
 import asyncio
@@ -51,7 +51,9 @@ class NodeCard(BaseModel):
     seen_at: AwareDatetime
 
     def live(self, now: datetime, ttl: timedelta) -> bool:
-        return now - self.seen_at < ttl
+        # Both ways: a card from further ahead than the ttl was written by a clock that does
+        # not agree with ours, and would otherwise pass for live long after its node died.
+        return abs(now - self.seen_at) < ttl
 
     @property
     def full(self) -> bool:

@@ -161,3 +161,18 @@ async def test_a_node_that_lost_a_room_says_so_and_the_request_finds_the_new_own
         again = await b.seat(seat_request(clinic_id, room))
         assert again.node_id == a.node_id
         assert again.taken == 1
+
+
+def test_a_card_is_live_only_within_the_ttl_of_this_nodes_clock_either_way() -> None:
+    """A card stamped further ahead than the ttl (a clock that disagrees, or a test's moved
+    clock) is not taken for a live node, or rooms would be placed on it long after it died."""
+    now = datetime.now(UTC)
+    ttl = timedelta(seconds=6)
+
+    def card(seen_at: datetime) -> NodeCard:
+        return NodeCard(node_id="m1", public_url="http://m1", rooms=0, max_rooms=1, seen_at=seen_at)
+
+    assert card(now - timedelta(seconds=5)).live(now, ttl)
+    assert card(now + timedelta(seconds=5)).live(now, ttl)
+    assert not card(now - timedelta(seconds=7)).live(now, ttl)
+    assert not card(now + timedelta(hours=1)).live(now, ttl)
