@@ -103,6 +103,20 @@ async def connect_nats(url: str, name: str) -> NATS:
     )
 
 
+async def stop_broker(broker: NatsBroker) -> None:
+    """Stop the consumers and close the broker's connection, even if draining it fails
+    (it cannot while NATS is unreachable): left open, it would reconnect later."""
+    connection = broker._connection  # FastStream's own client; stop() forgets it on success
+    try:
+        async with asyncio.timeout(STOP_WAIT_S):
+            await broker.stop()
+    except Exception:
+        log.warning("event consumers did not stop cleanly; closing their connection", exc_info=True)
+    finally:
+        if connection is not None and not connection.is_closed:
+            await connection.close()
+
+
 class ServiceRuntime:
     def __init__(self, definition: ServiceDefinition, settings: RuntimeSettings) -> None:
         self.definition = definition
@@ -174,8 +188,7 @@ class ServiceRuntime:
             except BaseException:
                 # A JetStream API call timed out (a cluster electing leaders, a busy node):
                 # drop this half-started broker and start a whole new one.
-                with contextlib.suppress(Exception):
-                    await broker.stop()
+                await stop_broker(broker)
                 raise
             return broker
 
@@ -204,10 +217,7 @@ class ServiceRuntime:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._broker is not None:
-            try:
-                await self._broker.stop()
-            except Exception:
-                log.warning("event consumers did not stop cleanly", exc_info=True)
+            await stop_broker(self._broker)
         if self.context is not None:
             nc = self.context.nats
             try:

@@ -255,12 +255,13 @@ def start_postgres(folder: Path) -> EmbeddedPostgres:
         )
 
 
-def service_connections(server: NatsServer) -> dict[int, str]:
-    """The services' own NATS connections open on ``server`` (by client id): their name."""
+def service_connections(server: NatsServer, prefix: str = "antechamber-") -> dict[int, str]:
+    """The services' own NATS connections open on ``server`` (by client id): their name.
+    With ``prefix=""``, every connection (a FastStream broker's has no name)."""
     assert server.monitor_port, "start the server with a monitor port"
     body = httpx.get(f"http://127.0.0.1:{server.monitor_port}/connz?limit=4096", timeout=5).json()
     return {
         c["cid"]: c.get("name", "")
         for c in body.get("connections") or []
-        if c.get("name", "").startswith("antechamber-")
+        if c.get("name", "").startswith(prefix)
     }
