@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,18 +103,48 @@ async def connect_nats(url: str, name: str) -> NATS:
     )
 
 
+async def settle(work: Awaitable[Any], what: str, wait_s: float | None = None) -> bool:
+    """Await ``work`` for at most ``wait_s`` (STOP_WAIT_S); whether it finished cleanly.
+
+    The wait does not rely on ``work`` honouring cancellation (client libraries' stop paths
+    do not always): past the limit, it is cancelled, left behind, and the warning says where
+    it was stuck.
+    """
+    task = asyncio.ensure_future(work)
+    done, _ = await asyncio.wait({task}, timeout=STOP_WAIT_S if wait_s is None else wait_s)
+    if not done:
+        frames = task.get_stack(limit=8)
+        where = " <- ".join(
+            f"{f.f_code.co_name} ({f.f_code.co_filename}:{f.f_lineno})" for f in frames
+        )
+        task.cancel()
+        log.warning("did not finish in time; left behind", what=what, stuck_in=where)
+        return False
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.warning("did not finish cleanly", what=what, error=repr(exc))
+        return False
+    return True
+
+
+async def close_nats(nc: NATS, what: str) -> None:
+    """Drain ``nc`` if it can be (bounded), then close it whatever happened: a connection left
+    open keeps its subscriptions and, reconnecting, rejoins its queue groups."""
+    try:
+        if nc.is_connected:
+            await settle(nc.drain(), f"draining the {what} connection")
+    finally:
+        if not nc.is_closed:
+            await settle(nc.close(), f"closing the {what} connection")
+
+
 async def stop_broker(broker: NatsBroker) -> None:
-    """Stop the consumers and close the broker's connection, even if draining it fails
-    (it cannot while NATS is unreachable): left open, it would reconnect later."""
+    """Stop the consumers, then close the broker's connection whether or not that worked."""
     connection = broker._connection  # FastStream's own client; stop() forgets it on success
     try:
-        async with asyncio.timeout(STOP_WAIT_S):
-            await broker.stop()
-    except Exception:
-        log.warning("event consumers did not stop cleanly; closing their connection", exc_info=True)
+        await settle(broker.stop(), "stopping the event consumers")
     finally:
-        if connection is not None and not connection.is_closed:
-            await connection.close()
+        if connection is not None:
+            await close_nats(connection, "event consumers'")
 
 
 class ServiceRuntime:
@@ -213,27 +243,22 @@ class ServiceRuntime:
         left open keeps its subscriptions, so the server would go on handing this stopped
         service a share of its queue groups' requests (rpc, consumers) that nobody answers.
         """
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._broker is not None:
-            await stop_broker(self._broker)
-        if self.context is not None:
-            nc = self.context.nats
-            try:
-                async with asyncio.timeout(STOP_WAIT_S):
-                    await nc.drain()
-            except Exception:
-                log.warning("NATS connection not drained; closing it", exc_info=True)
-            finally:
-                if not nc.is_closed:
-                    await nc.close()
-            try:
-                async with asyncio.timeout(STOP_WAIT_S):
-                    await self.context.pool.close()
-            except Exception:
-                log.warning("Postgres connections not released in time; closing them")
-                self.context.pool.terminate()
+        try:
+            for task in self._tasks:
+                task.cancel()
+            if self._tasks:
+                await settle(asyncio.wait(self._tasks), "background tasks (relay, loops)")
+            if self._broker is not None:
+                await stop_broker(self._broker)
+        finally:
+            # Whatever went wrong above (even an interruption), the connections are closed.
+            if self.context is not None:
+                try:
+                    await close_nats(self.context.nats, "service")
+                finally:
+                    pool = self.context.pool
+                    if not await settle(pool.close(), "releasing Postgres connections"):
+                        pool.terminate()
 
     def readiness(self) -> list[ReadinessCheck]:
         async def started() -> str | None:
@@ -282,8 +307,10 @@ def build_app(definition: ServiceDefinition, settings: RuntimeSettings) -> FastA
             yield
         finally:
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await runtime.stop()
+            try:
+                await settle(asyncio.wait({task}), "start-up")
+            finally:
+                await runtime.stop()
 
     app = create_http_app(definition.name, readiness=runtime.readiness(), lifespan=lifespan)
     app.state.runtime = runtime

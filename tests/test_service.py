@@ -15,7 +15,7 @@ from runtime.embedded import NatsServer
 from runtime.eventstore import Cause
 from runtime.migrations import migrate
 from runtime.rpc import Endpoint, RpcError, call
-from runtime.service import ServiceDefinition, build_app, connect_nats, context_of
+from runtime.service import ServiceDefinition, build_app, connect_nats, context_of, settle
 from tests.conftest import NOTES_MIGRATION
 from tests.support import (
     NoteTaken,
@@ -152,3 +152,22 @@ async def test_a_service_stopped_while_nats_is_down_does_not_come_back_when_nats
             await asker.close()
     finally:
         server.stop()
+
+
+async def test_stopping_does_not_wait_forever_on_work_that_ignores_cancellation() -> None:
+    """Client libraries' stop paths do not always honour cancellation; settle() gives up on
+    them after its limit, so the connections are still closed after it."""
+    released = asyncio.Event()
+
+    async def stubborn() -> None:
+        while not released.is_set():
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                continue  # swallowed, as a misbehaving library might
+
+    started = asyncio.get_running_loop().time()
+    assert not await settle(stubborn(), "a stubborn stop", wait_s=0.2)
+    assert asyncio.get_running_loop().time() - started < 2
+    released.set()
+    assert await settle(asyncio.sleep(0), "a quick stop")
