@@ -113,10 +113,7 @@ async def settle(work: Awaitable[Any], what: str, wait_s: float | None = None) -
     task = asyncio.ensure_future(work)
     done, _ = await asyncio.wait({task}, timeout=STOP_WAIT_S if wait_s is None else wait_s)
     if not done:
-        frames = task.get_stack(limit=8)
-        where = " <- ".join(
-            f"{f.f_code.co_name} ({f.f_code.co_filename}:{f.f_lineno})" for f in frames
-        )
+        where = _stack_of(task)
         task.cancel()
         log.warning("did not finish in time; left behind", what=what, stuck_in=where)
         return False
@@ -124,6 +121,28 @@ async def settle(work: Awaitable[Any], what: str, wait_s: float | None = None) -
         log.warning("did not finish cleanly", what=what, error=repr(exc))
         return False
     return True
+
+
+async def cancel_and_wait(tasks: Sequence["asyncio.Task[Any]"], what: str) -> None:
+    """Cancel ``tasks`` and wait for them (at most STOP_WAIT_S), cancelling again while they
+    run: on Python 3.11 ``asyncio.wait_for`` (which nats-py and asyncpg use inside) drops a
+    cancellation that arrives as the awaited result does, and a loop such as the relay's
+    would then go on for ever."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + STOP_WAIT_S
+    pending = {task for task in tasks if not task.done()}
+    while pending and loop.time() < deadline:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.5)
+    for task in pending:
+        log.warning("did not stop in time; left behind", what=what, stuck_in=_stack_of(task))
+
+
+def _stack_of(task: "asyncio.Task[Any]") -> str:
+    return " <- ".join(
+        f"{f.f_code.co_name} ({f.f_code.co_filename}:{f.f_lineno})" for f in task.get_stack(limit=8)
+    )
 
 
 async def close_nats(nc: NATS, what: str) -> None:
@@ -244,10 +263,7 @@ class ServiceRuntime:
         service a share of its queue groups' requests (rpc, consumers) that nobody answers.
         """
         try:
-            for task in self._tasks:
-                task.cancel()
-            if self._tasks:
-                await settle(asyncio.wait(self._tasks), "background tasks (relay, loops)")
+            await cancel_and_wait(self._tasks, "background tasks (relay, loops)")
             if self._broker is not None:
                 await stop_broker(self._broker)
         finally:
@@ -306,9 +322,8 @@ def build_app(definition: ServiceDefinition, settings: RuntimeSettings) -> FastA
         try:
             yield
         finally:
-            task.cancel()
             try:
-                await settle(asyncio.wait({task}), "start-up")
+                await cancel_and_wait([task], "start-up")
             finally:
                 await runtime.stop()
 

@@ -1,6 +1,7 @@
 """A service composed as in production: HTTP -> Postgres -> NATS -> another service's consumer."""
 
 import asyncio
+import contextlib
 from pathlib import Path
 from typing import Annotated
 
@@ -15,7 +16,14 @@ from runtime.embedded import NatsServer
 from runtime.eventstore import Cause
 from runtime.migrations import migrate
 from runtime.rpc import Endpoint, RpcError, call
-from runtime.service import ServiceDefinition, build_app, connect_nats, context_of, settle
+from runtime.service import (
+    ServiceDefinition,
+    build_app,
+    cancel_and_wait,
+    connect_nats,
+    context_of,
+    settle,
+)
 from tests.conftest import NOTES_MIGRATION
 from tests.support import (
     NoteTaken,
@@ -171,3 +179,20 @@ async def test_stopping_does_not_wait_forever_on_work_that_ignores_cancellation(
     assert asyncio.get_running_loop().time() - started < 2
     released.set()
     assert await settle(asyncio.sleep(0), "a quick stop")
+
+
+async def test_a_task_that_drops_a_cancellation_is_cancelled_again() -> None:
+    """On 3.11 ``wait_for`` can drop a cancellation (nats-py and asyncpg use it inside); one
+    ``cancel()`` would then leave the relay's loop running for ever."""
+
+    async def drops_one() -> None:
+        with contextlib.suppress(asyncio.CancelledError):  # dropped
+            await asyncio.sleep(10)
+        await asyncio.sleep(10)
+
+    task = asyncio.create_task(drops_one())
+    await asyncio.sleep(0)
+    started = asyncio.get_running_loop().time()
+    await cancel_and_wait([task], "a loop")
+    assert task.cancelled()
+    assert asyncio.get_running_loop().time() - started < 2
