@@ -16,6 +16,7 @@ from nats.aio.client import Client as NATS
 
 from contracts.media import SeatAnswer, SeatRelease, SeatReleased, SeatRequest
 from contracts.signaling import CallRole
+from runtime.clock import Clock, system_clock
 from runtime.context import ServiceContext
 from runtime.service import build_app
 from services.media import app as media_app
@@ -55,9 +56,13 @@ class Node:
 
 
 @contextlib.asynccontextmanager
-async def running(dsn: str, nats_url: str, **config: Any) -> AsyncIterator[Node]:
-    """A media node, started, announced, and seeing itself in the cluster."""
-    media = Media(settings=MediaSettings(**(FAST | config)), key_source=lambda: PARTICIPANT_KEY)
+async def running(
+    dsn: str, nats_url: str, clock: Clock = system_clock, **config: Any
+) -> AsyncIterator[Node]:
+    """A media node on ``clock``, started, announced, and seeing itself in the cluster."""
+    media = Media(
+        settings=MediaSettings(**(FAST | config)), key_source=lambda: PARTICIPANT_KEY, clock=clock
+    )
     app = build_app(media_app.build(media), settings(dsn, nats_url))
     async with serving(app):
         node = Node(app, media)

@@ -41,15 +41,9 @@ from contracts.media import (
 from contracts.signaling import CallRole
 from runtime.embedded import NatsServer
 from runtime.rpc import call
-from runtime.service import build_app
-from services.media import app as media_app
-from services.media.config import MediaSettings
-from services.media.node import Media
 from tests.links.conftest import Clock
 from tests.machines import machine_settings, on_loop, run_machine
-from tests.media.conftest import FAST, PARTICIPANT_KEY, Node, clinic, seeing_each_other
-from tests.support import eventually, serving
-from tests.support import settings as runtime_settings
+from tests.media.conftest import FAST, Node, clinic, running, seeing_each_other
 
 T = TypeVar("T")
 RESERVATION = timedelta(seconds=30)
@@ -81,22 +75,11 @@ class RunningNode:
 
 
 async def start_node(dsn: str, nats_url: str, clock: Clock) -> RunningNode:
-    media = Media(
-        settings=MediaSettings(**NODE_SETTINGS), key_source=lambda: PARTICIPANT_KEY, clock=clock
-    )
-    app = build_app(media_app.build(media), runtime_settings(dsn, nats_url))
     started: asyncio.Future[Node] = asyncio.get_running_loop().create_future()
     stopping = asyncio.Event()
 
     async def serve() -> None:
-        async with serving(app):
-            node = Node(app, media)
-            placement = await node.placement()
-
-            async def announced() -> bool:
-                return node.node_id in placement.cards
-
-            await eventually(announced, what="the node in its own view")
+        async with running(dsn, nats_url, clock, **NODE_SETTINGS) as node:
             started.set_result(node)
             await stopping.wait()
 

@@ -257,34 +257,30 @@ def signaling_settings(replica: str, **overrides: Any) -> SignalingSettings:
 
 
 @contextlib.asynccontextmanager
-async def calls_platform(
-    dsn: str, nats_url: str, clock: Clock, **signaling_overrides: Any
+async def signaling_calls(
+    dsn: str,
+    nats_url: str,
+    clock: Clock,
+    media_client: httpx.AsyncClient,
+    names: tuple[str, str] = ("sa", "sb"),
+    **signaling_overrides: Any,
 ) -> AsyncIterator[Calls]:
+    """Scheduling, links and two signaling replicas (named ``names``) in front of whatever
+    media ``media_client`` reaches; the browsers the test opened are closed at the end."""
     sched = scheduling_app(dsn, nats_url)
     links = links_service(dsn, nats_url, clock)
-    recordings = Path(tempfile.mkdtemp(prefix="antechamber-recordings-"))
-    media = build_app(
-        media_app.build(
-            media_app.Media(
-                MediaSettings(node_id="mtest", reservation_s=60, recordings_dir=recordings),
-                key_source=lambda: PARTICIPANT_KEY,
-            )
-        ),
-        settings(dsn, nats_url),
-    )
     signalings = [
         Signaling(
             signaling_settings(name, **signaling_overrides),
             key_source=lambda: PARTICIPANT_KEY,
             clock=clock,
         )
-        for name in ("sa", "sb")
+        for name in names
     ]
     replicas = [build_app(signaling_app.build(s), settings(dsn, nats_url)) for s in signalings]
     async with (
         serving(sched) as scheduling_client,
         serving(links) as links_client,
-        serving(media) as media_client,
         listening(replicas[0]) as url_a,
         listening(replicas[1]) as url_b,
     ):
@@ -300,7 +296,30 @@ async def calls_platform(
         finally:
             for browser in calls.browsers:
                 await browser.aclose()
-            shutil.rmtree(recordings, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def calls_platform(
+    dsn: str, nats_url: str, clock: Clock, **signaling_overrides: Any
+) -> AsyncIterator[Calls]:
+    recordings = Path(tempfile.mkdtemp(prefix="antechamber-recordings-"))
+    media = build_app(
+        media_app.build(
+            media_app.Media(
+                MediaSettings(node_id="mtest", reservation_s=60, recordings_dir=recordings),
+                key_source=lambda: PARTICIPANT_KEY,
+            )
+        ),
+        settings(dsn, nats_url),
+    )
+    try:
+        async with (
+            serving(media) as media_client,
+            signaling_calls(dsn, nats_url, clock, media_client, **signaling_overrides) as calls,
+        ):
+            yield calls
+    finally:
+        shutil.rmtree(recordings, ignore_errors=True)
 
 
 @pytest.fixture

@@ -39,24 +39,18 @@ from contracts.media import RELEASE_SUBJECT, SeatRelease, SeatReleased
 from contracts.signaling import signaling_events
 from runtime.embedded import NatsServer
 from runtime.rpc import call
-from runtime.service import build_app
-from services.signaling import app as signaling_app
 from services.signaling import domain
-from services.signaling.calls import Signaling
-from tests.links.conftest import Clock, Platform, links_service
+from tests.links.conftest import Clock
 from tests.machines import machine_settings, on_loop, run_machine
 from tests.media.conftest import Node, running
-from tests.scheduling.conftest import scheduling_app
 from tests.signaling.conftest import (
-    PARTICIPANT_KEY,
     Browser,
     Calls,
     Room,
     practitioner_room,
-    signaling_settings,
+    signaling_calls,
 )
-from tests.support import eventually, listening, serving
-from tests.support import settings as runtime_settings
+from tests.support import eventually
 
 T = TypeVar("T")
 GRACE_MINUTES = 1
@@ -406,39 +400,25 @@ class SeatsAcrossServices(RuleBasedStateMachine):
 async def services(postgres_dsn: str, nats_server: NatsServer, nc: NATS) -> AsyncIterator[Services]:
     clock = Clock()
     dsn, url = postgres_dsn, nats_server.url
-    sched = scheduling_app(dsn, url)
-    links = links_service(dsn, url, clock)
-    signalings = [
-        Signaling(signaling_settings(name), key_source=lambda: PARTICIPANT_KEY, clock=clock)
-        for name in (f"sa{uuid.uuid4().hex[:6]}", f"sb{uuid.uuid4().hex[:6]}")
-    ]
-    replicas = [build_app(signaling_app.build(s), runtime_settings(dsn, url)) for s in signalings]
     # Nobody connects media here, so reservations must outlast the run.
     async with (
-        serving(sched) as scheduling_client,
-        serving(links) as links_client,
         running(dsn, url, reservation_s=3600) as node_a,
         running(dsn, url, reservation_s=3600) as node_b,
-        listening(replicas[0]) as url_a,
-        listening(replicas[1]) as url_b,
-    ):
-        db = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
-        media_client = httpx.AsyncClient(
+        httpx.AsyncClient(
             transport=httpx.ASGITransport(app=node_a.app), base_url="http://test"
-        )
-        calls = Calls(
-            Platform(scheduling_client, links_client, links),
-            [url_a, url_b],
-            signalings,
+        ) as media_client,
+        signaling_calls(
+            dsn,
+            url,
             clock,
             media_client,
-        )
+            (f"sa{uuid.uuid4().hex[:6]}", f"sb{uuid.uuid4().hex[:6]}"),
+        ) as calls,
+    ):
+        db = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
         try:
             yield Services(asyncio.get_running_loop(), calls, [node_a, node_b], nc, db)
         finally:
-            for browser in calls.browsers:
-                await browser.aclose()
-            await media_client.aclose()
             await db.close()
 
 
