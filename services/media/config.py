@@ -80,9 +80,26 @@ class MediaSettings(BaseSettings):
     connect_timeout_s: float = Field(
         default=20.0, gt=0, description="A media connection not up by then is closed."
     )
-    forwarding: Literal["passthrough", "transcode"] = Field(
-        default="passthrough",
-        description="transcode decodes and re-encodes (aiortc's MediaRelay): for comparison only.",
+    forwarding: Literal["packets", "transcode"] = Field(
+        default="packets",
+        description="packets forwards RTP; transcode decodes and re-encodes (aiortc's "
+        "MediaRelay): for the benchmark's comparison only, it does not record.",
+    )
+    loudest_speakers: int = Field(
+        default=3,
+        ge=0,
+        le=16,
+        description="Voices forwarded at once: the loudest this many speakers, and every "
+        "host who speaks; 0 forwards every voice.",
+    )
+    report_interval_s: float = Field(
+        default=1.0, gt=0, description="How often sender and receiver reports go out."
+    )
+    max_forward_kbps: int = Field(
+        default=1500,
+        ge=64,
+        description="The most a publisher's video is asked to send (REMB), whatever its "
+        "subscribers could take.",
     )
     recordings_dir: Path = Field(
         default=Path("recordings"), description="Where recordings are written (one MP4 each)."

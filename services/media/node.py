@@ -43,9 +43,9 @@ from runtime.participant_tokens import ParticipantKeySettings, ParticipantTokenE
 from runtime.retry import retry
 from runtime.rpc import error_reply
 from services.media import ice
+from services.media.aiortc_hooks import check_aiortc
 from services.media.config import MediaSettings
 from services.media.journal import Journal
-from services.media.passthrough import check_aiortc
 from services.media.placement import Owner, Placed, Placement
 from services.media.recordings import Recordings, download_key
 from services.media.seats import MAX_SEATS, Granted, SeatLedger

@@ -74,7 +74,7 @@ class Recordings:
             return RecordingReply(
                 ok=False, reason="already_recording", message="This call is already recorded."
             )
-        if self.settings.forwarding != "passthrough":
+        if self.settings.forwarding != "packets":
             return RecordingReply(
                 ok=False,
                 reason="recording_unavailable",

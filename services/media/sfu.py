@@ -1,22 +1,24 @@
-"""The selective forwarding unit: one WebRTC connection per participant, frames fanned out.
+"""The selective forwarding unit: one WebRTC connection per participant, RTP packets fanned out.
 
 Each participant's browser connects once (its offer carries what it publishes) and gets, on
-the same connection, one sending transceiver per track of every other participant. The node
-never decodes on this path: complete encoded frames are tapped from each receiver (see
-:mod:`services.media.passthrough`) and pushed into one :class:`ForwardedTrack` per
-subscriber, which aiortc packs into RTP again.
+the same connection, one sending transceiver per track of every other participant. aiortc
+runs ICE, DTLS and SRTP; the node forwards the packets itself (:mod:`services.media.forwarding`):
+each publisher's decrypted RTP goes straight from its socket to an :class:`Upstream`, which
+writes one rewritten, protected copy per subscriber's :class:`Downstream`. Nothing is decoded
+here; a recording gets the packets in its own process.
 
 Negotiation after the first offer is the node's: when the tracks a participant should
 receive change, the node offers (on ``participant_subject``) once that participant's
 connection is up and no offer of its is pending, and applies the answer that comes back.
 Keyframe requests from subscribers reach the publisher, at most one per
-``keyframe_interval_s`` per track; a new subscriber gets nothing until a keyframe.
+``keyframe_interval_s`` per track; a new subscriber gets no video until a keyframe. A
+subscriber's m-line for a person's audio or video stays the same stream when that person
+reconnects: it is bound to their new track without a new offer.
 """
 
 import asyncio
 import contextlib
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
@@ -35,19 +37,29 @@ from aiortc import (
 )
 from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamTrack
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RTCP_PSFB_FIR,
+    RTCP_PSFB_PLI,
+    RTCP_RTPFB_NACK,
+    AnyRtcpPacket,
+    RtcpPsfbPacket,
+    RtcpRtpfbPacket,
+    RtcpSrPacket,
+    unpack_remb_fci,
+)
 from aiortc.sdp import candidate_from_sdp
 
 from contracts.media import MediaSignal, MediaStream, SignalKind
 from contracts.signaling import CallRole
+from services.media import aiortc_hooks
+from services.media.aiortc_hooks import RtcpHandler, Wire
 from services.media.config import MediaSettings
-from services.media.offers import Terms
-from services.media.passthrough import (
-    EncodedFrame,
-    ForwardedTrack,
-    on_keyframe_request,
-    request_keyframe,
-    tap_receiver,
-)
+from services.media.forwarding import NTP_EPOCH_OFFSET, Downstream, Upstream
+from services.media.keyframes import keyframe_test
+from services.media.offers import Terms, with_opus_dtx
+from services.media.rtp import AUDIO_LEVEL, HEADER, MalformedRtp, RtpView, parse
+from services.media.speakers import LoudestSpeakers, Voice
 
 if TYPE_CHECKING:
     from services.media.recorder import Recorder
@@ -60,6 +72,8 @@ FORWARDED = {"audio/opus", "video/vp8", "video/h264"}
 CODECS_REFUSED = (
     "Your browser offered no codec this server forwards (audio: Opus; video: VP8 or H.264)."
 )
+NACK_EVERY_S = 0.05
+"""How often missing packets are asked for again (each at most three times)."""
 
 
 class SignalRefused(Exception):
@@ -73,18 +87,24 @@ class SignalRefused(Exception):
 
 @dataclass(eq=False)
 class Publication:
-    """One track a participant publishes, and its copies for every subscriber."""
+    """One track a participant publishes."""
 
     owner: "Member"
     kind: Kind
     mime_type: str
     receiver: RTCRtpReceiver
     track: MediaStreamTrack
-    copies: dict[UUID, MediaStreamTrack] = field(default_factory=dict)
+    upstream: Upstream | None = None
+    """The packet path (None when transcoding, the benchmark's comparison)."""
+    voice: Voice | None = None
     last_keyframe_request: float = 0.0
     keyframe_pending: asyncio.TimerHandle | None = None
-    frames: int = 0
-    last_frame_at: float = field(default_factory=time.monotonic)
+    copies: dict[UUID, MediaStreamTrack] = field(default_factory=dict)
+    """Transcoding only: one re-encoding track per subscriber."""
+
+    @property
+    def key(self) -> tuple[UUID, Kind]:
+        return self.owner.participant_id, self.kind
 
     def want_keyframe(self, interval: float) -> None:
         """Ask the publisher for a keyframe now, or at the end of the throttle interval."""
@@ -99,11 +119,19 @@ class Publication:
     def _send_request(self) -> None:
         self.keyframe_pending = None
         self.last_keyframe_request = time.monotonic()
-        request_keyframe(self.receiver)
+        upstream = self.upstream
+        if upstream is not None and upstream.ssrc is not None:
+            self.owner.send_feedback(
+                bytes(RtcpPsfbPacket(RTCP_PSFB_PLI, self.owner.rtcp_ssrc, upstream.ssrc))
+            )
 
     def close(self) -> None:
         if self.keyframe_pending is not None:
             self.keyframe_pending.cancel()
+        if self.upstream is not None:
+            for downstream in list(self.upstream.downstreams):
+                downstream.bind(None)
+            self.upstream.record = None
         for copy in self.copies.values():
             copy.stop()
         self.copies.clear()
@@ -111,10 +139,15 @@ class Publication:
 
 @dataclass(eq=False)
 class Outgoing:
-    """A transceiver sending one publication to one subscriber."""
+    """A transceiver sending one person's audio or video to one subscriber."""
 
     publication: Publication
     transceiver: RTCRtpTransceiver
+    downstream: Downstream | None = None
+
+    @property
+    def key(self) -> tuple[UUID, Kind]:
+        return self.publication.key
 
 
 @dataclass(eq=False)
@@ -136,21 +169,35 @@ class Member:
     """What this participant receives changed since the last offer."""
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     connected: asyncio.Event = field(default_factory=asyncio.Event)
-    window: deque[tuple[float, int]] = field(default_factory=deque)
-    """(arrival, bytes) of received frames over the last second: the publishing rate."""
+    wire: Wire | None = None
+    """The connection's sockets, once it is up (packet path only)."""
+    by_payload_type: dict[int, Upstream] = field(default_factory=dict)
+    by_ssrc: dict[int, Upstream] = field(default_factory=dict)
+    rtcp_ssrc: int = 0
+    ntp_offset: float | None = None
+    """Our NTP clock minus the publisher's (smallest seen: least delayed), in seconds."""
+    bytes_received: int = 0
+    rate_mark: tuple[float, int] = field(default_factory=lambda: (time.monotonic(), 0))
+    malformed: int = 0
     over_since: float | None = None
     closed: bool = False
 
     def rate_kbps(self, now: float) -> float:
-        while self.window and self.window[0][0] < now - 1.0:
-            self.window.popleft()
-        return sum(size for _, size in self.window) * 8 / 1000
+        """What arrived since the last call, per second."""
+        since, before = self.rate_mark
+        self.rate_mark = (now, self.bytes_received)
+        return 0.0 if now <= since else (self.bytes_received - before) * 8 / 1000 / (now - since)
+
+    def send_feedback(self, packet: bytes) -> None:
+        if self.wire is not None:
+            self.wire.send_rtcp(packet)
 
 
 @dataclass(eq=False)
 class MediaRoom:
     room_id: UUID
     clinic_id: str
+    speakers: LoudestSpeakers
     members: dict[UUID, Member] = field(default_factory=dict)
     recorder: "Recorder | None" = None
 
@@ -182,12 +229,22 @@ class Sfu:
                 return room.members[participant_id]
         return None
 
+    def room(self, room_id: UUID, clinic_id: str) -> MediaRoom:
+        room = self.rooms.get(room_id)
+        if room is None:
+            room = MediaRoom(room_id, clinic_id, LoudestSpeakers(self.settings.loudest_speakers))
+            self.rooms[room_id] = room
+        return room
+
     # -- negotiation --------------------------------------------------------------------------
 
     async def offer(
         self, room_id: UUID, clinic_id: str, participant_id: UUID, role: CallRole, sdp: str
     ) -> MediaSignal:
-        """A participant's first offer (or a fresh start): a new connection, and its answer."""
+        """A participant's first offer (or a fresh start): a new connection, and its answer.
+
+        A fresh start replaces the participant's connection; the others keep receiving
+        them on the same m-lines (bound to the new tracks, no new offer)."""
         try:
             terms = Terms(sdp)
         except Exception as exc:  # aiortc's parser raises many kinds for text it cannot read
@@ -195,13 +252,11 @@ class Sfu:
                 "sdp_invalid", f"The media offer could not be used: {_sentence(exc)}"
             ) from exc
         old = self.member(participant_id)
-        if old is not None:
-            if old.offering:
-                raise SignalRefused(
-                    "renegotiating", "Answer the server's offer first, then offer again."
-                )
-            await self.close_member(old, reason=None)
-        room = self.rooms.setdefault(room_id, MediaRoom(room_id, clinic_id))
+        if old is not None and old.offering:
+            raise SignalRefused(
+                "renegotiating", "Answer the server's offer first, then offer again."
+            )
+        room = self.room(room_id, clinic_id)
         pc = RTCPeerConnection(self.configuration())
         member = Member(participant_id, room, role, pc, terms)
         pc.on("track", lambda track: self._published(member, track))
@@ -209,22 +264,36 @@ class Sfu:
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             self._check_codecs(pc)
+            if self.relay is None:
+                aiortc_hooks.on_rtp(pc, lambda data, now: self._ingress(member, data, now))
             await pc.setLocalDescription(await pc.createAnswer())
         except SignalRefused:
-            await pc.close()
+            await self._abandon(member)
             raise
         except Exception as exc:  # aiortc raises many kinds for an offer it cannot use
-            await pc.close()
+            await self._abandon(member)
             log.info("offer refused", participant_id=str(participant_id), error=repr(exc))
             raise SignalRefused(
                 "sdp_invalid", f"The media offer could not be used: {_sentence(exc)}"
             ) from exc
+        if old is not None:
+            await self.close_member(old, reason=None, successor=member)
         room.members[participant_id] = member
         member.stale = any(p.owner is not member for p in room.publications())
         self._spawn(self._connect_deadline(member))
         for publication in member.publications:
             self._spawn(self._fan_out(publication))
-        return MediaSignal(participant_id=participant_id, kind=SignalKind.answer, sdp=_sdp(pc))
+        answer = MediaSignal(participant_id=participant_id, kind=SignalKind.answer, sdp=_sdp(pc))
+        return answer
+
+    async def _abandon(self, member: Member) -> None:
+        for publication in member.publications:
+            publication.close()
+            if publication.voice is not None:
+                member.room.speakers.leave(publication.voice)
+        await member.pc.close()
+        if not member.room.members and member.room.recorder is None:
+            self.rooms.pop(member.room.room_id, None)
 
     async def answer(self, participant_id: UUID, sdp: str) -> None:
         """The participant's answer to the node's last offer."""
@@ -240,6 +309,7 @@ class Sfu:
                 "sdp_invalid", f"The media answer could not be used: {_sentence(exc)}"
             ) from exc
         member.offering = False
+        self._bind_outgoing(member)
         if member.stale:
             self._spawn(self._renegotiate(member))
 
@@ -309,45 +379,84 @@ class Sfu:
         await self.send(member.participant_id, offer)
 
     def _sync_outgoing(self, member: Member) -> None:
-        """Add a sending transceiver for every publication not yet sent to ``member``; stop
-        those of publications that ended (their m-lines stay, inactive)."""
-        wanted = [p for p in member.room.publications() if p.owner is not member]
-        have = {id(o.publication) for o in member.outgoing}
-        for outgoing in [o for o in member.outgoing if o.publication not in wanted]:
-            outgoing.transceiver.direction = "inactive"
-            copy = outgoing.publication.copies.pop(member.participant_id, None)
-            if copy is not None:
-                copy.stop()
-            member.outgoing.remove(outgoing)
-        for publication in wanted:
-            if id(publication) in have:
-                continue
-            copy = self._copy(publication, member)
-            transceiver = member.pc.addTransceiver(copy, direction="sendonly")
-            preferred = [
-                c
-                for c in RTCRtpSender.getCapabilities(publication.kind).codecs
-                if c.mimeType.lower() in (publication.mime_type, "video/rtx")
-            ]
-            transceiver.setCodecPreferences(preferred)
-            if self.relay is None:  # (re-encoding senders make their own keyframes)
-                on_keyframe_request(transceiver.sender, self._keyframe_for(publication))
-            member.outgoing.append(Outgoing(publication, transceiver))
+        """One sending transceiver per person and kind ``member`` should receive: new ones for
+        new publications, those of people who left stopped (their m-lines stay, inactive)."""
+        wanted = {p.key: p for p in member.room.publications() if p.owner is not member}
+        for outgoing in list(member.outgoing):
+            publication = wanted.get(outgoing.key)
+            if publication is None:
+                outgoing.transceiver.direction = "inactive"
+                self._stop_outgoing(member, outgoing)
+                member.outgoing.remove(outgoing)
+            elif publication is not outgoing.publication:
+                self._rebind(member, outgoing, publication)
+        have = {o.key for o in member.outgoing}
+        for key, publication in wanted.items():
+            if key not in have:
+                member.outgoing.append(self._add_outgoing(member, publication))
 
-    def _keyframe_for(self, publication: Publication) -> Callable[[], None]:
-        interval = self.settings.keyframe_interval_s
-        return lambda: publication.want_keyframe(interval)
-
-    def _copy(self, publication: Publication, subscriber: Member) -> MediaStreamTrack:
-        copy: MediaStreamTrack
+    def _add_outgoing(self, member: Member, publication: Publication) -> Outgoing:
         if self.relay is not None:  # decode once, encode per subscriber (comparison only)
             copy = self.relay.subscribe(publication.track)
+            publication.copies[member.participant_id] = copy
+            transceiver = member.pc.addTransceiver(copy, direction="sendonly")
         else:
-            interval = self.settings.keyframe_interval_s
-            copy = ForwardedTrack(publication.kind, lambda: publication.want_keyframe(interval))
-            publication.want_keyframe(interval)
-        publication.copies[subscriber.participant_id] = copy
-        return copy
+            transceiver = member.pc.addTransceiver(publication.kind, direction="sendonly")
+            aiortc_hooks.idle_sender(transceiver.sender)
+        preferred = [
+            c
+            for c in RTCRtpSender.getCapabilities(publication.kind).codecs
+            if c.mimeType.lower() in (publication.mime_type, f"{publication.kind}/rtx")
+        ]
+        transceiver.setCodecPreferences(preferred)
+        return Outgoing(publication, transceiver)
+
+    def _bind_outgoing(self, member: Member) -> None:
+        """After an answer: every outgoing m-line's packet path, in the terms just agreed."""
+        if self.relay is not None or member.wire is None:
+            return
+        for outgoing in member.outgoing:
+            terms = aiortc_hooks.negotiated(outgoing.transceiver)
+            if terms is None:
+                continue
+            payload_type = terms.payload_type(outgoing.publication.mime_type)
+            if payload_type is None:
+                continue
+            downstream = outgoing.downstream
+            if downstream is None:
+                sender = outgoing.transceiver.sender
+                ssrc, rtx_ssrc = aiortc_hooks.sender_ssrcs(sender)
+                upstream = outgoing.publication.upstream
+                clock_rate = upstream.clock_rate if upstream is not None else 90_000
+                downstream = Downstream(
+                    outgoing.publication.kind, clock_rate, ssrc, rtx_ssrc, member.wire
+                )
+                outgoing.downstream = downstream
+                aiortc_hooks.on_sender_rtcp(sender, self._feedback_handler(outgoing))
+            rtx = terms.rtx_for(payload_type)
+            downstream.terms(terms.mid, payload_type, rtx, terms.extensions)
+            downstream.bind(outgoing.publication.upstream)
+
+    def _rebind(self, member: Member, outgoing: Outgoing, publication: Publication) -> None:
+        """The person behind ``outgoing`` reconnected: carry their new track on the same m-line."""
+        old = outgoing.publication
+        copy = old.copies.pop(member.participant_id, None)
+        if copy is not None:
+            copy.stop()
+        outgoing.publication = publication
+        if outgoing.downstream is not None:
+            outgoing.downstream.bind(publication.upstream)
+        elif self.relay is not None:
+            copy = self.relay.subscribe(publication.track)
+            publication.copies[member.participant_id] = copy
+            outgoing.transceiver.sender.replaceTrack(copy)
+
+    def _stop_outgoing(self, member: Member, outgoing: Outgoing) -> None:
+        copy = outgoing.publication.copies.pop(member.participant_id, None)
+        if copy is not None:
+            copy.stop()
+        if outgoing.downstream is not None:
+            outgoing.downstream.bind(None)
 
     # -- what arrives -------------------------------------------------------------------------
 
@@ -358,33 +467,154 @@ class Sfu:
         kind: Kind = "audio" if track.kind == "audio" else "video"
         publication = Publication(member, kind, mime, transceiver.receiver, track)
         member.publications.append(publication)
-        # Transcoding (the comparison) decodes as well; the tap still watches the rates.
-        decode = self.relay is not None
-        tap_receiver(transceiver.receiver, lambda f: self._arrived(publication, f), decode=decode)
-
-    def _arrived(self, publication: Publication, frame: EncodedFrame) -> None:
-        """Runs in aiortc's packet handling for every complete frame: keep it short."""
-        publication.frames += 1
-        publication.last_frame_at = frame.arrived
-        member = publication.owner
-        member.window.append((frame.arrived, len(frame.data)))
-        if self.relay is None:
-            for copy in publication.copies.values():
-                copy.push(frame)  # type: ignore[attr-defined]
+        if self.relay is not None:
+            return  # aiortc receives and decodes; MediaRelay re-encodes per subscriber
+        terms = aiortc_hooks.negotiated(transceiver)
+        if terms is None or not codecs or codecs[0].payloadType is None:
+            return
+        payload_type = codecs[0].payloadType
+        upstream = Upstream(
+            kind=kind,
+            mime_type=mime,
+            clock_rate=codecs[0].clockRate,
+            payload_type=payload_type,
+            rtx_payload_type=terms.rtx_for(payload_type),
+            level_id=terms.extensions.get(AUDIO_LEVEL) if kind == "audio" else None,
+            keyframe_test=keyframe_test(mime),
+            nack=terms.feedback(payload_type, "nack"),
+        )
+        interval = self.settings.keyframe_interval_s
+        upstream.request_keyframe = lambda: publication.want_keyframe(interval)
+        publication.upstream = upstream
+        member.by_payload_type[payload_type] = upstream
+        if upstream.rtx_payload_type is not None:
+            member.by_payload_type[upstream.rtx_payload_type] = upstream
+        if member.rtcp_ssrc == 0:
+            member.rtcp_ssrc = aiortc_hooks.receiver_ssrc(transceiver.receiver) or 0
+        aiortc_hooks.on_receiver_rtcp(transceiver.receiver, self._report_handler(member))
+        if upstream.level_id is not None:
+            speakers = member.room.speakers
+            voice = Voice(
+                host=member.role == CallRole.host,
+                on_change=lambda on: upstream.resume() if on else _hold(upstream),
+            )
+            publication.voice = voice
+            upstream.forwarding = False  # until the room's selection lets this voice through
+            upstream.heard = lambda activity, level, now: speakers.heard(
+                voice, activity, level, now
+            )
+            speakers.join(voice)
         recorder = member.room.recorder
         if recorder is not None:
-            recorder.add(str(member.participant_id), frame)
+            self._record(publication, recorder)
+
+    def _ingress(self, member: Member, data: bytes, now: float) -> None:
+        """Every decrypted RTP packet of ``member``'s: runs in the socket's callback."""
+        member.bytes_received += len(data)
+        try:
+            view = parse(data)
+        except MalformedRtp:
+            member.malformed += 1
+            return
+        upstream = member.by_ssrc.get(view.ssrc)
+        if upstream is None:
+            upstream = member.by_payload_type.get(view.payload_type)
+            if upstream is None:
+                member.malformed += 1
+                return
+            if view.payload_type == upstream.rtx_payload_type:
+                upstream.rtx_ssrc = view.ssrc
+            else:
+                upstream.ssrc = view.ssrc
+            member.by_ssrc[view.ssrc] = upstream
+        if view.ssrc == upstream.rtx_ssrc:
+            if len(view.payload) < 2 or upstream.ssrc is None:
+                return
+            # RTX (RFC 4588): the original sequence number, then the original payload.
+            view.sequence = int.from_bytes(view.payload[:2], "big")
+            view.payload = view.payload[2:]
+            view.payload_type = upstream.payload_type
+            view.ssrc = upstream.ssrc
+            if upstream.record is not None:
+                data = _unwrapped(view)
+        elif view.payload_type != upstream.payload_type:
+            member.malformed += 1  # a codec the node did not agree to forward
+            return
+        if upstream.receive(view, data, now):
+            self._nack(member, upstream, now)
+
+    def _nack(self, member: Member, upstream: Upstream, now: float) -> None:
+        lost = upstream.stats.due_nacks(now)
+        if lost and upstream.ssrc is not None:
+            packet = RtcpRtpfbPacket(RTCP_RTPFB_NACK, member.rtcp_ssrc, upstream.ssrc)
+            packet.lost = lost
+            member.send_feedback(bytes(packet))
+
+    def _report_handler(self, member: Member) -> RtcpHandler:
+        """RTCP about a publisher's stream: its sender reports, for ours and for lip sync."""
+
+        async def handle(packet: AnyRtcpPacket) -> None:
+            if not isinstance(packet, RtcpSrPacket):
+                return
+            upstream = member.by_ssrc.get(packet.ssrc)
+            if upstream is None:
+                return
+            ntp = packet.sender_info.ntp_timestamp
+            upstream.sender_report = (ntp, packet.sender_info.rtp_timestamp, time.monotonic())
+            offset = time.time() + NTP_EPOCH_OFFSET - ntp / (1 << 32)
+            if member.ntp_offset is None or offset < member.ntp_offset:
+                member.ntp_offset = offset
+
+        return handle
+
+    def _feedback_handler(self, outgoing: Outgoing) -> RtcpHandler:
+        """RTCP from a subscriber about one m-line: NACK, PLI/FIR, REMB (receiver reports
+        need nothing)."""
+        interval = self.settings.keyframe_interval_s
+
+        async def handle(packet: AnyRtcpPacket) -> None:
+            downstream = outgoing.downstream
+            if downstream is None:
+                return
+            if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
+                downstream.resend(packet.lost, time.monotonic())
+            elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (
+                RTCP_PSFB_PLI,
+                RTCP_PSFB_FIR,
+            ):
+                outgoing.publication.want_keyframe(interval)
+            elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+                with contextlib.suppress(ValueError):
+                    downstream.remb = unpack_remb_fci(packet.fci)[0]
+
+        return handle
 
     async def _fan_out(self, publication: Publication) -> None:
-        """A new publication: every other member of the room must be offered it."""
+        """A new publication: every other member of the room that has no m-line for this
+        person's track yet must be offered it."""
         for other in list(publication.owner.room.members.values()):
-            if other is not publication.owner:
-                other.stale = True
-                await self._renegotiate(other)
+            if other is publication.owner:
+                continue
+            if any(o.key == publication.key for o in other.outgoing):
+                self._sync_outgoing(other)  # a reconnect: bound to the same m-line
+                continue
+            other.stale = True
+            await self._renegotiate(other)
 
     def _state_changed(self, member: Member) -> None:
         state = member.pc.connectionState
         if state == "connected":
+            if self.relay is None and member.wire is None and not member.closed:
+                try:
+                    member.wire = Wire(
+                        member.pc, lambda data, now: self._ingress(member, data, now)
+                    )
+                except Exception:
+                    log.warning("media path not set up", exc_info=True)
+                    self._spawn(
+                        self.close_member(member, "server_error", "The media connection failed.")
+                    )
+                    return
             member.connected.set()
             self._spawn(self._renegotiate(member))
         elif state in ("failed", "closed") and not member.closed:
@@ -403,27 +633,41 @@ class Sfu:
 
     # -- leaving ------------------------------------------------------------------------------
 
-    async def close_member(self, member: Member, reason: str | None, message: str = "") -> None:
-        """Close one participant's connection; the others stop receiving it. ``reason`` is
+    async def close_member(
+        self,
+        member: Member,
+        reason: str | None,
+        message: str = "",
+        successor: Member | None = None,
+    ) -> None:
+        """Close one participant's connection; the others stop receiving it, or receive
+        ``successor`` (the same person's new connection) on the same m-lines. ``reason`` is
         told to the participant (none when they asked for it themselves)."""
         if member.closed:
             return
         member.closed = True
+        if member.wire is not None:
+            member.wire.close()  # first: nothing is sent on or taken from it any more
         room = member.room
         if room.members.get(member.participant_id) is member:
             del room.members[member.participant_id]
         for publication in member.publications:
             publication.close()
+            if publication.voice is not None:
+                room.speakers.leave(publication.voice)
         for outgoing in member.outgoing:
-            copy = outgoing.publication.copies.pop(member.participant_id, None)
-            if copy is not None:
-                copy.stop()
-        if room.recorder is not None:
+            self._stop_outgoing(member, outgoing)
+        if room.recorder is not None and successor is None:
             room.recorder.remove(str(member.participant_id))
         with contextlib.suppress(Exception):
             await member.pc.close()
         log.info(
-            "media connection closed", participant_id=str(member.participant_id), reason=reason
+            "media connection closed",
+            participant_id=str(member.participant_id),
+            reason=reason,
+            packets_in=sum(p.upstream.received for p in member.publications if p.upstream),
+            packets_out=member.wire.sent if member.wire is not None else 0,
+            resent=sum(o.downstream.resends for o in member.outgoing if o.downstream),
         )
         if reason is not None:
             bye = MediaSignal(
@@ -434,11 +678,19 @@ class Sfu:
             )
             with contextlib.suppress(Exception):
                 await self.send(member.participant_id, bye)
+        successors = {p.key: p for p in successor.publications} if successor else {}
         for other in list(room.members.values()):
-            if any(o.publication.owner is member for o in other.outgoing):
-                other.stale = True
+            for outgoing in other.outgoing:
+                if outgoing.publication.owner is not member:
+                    continue
+                successor_publication = successors.get(outgoing.key)
+                if successor_publication is not None:
+                    self._rebind(other, outgoing, successor_publication)
+                else:
+                    other.stale = True
+            if other.stale:
                 self._spawn(self._renegotiate(other))
-        if not room.members and room.recorder is None:
+        if not room.members and room.recorder is None and successor is None:
             self.rooms.pop(room.room_id, None)
 
     async def release(self, room_id: UUID, participant_id: UUID | None, reason: str) -> None:
@@ -455,13 +707,28 @@ class Sfu:
 
     async def watch(self) -> None:
         """Background task: close connections that publish far above the allowed rate, or
-        whose media stopped without a goodbye."""
+        whose media stopped without a goodbye; ask again for missing packets; send the
+        reports (see ``reports.py``)."""
+        from services.media.reports import send_reports
+
+        next_watch = next_report = time.monotonic()
         while True:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(NACK_EVERY_S)
             now = time.monotonic()
             for room in list(self.rooms.values()):
                 for member in list(room.members.values()):
-                    await self._police(member, now)
+                    for publication in member.publications:
+                        upstream = publication.upstream
+                        if upstream is not None and upstream.stats.missing and upstream.nack:
+                            self._nack(member, upstream, now)
+            if now >= next_report:
+                next_report = now + self.settings.report_interval_s
+                send_reports(self, now)
+            if now >= next_watch:
+                next_watch = now + 1.0
+                for room in list(self.rooms.values()):
+                    for member in list(room.members.values()):
+                        await self._police(member, now)
 
     async def _police(self, member: Member, now: float) -> None:
         limit = self.settings.max_publish_kbps
@@ -477,8 +744,9 @@ class Sfu:
                 return
         else:
             member.over_since = None
-        if member.publications and member.connected.is_set():
-            latest = max(p.last_frame_at for p in member.publications)
+        upstreams = [p.upstream for p in member.publications if p.upstream is not None]
+        if upstreams and member.connected.is_set():
+            latest = max(u.last_packet_at for u in upstreams)
             if now - latest > self.settings.silence_timeout_s:
                 await self.close_member(
                     member, "media_timeout", "No media arrived from you for too long."
@@ -487,11 +755,24 @@ class Sfu:
     # -- recording ----------------------------------------------------------------------------
 
     def start_recording(self, room_id: UUID, clinic_id: str, recorder: "Recorder") -> None:
-        room = self.rooms.setdefault(room_id, MediaRoom(room_id, clinic_id))
+        room = self.room(room_id, clinic_id)
         room.recorder = recorder
         for publication in room.publications():
+            self._record(publication, recorder)
             if publication.kind == "video":
                 publication.want_keyframe(self.settings.keyframe_interval_s)
+
+    def _record(self, publication: Publication, recorder: "Recorder") -> None:
+        upstream = publication.upstream
+        if upstream is None:
+            return
+        source = str(publication.owner.participant_id)
+        mime = publication.mime_type
+
+        def record(packet: bytes, keyframe: bool, now: float) -> None:
+            recorder.add_packet(source, mime, packet, keyframe, now)
+
+        upstream.record = record
 
     def keyframe_for_recording(self, room_id: UUID, source: str) -> None:
         """The recorder lost a participant's picture: ask their camera for a keyframe."""
@@ -506,11 +787,37 @@ class Sfu:
         if room is None:
             return None
         recorder, room.recorder = room.recorder, None
+        for publication in room.publications():
+            if publication.upstream is not None:
+                publication.upstream.record = None
         if not room.members:
             self.rooms.pop(room_id, None)
         return recorder
 
     # -- plumbing -----------------------------------------------------------------------------
+
+    def counters(self) -> dict[str, int]:
+        """What the packet path did so far, for the metrics."""
+        received = sent = resent = malformed = forwards = 0
+        for room in self.rooms.values():
+            for member in room.members.values():
+                malformed += member.malformed
+                if member.wire is not None:
+                    sent += member.wire.sent
+                for publication in member.publications:
+                    if publication.upstream is not None:
+                        received += publication.upstream.received
+                        forwards += len(publication.upstream.downstreams)
+                for outgoing in member.outgoing:
+                    if outgoing.downstream is not None:
+                        resent += outgoing.downstream.resends
+        return {
+            "received": received,
+            "sent": sent,
+            "resent": resent,
+            "malformed": malformed,
+            "forwards": forwards,
+        }
 
     def _spawn(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)
@@ -531,10 +838,22 @@ class Sfu:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
+def _hold(upstream: Upstream) -> None:
+    upstream.forwarding = False
+
+
+def _unwrapped(view: RtpView) -> bytes:
+    """An unwrapped retransmission as the original packet (for the recorder)."""
+    header = HEADER.pack(
+        view.first, view.marker | view.payload_type, view.sequence, view.timestamp, view.ssrc
+    )
+    return header + view.csrc + view.payload
+
+
 def _sdp(pc: RTCPeerConnection) -> str:
     description = pc.localDescription
     assert description is not None
-    return description.sdp
+    return with_opus_dtx(description.sdp)
 
 
 def _sentence(exc: Exception) -> str:

@@ -1,0 +1,318 @@
+"""Every private part of aiortc 1.16 (and aioice) the packet path uses, in one place.
+
+aiortc runs ICE, DTLS, SRTP and the signaling of each peer connection; the node forwards RTP
+itself. aiortc has no public API for that, so this module reaches into its private parts and
+:func:`check_aiortc` proves, when a node starts and in ``tests/media/test_aiortc_hooks.py``,
+that each one is still there, so that an upgrade fails loudly instead of forwarding nothing:
+
+- receiving: ``StunProtocol.datagram_received`` on each of the connection's sockets
+  (``Connection._protocols``), with ``RTCDtlsTransport._rx_srtp`` to unprotect, so RTP never
+  takes aioice's queue, aiortc's receive task or its jitter buffer; until DTLS is up, and for
+  anything the socket hook does not take, ``RTCDtlsTransport._handle_rtp_data``;
+- sending: ``RTCDtlsTransport._tx_srtp`` to protect and the nominated pair
+  (``Connection._nominated``) to send on, with no task or await;
+- RTCP in: ``RTCRtpSender._handle_rtcp_packet`` (a subscriber's NACK, PLI, FIR, REMB, RR) and
+  ``RTCRtpReceiver._handle_rtcp_packet`` (a publisher's SR);
+- the idle sender: ``RTCRtpSender._run_rtp`` and ``_run_rtcp`` replaced by waits that set
+  the sender's private start/exit events, so ``stop()`` still works;
+- negotiated terms: ``RTCRtpTransceiver._codecs`` and ``_headerExtensions``; the SSRCs
+  ``RTCRtpSender._ssrc``, ``_rtx_ssrc``, ``RTCRtpReceiver.__rtcp_ssrc`` and the CNAME.
+"""
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+import aioice.ice
+import aiortc
+import pylibsrtp
+from aiortc import (
+    RTCDtlsTransport,
+    RTCPeerConnection,
+    RTCRtpCodecParameters,
+    RTCRtpReceiver,
+    RTCRtpSender,
+    RTCRtpTransceiver,
+)
+from aiortc.codecs import is_rtx
+from aiortc.rtp import AnyRtcpPacket
+
+from services.media.rtp import is_rtcp
+
+AIORTC_VERSION = "1.16.0"
+"""The aiortc release whose private parts this module relies on (pinned in pyproject)."""
+
+RtpSink = Callable[[bytes, float], None]
+"""Takes a decrypted RTP packet and its arrival (``time.monotonic()``)."""
+RtcpHandler = Callable[[AnyRtcpPacket], Coroutine[Any, Any, None]]
+
+CLASS_ATTRIBUTES: tuple[tuple[type, str], ...] = (
+    (RTCDtlsTransport, "_handle_rtp_data"),
+    (RTCDtlsTransport, "_handle_rtcp_data"),
+    (RTCRtpSender, "_handle_rtcp_packet"),
+    (RTCRtpSender, "_run_rtp"),
+    (RTCRtpSender, "_run_rtcp"),
+    (RTCRtpReceiver, "_handle_rtcp_packet"),
+    (aioice.ice.StunProtocol, "datagram_received"),
+)
+"""Methods replaced per object or called: each must exist on its class."""
+INSTANCE_ATTRIBUTES: tuple[tuple[str, str], ...] = (
+    ("dtls", "_rx_srtp"),
+    ("dtls", "_tx_srtp"),
+    ("dtls", "transport"),
+    ("ice", "_connection"),
+    ("connection", "_nominated"),
+    ("connection", "_protocols"),
+    ("sender", "_ssrc"),
+    ("sender", "_rtx_ssrc"),
+    ("sender", "_RTCRtpSender__cname"),
+    ("sender", "_RTCRtpSender__rtp_started"),
+    ("sender", "_RTCRtpSender__rtp_exited"),
+    ("sender", "_RTCRtpSender__rtcp_started"),
+    ("sender", "_RTCRtpSender__rtcp_exited"),
+    ("receiver", "_RTCRtpReceiver__rtcp_ssrc"),
+    ("transceiver", "_codecs"),
+    ("transceiver", "_headerExtensions"),
+)
+"""Attributes aiortc sets in ``__init__``, read on live objects (object, attribute)."""
+
+
+class IncompatibleAiortc(RuntimeError):
+    """The installed aiortc is not the one the packet path was written for."""
+
+
+def check_aiortc() -> None:
+    """Fail at start, with the reason, if a hook would not hold (needs a running loop)."""
+    if aiortc.__version__ != AIORTC_VERSION:
+        raise IncompatibleAiortc(
+            f"aiortc {aiortc.__version__} is installed; the media node forwards RTP through "
+            f"private parts of aiortc {AIORTC_VERSION} only (see services/media/aiortc_hooks.py)"
+        )
+    for owner, name in CLASS_ATTRIBUTES:
+        if not callable(getattr(owner, name, None)):
+            raise IncompatibleAiortc(f"aiortc has no {owner.__name__}.{name}")
+    pc = RTCPeerConnection()
+    transceiver = pc.addTransceiver("video", direction="sendonly")
+    dtls = transceiver.sender.transport
+    objects: dict[str, Any] = {
+        "dtls": dtls,
+        "ice": dtls.transport,
+        "connection": getattr(dtls.transport, "_connection", None),
+        "sender": transceiver.sender,
+        "receiver": transceiver.receiver,
+        "transceiver": transceiver,
+    }
+    for owner_name, name in INSTANCE_ATTRIBUTES:
+        owner = objects[owner_name]
+        if owner is None or not hasattr(owner, name):
+            raise IncompatibleAiortc(f"aiortc's {owner_name} object has no attribute {name}")
+
+
+# -- terms a transceiver negotiated ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Negotiated:
+    """What one m-line uses for sending or receiving, after an answer."""
+
+    mid: str
+    codecs: dict[int, RTCRtpCodecParameters]
+    """Media codecs by payload type (not RTX)."""
+    rtx: dict[int, int]
+    """RTX payload type -> the payload type it repairs."""
+    extensions: dict[str, int]
+    """Header extension URI -> id."""
+
+    def payload_type(self, mime_type: str) -> int | None:
+        return next((pt for pt, c in self.codecs.items() if c.mimeType.lower() == mime_type), None)
+
+    def rtx_for(self, payload_type: int) -> int | None:
+        return next((rtx for rtx, apt in self.rtx.items() if apt == payload_type), None)
+
+    def feedback(self, payload_type: int, kind: str) -> bool:
+        """Whether the codec was negotiated with this RTCP feedback (e.g. ``nack``)."""
+        codec = self.codecs.get(payload_type)
+        return codec is not None and any(
+            f.type == kind and not f.parameter for f in codec.rtcpFeedback
+        )
+
+
+def negotiated(transceiver: RTCRtpTransceiver) -> Negotiated | None:
+    """The transceiver's negotiated terms; None before it has any."""
+    codecs: list[RTCRtpCodecParameters] = transceiver._codecs
+    if transceiver.mid is None or not codecs:
+        return None
+    media: dict[int, RTCRtpCodecParameters] = {}
+    rtx: dict[int, int] = {}
+    for codec in codecs:
+        if codec.payloadType is None:
+            continue
+        if is_rtx(codec):
+            apt = codec.parameters.get("apt")
+            if isinstance(apt, int):
+                rtx[codec.payloadType] = apt
+        else:
+            media[codec.payloadType] = codec
+    extensions = {x.uri: x.id for x in transceiver._headerExtensions}
+    return Negotiated(transceiver.mid, media, rtx, extensions)
+
+
+def sender_ssrcs(sender: RTCRtpSender) -> tuple[int, int]:
+    """The media and RTX SSRCs aiortc announced for ``sender`` in the SDP."""
+    return sender._ssrc, sender._rtx_ssrc
+
+
+def sender_cname(sender: RTCRtpSender) -> str:
+    cname: str | None = sender._RTCRtpSender__cname  # type: ignore[attr-defined]
+    return cname or ""
+
+
+def receiver_ssrc(receiver: RTCRtpReceiver) -> int | None:
+    """The SSRC the node's RTCP about ``receiver``'s stream goes out under."""
+    ssrc: int | None = receiver._RTCRtpReceiver__rtcp_ssrc  # type: ignore[attr-defined]
+    return ssrc
+
+
+# -- the idle sender ------------------------------------------------------------------------
+
+
+def idle_sender(sender: RTCRtpSender) -> None:
+    """Keep aiortc's own RTP and RTCP loops of ``sender`` from running: the node sends its
+    packets and its sender reports itself. ``stop()`` still finds the events it waits for."""
+
+    async def idle(started: str, exited: str) -> None:
+        getattr(sender, started).set()
+        try:
+            await asyncio.get_running_loop().create_future()
+        except asyncio.CancelledError:
+            pass
+        finally:
+            getattr(sender, exited).set()
+
+    async def run_rtp(codec: RTCRtpCodecParameters) -> None:
+        await idle("_RTCRtpSender__rtp_started", "_RTCRtpSender__rtp_exited")
+
+    async def run_rtcp() -> None:
+        await idle("_RTCRtpSender__rtcp_started", "_RTCRtpSender__rtcp_exited")
+
+    sender._run_rtp = run_rtp  # type: ignore[method-assign]
+    sender._run_rtcp = run_rtcp  # type: ignore[method-assign]
+
+
+def on_sender_rtcp(sender: RTCRtpSender, handler: RtcpHandler) -> None:
+    """RTCP about what ``sender`` sends (NACK, PLI, FIR, REMB, RR) goes to ``handler``."""
+    sender._handle_rtcp_packet = handler  # type: ignore[method-assign,assignment]
+
+
+def on_receiver_rtcp(receiver: RTCRtpReceiver, handler: RtcpHandler) -> None:
+    """RTCP about what ``receiver`` gets (the publisher's SR, BYE) goes to ``handler``."""
+    receiver._handle_rtcp_packet = handler  # type: ignore[method-assign,assignment]
+
+
+# -- the wire -------------------------------------------------------------------------------
+
+
+class Wire:
+    """One peer connection's socket side: decrypted RTP in, protected RTP and RTCP out.
+
+    Built when the connection is up (DTLS done). ``open`` turns False for good when the
+    connection closes: nothing is sent on, or taken from, a closed connection.
+    """
+
+    def __init__(self, pc: RTCPeerConnection, receive: RtpSink) -> None:
+        transceiver = pc.getTransceivers()[0]
+        self._dtls: RTCDtlsTransport = transceiver.receiver.transport
+        self._receive = receive
+        self._hooked: list[tuple[Any, Any]] = []
+        self.open = True
+        self.sent = 0
+        self.unprotect_failures = 0
+        self._tx: pylibsrtp.Session = self._dtls._tx_srtp
+        self._rx: pylibsrtp.Session = self._dtls._rx_srtp
+        self._connection: aioice.Connection = self._dtls.transport._connection
+        self._sendto: Callable[[bytes, Any], None] | None = None
+        self._address: Any = None
+        self.refresh()
+        self._take_over_receiving()
+
+    def refresh(self) -> None:
+        """Send on the connection's nominated pair (it may change after a consent failure)."""
+        pair = self._connection._nominated.get(1)
+        if pair is None:
+            self._sendto = None
+            return
+        protocol = pair.protocol
+        if isinstance(protocol, aioice.ice.StunProtocol):
+            self._sendto = protocol.transport.sendto
+        else:  # a TURN allocation of the node's: aioice's own (async) way
+            self._sendto = _scheduled(protocol.send_data)
+        self._address = pair.remote_addr
+
+    def send_rtp(self, packet: bytes) -> None:
+        if self.open and self._sendto is not None:
+            self._sendto(self._tx.protect(packet), self._address)
+            self.sent += 1
+
+    def send_rtcp(self, packet: bytes) -> None:
+        if self.open and self._sendto is not None:
+            self._sendto(self._tx.protect_rtcp(packet), self._address)
+
+    def close(self) -> None:
+        self.open = False
+        for protocol, original in self._hooked:
+            protocol.datagram_received = original
+        self._hooked.clear()
+
+    def _take_over_receiving(self) -> None:
+        for protocol in list(self._connection._protocols):
+            if isinstance(protocol, aioice.ice.StunProtocol) and protocol not in dict(self._hooked):
+                original = protocol.datagram_received
+                protocol.datagram_received = self._datagram(original)  # type: ignore[method-assign,assignment]
+                self._hooked.append((protocol, original))
+
+    def _datagram(self, original: Callable[[bytes, Any], None]) -> Callable[[bytes, Any], None]:
+        rx = self._rx
+        receive = self._receive
+        monotonic = time.monotonic
+
+        def datagram_received(data: bytes, addr: Any) -> None:
+            # SRTP (first byte 128-191) that is not SRTCP: ours; DTLS, STUN, RTCP: aiortc's.
+            if self.open and 127 < data[0] < 192 and not 191 < data[1] < 224:
+                try:
+                    plain = rx.unprotect(data)
+                except pylibsrtp.Error:
+                    self.unprotect_failures += 1
+                    return
+                receive(plain, monotonic())
+                return
+            original(data, addr)
+
+        return datagram_received
+
+
+def on_rtp(pc: RTCPeerConnection, receive: RtpSink) -> None:
+    """Decrypted RTP that reaches aiortc's DTLS transport (before the :class:`Wire` takes the
+    sockets over, or through a TURN relay) goes to ``receive`` instead of aiortc's receivers."""
+    transceivers = pc.getTransceivers()
+    if not transceivers:
+        return
+    dtls = transceivers[0].receiver.transport
+
+    async def handle_rtp_data(data: bytes, arrival_time_ms: int) -> None:
+        if not is_rtcp(data):
+            receive(data, time.monotonic())
+
+    dtls._handle_rtp_data = handle_rtp_data  # type: ignore[method-assign]
+
+
+def _scheduled(send: Callable[[bytes, Any], Awaitable[None]]) -> Callable[[bytes, Any], None]:
+    pending: set[asyncio.Task[None]] = set()
+
+    def sendto(data: bytes, address: Any) -> None:
+        task = asyncio.ensure_future(send(data, address))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    return sendto
