@@ -91,7 +91,7 @@ def check_aiortc() -> None:
             f"private parts of aiortc {AIORTC_VERSION} only (see services/media/aiortc_hooks.py)"
         )
     for owner, name in CLASS_ATTRIBUTES:
-        if not callable(getattr(owner, name, None)):
+        if not callable(vars(owner).get(name)):  # its own, not one a base class has
             raise IncompatibleAiortc(f"aiortc has no {owner.__name__}.{name}")
     pc = RTCPeerConnection()
     transceiver = pc.addTransceiver("video", direction="sendonly")

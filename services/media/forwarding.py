@@ -21,8 +21,8 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from services.media.aiortc_hooks import Wire
 from services.media.keyframes import KeyframeTest
 from services.media.receiving import ReceiveStats, newer
 from services.media.rtp import (
@@ -48,6 +48,14 @@ NTP_EPOCH_OFFSET = 2208988800
 _epochs = itertools.count(1)
 
 RequestKeyframe = Callable[[], None]
+
+
+class PacketSink(Protocol):
+    """Where a subscriber's copies go: its connection's :class:`~aiortc_hooks.Wire`."""
+
+    def send_rtp(self, packet: bytes) -> None: ...
+
+
 RecordPacket = Callable[[bytes, bool, float], None]
 
 
@@ -129,7 +137,7 @@ class Downstream:
     clock_rate: int
     ssrc: int
     rtx_ssrc: int
-    wire: Wire
+    wire: PacketSink
     upstream: Upstream | None = None
     payload_type: int = 0
     rtx_payload_type: int | None = None

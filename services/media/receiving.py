@@ -4,6 +4,7 @@ No jitter buffer and no reordering: packets are forwarded as they come. This onl
 (RFC 3550 appendix A.1 and A.8) and remembers which sequence numbers are missing.
 """
 
+import math
 from dataclasses import dataclass, field
 
 MISSING_TRACKED = 128
@@ -47,7 +48,7 @@ class ReceiveStats:
             step = (sequence - self.highest) & 0xFFFF
             if 1 < step <= MISSING_TRACKED:
                 for lost in range(self.highest + 1, self.highest + step):
-                    self.missing[lost & 0xFFFF] = (0.0, 0)
+                    self.missing[lost & 0xFFFF] = (-math.inf, 0)
                 gap = True
             self.highest = sequence
             transit = int(now * self.clock_rate) - timestamp

@@ -52,7 +52,7 @@ from aiortc.sdp import candidate_from_sdp
 
 from contracts.media import MediaSignal, MediaStream, SignalKind
 from contracts.signaling import CallRole
-from services.media import aiortc_hooks
+from services.media import aiortc_hooks, metrics
 from services.media.aiortc_hooks import RtcpHandler, Wire
 from services.media.config import MediaSettings
 from services.media.forwarding import NTP_EPOCH_OFFSET, Downstream, Upstream
@@ -214,6 +214,9 @@ class Sfu:
         self.rooms: dict[UUID, MediaRoom] = {}
         self.relay = MediaRelay() if settings.forwarding == "transcode" else None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closed_counts: dict[str, int] = {}
+        """What connections that have closed counted (see :meth:`counters`)."""
+        metrics.packet_path.sfus.add(self)
 
     def configuration(self) -> RTCConfiguration:
         servers = [
@@ -661,13 +664,14 @@ class Sfu:
             room.recorder.remove(str(member.participant_id))
         with contextlib.suppress(Exception):
             await member.pc.close()
+        counts = _counts(member)
+        for name, value in counts.items():
+            self._closed_counts[name] = self._closed_counts.get(name, 0) + value
         log.info(
             "media connection closed",
             participant_id=str(member.participant_id),
             reason=reason,
-            packets_in=sum(p.upstream.received for p in member.publications if p.upstream),
-            packets_out=member.wire.sent if member.wire is not None else 0,
-            resent=sum(o.downstream.resends for o in member.outgoing if o.downstream),
+            **counts,
         )
         if reason is not None:
             bye = MediaSignal(
@@ -797,27 +801,19 @@ class Sfu:
     # -- plumbing -----------------------------------------------------------------------------
 
     def counters(self) -> dict[str, int]:
-        """What the packet path did so far, for the metrics."""
-        received = sent = resent = malformed = forwards = 0
+        """What the packet path did since the node started (``forwards``: open now)."""
+        totals = dict(self._closed_counts)
         for room in self.rooms.values():
             for member in room.members.values():
-                malformed += member.malformed
-                if member.wire is not None:
-                    sent += member.wire.sent
-                for publication in member.publications:
-                    if publication.upstream is not None:
-                        received += publication.upstream.received
-                        forwards += len(publication.upstream.downstreams)
-                for outgoing in member.outgoing:
-                    if outgoing.downstream is not None:
-                        resent += outgoing.downstream.resends
-        return {
-            "received": received,
-            "sent": sent,
-            "resent": resent,
-            "malformed": malformed,
-            "forwards": forwards,
-        }
+                for name, value in _counts(member).items():
+                    totals[name] = totals.get(name, 0) + value
+        totals["forwards"] = sum(
+            len(p.upstream.downstreams)
+            for room in self.rooms.values()
+            for p in room.publications()
+            if p.upstream is not None
+        )
+        return totals
 
     def _spawn(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)
@@ -836,6 +832,16 @@ class Sfu:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _counts(member: Member) -> dict[str, int]:
+    """What one connection's packet path counted."""
+    return {
+        "received": sum(p.upstream.received for p in member.publications if p.upstream),
+        "sent": member.wire.sent if member.wire is not None else 0,
+        "resent": sum(o.downstream.resends for o in member.outgoing if o.downstream),
+        "malformed": member.malformed,
+    }
 
 
 def _hold(upstream: Upstream) -> None:

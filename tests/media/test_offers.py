@@ -100,3 +100,20 @@ async def test_a_peer_accepts_the_rewritten_offer_and_answers_in_the_same_terms(
 def test_an_offer_that_cannot_be_read_is_refused_before_anything_starts() -> None:
     with pytest.raises(Exception):  # noqa: B017, PT011 - aiortc's parser raises many kinds
         Terms("m=video 9 UDP/TLS/RTP/SAVPF not-a-number\r\n")
+
+
+def test_the_node_asks_for_opus_dtx_in_what_it_sends() -> None:
+    from services.media.offers import with_opus_dtx
+
+    with_fmtp = (
+        "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n"
+        "a=fmtp:111 minptime=10;useinbandfec=1\r\n"
+    )
+    assert "a=fmtp:111 minptime=10;useinbandfec=1;usedtx=1" in with_opus_dtx(with_fmtp)
+    without = (
+        "m=audio 9 UDP/TLS/RTP/SAVPF 96 0\r\na=rtpmap:96 opus/48000/2\r\na=rtpmap:0 PCMU/8000\r\n"
+    )
+    rewritten = with_opus_dtx(without)
+    assert "a=rtpmap:96 opus/48000/2\r\na=fmtp:96 usedtx=1\r\n" in rewritten
+    assert "a=fmtp:0" not in rewritten
+    assert with_opus_dtx(with_opus_dtx(with_fmtp)) == with_opus_dtx(with_fmtp)
