@@ -12,10 +12,31 @@ reports one JSON object a line on stdout (errors go to stderr):
 - ``first_frame``: its first decoded frame, or its first keyframe when not decoding:
   ``after_s`` the track appeared and ``since_join_s`` the first offer was made;
 - ``stats`` every ``report_every_s``, and ``done`` at the end (with ``ended``: ``node``,
-  ``signal`` or ``duration``): ``tracks`` by mid (``kind``, ``participant_id``, ``frames``,
-  ``keyframes`` (null for video it decodes: aiortc's VP8 decoder does not mark keyframes),
-  ``first_frame_s``), ``decode_errors``, ``renegotiations``, ``failed_renegotiations``,
-  ``connection_state``;
+  ``signal`` or ``duration``):
+
+  - ``tracks`` by mid, each with ``kind`` and ``participant_id``, and
+
+    - frames: ``frames`` (decoded, or complete encoded frames when not decoding),
+      ``keyframes`` (null for video it decodes: aiortc's decoders do not mark keyframes),
+      ``first_frame_s`` and ``last_frame_s_ago`` (null before the first frame: a track whose
+      frames stopped shows it growing);
+    - RTP as it reached aiortc's receiver, before its jitter buffer: ``packets`` (on the
+      media SSRCs, so plain retransmissions but not RTX; not those dropped on purpose),
+      ``gaps`` (forward jumps in a media SSRC's sequence numbers that skip more than the
+      packets dropped on purpose: a stream paused and resumed without renumbering shows
+      one), ``audio_level`` (audio: the latest ssrc-audio-level, ``[voice_activity,
+      level]``; null when none came);
+    - RTCP sender reports: ``sender_reports`` (how many) and ``last_sr`` (``ssrc``,
+      ``ntp_timestamp``, ``rtp_timestamp``, ``packet_count``, ``octet_count`` as sent, and
+      ``arrived``, this process's ``time.monotonic()`` when it came; null before the first);
+    - loss and repair (video): ``dropped_on_purpose``, ``nacks_sent`` (RTCP generic NACK
+      packets aiortc sent), ``retransmissions_received`` (RTX packets aiortc restored),
+      ``rtx_discarded`` (RTX packets it could not: an SSRC the node did not announce) and
+      ``recovered`` (dropped sequence numbers that came again, as RTX or as themselves);
+
+  - ``dropped_on_purpose``, ``nacks_sent``, ``retransmissions_received`` and ``recovered``
+    over all tracks, ``decode_errors``, ``renegotiations``, ``failed_renegotiations``,
+    ``connection_state``;
 - ``refused`` (``reason``, ``message``; exit code 3): the node refused the first offer;
 - ``bye`` (``reason``, ``message``): the node ended the connection; ``done`` follows, and
   exit code 0.
@@ -29,49 +50,83 @@ own encoders; ``loop`` encodes four seconds of them once at start and sends thos
 over and over (aiortc only packetizes, so a publisher costs little CPU), a keyframe on request
 and at every restart; ``big`` loops noise at ``video_bitrate`` (8 Mbit/s unless set), far
 above what a node should forward.
+
+Video is VP8, or H.264 with ``video_codec: "h264"`` (a loop: libx264, constrained baseline,
+Annex B; live: aiortc's encoder); the first offer carries only that codec (H.264 with
+packetization-mode=1) and its RTX. With ``rtx: false`` it leaves RTX out of the first offer
+and of every answer, so a lost packet can only come again as itself.
+
+Audio is Opus, and every audio packet carries the ssrc-audio-level header extension (RFC
+6464), whichever the source. While the person speaks (``speaking``: ``[start_s, end_s)``
+intervals since joining; null, the default, is all the time) it says voice activity at
+``voice_level`` (-dBov, 0 the loudest; 20 unless set); in between, no voice activity at 127
+(silence), and the audio is silence: libopus's 3-byte silence frames for a loop, silent
+samples live.
+
+With ``drop_video_every: N`` it throws away every N-th new packet of each received video
+stream (from its second packet on; never a retransmission, nor RTX) as it comes off the
+network, before SRTP as a lossy network would: aiortc NACKs the gap, and the node should send
+the packet again (as RTX when negotiated).
 """
 
-import array
 import asyncio
 import contextlib
-import fractions
 import json
 import logging
-import math
 import os
 import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 from uuid import UUID
 
-import av
 import nats
 from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
+    RTCDtlsTransport,
     RTCPeerConnection,
     RTCRtpSender,
     RTCRtpTransceiver,
     RTCSessionDescription,
 )
+from aiortc.codecs.base import Encoder
+from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
-from aiortc.mediastreams import (
-    VIDEO_CLOCK_RATE,
-    VIDEO_TIME_BASE,
-    AudioStreamTrack,
-    MediaStreamError,
-    VideoStreamTrack,
-)
-from av.stream import Stream
-from av.video.frame import PictureType
+from aiortc.mediastreams import MediaStreamError
+from aiortc.rtp import AnyRtcpPacket, RtcpSrPacket, is_rtcp
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from antechamber.peer_hooks import (
+    Arrival,
+    EncodedFrame,
+    check_aiortc,
+    filter_datagrams,
+    leave_out_rtx,
+    on_keyframe_request,
+    stamp_audio_level,
+    start_encoder_at,
+    tap_receiver,
+    watch_receiver,
+)
+from antechamber.peer_media import (
+    LOOP_SECONDS,
+    VIDEO_MIME_TYPES,
+    Kind,
+    LoopTrack,
+    Picture,
+    PictureTrack,
+    Speech,
+    ToneTrack,
+    VideoCodec,
+    audio_loop,
+    video_loop,
+)
 from contracts.media import (
     MediaSignal,
     MediaSignalReply,
@@ -81,19 +136,19 @@ from contracts.media import (
     signal_subject,
 )
 from runtime.settings import nats_servers
-from services.media.passthrough import EncodedFrame, on_keyframe_request, tap_receiver
 
 logger = logging.getLogger(__name__)
 
-Kind = Literal["audio", "video"]
 REFUSED_EXIT = 3
-LOOP_SECONDS = 4
 BIG_LOOP_SECONDS = 1  # libvpx takes ~50 ms to encode a frame of noise; a second is enough
-SAMPLE_RATE = 48_000
-SAMPLES_PER_FRAME = 960  # 20 ms, as aiortc packetizes Opus
 DEFAULT_BITRATE = {"loop": 300_000, "big": 8_000_000}
 SIGNAL_TIMEOUT_S = 10.0
 BYE_TIMEOUT_S = 2.0
+AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
+LIVE_ENCODERS: dict[VideoCodec, type[Vp8Encoder] | type[H264Encoder]] = {
+    "vp8": Vp8Encoder,
+    "h264": H264Encoder,
+}
 
 
 class PeerConfig(BaseModel):
@@ -108,6 +163,12 @@ class PeerConfig(BaseModel):
     participant_token: str
     publish: list[Kind] = ["audio", "video"]
     source: Literal["live", "loop", "big"] = "live"
+    video_codec: VideoCodec = "vp8"
+    rtx: bool = Field(
+        default=True,
+        description="Offer (and answer) RTX for video; without it a lost packet can only be "
+        "sent again as itself.",
+    )
     decode: bool = True
     width: int = Field(default=320, ge=16, le=3840)
     height: int = Field(default=240, ge=16, le=2160)
@@ -115,9 +176,26 @@ class PeerConfig(BaseModel):
     video_bitrate: int | None = Field(
         default=None,
         gt=0,
-        description="Bits per second: live starts aiortc's encoder there (it keeps it within "
-        "250 kbit/s and 1.5 Mbit/s, and follows the node's REMB); loop defaults to 300 kbit/s "
-        "and big to 8 Mbit/s.",
+        description="Bits per second: live starts aiortc's encoder there (it keeps VP8 within "
+        "250 kbit/s and 1.5 Mbit/s and H.264 within 500 kbit/s and 3 Mbit/s, and follows the "
+        "node's REMB); loop defaults to 300 kbit/s and big to 8 Mbit/s.",
+    )
+    speaking: list[tuple[float, float]] | None = Field(
+        default=None,
+        description="When the person speaks: [start_s, end_s) intervals since joining; None "
+        "is all the time. In between, its audio is silence, marked so.",
+    )
+    voice_level: int = Field(
+        default=20,
+        ge=0,
+        le=127,
+        description="The ssrc-audio-level while speaking, in -dBov (0 the loudest).",
+    )
+    drop_video_every: int | None = Field(
+        default=None,
+        ge=2,
+        description="Throw away every N-th new packet of each received video stream as it "
+        "comes off the network, so that aiortc NACKs it.",
     )
     duration_s: float | None = Field(default=None, gt=0)
     report_every_s: float = Field(default=1.0, gt=0)
@@ -129,6 +207,9 @@ class PeerConfig(BaseModel):
             raise ValueError("width and height must be even (4:2:0 video)")
         if len(set(self.publish)) != len(self.publish):
             raise ValueError("publish lists a kind twice")
+        for start, end in self.speaking or []:
+            if not 0 <= start < end:
+                raise ValueError(f"speaking interval [{start}, {end}) is empty or negative")
         return self
 
     @property
@@ -139,269 +220,209 @@ class PeerConfig(BaseModel):
 # --- What it publishes ----------------------------------------------------------------------
 
 
-class Pacer:
-    """Sleeps until the n-th tick of a fixed period after the first, so frames keep time."""
-
-    def __init__(self, period_s: float) -> None:
-        self._period_s = period_s
-        self._start: float | None = None
-        self._ticks = 0
-
-    async def tick(self) -> int:
-        if self._start is None:
-            self._start = time.monotonic()
-        else:
-            self._ticks += 1
-            await asyncio.sleep(self._start + self._ticks * self._period_s - time.monotonic())
-        return self._ticks
-
-
-class Picture:
-    """A moving picture: diagonal stripes sliding along, crossed by a band of noise.
-
-    The noise makes an encoder spend its whole bitrate, as a camera would; with ``noise_only``
-    every pixel is noise, which no bitrate is enough for.
-    """
-
-    def __init__(self, width: int, height: int, noise_only: bool = False) -> None:
-        self.width = width
-        self.height = height
-        self._noise_only = noise_only
-        self._ramp = bytes(i * 3 & 0xFF for i in range(width + height + 256))
-        self._band = max(2, height // 8)
-
-    def frame(self, n: int) -> av.VideoFrame:
-        frame = av.VideoFrame(self.width, self.height, "yuv420p")
-        luma, *chroma = frame.planes
-        if self._noise_only:
-            for plane in frame.planes:
-                plane.update(os.urandom(plane.buffer_size))
-            return frame
-        offsets = ((row + 4 * n) % 256 for row in range(self.height))
-        rows = [self._ramp[offset : offset + self.width] for offset in offsets]
-        top = 4 * n % (self.height - self._band)
-        rows[top : top + self._band] = [os.urandom(self.width) for _ in range(self._band)]
-        padding = bytes(luma.line_size - self.width)
-        luma.update(padding.join(rows) + padding)
-        for i, plane in enumerate(chroma):
-            plane.update(bytes([(2 * n + 90 * i) & 0xFF]) * plane.buffer_size)
-        return frame
-
-
-def tone_second(frequency: int = 440) -> bytes:
-    """One second of a sine tone, s16 stereo at 48 kHz (whole cycles, so it loops cleanly)."""
-    samples = array.array("h")
-    for i in range(SAMPLE_RATE):
-        value = int(0.3 * 32767 * math.sin(2 * math.pi * frequency * i / SAMPLE_RATE))
-        samples.extend((value, value))
-    return samples.tobytes()
-
-
-def tone_frame(tone: bytes, n: int) -> av.AudioFrame:
-    """The n-th 20 ms of ``tone``, repeating."""
-    frame = av.AudioFrame(format="s16", layout="stereo", samples=SAMPLES_PER_FRAME)
-    size = frame.planes[0].buffer_size
-    start = n * size % len(tone)
-    frame.planes[0].update(tone[start : start + size])
-    frame.sample_rate = SAMPLE_RATE
-    frame.pts = n * SAMPLES_PER_FRAME
-    frame.time_base = fractions.Fraction(1, SAMPLE_RATE)
-    return frame
-
-
-class PictureTrack(VideoStreamTrack):
-    """:class:`Picture` frames at ``fps``, for aiortc to encode."""
-
-    def __init__(self, picture: Picture, fps: int) -> None:
-        super().__init__()
-        self._picture = picture
-        self._fps = fps
-        self._pacer = Pacer(1 / fps)
-
-    async def recv(self) -> av.VideoFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
-        n = await self._pacer.tick()
-        frame = self._picture.frame(n)
-        frame.pts = n * VIDEO_CLOCK_RATE // self._fps
-        frame.time_base = VIDEO_TIME_BASE
-        return frame
-
-
-class ToneTrack(AudioStreamTrack):
-    """A 440 Hz tone in 20 ms frames, for aiortc to encode."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._tone = tone_second()
-        self._pacer = Pacer(SAMPLES_PER_FRAME / SAMPLE_RATE)
-
-    async def recv(self) -> av.AudioFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
-        return tone_frame(self._tone, await self._pacer.tick())
-
-
-@dataclass(frozen=True, slots=True)
-class EncodedLoop:
-    """Encoded frames to send over and over, ``per_second`` of them.
-
-    ``frames[0]`` decodes on its own; ``keyframes``, for video, holds every frame encoded
-    again as a keyframe, to answer a keyframe request without a reference to the frames before.
-    """
-
-    kind: Kind
-    clock_rate: int
-    per_second: int
-    frames: tuple[bytes, ...]
-    keyframes: tuple[bytes, ...] = ()
-
-    def __post_init__(self) -> None:
-        if not self.frames:
-            raise ValueError("an encoded loop needs frames")
-        if self.keyframes and len(self.keyframes) != len(self.frames):
-            raise ValueError(f"{len(self.keyframes)} keyframes for {len(self.frames)} frames")
-
-
-def encode_vp8(
-    frames: Sequence[av.VideoFrame], fps: int, bitrate: int, keyframes: bool
-) -> list[bytes]:
-    """``frames`` encoded with libvpx at a constant ``bitrate``: one keyframe and deltas, or
-    every frame a keyframe."""
-    codec = av.CodecContext.create("libvpx", "w")
-    assert isinstance(codec, av.VideoCodecContext)
-    codec.width = frames[0].width
-    codec.height = frames[0].height
-    codec.pix_fmt = "yuv420p"
-    codec.bit_rate = bitrate
-    codec.time_base = fractions.Fraction(1, fps)
-    codec.framerate = fractions.Fraction(fps, 1)
-    codec.gop_size = 1 if keyframes else 1_000_000
-    codec.options = {
-        "deadline": "realtime",
-        "cpu-used": "8",
-        "lag-in-frames": "0",  # one packet per frame, in order
-        "minrate": str(bitrate),
-        "maxrate": str(bitrate),
-        "bufsize": str(bitrate),
-    }
-    packets: list[bytes] = []
-    for n, frame in enumerate(frames):
-        frame.pts = n
-        frame.time_base = codec.time_base
-        frame.pict_type = PictureType.I if keyframes else PictureType.NONE
-        packets.extend(bytes(packet) for packet in codec.encode(frame))
-    packets.extend(bytes(packet) for packet in codec.encode(None))
-    if len(packets) != len(frames):
-        raise RuntimeError(f"libvpx gave {len(packets)} packets for {len(frames)} frames")
-    return packets
-
-
-def video_loop(
-    picture: Picture, fps: int, bitrate: int, seconds: int = LOOP_SECONDS
-) -> EncodedLoop:
-    frames = [picture.frame(n) for n in range(seconds * fps)]
-    return EncodedLoop(
-        kind="video",
-        clock_rate=VIDEO_CLOCK_RATE,
-        per_second=fps,
-        frames=tuple(encode_vp8(frames, fps, bitrate, keyframes=False)),
-        keyframes=tuple(encode_vp8(frames, fps, bitrate, keyframes=True)),
-    )
-
-
-def audio_loop() -> EncodedLoop:
-    """The tone encoded with libopus, 20 ms a packet."""
-    codec = av.CodecContext.create("libopus", "w")
-    assert isinstance(codec, av.AudioCodecContext)
-    codec.sample_rate = SAMPLE_RATE
-    codec.layout = "stereo"
-    codec.format = "s16"
-    codec.bit_rate = 48_000
-    codec.time_base = fractions.Fraction(1, SAMPLE_RATE)
-    codec.options = {"application": "voip"}
-    tone = tone_second()
-    packets: list[bytes] = []
-    count = LOOP_SECONDS * SAMPLE_RATE // SAMPLES_PER_FRAME
-    for n in range(count):
-        packets.extend(bytes(packet) for packet in codec.encode(tone_frame(tone, n)))
-    packets.extend(bytes(packet) for packet in codec.encode(None))
-    return EncodedLoop(
-        kind="audio",
-        clock_rate=SAMPLE_RATE,
-        per_second=SAMPLE_RATE // SAMPLES_PER_FRAME,
-        frames=tuple(packets[:count]),  # the encoder's flush adds one beyond the tone
-    )
-
-
-class LoopTrack(MediaStreamTrack):
-    """An :class:`EncodedLoop` as :class:`av.Packet`s, which aiortc sends without encoding."""
-
-    def __init__(self, loop: EncodedLoop) -> None:
-        super().__init__()
-        self.kind = loop.kind
-        self._encoded = loop
-        self._pacer = Pacer(1 / loop.per_second)
-        self._keyframe_wanted = False
-
-    def want_keyframe(self) -> None:
-        self._keyframe_wanted = True
-
-    async def recv(self) -> "av.Packet[Stream]":
-        if self.readyState != "live":
-            raise MediaStreamError
-        n = await self._pacer.tick()
-        index = n % len(self._encoded.frames)
-        data = self._encoded.frames[index]
-        if self._keyframe_wanted and self._encoded.keyframes:
-            data = self._encoded.keyframes[index]
-            self._keyframe_wanted = False
-        packet = av.Packet(data)
-        packet.pts = packet.dts = n * self._encoded.clock_rate // self._encoded.per_second
-        packet.time_base = fractions.Fraction(1, self._encoded.clock_rate)
-        return packet
-
-
-def synthetic_tracks(config: PeerConfig) -> dict[str, MediaStreamTrack]:
+def synthetic_tracks(config: PeerConfig, speech: Speech) -> dict[str, MediaStreamTrack]:
     """The tracks ``config`` publishes, by kind (a loop is encoded here, before joining)."""
     tracks: dict[str, MediaStreamTrack] = {}
     picture = Picture(config.width, config.height, noise_only=config.source == "big")
     for kind in config.publish:
         if config.source == "live":
-            tracks[kind] = PictureTrack(picture, config.fps) if kind == "video" else ToneTrack()
+            tracks[kind] = (
+                PictureTrack(picture, config.fps) if kind == "video" else ToneTrack(speech)
+            )
         elif kind == "video":
             seconds = BIG_LOOP_SECONDS if config.source == "big" else LOOP_SECONDS
-            loop = video_loop(picture, config.fps, config.loop_bitrate, seconds)
+            loop = video_loop(picture, config.fps, config.loop_bitrate, seconds, config.video_codec)
             tracks[kind] = LoopTrack(loop)
         else:
-            tracks[kind] = LoopTrack(audio_loop())
+            tracks[kind] = LoopTrack(audio_loop(), speech)
     return tracks
 
 
-_SENDER_ENCODER = "_RTCRtpSender__encoder"
-
-
-def start_vp8_at(sender: RTCRtpSender, bitrate: int) -> None:
-    """Make ``sender``'s VP8 encoder start at ``bitrate`` rather than aiortc's 500 kbit/s.
-
-    aiortc has no public way: its sender makes the encoder at the first frame, unless one is
-    there already (the private attribute set here). REMB from the node moves it from there.
-    """
-    if not hasattr(sender, _SENDER_ENCODER):
-        raise RuntimeError(f"aiortc's RTCRtpSender has no {_SENDER_ENCODER} any more")
-    encoder = Vp8Encoder()
+def live_encoder(codec: VideoCodec, bitrate: int) -> Encoder:
+    """aiortc's own encoder for ``codec``, to start at ``bitrate`` rather than its default
+    (500 kbit/s for VP8, 1 Mbit/s for H.264)."""
+    encoder = LIVE_ENCODERS[codec]()
     encoder.target_bitrate = bitrate
-    setattr(sender, _SENDER_ENCODER, encoder)
+    return encoder
 
 
-def prefer_codec(transceiver: RTCRtpTransceiver, mime_type: str) -> None:
-    """Offer only ``mime_type`` (and its retransmissions) on ``transceiver``."""
-    wanted = {mime_type.lower(), f"{transceiver.kind}/rtx"}
+def prefer_codec(transceiver: RTCRtpTransceiver, mime_type: str, rtx: bool = True) -> None:
+    """Offer only ``mime_type`` (H.264 only with packetization-mode=1) on ``transceiver``, and
+    its retransmissions unless not ``rtx``."""
+    wanted = mime_type.lower()
+    rtx_type = f"{transceiver.kind}/rtx"
+
+    def offered(mime: str, parameters: dict[str, Any]) -> bool:
+        if mime == rtx_type:
+            return rtx
+        if mime != wanted:
+            return False
+        return mime != "video/h264" or str(parameters.get("packetization-mode")) == "1"
+
     capabilities = RTCRtpSender.getCapabilities(transceiver.kind).codecs
-    transceiver.setCodecPreferences([c for c in capabilities if c.mimeType.lower() in wanted])
+    transceiver.setCodecPreferences(
+        [c for c in capabilities if offered(c.mimeType.lower(), c.parameters)]
+    )
+
+
+def without_rtx(transceiver: RTCRtpTransceiver) -> None:
+    """Offer every codec on ``transceiver`` but RTX (until ``setCodecPreferences([])``)."""
+    capabilities = RTCRtpSender.getCapabilities(transceiver.kind).codecs
+    rtx_type = f"{transceiver.kind}/rtx"
+    transceiver.setCodecPreferences([c for c in capabilities if c.mimeType.lower() != rtx_type])
 
 
 # --- What it receives -----------------------------------------------------------------------
+
+LOSS_FIELDS = ("dropped_on_purpose", "nacks_sent", "retransmissions_received", "recovered")
+DROPPED_KEPT = 1024  # dropped sequence numbers remembered for ``recovered``
+
+
+def ahead(sequence_number: int, of: int) -> int:
+    """How far ``sequence_number`` is past ``of`` (RFC 3550 numbers wrap at 2**16): 0 for the
+    same, negative for one behind."""
+    distance = (sequence_number - of) & 0xFFFF
+    return distance - 0x10000 if distance >= 0x8000 else distance
+
+
+@dataclass
+class Wire:
+    """What reached one receiving transceiver as RTP and RTCP, before aiortc's jitter buffer,
+    and what it asked for again; ``drop_every`` throws away every N-th new media packet."""
+
+    drop_every: int | None = None
+    packets: int = 0
+    gaps: int = 0
+    audio_level: tuple[bool, int] | None = None
+    sender_reports: int = 0
+    last_sr: dict[str, int | float] | None = None
+    dropped_on_purpose: int = 0
+    nacks_sent: int = 0
+    retransmissions_received: int = 0
+    rtx_discarded: int = 0
+    recovered: int = 0
+    _highest: dict[int, int] = field(default_factory=dict)
+    """By media SSRC: the sequence number furthest ahead that reached the receiver."""
+    _newest: dict[int, int] = field(default_factory=dict)
+    """By media SSRC: the sequence number furthest ahead off the network (drops included)."""
+    _new: int = 0
+    _dropped: dict[tuple[int, int], None] = field(default_factory=dict)
+    """(SSRC, sequence number) dropped and not seen again, oldest first."""
+
+    def drop(self, ssrc: int, sequence_number: int) -> bool:
+        """Whether to throw away this packet as it comes off the network: every N-th new one
+        (never one behind: a retransmission)."""
+        if self.drop_every is None:
+            return False
+        newest = self._newest.get(ssrc)
+        if newest is not None and ahead(sequence_number, newest) <= 0:
+            return False
+        self._newest[ssrc] = sequence_number
+        self._new += 1
+        if self._new % self.drop_every:
+            return False
+        self.dropped_on_purpose += 1
+        self._dropped[ssrc, sequence_number] = None
+        if len(self._dropped) > DROPPED_KEPT:
+            del self._dropped[next(iter(self._dropped))]
+        return True
+
+    def rtp(self, arrival: Arrival) -> None:
+        """A packet reached the receiver (after SRTP, and after the drops)."""
+        packet = arrival.packet
+        if arrival.rtx:
+            original = arrival.original_sequence_number
+            if arrival.repairs is None or original is None:
+                self.rtx_discarded += 1
+            else:
+                self.retransmissions_received += 1
+                self._came_again(arrival.repairs, original)
+            return
+        self.packets += 1
+        if packet.extensions.audio_level is not None:
+            self.audio_level = packet.extensions.audio_level
+        ssrc, sequence_number = packet.ssrc, packet.sequence_number
+        highest = self._highest.get(ssrc)
+        if highest is not None:
+            distance = ahead(sequence_number, highest)
+            if distance <= 0:  # a duplicate, late, or sent again
+                self._came_again(ssrc, sequence_number)
+                return
+            if distance > 1 and not self._all_dropped(ssrc, highest, distance):
+                self.gaps += 1
+        self._highest[ssrc] = sequence_number
+
+    def _all_dropped(self, ssrc: int, highest: int, distance: int) -> bool:
+        """Whether the packets between ``highest`` and ``distance`` past it were all dropped
+        here on purpose (then the sender left no gap)."""
+        if distance - 1 > len(self._dropped):
+            return False
+        return all((ssrc, (highest + i) & 0xFFFF) in self._dropped for i in range(1, distance))
+
+    def _came_again(self, ssrc: int, sequence_number: int) -> None:
+        if (ssrc, sequence_number) in self._dropped:
+            del self._dropped[ssrc, sequence_number]
+            self.recovered += 1
+
+    def rtcp(self, packet: AnyRtcpPacket) -> None:
+        if isinstance(packet, RtcpSrPacket):
+            info = packet.sender_info
+            self.sender_reports += 1
+            self.last_sr = {
+                "ssrc": packet.ssrc,
+                "ntp_timestamp": info.ntp_timestamp,
+                "rtp_timestamp": info.rtp_timestamp,
+                "packet_count": info.packet_count,
+                "octet_count": info.octet_count,
+                "arrived": time.monotonic(),
+            }
+
+    def nack(self, media_ssrc: int, lost: list[int]) -> None:
+        self.nacks_sent += 1
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "packets": self.packets,
+            "gaps": self.gaps,
+            "audio_level": self.audio_level,
+            "sender_reports": self.sender_reports,
+            "last_sr": self.last_sr,
+            "dropped_on_purpose": self.dropped_on_purpose,
+            "nacks_sent": self.nacks_sent,
+            "retransmissions_received": self.retransmissions_received,
+            "rtx_discarded": self.rtx_discarded,
+            "recovered": self.recovered,
+        }
+
+
+class LossInjector:
+    """Throws away packets of the received video streams as they come off the network, each
+    stream's :class:`Wire` deciding which (see :func:`filter_datagrams` for why there).
+
+    A stream is followed from its first packet that reached its receiver: only the receiver
+    knows which transceiver an SSRC belongs to. RTX streams are never followed.
+    """
+
+    def __init__(self) -> None:
+        self._streams: dict[int, Reception] = {}
+        self._transports: set[int] = set()
+
+    def install(self, transport: RTCDtlsTransport) -> None:
+        """Filter what ``transport`` receives (once: transceivers share it under BUNDLE)."""
+        if id(transport) not in self._transports:
+            self._transports.add(id(transport))
+            filter_datagrams(transport, self._keep)
+
+    def follow(self, ssrc: int, reception: "Reception") -> None:
+        self._streams[ssrc] = reception
+
+    def _keep(self, data: bytes) -> bool:
+        # SRTP leaves the RTP header in the clear (RFC 3711 3.1).
+        if len(data) < 12 or not 128 <= data[0] < 192 or is_rtcp(data):
+            return True
+        ssrc = int.from_bytes(data[8:12], "big")
+        reception = self._streams.get(ssrc)
+        return reception is None or not reception.wire.drop(ssrc, int.from_bytes(data[2:4], "big"))
 
 
 @dataclass
@@ -414,8 +435,12 @@ class Reception:
     appeared: float
     frames: int = 0
     keyframes: int | None = 0
-    """None when unknown: aiortc's VP8 decoder does not mark the frames it decodes."""
+    """None when unknown: aiortc's decoders do not mark the frames they decode."""
     first_frame_s: float | None = None
+    last_frame_at: float | None = None
+    wire: Wire = field(default_factory=Wire)
+    losses: LossInjector | None = None
+    """Where this transceiver's media streams are followed, to drop some of their packets."""
 
     def restart(self, participant_id: UUID, now: float) -> None:
         """The node gave this mid to someone else."""
@@ -424,14 +449,32 @@ class Reception:
         self.frames = 0
         self.keyframes = None if self.keyframes is None else 0
         self.first_frame_s = None
+        self.last_frame_at = None
+        self.wire = Wire(drop_every=self.wire.drop_every)
 
-    def summary(self) -> dict[str, Any]:
+    # What watch_receiver tells, for the current publisher's counts.
+
+    def rtp(self, arrival: Arrival) -> None:
+        if self.losses is not None and not arrival.rtx:
+            self.losses.follow(arrival.packet.ssrc, self)
+        self.wire.rtp(arrival)
+
+    def rtcp(self, packet: AnyRtcpPacket) -> None:
+        self.wire.rtcp(packet)
+
+    def nack(self, media_ssrc: int, lost: list[int]) -> None:
+        self.wire.nack(media_ssrc, lost)
+
+    def summary(self, now: float) -> dict[str, Any]:
+        last = self.last_frame_at
         return {
             "kind": self.kind,
             "participant_id": self.participant_id and str(self.participant_id),
             "frames": self.frames,
             "keyframes": self.keyframes,
             "first_frame_s": self.first_frame_s,
+            "last_frame_s_ago": None if last is None else round(now - last, 3),
+            **self.wire.summary(),
         }
 
 
@@ -480,10 +523,18 @@ class Ending:
 class Participant:
     """One person in one room on one node, from the first offer to the last report."""
 
-    def __init__(self, config: PeerConfig, nc: NATS, tracks: dict[str, MediaStreamTrack]) -> None:
+    def __init__(
+        self,
+        config: PeerConfig,
+        nc: NATS,
+        tracks: dict[str, MediaStreamTrack],
+        speech: Speech,
+    ) -> None:
+        """``speech`` is the one the audio track follows, for the levels sent with it."""
         self.config = config
         self._nc = nc
         self._tracks = tracks
+        self._speech = speech
         # No ICE servers: aiortc's default asks a public STUN server and waits 5 s without one.
         self._pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self._pc.on("track", self._track_arrived)
@@ -494,6 +545,7 @@ class Participant:
         self._receptions: dict[str, Reception] = {}
         self._decoders: set[asyncio.Task[None]] = set()
         self._decode_errors = DecodeErrors()
+        self._losses = LossInjector()
         self._joined_at = time.monotonic()
         self._renegotiations = 0
         self._failed_renegotiations = 0
@@ -540,28 +592,53 @@ class Participant:
 
     async def _join(self) -> MediaSignalReply | None:
         """The first offer; the node's refusal, or None once its answer is applied."""
-        for kind, track in self._tracks.items():
-            sender = self._pc.addTrack(track)
-            transceiver = next(t for t in self._pc.getTransceivers() if t.sender is sender)
-            prefer_codec(transceiver, "video/VP8" if kind == "video" else "audio/opus")
-            if isinstance(track, LoopTrack):
-                on_keyframe_request(sender, track.want_keyframe)
-            elif kind == "video" and self.config.video_bitrate is not None:
-                start_vp8_at(sender, self.config.video_bitrate)
-        if not self._tracks:
-            for kind in ("audio", "video"):
-                self._pc.addTransceiver(kind, direction="recvonly")
-        self._joined_at = time.monotonic()
-        await self._pc.setLocalDescription(await self._pc.createOffer())
-        reply = await self._signal(SignalKind.offer, self._pc.localDescription.sdp)
+        offer = await self._offer()
+        reply = await self._signal(SignalKind.offer, offer)
         if not reply.ok:
             return reply
         if reply.answer is None or reply.answer.sdp is None:
             raise RuntimeError(f"the node accepted the offer without an answer: {reply}")
         self._learn(reply.answer.streams)
         await self._pc.setRemoteDescription(RTCSessionDescription(reply.answer.sdp, "answer"))
+        if "audio" in self._tracks and AUDIO_LEVEL_URI not in reply.answer.sdp:
+            logger.warning("the node's answer leaves out %s: no audio levels sent", AUDIO_LEVEL_URI)
         say("ready")
         return None
+
+    async def _offer(self) -> str:
+        """What it publishes (or receive-only transceivers), and the first offer for them."""
+        for kind, track in self._tracks.items():
+            sender = self._pc.addTrack(track)
+            transceiver = next(t for t in self._pc.getTransceivers() if t.sender is sender)
+            if kind == "video":
+                prefer_codec(
+                    transceiver, VIDEO_MIME_TYPES[self.config.video_codec], self.config.rtx
+                )
+            else:
+                prefer_codec(transceiver, "audio/opus", self.config.rtx)
+                stamp_audio_level(sender, self._speech.rfc6464)
+            if isinstance(track, LoopTrack):
+                on_keyframe_request(sender, track.want_keyframe)
+            elif kind == "video" and self.config.video_bitrate is not None:
+                encoder = live_encoder(self.config.video_codec, self.config.video_bitrate)
+                start_encoder_at(sender, encoder)
+        receiving = []
+        if not self._tracks:
+            for kind in ("audio", "video"):
+                receiving.append(self._pc.addTransceiver(kind, direction="recvonly"))
+                if not self.config.rtx:
+                    without_rtx(receiving[-1])
+        self._joined_at = time.monotonic()
+        self._speech.begin(self._joined_at)
+        await self._pc.setLocalDescription(await self._pc.createOffer())
+        offer: str = self._pc.localDescription.sdp
+        for transceiver in receiving:
+            # The answer can only hold what the offer did; kept, the preferences would also
+            # refuse any codec whose fmtp the node words differently.
+            transceiver.setCodecPreferences([])
+        if "audio" in self._tracks and AUDIO_LEVEL_URI not in offer:
+            raise RuntimeError(f"aiortc's offer has no {AUDIO_LEVEL_URI} any more")
+        return offer
 
     async def _signal(
         self, kind: SignalKind, sdp: str | None = None, wait_s: float = SIGNAL_TIMEOUT_S
@@ -604,12 +681,20 @@ class Participant:
 
     async def _renegotiate(self, sdp: str, streams: list[MediaStream]) -> None:
         self._learn(streams)
-        await self._pc.setRemoteDescription(RTCSessionDescription(sdp, "offer"))
-        await self._pc.setLocalDescription(await self._pc.createAnswer())
-        reply = await self._signal(SignalKind.answer, self._pc.localDescription.sdp)
+        reply = await self._signal(SignalKind.answer, await self._answer(sdp))
         if not reply.ok:
             raise RuntimeError(f"the node refused the answer: {reply.reason}: {reply.message}")
         self._renegotiations += 1
+
+    async def _answer(self, offer: str) -> str:
+        """Apply an offer; the answer, applied too."""
+        await self._pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
+        if not self.config.rtx:
+            for transceiver in self._pc.getTransceivers():
+                leave_out_rtx(transceiver)
+        await self._pc.setLocalDescription(await self._pc.createAnswer())
+        answer: str = self._pc.localDescription.sdp
+        return answer
 
     def _learn(self, streams: list[MediaStream]) -> None:
         """Who each mid carries, from the node's latest description; a mid that now carries
@@ -630,9 +715,14 @@ class Participant:
         transceiver = next(t for t in self._pc.getTransceivers() if t.receiver.track is track)
         mid = transceiver.mid or ""
         reception = Reception(mid, track.kind, self._publishers.get(mid), time.monotonic())
+        if track.kind == "video" and self.config.drop_video_every is not None:
+            reception.wire.drop_every = self.config.drop_video_every
+            reception.losses = self._losses
+            self._losses.install(transceiver.receiver.transport)
         if self.config.decode and track.kind == "video":
             reception.keyframes = None
         self._receptions[mid] = reception
+        watch_receiver(transceiver.receiver, reception)
         say("track", mid=mid, kind=track.kind, participant_id=reception.participant_id)
         if self.config.decode:
             task = asyncio.create_task(self._decode(track, reception))
@@ -655,11 +745,12 @@ class Participant:
 
     def _count(self, reception: Reception, keyframe: bool, first: bool) -> None:
         """One frame arrived; ``first`` says whether it could be the one a person first sees."""
+        now = time.monotonic()
         reception.frames += 1
+        reception.last_frame_at = now
         if reception.keyframes is not None:
             reception.keyframes += keyframe
         if reception.first_frame_s is None and first:
-            now = time.monotonic()
             reception.first_frame_s = round(now - reception.appeared, 4)
             say(
                 "first_frame",
@@ -674,8 +765,11 @@ class Participant:
         say("connection_state", state=self._pc.connectionState)
 
     def _summary(self) -> dict[str, Any]:
+        now = time.monotonic()
+        receptions = self._receptions.values()
         return {
-            "tracks": {mid: r.summary() for mid, r in self._receptions.items()},
+            "tracks": {r.mid: r.summary(now) for r in receptions},
+            **{name: sum(getattr(r.wire, name) for r in receptions) for name in LOSS_FIELDS},
             "decode_errors": self._decode_errors.count,
             "renegotiations": self._renegotiations,
             "failed_renegotiations": self._failed_renegotiations,
@@ -702,10 +796,12 @@ class Participant:
 
 
 async def take_part(config: PeerConfig) -> int:
-    tracks = synthetic_tracks(config)
+    check_aiortc()
+    speech = Speech(config.speaking, config.voice_level)
+    tracks = synthetic_tracks(config, speech)
     nc = await nats.connect(nats_servers(config.nats_url))
     try:
-        return await Participant(config, nc, tracks).attend()
+        return await Participant(config, nc, tracks, speech).attend()
     finally:
         await nc.close()
 

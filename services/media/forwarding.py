@@ -45,6 +45,8 @@ RESEND_TRIES = 3
 RESENDS_PER_S = 200
 """What one subscriber may ask to be resent per second on one track, at most."""
 NTP_EPOCH_OFFSET = 2208988800
+UNKNOWN_LEVEL = 70
+"""The level (-dBov) assumed for audio that carries none: it may speak, below real voices."""
 _epochs = itertools.count(1)
 
 RequestKeyframe = Callable[[], None]
@@ -115,6 +117,8 @@ class Upstream:
             if level:
                 activity, value = audio_level(level)
                 self.heard(activity, value, now)
+            else:  # a sender that does not say how loud it is: heard, as a quiet voice
+                self.heard(True, UNKNOWN_LEVEL, now)
         if self.record is not None:
             self.record(data, keyframe, now)
         if self.forwarding and self.downstreams:

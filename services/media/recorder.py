@@ -1,15 +1,19 @@
-"""Recording a room: every participant's encoded frames in, one MP4 file out.
+"""Recording a room: every participant's RTP packets in, one MP4 file out.
 
-The media node forwards encoded frames without decoding them; a recording has to decode them
-all, tile the pictures and mix the voices. All of that happens in a child process, so none of
-it runs on the node's event loop: :class:`Recorder` only puts small tuples on a queue, and
-drops (and counts) frames when the child is far behind.
+The media node forwards RTP packets without reassembling or decoding them; a recording has to
+put the packets back together into frames, decode them all, tile the pictures and mix the
+voices. All of that happens in a child process, so none of it runs on the node's event loop:
+:class:`Recorder` only puts each packet's bytes on a queue (in a small tuple), and drops (and
+counts) packets when the child is far behind. The child reassembles each source's frames with
+aiortc's own parts, as aiortc's receiver would: ``RtpPacket.parse``, ``depayload`` and a
+``JitterBuffer`` per source and kind, anew whenever the sender's SSRC changes.
 
 The child lays everything on the timeline of the parent's ``time.monotonic()`` (system-wide on
 Linux), which starts when the recording does: a file lasts as long as the recording did, however
 late people came or early they left. A video frame is composed every ``1/fps`` from each
 participant's latest picture; voices are placed by their RTP timestamps, anchored on arrival,
-and summed. Both run ``MARGIN_S`` behind the newest frame so that late frames still land.
+and summed. A frame arrived when the last of its packets did. Both run ``MARGIN_S`` behind the
+newest packet so that late frames still land.
 """
 
 import asyncio
@@ -28,16 +32,18 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Literal, NamedTuple, cast
+from typing import Literal, NamedTuple, TypeAlias, cast
 
 import av
 import numpy as np
 import numpy.typing as npt
 import structlog
+from aiortc import RTCRtpCodecParameters
+from aiortc.codecs import depayload
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
+from aiortc.rtcrtpreceiver import TimestampMapper
+from aiortc.rtp import RtpPacket
 from av.video.plane import VideoPlane
-
-if TYPE_CHECKING:
-    from services.media.passthrough import EncodedFrame
 
 log = structlog.get_logger(__name__)
 
@@ -49,10 +55,24 @@ DECODERS = {
     "audio/pcma": ("pcm_alaw", 8_000),
 }
 """FFmpeg decoder and RTP clock rate of each codec a recording can decode, by MIME type."""
+RTP_NAMES = {"video/vp8": "video/VP8", "video/h264": "video/H264"}
+"""The MIME types aiortc's ``depayload`` knows by their spelling in SDP (the rest it leaves)."""
 MARGIN_S = 0.2
-"""How far composing runs behind the newest frame: a frame later than this is lost."""
-QUEUE_DEPTH = 1500
-"""Frames on their way to the child (about 7 s of three people) before new ones are dropped."""
+"""How far composing runs behind the newest packet: a frame later than this is lost."""
+QUEUE_DEPTH = 7500
+"""Packets on their way to the child before new ones are dropped: about 7 s of three people
+(each ~100-300 video packets a second at 1-2.5 Mbit/s, and 50 of voice)."""
+VIDEO_BUFFER = 128
+AUDIO_BUFFER = 16
+"""Packets a source's jitter buffer holds, as in aiortc's receiver: a frame with a packet
+missing is given up once this many later ones have come."""
+AUDIO_PREFETCH = 0
+"""Voice frames held back behind a complete one. aiortc's receiver holds 4 (80 ms), which only
+delays them: a missing packet holds up the buffer whatever this is, and here a frame keeps its
+own arrival time, so held frames would only be lost after a stall and at the end."""
+KEYFRAME_HELD = 8
+"""Packets of a video kept while it waits for a keyframe: the keyframe's own packets that
+arrive before its first one (out of order) are sent after it instead of being lost."""
 STOP_TIMEOUT_S = 30.0
 """How long ``stop`` waits for the child to finish the file."""
 KEYFRAME_REQUEST_S = 1.0
@@ -79,12 +99,19 @@ class RecordingOutcome:
     duration_s: float
     size_bytes: int
     decode_errors: int
-    """Frames that could not be decoded (unknown codec, corrupt data)."""
+    """Packets and frames that could not be decoded (unknown codec, malformed, corrupt data)."""
     dropped: int
-    """Frames lost: the child was too far behind to take them, or they came too late."""
+    """Packets the child was too far behind to take, and frames that came too late."""
 
 
-# What the parent sends the child: plain values, no aiortc objects.
+# What the parent sends the child: plain values, no aiortc objects. A packet is a bare tuple
+# (source, MIME type, RTP packet, arrival, restart), which pickles eight times faster than a
+# NamedTuple; ``restart`` says packets of that source and kind were dropped just before it.
+_Packet: TypeAlias = tuple[str, str, bytes, float, bool]
+_Message: TypeAlias = "_Packet | _Left | _Stop"
+
+
+# A frame the child put together from packets.
 class _Frame(NamedTuple):
     source: str
     mime: str
@@ -118,11 +145,11 @@ class _Failed(NamedTuple):
 class Recorder:
     """One room's recording, composed in a child process into an H.264 + AAC MP4 file.
 
-    ``add`` and ``remove`` are for the event loop: they never block. Each ``source`` is one
-    picture and one voice; a person who sends two videos needs two sources. A video that
-    cannot be decoded until its next keyframe (at the start, or after a drop) is skipped
-    until then, and ``want_keyframe(source)`` is called, at most once a second, so the
-    caller can ask the sender for one.
+    ``add_packet`` and ``remove`` are for the event loop: they never block. Each ``source``
+    is one picture and one voice; a person who sends two videos needs two sources. A video
+    that cannot be decoded until its next keyframe (at the start, after a drop, or when its
+    SSRC changes) is skipped until the first packet of one, and ``want_keyframe(source)`` is
+    called, at most once a second, so the caller can ask the sender for one.
 
     The child is spawned, so it imports the program's main module again: that module must
     start nothing unless ``__name__ == "__main__"``. Always ``stop()`` a started recording.
@@ -145,14 +172,17 @@ class Recorder:
         self._size = (width, height, fps)
         self._want_keyframe = want_keyframe
         self._context = multiprocessing.get_context("spawn")
-        # Unbounded so that a departure or the stop always gets through; frames are held to
-        # QUEUE_DEPTH by ``add``.
-        self._inbox: multiprocessing.queues.Queue[_Frame | _Left | _Stop] = self._context.Queue()
+        # Unbounded so that a departure or the stop always gets through; packets are held to
+        # QUEUE_DEPTH by ``add_packet``.
+        self._inbox: multiprocessing.queues.Queue[_Message] = self._context.Queue()
         self._inbox.cancel_join_thread()  # a dead child must not hold this process at exit
         self._from_child, self._to_parent = self._context.Pipe(duplex=False)
         self._process: multiprocessing.process.BaseProcess | None = None
         self._state: Literal["new", "recording", "stopping", "stopped"] = "new"
         self._decodable: set[str] = set()  # sources whose video the child can decode
+        self._video: dict[str, tuple[str, bytes]] = {}  # each source's video: MIME type, SSRC
+        self._held: dict[str, deque[bytes]] = {}  # video packets awaiting a keyframe
+        self._voice_gaps: set[str] = set()  # sources whose last voice packet was dropped
         self._keyframe_asked: dict[str, float] = {}
         self._undecodable = 0
         self._dropped = 0
@@ -190,35 +220,79 @@ class Recorder:
         self._state = "recording"
         log.info("recording started", path=str(self.path), width=width, height=height, fps=fps)
 
-    def add(self, source: str, frame: "EncodedFrame") -> None:
-        """Hand the child one encoded frame of ``source``; never blocks."""
+    def add_packet(
+        self, source: str, mime: str, packet: bytes, keyframe_start: bool, arrived: float
+    ) -> None:
+        """Hand the child one RTP packet of ``source``; never blocks.
+
+        ``packet`` is as the sender sent it (decrypted), ``mime`` its codec's MIME type,
+        ``keyframe_start`` whether it is the first packet of a keyframe, and ``arrived`` the
+        ``time.monotonic()`` it came at.
+        """
         if self._state != "recording":
             return
-        mime = frame.codec.mimeType.lower()
         if mime not in DECODERS:
-            self._undecodable += 1
-            return
-        video = mime.startswith("video/")
-        if video and source not in self._decodable:
-            if not frame.keyframe:
-                self._ask_keyframe(source, frame.arrived)
+            mime = mime.lower()
+            if mime not in DECODERS:
+                self._undecodable += 1
                 return
-            self._decodable.add(source)
+        inbox = self._inbox
+        if not mime.startswith("video/"):
+            if inbox.qsize() >= QUEUE_DEPTH:
+                self._dropped += 1
+                self._voice_gaps.add(source)
+                return
+            restart = source in self._voice_gaps
+            if restart:
+                self._voice_gaps.discard(source)
+            inbox.put_nowait((source, mime, packet, arrived, restart))
+            return
+        stream = (mime, packet[8:12])
+        if self._video.get(source) != stream:  # a new sender (or codec): from a keyframe on
+            self._video[source] = stream
+            self._decodable.discard(source)
+        if source not in self._decodable:
+            self._wait_for_keyframe(source, mime, packet, keyframe_start, arrived)
+            return
+        if inbox.qsize() >= QUEUE_DEPTH:
+            self._dropped += 1
+            self._decodable.discard(source)  # the next frames depend on this one
+            self._ask_keyframe(source, arrived)
+            return
+        inbox.put_nowait((source, mime, packet, arrived, False))
+
+    def _wait_for_keyframe(
+        self, source: str, mime: str, packet: bytes, keyframe_start: bool, arrived: float
+    ) -> None:
+        """Hold back ``source``'s video until a keyframe starts, then send the child that."""
+        held = self._held.get(source)
+        if not keyframe_start:
+            if held is None:
+                held = self._held[source] = deque(maxlen=KEYFRAME_HELD)
+            held.append(packet)
+            self._ask_keyframe(source, arrived)
+            return
         if self._inbox.qsize() >= QUEUE_DEPTH:
             self._dropped += 1
-            if video:  # the next frames depend on this one
-                self._decodable.discard(source)
-                self._ask_keyframe(source, frame.arrived)
+            self._ask_keyframe(source, arrived)
             return
-        self._inbox.put_nowait(
-            _Frame(source, mime, frame.data, frame.timestamp, frame.keyframe, frame.arrived)
-        )
+        self._decodable.add(source)
+        self._held.pop(source, None)
+        self._inbox.put_nowait((source, mime, packet, arrived, True))
+        # The rest of this keyframe that came before its first packet (same timestamp, SSRC).
+        frame = packet[4:12]
+        for early in held or ():
+            if early[4:12] == frame:
+                self._inbox.put_nowait((source, mime, early, arrived, False))
 
     def remove(self, source: str) -> None:
         """``source`` left: from now on its tile is gone and its voice silent."""
         if self._state != "recording":
             return
         self._decodable.discard(source)
+        self._video.pop(source, None)
+        self._held.pop(source, None)
+        self._voice_gaps.discard(source)
         self._keyframe_asked.pop(source, None)
         self._inbox.put_nowait(_Left(source, time.monotonic()))
 
@@ -299,7 +373,7 @@ def _record(
     height: int,
     fps: int,
     started: float,
-    inbox: "multiprocessing.queues.Queue[_Frame | _Left | _Stop]",
+    inbox: "multiprocessing.queues.Queue[_Message]",
     answer: multiprocessing.connection.Connection,
 ) -> None:
     """The child: compose until told to stop (or orphaned), then close the file and answer."""
@@ -365,6 +439,7 @@ class _Composition:
         self.audio.bit_rate = 96_000
         self.container.start_encoding()  # opens the file: fail here, not on the first frame
         self.grid = _Grid(width, height)
+        self.streams: dict[tuple[str, bool], _Stream] = {}  # by source and whether video
         self.cameras: dict[str, _Camera] = {}
         self.voices: dict[str, _Voice] = {}
         self.mix = _Mix()
@@ -372,9 +447,7 @@ class _Composition:
         self.decode_errors = 0
         self.late = 0
 
-    def run(
-        self, inbox: "multiprocessing.queues.Queue[_Frame | _Left | _Stop]", ending: _Ending
-    ) -> float:
+    def run(self, inbox: "multiprocessing.queues.Queue[_Message]", ending: _Ending) -> float:
         """Compose what arrives until told to stop; the time the recording ended."""
         # Everything that arrived until ``clock`` is here: the queue is in arrival order, and
         # when it is empty nothing is on its way.
@@ -387,21 +460,40 @@ class _Composition:
                     return clock
                 clock = max(clock, time.monotonic())
             else:
-                match message:
-                    case _Frame():
-                        self.receive(message)
-                        clock = max(clock, message.arrived)
-                    case _Left(source, at):
-                        self.leave(source, at)
-                    case _Stop(at):
-                        return at
+                if isinstance(message, _Left):
+                    self.leave(message.source, message.at)
+                elif isinstance(message, _Stop):
+                    return message.at
+                else:
+                    self.receive_packet(*message)
+                    clock = max(clock, message[3])
             self.compose_until(clock - MARGIN_S)
+
+    def receive_packet(
+        self, source: str, mime: str, data: bytes, arrived: float, restart: bool
+    ) -> None:
+        """Put one packet in its stream; compose the frame it completes, if any."""
+        try:
+            packet = _Stream.parse(mime, data)
+        except ValueError:
+            self.decode_errors += 1  # not RTP, or a payload its codec cannot have
+            return
+        key = (source, mime.startswith("video/"))
+        stream = self.streams.get(key)
+        if stream is None or stream.ssrc != packet.ssrc or stream.mime != mime:
+            if stream is not None and not key[1]:
+                self.voices.pop(source, None)  # a new sender: its own timestamps and decoder
+            stream = self.streams[key] = _Stream(source, mime, packet.ssrc)
+        elif restart:
+            stream.restart()
+        for frame in stream.add(packet, arrived):
+            self.receive(frame)
 
     def receive(self, frame: _Frame) -> None:
         decoder, clock_rate = DECODERS[frame.mime]
         if frame.mime.startswith("video/"):
             camera = self.cameras.get(frame.source)
-            if camera is None or camera.left_at is not None:
+            if camera is None or camera.left_at is not None or camera.codec != decoder:
                 camera = self.cameras[frame.source] = _Camera(decoder)
             self.decode_errors += camera.decode(frame.data, frame.keyframe, frame.arrived)
             return
@@ -424,6 +516,8 @@ class _Composition:
         # Its frames are all in (the queue is in order); its tile goes when the video gets to
         # ``at``, its voice has nothing more to say.
         self.voices.pop(source, None)
+        self.streams.pop((source, True), None)
+        self.streams.pop((source, False), None)
         camera = self.cameras.get(source)
         if camera is not None:
             camera.left_at = at
@@ -470,10 +564,98 @@ class _Composition:
         return _Finished(duration_s, self.decode_errors, self.late, time.process_time())
 
 
+class _Stream:
+    """One sender's packets of one kind (one SSRC), put back together into frames.
+
+    As aiortc's ``RTCRtpReceiver`` does it: each payload depayloaded into the packet's
+    ``_data``, a jitter buffer that gives a frame once the next one starts, and timestamps
+    mapped to start near 0 (across their wrap).
+    """
+
+    def __init__(self, source: str, mime: str, ssrc: int) -> None:
+        self.source = source
+        self.mime = mime
+        self.ssrc = ssrc
+        self.video = mime.startswith("video/")
+        self.timestamps = TimestampMapper()
+        self.buffer = self._buffer()
+        self.arrived: dict[int, float] = {}  # when each frame's latest packet came, by timestamp
+
+    @staticmethod
+    def parse(mime: str, data: bytes) -> RtpPacket:
+        """``data`` as an RTP packet with its payload depayloaded; ValueError if malformed."""
+        packet = RtpPacket.parse(data)
+        codec = _CODECS[mime]
+        packet._data = depayload(codec, packet.payload) if packet.payload else b""  # type: ignore[attr-defined]
+        return packet
+
+    def _buffer(self) -> JitterBuffer:
+        if self.video:
+            return JitterBuffer(capacity=VIDEO_BUFFER, is_video=True)
+        return JitterBuffer(capacity=AUDIO_BUFFER, prefetch=AUDIO_PREFETCH)
+
+    def restart(self) -> None:
+        """Packets were dropped before the next one: start afresh from it, on the same clock."""
+        self.buffer = self._buffer()
+        self.arrived.clear()
+
+    def add(self, packet: RtpPacket, arrived: float) -> list[_Frame]:
+        """The frames ``packet`` completes (usually none or one)."""
+        self.arrived[packet.timestamp] = arrived
+        if len(self.arrived) > 2 * VIDEO_BUFFER:  # frames the buffer gave up on
+            del self.arrived[next(iter(self.arrived))]
+        frames = []
+        _, frame = self.buffer.add(packet)
+        while frame is not None:
+            frames.append(self._frame(frame, arrived))
+            if frame.timestamp == packet.timestamp:
+                break  # the packet went out in it
+            # The buffer gives one frame an add, so a late packet that completes two would
+            # leave it a frame behind for good: add the same packet again (it stays as it is)
+            # for the next.
+            _, frame = self.buffer.add(packet)
+        return frames
+
+    def _frame(self, frame: JitterFrame, now: float) -> _Frame:
+        complete = self.arrived.pop(frame.timestamp, now)
+        timestamp = self.timestamps.map(frame.timestamp)
+        keyframe = is_keyframe(self.mime, frame.data)
+        return _Frame(self.source, self.mime, frame.data, timestamp, keyframe, complete)
+
+
+_CODECS = {
+    mime: RTCRtpCodecParameters(mimeType=RTP_NAMES.get(mime, mime), clockRate=clock_rate)
+    for mime, (_, clock_rate) in DECODERS.items()
+}
+"""What ``depayload`` needs to know of each codec."""
+
+
+def is_keyframe(mime_type: str, data: bytes) -> bool:
+    """Whether a depayloaded frame starts a picture that decodes on its own."""
+    kind = mime_type.lower()
+    if kind == "video/vp8":
+        # RFC 6386 9.1: the first bit of the frame tag is 0 for a key frame.
+        return bool(data) and not data[0] & 0x01
+    if kind == "video/h264":
+        return any(nal_type in (5, 7) for nal_type in _h264_nal_types(data))
+    return True  # audio: every frame stands alone
+
+
+def _h264_nal_types(data: bytes) -> list[int]:
+    """NAL unit types of an Annex B stream (as aiortc's H.264 depayloader writes it)."""
+    types = []
+    start = data.find(b"\x00\x00\x01")
+    while start != -1 and start + 3 < len(data):
+        types.append(data[start + 3] & 0x1F)
+        start = data.find(b"\x00\x00\x01", start + 3)
+    return types
+
+
 class _Camera:
     """One participant's video: a decoder and the pictures it gave, in arrival order."""
 
     def __init__(self, decoder: str) -> None:
+        self.codec = decoder
         self.decoder = cast(av.VideoCodecContext, av.CodecContext.create(decoder, "r"))
         self.decoder.thread_count = 1  # frame threads would hold pictures back
         self.waiting_for_keyframe = True

@@ -1,11 +1,12 @@
-"""The recording compositor, fed real VP8 and Opus in real time, read back with PyAV."""
+"""The recording compositor, fed real VP8 and Opus as RTP packets in real time, read back
+with PyAV."""
 
 import asyncio
 import multiprocessing
 import os
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import cast
@@ -17,8 +18,8 @@ import pytest
 from aiortc import RTCRtpCodecParameters
 
 from services.media import recorder as recorder_module
-from services.media.passthrough import EncodedFrame, is_keyframe
-from services.media.recorder import Recorder, RecordingError
+from services.media.recorder import Recorder, RecordingError, is_keyframe
+from tests.media.rtp_packets import RtpStream
 
 VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90_000, payloadType=96)
 OPUS = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48_000, payloadType=111, channels=2)
@@ -40,23 +41,62 @@ class Sent:
 
 
 @dataclass(frozen=True)
+class Packet:
+    """One RTP packet of ``source``, due ``due`` seconds after the recording started."""
+
+    due: float
+    source: str
+    mime: str
+    data: bytes
+    keyframe_start: bool
+
+
+@dataclass(frozen=True)
 class Leaves:
     due: float
     source: str
 
 
+def packetized(frames: list[Sent], stream: RtpStream | None = None) -> list[Packet]:
+    """``frames`` (one source's, of one codec) as the packets of one RTP stream (by default
+    one with a random SSRC, sequence number and timestamp), each due with its frame."""
+    if stream is None:
+        stream = RtpStream(frames[0].codec)
+    return [
+        Packet(sent.due, sent.source, stream.mime, data, keyframe_start)
+        for sent in frames
+        for data, keyframe_start in stream.packets(sent.data, sent.timestamp)
+    ]
+
+
+def swapped(packets: list[Packet], firsts: list[int]) -> list[Packet]:
+    """``packets`` with each one at ``firsts`` arriving after the next one (when it was due)."""
+    reordered = list(packets)
+    for i in firsts:
+        first, second = reordered[i], reordered[i + 1]
+        reordered[i] = replace(second, due=first.due)
+        reordered[i + 1] = replace(first, due=second.due)
+    return reordered
+
+
 def camera(
     source: str, joins: float, leaves: float, rgb: tuple[int, int, int], codec: str = "libvpx"
 ) -> list[Sent]:
-    """A 320x240 VP8 (or H.264) picture of one colour with a white bar sweeping across it."""
+    """A 320x240 VP8 (or H.264) picture of one colour with a white bar sweeping across it.
+
+    The colour is grainy, and the grain drifts, so that at 1 Mbit/s a keyframe takes some 25
+    RTP packets and every other picture a few.
+    """
     encoder = cast(av.VideoCodecContext, av.CodecContext.create(codec, "w"))
     encoder.width, encoder.height, encoder.pix_fmt = 320, 240, "yuv420p"
     encoder.options = {"tune": "zerolatency"} if codec == "libx264" else {}
     encoder.time_base, encoder.framerate, encoder.gop_size = Fraction(1, FPS), Fraction(FPS), FPS
+    encoder.bit_rate = 1_000_000
+    grain = np.random.default_rng(sum(rgb)).integers(-24, 25, (240, 320 + 240, 1))
     packets: list[bytes] = []
     for i in range(round((leaves - joins) * FPS)):
-        pixels = np.empty((240, 320, 3), np.uint8)
-        pixels[:] = rgb
+        drift = (i * 8) % 240
+        pixels = (np.array(rgb) + grain[:, drift : drift + 320]).clip(0, 255).astype(np.uint8)
         pixels[:, (i * 16) % 280 : (i * 16) % 280 + 40] = 255
         picture = av.VideoFrame.from_ndarray(pixels, format="rgb24").reformat(format="yuv420p")
         picture.pts = i
@@ -102,16 +142,16 @@ def stalling(frames: list[Sent], every: int, for_s: float) -> list[Sent]:
     return held
 
 
-async def play(recorder: Recorder, started: float, schedule: list[Sent | Leaves]) -> None:
-    """Hand each frame to the recorder when it is due, as the media node would."""
-    for event in sorted(schedule, key=lambda e: e.due):
+async def play(recorder: Recorder, started: float, schedule: list[Packet | Leaves]) -> None:
+    """Hand each packet to the recorder when it is due, as the media node would."""
+    for event in sorted(schedule, key=lambda e: e.due):  # stable: packets stay in their order
         await asyncio.sleep(max(0.0, started + event.due - time.monotonic()))
         if isinstance(event, Leaves):
             recorder.remove(event.source)
             continue
-        keyframe = is_keyframe(event.codec.mimeType, event.data)
-        encoded = EncodedFrame(event.codec, event.data, event.timestamp, keyframe, time.monotonic())
-        recorder.add(event.source, encoded)
+        recorder.add_packet(
+            event.source, event.mime, event.data, event.keyframe_start, time.monotonic()
+        )
 
 
 @dataclass
@@ -217,13 +257,13 @@ async def test_a_room_is_recorded_as_one_tiled_video_and_one_mixed_voice(tmp_pat
     # 1 s, for 0.4 s: what she said in the first half of it comes too late to be heard.
     bob_voice = stalling(voice("bob", 0.8, 4.0, 660), every=30, for_s=0.15)
     carol_voice = stalling(voice("carol", 0.0, 2.5, 550), every=100, for_s=0.4)
-    schedule: list[Sent | Leaves] = [
-        *camera("alice", 0.0, 4.0, (200, 80, 80)),
-        *voice("alice", 0.0, 4.0, 440),
-        *bob_video,
-        *bob_voice,
-        *camera("carol", 0.0, 2.5, (80, 80, 200)),
-        *carol_voice,
+    schedule: list[Packet | Leaves] = [
+        *packetized(camera("alice", 0.0, 4.0, (200, 80, 80))),
+        *packetized(voice("alice", 0.0, 4.0, 440)),
+        *packetized(bob_video),
+        *packetized(bob_voice),
+        *packetized(camera("carol", 0.0, 2.5, (80, 80, 200))),
+        *packetized(carol_voice),
         Leaves(2.5, "carol"),
     ]
     schedule = [event for event in schedule if event.due < 4.0]
@@ -281,7 +321,10 @@ async def test_a_room_is_recorded_as_one_tiled_video_and_one_mixed_voice(tmp_pat
 async def test_h264_and_g711_are_recorded_too(tmp_path: Path) -> None:
     video = camera("dan", 0.0, 1.5, (200, 200, 80), codec="libx264")
     assert video[0].data.startswith(b"\x00\x00\x00\x01")  # Annex B, as aiortc gives it
-    schedule: list[Sent | Leaves] = [*video, *voice("dan", 0.0, 1.5, 440, codec="pcm_mulaw")]
+    schedule: list[Packet | Leaves] = [
+        *packetized(video),
+        *packetized(voice("dan", 0.0, 1.5, 440, codec="pcm_mulaw")),
+    ]
     path = tmp_path / "h264.mp4"
     recorder = Recorder(path)
     started = time.monotonic()
@@ -294,6 +337,134 @@ async def test_h264_and_g711_are_recorded_too(tmp_path: Path) -> None:
     assert written.decode_errors == 0
     assert lit(at(written, 1.0)) == {"top left", "top right", "bottom left", "bottom right"}
     assert heard(written.sound, 440, 0.3, 1.4).within(18, 32)
+
+
+def tile(luma: npt.NDArray[np.uint8]) -> float:
+    """The typical brightness of one 4:3 picture alone in a 1280x720 recording."""
+    return float(np.median(luma[:, 160:1120]))
+
+
+async def test_packets_out_of_order_from_any_start_across_wraps_give_the_same_recording(
+    tmp_path: Path,
+) -> None:
+    # Both streams' sequence numbers wrap within a second, and their RTP timestamps at 1 s. A
+    # few packets come after the next one: every keyframe's first, a video packet in 7 and a
+    # voice packet in 5 (20 ms late, which the recorder must not take as a gap or an echo).
+    # One voice packet, at 1.5 s, never comes: the voice goes on once its jitter buffer gives
+    # up on it (16 packets later), without lagging behind from then on.
+    video_rtp = RtpStream(VP8, sequence=(1 << 16) - 25, timestamp=(1 << 32) - 90_000)
+    voice_rtp = RtpStream(OPUS, sequence=(1 << 16) - 30, timestamp=(1 << 32) - 48_000)
+    video = packetized(camera("fay", 0.0, 2.5, (200, 80, 80)), video_rtp)
+    keyframes = [i for i, packet in enumerate(video) if packet.keyframe_start]
+    assert len(keyframes) == 3
+    assert all(video[k].data[4:8] == video[k + 1].data[4:8] for k in keyframes)  # 2+ packets
+    others = [i for i in range(3, len(video) - 1, 7) if all(abs(i - k) > 1 for k in keyframes)]
+    video = swapped(video, sorted([*keyframes, *others]))
+    audio = packetized(voice("fay", 0.0, 2.5, 440), voice_rtp)
+    audio = swapped(audio, list(range(2, len(audio) - 1, 5)))
+    lost = audio.pop(75)
+    assert lost.due == pytest.approx(1.5)
+    path = tmp_path / "reordered.mp4"
+    recorder = Recorder(path)
+    started = time.monotonic()
+    recorder.start()
+    await play(recorder, started, [*video, *audio])
+    await asyncio.sleep(max(0.0, started + 2.5 - time.monotonic()))
+    outcome = await recorder.stop()
+
+    assert outcome.decode_errors == 0
+    assert 1 <= outcome.dropped <= 10  # voice frames held up by the lost one for too long
+    written = read(path)
+    assert written.decode_errors == 0
+    four = {"top left", "top right", "bottom left", "bottom right"}  # one picture, 4:3
+    assert all(lit(at(written, second)) == four for second in (0.3, 0.9, 1.1, 1.6, 2.3))
+    assert not np.array_equal(at(written, 0.9), at(written, 1.1))  # on past the wrap
+    assert not np.array_equal(at(written, 2.0), at(written, 2.3))
+    assert heard(written.sound, 440, 0.1, 1.45).within(18, 32)
+    assert heard(written.sound, 440, 1.75, 2.4).within(18, 32)
+
+
+async def test_a_source_that_reconnects_with_a_new_ssrc_keeps_being_recorded(
+    tmp_path: Path,
+) -> None:
+    # Gus's connection drops at 1.2 s; from 1.3 s his new one sends as the same source, with a
+    # new SSRC, sequence number and timestamp: his camera (from a keyframe) in another colour,
+    # and another tone.
+    schedule: list[Packet | Leaves] = [
+        *packetized(camera("gus", 0.0, 1.2, (200, 80, 80))),
+        *packetized(voice("gus", 0.0, 1.2, 440)),
+        *packetized(camera("gus", 1.3, 2.6, (80, 80, 200))),
+        *packetized(voice("gus", 1.3, 2.6, 660)),
+    ]
+    asked: list[str] = []
+    path = tmp_path / "reconnected.mp4"
+    recorder = Recorder(path, want_keyframe=asked.append)
+    started = time.monotonic()
+    recorder.start()
+    await play(recorder, started, schedule)
+    await asyncio.sleep(max(0.0, started + 2.6 - time.monotonic()))
+    outcome = await recorder.stop()
+
+    assert (outcome.decode_errors, outcome.dropped) == (0, 0)
+    assert asked == []  # each camera started with a keyframe
+    written = read(path)
+    assert written.decode_errors == 0
+    red, blue = 115, 96  # their luma
+    assert tile(at(written, 0.6)) == pytest.approx(red, abs=6)
+    assert tile(at(written, 1.25)) == pytest.approx(red, abs=6)  # the last picture stays
+    assert tile(at(written, 1.6)) == pytest.approx(blue, abs=6)
+    assert tile(at(written, 2.4)) == pytest.approx(blue, abs=6)
+    assert not np.array_equal(at(written, 2.0), at(written, 2.4))
+    spoken, silent = (18, 32), (0, 1)
+    assert heard(written.sound, 440, 0.1, 1.1).within(*spoken)
+    assert heard(written.sound, 660, 0.1, 1.1).within(*silent)
+    assert heard(written.sound, 660, 1.4, 2.5).within(*spoken)  # placed anew, not lost
+    assert heard(written.sound, 440, 1.4, 2.5).within(*silent)
+
+
+async def test_a_video_is_not_sent_to_the_child_before_its_first_keyframe(
+    tmp_path: Path,
+) -> None:
+    # Hal's camera is mid-picture when the recording starts: none of his video goes to the
+    # child until the first packet of a keyframe, and the keyframe's second packet, which
+    # comes before it, goes with it. His voice goes at once.
+    video = packetized(camera("hal", 0.0, 1.4, (80, 200, 80))[5:])
+    first = next(i for i, packet in enumerate(video) if packet.keyframe_start)
+    assert first > 0
+    assert video[first].data[4:8] == video[first + 1].data[4:8]  # the keyframe's second packet
+    before, keyframe, rest = video[:first], video[first : first + 2], video[first + 2 :]
+    asked: list[str] = []
+    path = tmp_path / "keyframe.mp4"
+    recorder = Recorder(path, want_keyframe=asked.append)
+    recorder.start()
+    (child,) = multiprocessing.active_children()
+    assert child.pid is not None
+    os.kill(child.pid, signal.SIGSTOP)  # takes nothing off the queue: its size is what we sent
+    try:
+
+        def send(packets: list[Packet]) -> int:
+            for packet in packets:
+                recorder.add_packet(
+                    "hal", packet.mime, packet.data, packet.keyframe_start, time.monotonic()
+                )
+            return recorder._inbox.qsize()
+
+        assert send(packetized(voice("hal", 0.0, 0.06, 440))) == 3
+        assert send(before) == 3
+        assert asked == ["hal"]  # once
+        assert send(keyframe[1:]) == 3
+        assert send(keyframe[:1]) == 5
+        assert send(rest) == 5 + len(rest)
+    finally:
+        os.kill(child.pid, signal.SIGCONT)
+    await asyncio.sleep(0.5)
+    outcome = await recorder.stop()
+
+    assert asked == ["hal"]
+    assert (outcome.decode_errors, outcome.dropped) == (0, 0)
+    written = read(path)
+    assert written.decode_errors == 0
+    assert lit(written.pictures[-1][1]) == {"top left", "top right", "bottom left", "bottom right"}
 
 
 async def test_a_recording_nobody_sent_to_is_black_silent_and_as_long(tmp_path: Path) -> None:
@@ -312,8 +483,8 @@ async def test_a_recording_nobody_sent_to_is_black_silent_and_as_long(tmp_path: 
     assert np.abs(written.sound).max() < 1e-3
 
     size = path.stat().st_size
-    late = voice("late", 0.0, 0.1, 440)[0]
-    recorder.add("late", EncodedFrame(OPUS, late.data, 0, True, time.monotonic()))
+    late = packetized(voice("late", 0.0, 0.1, 440))[0]
+    recorder.add_packet("late", late.mime, late.data, False, time.monotonic())
     recorder.remove("late")
     assert not recorder.running
     assert path.stat().st_size == size
@@ -321,20 +492,21 @@ async def test_a_recording_nobody_sent_to_is_black_silent_and_as_long(tmp_path: 
         await recorder.stop()
 
 
-async def test_frames_the_child_cannot_take_are_dropped_and_counted(
+async def test_packets_the_child_cannot_take_are_dropped_and_counted(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(recorder_module, "QUEUE_DEPTH", 0)
     asked: list[str] = []
     recorder = Recorder(tmp_path / "full.mp4", want_keyframe=asked.append)
     recorder.start()
-    for sent in [*voice("ann", 0.0, 0.06, 440), *camera("ann", 0.0, 0.2, (90, 90, 90))[:2]]:
-        keyframe = is_keyframe(sent.codec.mimeType, sent.data)
-        recorder.add("ann", EncodedFrame(sent.codec, sent.data, sent.timestamp, keyframe, 0.0))
+    video = packetized(camera("ann", 0.0, 0.2, (90, 90, 90))[:2])
+    assert len(video) > 2  # a keyframe of several packets, then the next picture
+    for packet in [*packetized(voice("ann", 0.0, 0.06, 440)), *video]:
+        recorder.add_packet("ann", packet.mime, packet.data, packet.keyframe_start, 0.0)
     outcome = await recorder.stop()
 
-    # Three voice frames and the keyframe; the next picture needs the dropped one, so it
-    # waits for a keyframe rather than reach the decoder.
+    # Three voice packets and the keyframe's first; the rest of the keyframe and the next
+    # picture need the dropped one, so they wait for a keyframe rather than reach the child.
     assert outcome.dropped == 4
     assert asked == ["ann"]
 
