@@ -34,6 +34,9 @@ reports one JSON object a line on stdout (errors go to stderr):
       ``rtx_discarded`` (RTX packets it could not: an SSRC the node did not announce) and
       ``recovered`` (dropped sequence numbers that came again, as RTX or as themselves);
 
+  - ``published`` by kind: what the node said back about each track this peer sends:
+    ``receiver_reports`` (report blocks about it), ``fraction_lost`` and ``jitter`` (the
+    latest), ``remb_bps`` (the latest bitrate the node asked for, null before any);
   - ``dropped_on_purpose``, ``nacks_sent``, ``retransmissions_received`` and ``recovered``
     over all tracks, ``decode_errors``, ``renegotiations``, ``failed_renegotiations``,
     ``connection_state``;
@@ -71,6 +74,8 @@ the packet again (as RTX when negotiated).
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import json
 import logging
 import os
@@ -96,7 +101,15 @@ from aiortc.codecs.base import Encoder
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.mediastreams import MediaStreamError
-from aiortc.rtp import AnyRtcpPacket, RtcpSrPacket, is_rtcp
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    AnyRtcpPacket,
+    RtcpPsfbPacket,
+    RtcpRrPacket,
+    RtcpSrPacket,
+    is_rtcp,
+    unpack_remb_fci,
+)
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
@@ -113,6 +126,7 @@ from antechamber.peer_hooks import (
     start_encoder_at,
     tap_receiver,
     watch_receiver,
+    watch_sender,
 )
 from antechamber.peer_media import (
     LOOP_SECONDS,
@@ -283,6 +297,29 @@ def ahead(sequence_number: int, of: int) -> int:
     same, negative for one behind."""
     distance = (sequence_number - of) & 0xFFFF
     return distance - 0x10000 if distance >= 0x8000 else distance
+
+
+@dataclass
+class Feedback:
+    """What the node said about one track this peer sends."""
+
+    receiver_reports: int = 0
+    fraction_lost: int | None = None
+    jitter: int | None = None
+    remb_bps: int | None = None
+
+    def heard(self, sender: RTCRtpSender, packet: AnyRtcpPacket) -> None:
+        if isinstance(packet, RtcpRrPacket | RtcpSrPacket):
+            for report in packet.reports:
+                if report.ssrc == sender._ssrc:
+                    self.receiver_reports += 1
+                    self.fraction_lost = report.fraction_lost
+                    self.jitter = report.jitter
+        elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+            with contextlib.suppress(ValueError):
+                bitrate, ssrcs = unpack_remb_fci(packet.fci)
+                if sender._ssrc in ssrcs:
+                    self.remb_bps = bitrate
 
 
 @dataclass
@@ -543,6 +580,7 @@ class Participant:
         self._ending: asyncio.Future[Ending] = asyncio.get_running_loop().create_future()
         self._publishers: dict[str, UUID] = {}
         self._receptions: dict[str, Reception] = {}
+        self._published: dict[str, Feedback] = {}
         self._decoders: set[asyncio.Task[None]] = set()
         self._decode_errors = DecodeErrors()
         self._losses = LossInjector()
@@ -617,6 +655,9 @@ class Participant:
             else:
                 prefer_codec(transceiver, "audio/opus", self.config.rtx)
                 stamp_audio_level(sender, self._speech.rfc6464)
+            feedback = Feedback()
+            self._published[kind] = feedback
+            watch_sender(sender, functools.partial(feedback.heard, sender))
             if isinstance(track, LoopTrack):
                 on_keyframe_request(sender, track.want_keyframe)
             elif kind == "video" and self.config.video_bitrate is not None:
@@ -769,6 +810,7 @@ class Participant:
         receptions = self._receptions.values()
         return {
             "tracks": {r.mid: r.summary(now) for r in receptions},
+            "published": {kind: dataclasses.asdict(f) for kind, f in self._published.items()},
             **{name: sum(getattr(r.wire, name) for r in receptions) for name in LOSS_FIELDS},
             "decode_errors": self._decode_errors.count,
             "renegotiations": self._renegotiations,

@@ -243,6 +243,18 @@ def leave_out_rtx(transceiver: RTCRtpTransceiver) -> None:
 # --- Sending --------------------------------------------------------------------------------
 
 
+def watch_sender(sender: RTCRtpSender, watch: Callable[[AnyRtcpPacket], None]) -> None:
+    """Show ``watch`` the RTCP that arrives about what ``sender`` sends (receiver reports,
+    REMB, NACK, PLI) before aiortc handles it as usual."""
+    handle: Callable[[AnyRtcpPacket], Awaitable[None]] = _private(sender, "_handle_rtcp_packet")
+
+    async def watched(packet: AnyRtcpPacket) -> None:
+        watch(packet)
+        await handle(packet)
+
+    sender._handle_rtcp_packet = watched  # type: ignore[method-assign]
+
+
 def on_keyframe_request(sender: RTCRtpSender, callback: Callable[[], None]) -> None:
     """Call ``callback`` when the receiver behind ``sender`` asks for a keyframe (PLI or FIR)."""
     _private(sender, "_send_keyframe")

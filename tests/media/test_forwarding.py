@@ -10,7 +10,6 @@ import io
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import av
 import pytest
@@ -24,76 +23,19 @@ from contracts.media import (
     RecordingCommand,
     RecordingReply,
     SeatRelease,
-    SeatRequest,
     SignalKind,
     record_subject,
     signal_subject,
 )
-from contracts.signaling import CallRole
 from runtime.embedded import NatsServer
-from tests.media.conftest import PARTICIPANT_KEY, Node, running
+from tests.media.conftest import Node, running
 from tests.media.peers import (
-    PeerProcess,
-    participant_config,
-    participant_token,
     peer_process,
 )
+from tests.media.rooms import CLINIC, Room, nats_url_of, receiving
 from tests.support import eventually
 
-CLINIC = "clinic-media"
 pytestmark = pytest.mark.timeout(180)
-
-
-class Room:
-    """A room on one node, and how to seat people in it."""
-
-    def __init__(self, node: Node, nats_url: str, cap: int = 16) -> None:
-        self.node = node
-        self.nats_url = nats_url
-        self.room_id = uuid.uuid4()
-        self.cap = cap
-
-    async def seat(self, pid: uuid.UUID, role: CallRole = CallRole.guest) -> bool:
-        request = SeatRequest(
-            clinic_id=CLINIC, room_id=self.room_id, participant_id=pid, role=role, cap=self.cap
-        )
-        return (await self.node.seat(request)).granted
-
-    def token(
-        self,
-        pid: uuid.UUID,
-        room_id: uuid.UUID | None = None,
-        ttl_s: float = 120,
-        now: float | None = None,
-    ) -> str:
-        return participant_token(
-            PARTICIPANT_KEY,
-            clinic_id=CLINIC,
-            room_id=room_id or self.room_id,
-            node_id=self.node.node_id,
-            participant_id=pid,
-            ttl_s=ttl_s,
-            now=now,
-        )
-
-    def config(self, pid: uuid.UUID, **extra: Any) -> dict[str, Any]:
-        return participant_config(
-            PARTICIPANT_KEY,
-            nats_url=self.nats_url,
-            clinic_id=CLINIC,
-            room_id=self.room_id,
-            node_id=self.node.node_id,
-            participant_id=pid,
-            **({"publish": ["audio", "video"], "report_every_s": 0.5} | extra),
-        )
-
-    @contextlib.asynccontextmanager
-    async def peer(self, **extra: Any) -> AsyncIterator[PeerProcess]:
-        pid = uuid.uuid4()
-        assert await self.seat(pid)
-        async with peer_process(self.config(pid, **extra)) as peer:
-            await peer.wait_for("ready", timeout=20)
-            yield peer
 
 
 @pytest.fixture
@@ -102,25 +44,6 @@ async def node(postgres_dsn: str, nats_server: NatsServer, tmp_path: Path) -> As
         postgres_dsn, nats_server.url, recordings_dir=tmp_path, silence_timeout_s=3.0
     ) as started:
         yield started
-
-
-def frames_from(peer: PeerProcess, publisher: str, kind: str) -> int:
-    stats = peer.latest_stats() or {"tracks": {}}
-    return sum(
-        t["frames"]
-        for t in stats["tracks"].values()
-        if t["participant_id"] == publisher and t["kind"] == kind
-    )
-
-
-async def receiving(peer: PeerProcess, publishers: list[str], frames: int = 15) -> None:
-    async def enough() -> bool:
-        return all(
-            frames_from(peer, p, "video") >= frames and frames_from(peer, p, "audio") >= frames
-            for p in publishers
-        )
-
-    await eventually(enough, timeout=20, what=f"{frames} frames of each track")
 
 
 async def test_three_participants_receive_each_other_with_no_decode_errors(node: Node) -> None:
@@ -315,7 +238,3 @@ async def test_a_ten_second_call_is_recorded_to_one_mp4(node: Node, nc: NATS) ->
         pictures = sum(1 for _ in container.decode(video=0))
     assert 9.0 <= duration <= 11.5, duration
     assert pictures >= 9 * 15 * 0.8
-
-
-def nats_url_of(node: Node) -> str:
-    return node.ctx.settings.nats_url

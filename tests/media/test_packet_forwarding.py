@@ -1,0 +1,195 @@
+"""What the packet path does for real aiortc peers, each in its own process: retransmission
+after loss (RTX or not), sender and receiver reports, the loudest-speakers gate, H.264 late
+joiners, and nothing left behind when people leave or vanish."""
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runtime.embedded import NatsServer
+from tests.media.conftest import Node, running
+from tests.media.peers import PeerProcess
+from tests.media.rooms import Room, frames_from, nats_url_of, receiving
+from tests.support import eventually
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture
+async def node(postgres_dsn: str, nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Node]:
+    async with running(
+        postgres_dsn, nats_server.url, recordings_dir=tmp_path, loudest_speakers=2
+    ) as started:
+        yield started
+
+
+def tracks(report: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    return [t for t in report["tracks"].values() if t["kind"] == kind]
+
+
+@pytest.mark.parametrize("rtx", [True, False], ids=["rtx", "plain"])
+async def test_packets_a_subscriber_lost_are_resent_after_its_nack(node: Node, rtx: bool) -> None:
+    room = Room(node, nats_url_of(node))
+    async with (
+        room.peer() as publisher,
+        room.peer(publish=[], drop_video_every=7, rtx=rtx) as lossy,
+    ):
+        await receiving(lossy, [publisher.config["participant_id"]], frames=45)
+        report = await lossy.stop()
+    (video,) = tracks(report, "video")
+    assert video["dropped_on_purpose"] >= 20
+    assert video["nacks_sent"] >= 1
+    # Every packet dropped on the way in came again, except perhaps the last few in flight.
+    assert video["recovered"] >= video["dropped_on_purpose"] - 3
+    if rtx:
+        assert video["retransmissions_received"] >= video["recovered"]
+    else:
+        assert video["retransmissions_received"] == 0
+    assert video["rtx_discarded"] == 0
+    assert report["decode_errors"] == 0
+    assert node.media.sfu.counters()["resent"] >= video["recovered"]
+
+
+async def test_sender_reports_follow_each_tracks_clock_and_publishers_get_receiver_reports(
+    node: Node,
+) -> None:
+    room = Room(node, nats_url_of(node))
+    async with room.peer() as publisher, room.peer(publish=[]) as viewer:
+        await receiving(viewer, [publisher.config["participant_id"]], frames=15)
+        first = {t["kind"]: t["last_sr"] for t in viewer.latest_stats()["tracks"].values()}
+
+        async def later_reports() -> bool:
+            now = viewer.latest_stats()["tracks"].values()
+            return all(
+                t["last_sr"]
+                and t["last_sr"]["ntp_timestamp"] > first[t["kind"]]["ntp_timestamp"] + (2 << 32)
+                for t in now
+            )
+
+        assert all(first.values()), first
+        await eventually(later_reports, timeout=20, what="sender reports 2 s apart")
+        stats = viewer.latest_stats()
+        published = publisher.latest_stats()["published"]
+    for track in stats["tracks"].values():
+        before, after = first[track["kind"]], track["last_sr"]
+        seconds = (after["ntp_timestamp"] - before["ntp_timestamp"]) / (1 << 32)
+        ticks = (after["rtp_timestamp"] - before["rtp_timestamp"]) % (1 << 32)
+        clock = 90_000 if track["kind"] == "video" else 48_000
+        assert ticks / seconds == pytest.approx(clock, rel=0.05), track
+        assert 0 < after["packet_count"] <= track["packets"] + 60
+        assert after["packet_count"] >= track["packets"] * 0.8
+    for kind in ("audio", "video"):
+        assert published[kind]["receiver_reports"] >= 2, published
+        assert published[kind]["fraction_lost"] == 0
+    assert published["video"]["remb_bps"] == node.media.settings.max_forward_kbps * 1000
+
+
+async def test_only_the_loudest_voices_are_forwarded_and_a_quiet_one_resumes_cleanly(
+    node: Node,
+) -> None:
+    room = Room(node, nats_url_of(node))
+    speaking_from = 4.0
+    async with (
+        room.peer(source="loop") as talker,
+        room.peer(source="loop", speaking=[]) as silent,
+        room.peer(source="loop", speaking=[[speaking_from, 3600]], voice_level=10) as late,
+        room.peer(publish=[]) as listener,
+    ):
+        ids = [p.config["participant_id"] for p in (talker, silent, late)]
+        await receiving(listener, [ids[0]], frames=20)
+
+        def audio(peer: PeerProcess, pid: str) -> int:
+            return frames_from(peer, pid, "audio")
+
+        assert audio(listener, ids[1]) == 0
+        assert audio(listener, ids[2]) == 0
+
+        async def late_heard() -> bool:
+            return audio(listener, ids[2]) >= 50
+
+        await eventually(late_heard, timeout=20, what="the late speaker's voice")
+        before = audio(listener, ids[0])
+        await asyncio.sleep(1.0)
+        assert audio(listener, ids[0]) > before  # two voices fit: the first keeps speaking
+        assert audio(listener, ids[1]) == 0
+        report = await listener.stop()
+    assert report["decode_errors"] == 0
+    for track in tracks(report, "audio"):
+        assert track["gaps"] == 0, track  # a voice that resumes continues its numbering
+    # Video is never gated.
+    assert all(t["frames"] > 0 for t in tracks(report, "video"))
+
+
+async def test_a_late_joiner_decodes_h264_from_every_publisher(node: Node) -> None:
+    room = Room(node, nats_url_of(node))
+    async with (
+        room.peer(source="loop", video_codec="h264") as a,
+        room.peer(source="loop", video_codec="h264") as b,
+    ):
+        await receiving(a, [b.config["participant_id"]])
+        async with room.peer(publish=[]) as late:
+            for publisher in (a, b):
+                first = await late.wait_for(
+                    lambda e, p=publisher: (
+                        e["event"] == "first_frame"
+                        and e["kind"] == "video"
+                        and e["participant_id"] == p.config["participant_id"]
+                    ),
+                    timeout=10,
+                )
+                assert first["since_join_s"] <= 1.0, first
+            await receiving(late, [a.config["participant_id"], b.config["participant_id"]])
+            report = await late.stop()
+    assert report["decode_errors"] == 0
+
+
+def open_sockets() -> int:
+    fds = Path("/proc/self/fd")
+    count = 0
+    for fd in fds.iterdir():
+        try:
+            count += os.readlink(fd).startswith("socket:")
+        except OSError:
+            continue
+    return count
+
+
+async def test_leaving_and_vanishing_leave_no_socket_or_forwarding_entry_behind(node: Node) -> None:
+    sfu = node.media.sfu
+    sockets = open_sockets()
+    room = Room(node, nats_url_of(node))
+    async with room.peer() as stays:
+        async with room.peer() as leaves, room.peer(vanish=True) as vanishes:
+            everyone = [p.config["participant_id"] for p in (stays, leaves, vanishes)]
+            for peer in (stays, leaves):
+                others = [p for p in everyone if p != peer.config["participant_id"]]
+
+                async def seeing(peer: PeerProcess = peer, others: list[str] = others) -> bool:
+                    return all(frames_from(peer, p, "video") >= 5 for p in others)
+
+                await eventually(seeing, timeout=20, what="video from both others")
+            assert sfu.counters()["forwards"] == 3 * 2 * 2  # 3 people x 2 tracks x 2 others
+            await leaves.stop()  # mid-stream, saying bye
+            vanishes.kill()  # mid-stream, saying nothing
+
+            async def alone() -> bool:
+                return set(sfu.rooms[room.room_id].members) == {uuid.UUID(everyone[0])}
+
+            await eventually(alone, timeout=20, what="the two others gone from the node")
+        assert sfu.counters()["forwards"] == 0
+        await stays.stop()
+
+    async def empty() -> bool:
+        return room.room_id not in sfu.rooms
+
+    await eventually(empty, what="the room gone")
+    deadline = time.monotonic() + 10
+    while open_sockets() > sockets and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    assert open_sockets() <= sockets
