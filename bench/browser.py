@@ -4,14 +4,17 @@ by the browser tests (``tests/browser``) and the web client's benchmark (``bench
 import asyncio
 import contextlib
 import json
+import math
 import os
 import re
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
 import urllib.request
+import wave
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,11 +39,34 @@ CHROMIUM_ARGS = [
     "--use-fake-device-for-media-stream",
     "--autoplay-policy=no-user-gesture-required",
 ]
+
+
+def speaking_args(folder: Path) -> list[str]:
+    """Chromium's fake microphone playing a steady voice-like tone (its default is a short
+    beep once a second, which a voice-activity detector mostly calls silence)."""
+    path = folder / "voice.wav"
+    if not path.exists():
+        rate, seconds = 48_000, 4
+        samples = (
+            int(0.25 * 32767 * math.sin(2 * math.pi * 220 * n / rate) * (1 + math.sin(n / 900)) / 2)
+            for n in range(rate * seconds)
+        )
+        with wave.open(str(path), "wb") as out:
+            out.setnchannels(1)
+            out.setsampwidth(2)
+            out.setframerate(rate)
+            out.writeframes(struct.pack(f"<{rate * seconds}h", *samples))
+    return [*CHROMIUM_ARGS, f"--use-file-for-fake-audio-capture={path}"]
+
+
 PLATFORM_ENV = {
     # Every browser here comes from 127.0.0.1: the per-address join limit is for strangers.
     "ANTECHAMBER_SIGNALING_KNOCKS_PER_ADDRESS_PER_MINUTE": "1000",
     "ANTECHAMBER_SIGNALING_KNOCKS_PER_ADDRESS_BURST": "200",
     "ANTECHAMBER_LOG_LEVEL": "warning",
+    # Every fake microphone plays the same tone: one voice at a time goes out (hosts always),
+    # so the pages show that the node forwards only the loudest speakers.
+    "ANTECHAMBER_MEDIA_LOUDEST_SPEAKERS": "1",
 }
 READY_TIMEOUT_S = 180.0
 

@@ -5,7 +5,9 @@ node more than all the video. Each audio packet carries the speaker's level (0 l
 silence, in -dBov) and a voice-activity bit; the room forwards the ``limit`` loudest of those
 speaking, and every host who speaks, and nobody who is silent. A speaker keeps the floor
 while speaking: they are displaced only by one louder by ``MARGIN_DB`` (smoothed), never cut
-mid-word by a cough, and they lose it ``HOLD_S`` after they stop.
+mid-word by a cough or a burst of someone else's gain control: a newcomer takes a free slot
+at once, but displaces someone still speaking only after being ahead for ``SWITCH_S``.
+They lose the floor ``HOLD_S`` after they stop.
 """
 
 from collections.abc import Callable
@@ -15,6 +17,8 @@ HOLD_S = 0.6
 """How long after the last voiced packet a person still counts as speaking."""
 MARGIN_DB = 6.0
 """How much louder a newcomer must be to displace someone who has the floor."""
+SWITCH_S = 0.5
+"""How long a newcomer must stay ahead (by the margin) to displace someone still speaking."""
 DECIDE_EVERY_S = 0.1
 SPEECH_LEVEL = 80
 """A level at or below this (-dBov) counts as voice when the sender sets no activity bit."""
@@ -33,6 +37,8 @@ class Voice:
     """Smoothed ``127 - level``: higher is louder."""
     last_voiced: float = -1e9
     forwarded: bool = False
+    ahead_since: float | None = None
+    """Since when this (not forwarded) voice ranks among the loudest."""
 
 
 class LoudestSpeakers:
@@ -69,7 +75,23 @@ class LoudestSpeakers:
         hosts = {v for v in speaking if v.host}
         others = [v for v in speaking if not v.host]
         others.sort(key=lambda v: v.loudness + (MARGIN_DB if v.forwarded else 0.0), reverse=True)
-        chosen = hosts | set(others[: self.limit])
+        top = others[: self.limit]
+        for voice in self.voices:
+            if voice.forwarded or voice not in top:
+                voice.ahead_since = None
+            elif voice.ahead_since is None:
+                voice.ahead_since = now
+        kept = [v for v in others if v.forwarded]  # still speaking, quietest last
+        chosen = hosts | set(kept)
+        free = self.limit - len(kept)
+        for challenger in (v for v in top if not v.forwarded):
+            if free > 0:
+                free -= 1
+            elif challenger.ahead_since is not None and now - challenger.ahead_since >= SWITCH_S:
+                chosen.discard(kept.pop())
+            else:
+                continue
+            chosen.add(challenger)
         for voice in self.voices:
             self._set(voice, voice in chosen)
 

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
-from bench.browser import CHROMIUM_ARGS, ROOT, Missing, Up, chromium, platform_up
+from bench.browser import ROOT, Missing, Up, chromium, platform_up, speaking_args
 
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
 
@@ -35,13 +35,14 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
 
 
 @pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
+async def browser(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Browser]:
     try:
         executable = chromium()
     except Missing as exc:
         pytest.fail(str(exc))
     async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        args = speaking_args(tmp_path_factory.getbasetemp())
+        launched = await playwright.chromium.launch(executable_path=executable, args=args)
         yield launched
         await launched.close()
 

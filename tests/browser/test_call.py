@@ -5,6 +5,7 @@ shows must play (a picture, and frames that keep coming), not just exist.
 """
 
 import asyncio
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -209,3 +210,50 @@ async def test_hold_recording_and_deny_reach_the_waiting_guest_by_keyboard_alone
     await host.click("#record")
     await expect(host.locator("#recording")).to_be_hidden()
     await people.shoot("denied")
+
+
+VOICES = "() => window.antechamber.voices()"
+
+
+async def voices_heard(page: Page, seconds: float = 1.5) -> set[str]:
+    """Whose voices (participant ids) arrive at ``page`` now: audio packets that keep coming."""
+    before = await page.evaluate(VOICES)
+    await asyncio.sleep(seconds)
+    after = await page.evaluate(VOICES)
+    return {who for who, packets in after.items() if packets > before.get(who, 0) + 5}
+
+
+async def test_only_the_loudest_voice_and_the_hosts_reach_the_others(
+    platform: Platform, people: People
+) -> None:
+    # The platform forwards one guest's voice at a time, and every host's; every fake
+    # microphone plays the same steady voice. Ben joins muted: silent, so never forwarded.
+    session = await new_session(platform.web, guest_admission="direct")
+    host = await people.open("host", session["host_url"])
+    await join(host, "Dr Demo")
+    await screen(host, "call")
+    ana = await people.open("ana", link_of(session, "session"))
+    await join(ana, "Ana")
+    ben = await people.open("ben", link_of(session, "guest"))
+    await ben.locator("#prejoin").wait_for(state="visible", timeout=15_000)
+    await ben.check("#join-muted")
+    await join(ben, "Ben")
+    for page in (host, ana, ben):
+        await screen(page, "call")
+        await remote_videos_playing(page, 2)
+    ids = {
+        who: await page.evaluate("() => window.antechamber.participantId")
+        for who, page in {"host": host, "ana": ana, "ben": ben}.items()
+    }
+    assert await voices_heard(host) == {ids["ana"]}
+    assert await voices_heard(ben) == {ids["host"], ids["ana"]}
+    assert await voices_heard(ana) == {ids["host"]}
+    await people.shoot("one-guest-voice-and-the-host")
+
+    # Ben speaks up, Ana stops: Ben's voice takes the free place, with nothing missing.
+    await ben.click("#mute")
+    await ana.click("#mute")
+    deadline = time.monotonic() + 15
+    while (heard := await voices_heard(host)) != {ids["ben"]}:
+        assert time.monotonic() < deadline, f"Ben's voice never took over: {heard}"
+    assert await voices_heard(ana) == {ids["host"], ids["ben"]}

@@ -74,3 +74,17 @@ def test_a_limit_of_zero_forwards_every_voice() -> None:
     talk(room, {1: (person, 127)}, 0.0, 1.0)
     assert person.forwarded
     assert changes == [True]
+
+
+def test_a_louder_newcomer_waits_before_displacing_someone_still_speaking() -> None:
+    room = LoudestSpeakers(1)
+    first, second = voice()[0], voice()[0]
+    room.join(first)
+    room.join(second)
+    now = talk(room, {1: (first, 40)}, 0.0, 1.0)
+    now = talk(room, {1: (first, 40), 2: (second, 20)}, now, 0.3)  # a burst: not yet
+    assert first.forwarded
+    assert not second.forwarded
+    talk(room, {1: (first, 40), 2: (second, 20)}, now, 0.6)  # ahead for long enough
+    assert second.forwarded
+    assert not first.forwarded

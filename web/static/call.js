@@ -14,6 +14,7 @@ const observed = (window.antechamber = {
   role: null,
   joinClickedMs: null,
   firstRemoteFrameMs: null,
+  participantId: null, // random, per call
 });
 
 const REFUSAL_TITLES = {
@@ -215,6 +216,7 @@ class Call {
 
   on_welcome(frame) {
     this.me = frame.participant_id;
+    observed.participantId = frame.participant_id;
     this.resume = frame.resume_token;
     this.graceMs = frame.rejoin_grace_s * 1000;
     $("manager").hidden = frame.role !== "host";
@@ -501,6 +503,7 @@ function renderManager(room, me, recording) {
 }
 
 const call = new Call();
+observed.voices = () => (call.media ? call.media.voices() : Promise.resolve({}));
 
 $("knocks-toggle").addEventListener("click", () => {
   call.connection.send(call.room && call.room.knocks_muted ? "unmute_knocks" : "mute_knocks");

@@ -91,6 +91,26 @@ export class Media {
     this.onRemote(people);
   }
 
+  // Audio packets received so far from each remote person, by participant id: which voices
+  // the node forwards (it sends only the loudest few). Read by tests; nothing personal.
+  async voices() {
+    const out = {};
+    if (!this.pc) return out;
+    const owners = new Map();
+    for (const transceiver of this.pc.getTransceivers()) {
+      const track = transceiver.receiver.track;
+      const owner = this.owners.get(transceiver.mid);
+      if (owner && track && track.kind === "audio") owners.set(track.id, owner);
+    }
+    const stats = await this.pc.getStats();
+    stats.forEach((report) => {
+      if (report.type !== "inbound-rtp" || report.kind !== "audio") return;
+      const owner = this.owners.get(report.mid) || owners.get(report.trackIdentifier);
+      if (owner) out[owner] = (out[owner] || 0) + report.packetsReceived;
+    });
+    return out;
+  }
+
   stop() {
     if (this.pc) {
       this.pc.onconnectionstatechange = null;
