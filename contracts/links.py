@@ -165,6 +165,7 @@ class Decision(BaseModel):
     closes_at: datetime | None = None
     live: bool = False
     max_participants: int | None = None
+    loudest_speakers: int | None = None
     rejoin_grace_minutes: int | None = None
     replaced_by_hint: str | None = Field(
         default=None, description="Refused old links: where the newest link can be found."

@@ -59,6 +59,12 @@ class SeatRequest(BaseModel):
     participant_id: UUID
     role: CallRole
     cap: int = Field(ge=1, le=16, description="The clinic's max_participants (at most 16).")
+    loudest_speakers: int | None = Field(
+        default=None,
+        ge=0,
+        le=16,
+        description="The clinic's loudest_speakers, for the room (none: the node's default).",
+    )
 
 
 class SeatRefusal(StrEnum):

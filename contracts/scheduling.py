@@ -133,6 +133,13 @@ class ClinicSettings(BaseModel):
         default=MAX_PARTICIPANTS, ge=2, le=MAX_PARTICIPANTS, description="Seats in a call."
     )
     public_booking: bool = Field(default=False, description="Whether the booking page is open.")
+    loudest_speakers: int = Field(
+        default=3,
+        ge=0,
+        le=MAX_PARTICIPANTS,
+        description="Voices a call forwards at once: the loudest this many speakers, and every "
+        "host who speaks (0: everyone's, always).",
+    )
 
 
 class Contact(BaseModel):

@@ -196,5 +196,6 @@ def _allowed(f: Found, warning: str | None) -> Decision:
         closes_at=s.closes_at(f.settings) if s and f.kind in _WINDOWED else None,
         live=s.live if s else False,
         max_participants=f.settings.max_participants,
+        loudest_speakers=f.settings.loudest_speakers,
         rejoin_grace_minutes=f.settings.rejoin_grace_minutes,
     )

@@ -236,6 +236,8 @@ class Media:
             request.room_id, request.participant_id, request.role, request.cap, now
         )
         if isinstance(outcome, Granted):
+            if request.loudest_speakers is not None:
+                self.sfu.limit_voices(request.room_id, request.loudest_speakers)
             return SeatAnswer(
                 granted=True,
                 message="",

@@ -214,6 +214,8 @@ class Sfu:
         self.rooms: dict[UUID, MediaRoom] = {}
         self.relay = MediaRelay() if settings.forwarding == "transcode" else None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._voice_limits: dict[UUID, int] = {}
+        """Rooms whose clinic says how many voices to forward (others: the node's default)."""
         self._closed_counts: dict[str, int] = {}
         """What connections that have closed counted (see :meth:`counters`)."""
         metrics.packet_path.sfus.add(self)
@@ -235,9 +237,17 @@ class Sfu:
     def room(self, room_id: UUID, clinic_id: str) -> MediaRoom:
         room = self.rooms.get(room_id)
         if room is None:
-            room = MediaRoom(room_id, clinic_id, LoudestSpeakers(self.settings.loudest_speakers))
+            limit = self._voice_limits.get(room_id, self.settings.loudest_speakers)
+            room = MediaRoom(room_id, clinic_id, LoudestSpeakers(limit))
             self.rooms[room_id] = room
         return room
+
+    def limit_voices(self, room_id: UUID, limit: int) -> None:
+        """The room's clinic forwards the ``limit`` loudest voices (0: all)."""
+        self._voice_limits[room_id] = limit
+        room = self.rooms.get(room_id)
+        if room is not None and room.speakers.limit != limit:
+            room.speakers.resize(limit, time.monotonic())
 
     # -- negotiation --------------------------------------------------------------------------
 
@@ -699,6 +709,8 @@ class Sfu:
 
     async def release(self, room_id: UUID, participant_id: UUID | None, reason: str) -> None:
         """Seats were released: close the connections that held them."""
+        if participant_id is None:
+            self._voice_limits.pop(room_id, None)
         room = self.rooms.get(room_id)
         if room is None:
             return

@@ -53,6 +53,15 @@ class LoudestSpeakers:
         self.voices.append(voice)
         self._set(voice, self.limit == 0)
 
+    def resize(self, limit: int, now: float) -> None:
+        """Forward the ``limit`` loudest from now on (0: everyone)."""
+        self.limit = limit
+        if limit == 0:
+            for voice in self.voices:
+                self._set(voice, True)
+        else:
+            self.decide(now)
+
     def leave(self, voice: Voice) -> None:
         if voice in self.voices:
             self.voices.remove(voice)
@@ -81,7 +90,7 @@ class LoudestSpeakers:
                 voice.ahead_since = None
             elif voice.ahead_since is None:
                 voice.ahead_since = now
-        kept = [v for v in others if v.forwarded]  # still speaking, quietest last
+        kept = [v for v in others if v.forwarded][: self.limit]  # still speaking, quietest last
         chosen = hosts | set(kept)
         free = self.limit - len(kept)
         for challenger in (v for v in top if not v.forwarded):

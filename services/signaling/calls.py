@@ -144,6 +144,7 @@ class Connection:
     clinic_id: str | None = None
     role: CallRole | None = None
     cap: int = 16
+    loudest_speakers: int | None = None
     grace_s: float = 0.0
     resume_token: str | None = None
     outbox: "asyncio.Queue[str | None]" = field(default_factory=asyncio.Queue)
@@ -354,6 +355,7 @@ class Signaling:
         conn.participant_id, conn.room_id, conn.clinic_id = uuid4(), room_id, decision.clinic_id
         conn.role = role
         conn.cap = min(decision.max_participants or 16, 16)
+        conn.loudest_speakers = decision.loudest_speakers
         conn.grace_s = float((decision.rejoin_grace_minutes or 0) * 60)
         conn.resume_token = secrets.token_urlsafe(32)
         await self._attach(conn, new=True)
@@ -486,13 +488,15 @@ class Signaling:
                 self.rooms.watch(room_id),
                 self.ctx.pool.execute(
                     "INSERT INTO connections (participant_id, clinic_id, room_id, resume_digest, "
-                    "grace_s, cap, replica_id) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    "grace_s, cap, loudest_speakers, replica_id) "
+                    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                     pid,
                     clinic_id,
                     room_id,
                     secret_digest(conn.resume_token or ""),
                     conn.grace_s,
                     conn.cap,
+                    conn.loudest_speakers,
                     self.replica_id,
                 ),
             )
@@ -505,7 +509,8 @@ class Signaling:
     async def _resume(self, conn: Connection, token: str) -> None:
         row = await self.ctx.pool.fetchrow(
             "UPDATE connections SET replica_id = $2, grace_until = NULL, updated_at = now() "
-            "WHERE resume_digest = $1 RETURNING participant_id, clinic_id, room_id, grace_s, cap",
+            "WHERE resume_digest = $1 "
+            "RETURNING participant_id, clinic_id, room_id, grace_s, cap, loudest_speakers",
             secret_digest(token),
             self.replica_id,
         )
@@ -524,6 +529,7 @@ class Signaling:
         conn.participant_id, conn.room_id, conn.clinic_id = pid, room_id, clinic_id
         conn.role, conn.grace_s, conn.resume_token = person.role, row["grace_s"], token
         conn.cap = row["cap"]
+        conn.loudest_speakers = row["loudest_speakers"]
         await self._attach(conn, new=False)
         await self.rooms.announce_notice(
             room_id, {"kind": "superseded", "participant_id": str(pid), "by": self.replica_id}
@@ -572,6 +578,7 @@ class Signaling:
             participant_id=participant_id,
             role=role,
             cap=conn.cap,
+            loudest_speakers=conn.loudest_speakers,
         )
         # Asking again for the same participant returns the same seat: safe to send twice.
         return await self._ask_media(SEAT_SUBJECT, request, SeatAnswer, attempts=2)

@@ -440,7 +440,9 @@ async def test_someone_who_dropped_may_rejoin_within_the_grace_with_their_link_o
     platform: Platform, clock: Clock, nc: NATS
 ) -> None:
     # No buffer, so the window closes at the end and the grace outlasts it.
-    clinic = await linked_clinic(platform, buffer_minutes=0, rejoin_grace_minutes=5)
+    clinic = await linked_clinic(
+        platform, buffer_minutes=0, rejoin_grace_minutes=5, loudest_speakers=2
+    )
     session = await shared_session(clinic)
     sid, clinic_id = session["session_id"], clinic.clinic.clinic_id
     room_id = session["practitioner"]["room_id"]
@@ -474,6 +476,7 @@ async def test_someone_who_dropped_may_rejoin_within_the_grace_with_their_link_o
     decision = await allowed(clinic, mine)
     assert decision["live"] is False
     assert decision["rejoin_grace_minutes"] == 5
+    assert decision["loudest_speakers"] == 2
     clock.set(left_at + timedelta(minutes=5) - timedelta(seconds=1))
     await allowed(clinic, mine)
     clock.set(left_at + timedelta(minutes=5))

@@ -75,6 +75,22 @@ async def test_asking_again_for_the_same_person_keeps_one_seat(node: Node, nc: N
     assert again.reserved_until >= first.reserved_until
 
 
+async def test_the_clinics_voice_limit_comes_with_the_seat_and_the_room_keeps_it(
+    node: Node, nc: NATS
+) -> None:
+    clinic_id, room = clinic(), uuid.uuid4()
+    request = seat_request(clinic_id, room).model_copy(update={"loudest_speakers": 1})
+    assert (await call(nc, SEAT_SUBJECT, request, SeatAnswer, 5)).granted
+    sfu = node.media.sfu
+    assert sfu.room(room, clinic_id).speakers.limit == 1
+    other = seat_request(clinic_id, uuid.uuid4())  # no limit said: the node's default
+    assert (await call(nc, SEAT_SUBJECT, other, SeatAnswer, 5)).granted
+    assert sfu.room(other.room_id, clinic_id).speakers.limit == node.media.settings.loudest_speakers
+    changed = seat_request(clinic_id, room).model_copy(update={"loudest_speakers": 0})
+    assert (await call(nc, SEAT_SUBJECT, changed, SeatAnswer, 5)).granted
+    assert sfu.room(room, clinic_id).speakers.limit == 0
+
+
 async def test_a_seat_nobody_claims_lapses(node: Node, nc: NATS) -> None:
     clinic_id, room = clinic(), uuid.uuid4()
     first = await call(nc, SEAT_SUBJECT, seat_request(clinic_id, room, cap=1), SeatAnswer, 5)

@@ -88,3 +88,20 @@ def test_a_louder_newcomer_waits_before_displacing_someone_still_speaking() -> N
     talk(room, {1: (first, 40), 2: (second, 20)}, now, 0.6)  # ahead for long enough
     assert second.forwarded
     assert not first.forwarded
+
+
+def test_the_limit_can_change_during_a_call() -> None:
+    room = LoudestSpeakers(0)
+    people = [voice()[0] for _ in range(3)]
+    for person in people:
+        room.join(person)
+    assert all(p.forwarded for p in people)
+    now = talk(room, {1: (people[0], 20)}, 0.0, 1.0)
+    room.resize(1, now)
+    assert [p.forwarded for p in people] == [True, False, False]
+    room.resize(0, now)
+    assert all(p.forwarded for p in people)
+    everyone = {i: (p, 20 + i) for i, p in enumerate(people)}
+    now = talk(room, everyone, now, 1.0)
+    room.resize(2, now)
+    assert [p.forwarded for p in people] == [True, True, False]

@@ -32,6 +32,7 @@ async def test_a_clinic_gets_default_settings_and_a_unique_slug(api: httpx.Async
         "guest_admission": "waiting_room",
         "max_participants": 16,
         "public_booking": False,
+        "loudest_speakers": 3,
     }
     again = await api.post(
         "/v1/clinics", headers=OPERATOR, json={"name": "Copy", "slug": clinic.slug}

@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 from fastapi import FastAPI
 
@@ -26,6 +26,7 @@ from tests.signaling.conftest import (
     host_in_call,
     knocking_guest,
     practitioner_room,
+    query,
     room_events,
     signaling_settings,
 )
@@ -206,8 +207,8 @@ async def test_a_hosts_brief_drop_ends_nothing(calls: Calls, postgres_dsn: str) 
     await late.next("admitted")  # the resumed host can still run the call
 
 
-async def test_a_resumed_host_keeps_the_clinics_cap(calls: Calls) -> None:
-    call = await host_and_admitted_guest(calls, max_participants=2)
+async def test_a_resumed_host_keeps_the_clinics_cap(calls: Calls, postgres_dsn: str) -> None:
+    call = await host_and_admitted_guest(calls, max_participants=2, loudest_speakers=1)
     assert (await call.host.latest("room"))["max_participants"] == 2
     host_welcome = call.host.seen("welcome")[0]
     await call.host.drop()
@@ -216,6 +217,12 @@ async def test_a_resumed_host_keeps_the_clinics_cap(calls: Calls) -> None:
     await host.next("admitted")
     view = await host.latest("room", participants=lambda p: all(not x["disconnected"] for x in p))
     assert view["max_participants"] == 2
+    rows = await query(
+        postgres_dsn,
+        "SELECT loudest_speakers FROM signaling.connections WHERE room_id = $1",
+        UUID(call.welcome["room_id"]),
+    )
+    assert [r["loudest_speakers"] for r in rows] == [1, 1]  # told to media with each seat
 
     third, welcome = await knocking_guest(calls, call.room, "Third", replica=0)
     await host.send("admit", participant_id=welcome["participant_id"])
