@@ -46,6 +46,8 @@ AIORTC_VERSION = "1.16.0"
 
 RtpSink = Callable[[bytes, float], None]
 """Takes a decrypted RTP packet and its arrival (``time.monotonic()``)."""
+Outlet = tuple[Callable[[bytes, Any], None], pylibsrtp.Session, Any]
+"""How a connection sends: sendto on its nominated pair, its SRTP session, the address."""
 RtcpHandler = Callable[[AnyRtcpPacket], Coroutine[Any, Any, None]]
 
 CLASS_ATTRIBUTES: tuple[tuple[type, str], ...] = (
@@ -217,8 +219,11 @@ def on_receiver_rtcp(receiver: RTCRtpReceiver, handler: RtcpHandler) -> None:
 class Wire:
     """One peer connection's socket side: decrypted RTP in, protected RTP and RTCP out.
 
-    Built when the connection is up (DTLS done). ``open`` turns False for good when the
-    connection closes: nothing is sent on, or taken from, a closed connection.
+    Built as soon as the connection has its sockets (after the local description): from then
+    on every SRTP packet is taken in the socket's callback, in the order it came, once DTLS
+    has made the SRTP sessions (before that, aiortc drops them). Sending starts when DTLS is
+    done and ICE has a nominated pair. ``open`` turns False for good when the connection
+    closes: nothing is sent on, or taken from, a closed connection.
     """
 
     def __init__(self, pc: RTCPeerConnection, receive: RtpSink) -> None:
@@ -229,38 +234,42 @@ class Wire:
         self.open = True
         self.sent = 0
         self.unprotect_failures = 0
-        self._tx: pylibsrtp.Session = self._dtls._tx_srtp
-        self._rx: pylibsrtp.Session = self._dtls._rx_srtp
         self._connection: aioice.Connection = self._dtls.transport._connection
-        self._sendto: Callable[[bytes, Any], None] | None = None
-        self._address: Any = None
-        self.refresh()
+        self._outlet: Outlet | None = None
         self._take_over_receiving()
 
-    def refresh(self) -> None:
-        """Send on the connection's nominated pair (it may change after a consent failure)."""
+    def refresh(self) -> Outlet | None:
+        """Send on the connection's nominated pair (it may change after a consent failure),
+        protected with its SRTP session; None while either is missing, or once closed."""
         pair = self._connection._nominated.get(1)
-        if pair is None:
-            self._sendto = None
-            return
+        tx: pylibsrtp.Session | None = self._dtls._tx_srtp
+        if not self.open or pair is None or tx is None:
+            self._outlet = None
+            return None
         protocol = pair.protocol
         if isinstance(protocol, aioice.ice.StunProtocol):
-            self._sendto = protocol.transport.sendto
+            sendto = protocol.transport.sendto
         else:  # a TURN allocation of the node's: aioice's own (async) way
-            self._sendto = _scheduled(protocol.send_data)
-        self._address = pair.remote_addr
+            sendto = _scheduled(protocol.send_data)
+        self._outlet = (sendto, tx, pair.remote_addr)
+        return self._outlet
 
     def send_rtp(self, packet: bytes) -> None:
-        if self.open and self._sendto is not None:
-            self._sendto(self._tx.protect(packet), self._address)
+        outlet = self._outlet or self.refresh()
+        if outlet is not None:
+            sendto, tx, address = outlet
+            sendto(tx.protect(packet), address)
             self.sent += 1
 
     def send_rtcp(self, packet: bytes) -> None:
-        if self.open and self._sendto is not None:
-            self._sendto(self._tx.protect_rtcp(packet), self._address)
+        outlet = self._outlet or self.refresh()
+        if outlet is not None:
+            sendto, tx, address = outlet
+            sendto(tx.protect_rtcp(packet), address)
 
     def close(self) -> None:
         self.open = False
+        self._outlet = None
         for protocol, original in self._hooked:
             protocol.datagram_received = original
         self._hooked.clear()
@@ -273,13 +282,15 @@ class Wire:
                 self._hooked.append((protocol, original))
 
     def _datagram(self, original: Callable[[bytes, Any], None]) -> Callable[[bytes, Any], None]:
-        rx = self._rx
+        dtls = self._dtls
         receive = self._receive
         monotonic = time.monotonic
 
         def datagram_received(data: bytes, addr: Any) -> None:
-            # SRTP (first byte 128-191) that is not SRTCP: ours; DTLS, STUN, RTCP: aiortc's.
-            if self.open and 127 < data[0] < 192 and not 191 < data[1] < 224:
+            # SRTP (first byte 128-191) that is not SRTCP: ours once DTLS made the session;
+            # DTLS, STUN, RTCP: aiortc's.
+            rx = dtls._rx_srtp
+            if rx is not None and self.open and 127 < data[0] < 192 and not 191 < data[1] < 224:
                 try:
                     plain = rx.unprotect(data)
                 except pylibsrtp.Error:

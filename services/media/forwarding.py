@@ -42,6 +42,8 @@ RESEND_GAP_S = 0.1
 """One sequence number is resent to one subscriber at most this often..."""
 RESEND_TRIES = 3
 """...and at most this many times."""
+CATCH_UP = 64
+"""Packets after a keyframe's first that a new copy may be sent from the history at once."""
 RESENDS_PER_S = 200
 """What one subscriber may ask to be resent per second on one track, at most."""
 NTP_EPOCH_OFFSET = 2208988800
@@ -207,6 +209,25 @@ class Downstream:
             if self.waiting and not keyframe:
                 return
             self._rebase(view, upstream, now)
+            self._send(view, sent_at, now)
+            if upstream.history:
+                self._catch_up(view.sequence, upstream, sent_at, now)
+            return
+        self._send(view, sent_at, now)
+
+    def _catch_up(self, start: int, upstream: Upstream, sent_at: bytes, now: float) -> None:
+        """Packets after the keyframe's first that came before it (reordered on the way):
+        dropped while this copy waited, so sent now from the history."""
+        sequence = (start + 1) & 0xFFFF
+        for _ in range(CATCH_UP):
+            if newer(sequence, upstream.stats.highest):
+                break
+            view = upstream.history[sequence % HISTORY]
+            if view is not None and view.sequence == sequence:
+                self._send(view, sent_at, now)
+            sequence = (sequence + 1) & 0xFFFF
+
+    def _send(self, view: RtpView, sent_at: bytes, now: float) -> None:
         sequence = (view.sequence + self.seq_offset) & 0xFFFF
         timestamp = (view.timestamp + self.ts_offset) & 0xFFFFFFFF
         packet = self._packet(
@@ -276,12 +297,14 @@ class Downstream:
         for sequence in sequences:
             if self.budget < 1:
                 break
-            if (sequence - self.first_seq) & 0xFFFF >= 0x8000 or newer(sequence, self.highest_seq):
-                continue  # from before the last rebase, or never sent
+            original = (sequence - self.seq_offset) & 0xFFFF
+            if (sequence - self.first_seq) & 0xFFFF >= 0x8000 or newer(
+                original, upstream.stats.highest
+            ):
+                continue  # from before the last rebase, or not come yet
             asked = self.resent.get(sequence)
             if asked is not None and (now - asked[0] < RESEND_GAP_S or asked[1] >= RESEND_TRIES):
                 continue
-            original = (sequence - self.seq_offset) & 0xFFFF
             view = upstream.history[original % HISTORY]
             if view is None or view.sequence != original:
                 continue

@@ -19,6 +19,9 @@ COUNTERS = {
     "sent": "RTP packets sent to subscribers (copies and retransmissions).",
     "resent": "RTP packets resent to subscribers after a NACK.",
     "malformed": "RTP packets that could not be read or routed, dropped.",
+    "nacked": "Sequence numbers publishers were asked to send again (NACK).",
+    "repaired": "Retransmissions (RTX) publishers sent back.",
+    "unprotect_failures": "SRTP packets that failed authentication or replay checks, dropped.",
 }
 
 

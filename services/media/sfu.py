@@ -18,6 +18,7 @@ reconnects: it is bound to their new track without a new offer.
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -179,6 +180,10 @@ class Member:
     bytes_received: int = 0
     rate_mark: tuple[float, int] = field(default_factory=lambda: (time.monotonic(), 0))
     malformed: int = 0
+    nacked: int = 0
+    """Sequence numbers asked of this publisher again."""
+    repaired: int = 0
+    """Retransmissions (RTX) that came back from this publisher."""
     over_since: float | None = None
     closed: bool = False
 
@@ -277,9 +282,12 @@ class Sfu:
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             self._check_codecs(pc)
-            if self.relay is None:
-                aiortc_hooks.on_rtp(pc, lambda data, now: self._ingress(member, data, now))
             await pc.setLocalDescription(await pc.createAnswer())
+            if self.relay is None:
+                # From here on the connection's RTP is ours, in the order it comes.
+                receive = functools.partial(self._ingress, member)
+                aiortc_hooks.on_rtp(pc, receive)
+                member.wire = Wire(pc, receive)
         except SignalRefused:
             await self._abandon(member)
             raise
@@ -300,6 +308,8 @@ class Sfu:
         return answer
 
     async def _abandon(self, member: Member) -> None:
+        if member.wire is not None:
+            member.wire.close()
         for publication in member.publications:
             publication.close()
             if publication.voice is not None:
@@ -548,6 +558,7 @@ class Sfu:
             view.payload = view.payload[2:]
             view.payload_type = upstream.payload_type
             view.ssrc = upstream.ssrc
+            member.repaired += 1
             if upstream.record is not None:
                 data = _unwrapped(view)
         elif view.payload_type != upstream.payload_type:
@@ -561,6 +572,7 @@ class Sfu:
         if lost and upstream.ssrc is not None:
             packet = RtcpRtpfbPacket(RTCP_RTPFB_NACK, member.rtcp_ssrc, upstream.ssrc)
             packet.lost = lost
+            member.nacked += len(lost)
             member.send_feedback(bytes(packet))
 
     def _report_handler(self, member: Member) -> RtcpHandler:
@@ -617,17 +629,8 @@ class Sfu:
     def _state_changed(self, member: Member) -> None:
         state = member.pc.connectionState
         if state == "connected":
-            if self.relay is None and member.wire is None and not member.closed:
-                try:
-                    member.wire = Wire(
-                        member.pc, lambda data, now: self._ingress(member, data, now)
-                    )
-                except Exception:
-                    log.warning("media path not set up", exc_info=True)
-                    self._spawn(
-                        self.close_member(member, "server_error", "The media connection failed.")
-                    )
-                    return
+            if member.wire is not None:
+                member.wire.refresh()
             member.connected.set()
             self._spawn(self._renegotiate(member))
         elif state in ("failed", "closed") and not member.closed:
@@ -853,6 +856,9 @@ def _counts(member: Member) -> dict[str, int]:
         "sent": member.wire.sent if member.wire is not None else 0,
         "resent": sum(o.downstream.resends for o in member.outgoing if o.downstream),
         "malformed": member.malformed,
+        "nacked": member.nacked,
+        "repaired": member.repaired,
+        "unprotect_failures": member.wire.unprotect_failures if member.wire is not None else 0,
     }
 
 

@@ -263,3 +263,18 @@ def test_a_held_voice_resumes_with_no_gap_in_sequence_numbers() -> None:
     assert copies[5].timestamp - copies[4].timestamp == 45 * 960  # real time went by
     assert all(c.extensions.audio_level == (True, 20) for c in copies)
     assert {c.payload_type for c in copies} == {109}
+
+
+def test_packets_that_overtook_the_keyframes_first_follow_it_at_once() -> None:
+    upstream, sent = video_upstream(), Sent()
+    video_downstream(sent, upstream)
+    publisher = Publisher(upstream, sequence=200)
+    keyframe = vp8_payloads(1)[0][0]
+    publisher.send(b"\x10\x01delta", 199)  # the previous frame: before the keyframe
+    publisher.send(b"\x00\x00second", 201)  # overtook the keyframe's first packet
+    publisher.send(keyframe, 200)
+    publisher.send(b"\x00\x00third", 202, marker=True)
+    copies = sent.read()
+    assert [c.payload for c in copies] == [keyframe, b"\x00\x00second", b"\x00\x00third"]
+    sequences = [c.sequence_number for c in copies]
+    assert all((b - a) & 0xFFFF == 1 for a, b in itertools.pairwise(sequences))
