@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from runtime.embedded import NatsServer
+from services.media.rtp import parse
 from tests.media.conftest import Node, running
 from tests.media.peers import PeerProcess
 from tests.media.rooms import Room, frames_from, nats_url_of, receiving
@@ -193,3 +194,41 @@ async def test_leaving_and_vanishing_leave_no_socket_or_forwarding_entry_behind(
     while open_sockets() > sockets and time.monotonic() < deadline:
         await asyncio.sleep(0.2)
     assert open_sockets() <= sockets
+
+
+async def test_packets_lost_on_the_way_in_are_asked_for_and_forwarded_when_they_come(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sfu = node.media.sfu
+    ingress = sfu._ingress
+    seen: dict[int, int] = {}
+
+    def lossy(member: Any, data: bytes, now: float) -> None:
+        # Every 10th new video packet of the publisher is lost between it and the node.
+        view = parse(data)
+        if view.payload_type in {u.payload_type for u in video_upstreams(member)}:
+            seen[view.ssrc] = seen.get(view.ssrc, 0) + 1
+            if seen[view.ssrc] % 10 == 0:
+                return
+        ingress(member, data, now)
+
+    monkeypatch.setattr(sfu, "_ingress", lossy)
+    room = Room(node, nats_url_of(node))
+    async with room.peer(source="loop") as publisher, room.peer(publish=[]) as viewer:
+        pid = publisher.config["participant_id"]
+
+        async def enough() -> bool:
+            return frames_from(viewer, pid, "video") >= 60
+
+        await eventually(enough, timeout=30, what="60 frames despite the losses")
+        member = sfu.member(uuid.UUID(pid))
+        assert member is not None
+        repaired = member.repaired
+        report = await viewer.stop()
+    assert sum(seen.values()) >= 100
+    assert repaired >= sum(seen.values()) // 10 - 5  # each loss came back as RTX
+    assert report["decode_errors"] == 0
+
+
+def video_upstreams(member: Any) -> list[Any]:
+    return [p.upstream for p in member.publications if p.kind == "video" and p.upstream]
