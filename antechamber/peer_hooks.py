@@ -40,6 +40,8 @@ from aiortc.codecs.base import Encoder
 from aiortc.rtcrtpsender import RTCEncodedFrame
 from aiortc.rtp import AnyRtcpPacket, HeaderExtensions, RtpPacket
 
+from services.media.keyframes import is_keyframe
+
 AIORTC_VERSION = "1.16.0"
 """The aiortc release whose private parts these hooks were written against."""
 
@@ -82,27 +84,6 @@ class EncodedFrame:
     keyframe: bool
     arrived: float
     """``time.monotonic()`` when it was complete."""
-
-
-def is_keyframe(mime_type: str, data: bytes) -> bool:
-    """Whether a depayloaded frame starts a picture that decodes on its own."""
-    kind = mime_type.lower()
-    if kind == "video/vp8":
-        # RFC 6386 9.1: the first bit of the frame tag is 0 for a key frame.
-        return bool(data) and not data[0] & 0x01
-    if kind == "video/h264":
-        return any(nal_type in (5, 7) for nal_type in h264_nal_types(data))  # IDR or SPS
-    return True  # audio: every frame stands alone
-
-
-def h264_nal_types(data: bytes) -> list[int]:
-    """NAL unit types of an Annex B stream (as libx264 and aiortc's depayloader write it)."""
-    types = []
-    start = data.find(b"\x00\x00\x01")
-    while start != -1 and start + 3 < len(data):
-        types.append(data[start + 3] & 0x1F)
-        start = data.find(b"\x00\x00\x01", start + 3)
-    return types
 
 
 FrameSink = Callable[[EncodedFrame], None]

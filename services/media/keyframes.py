@@ -56,6 +56,28 @@ def h264_keyframe_start(payload: bytes) -> bool:
     return False
 
 
+def is_keyframe(mime_type: str, data: bytes) -> bool:
+    """Whether a whole depayloaded frame decodes on its own (VP8 bytes, or H.264 in Annex B
+    as aiortc's depayloader and libx264 write it); audio always does."""
+    kind = mime_type.lower()
+    if kind == "video/vp8":
+        # RFC 6386 9.1: the first bit of the frame tag is 0 for a key frame.
+        return bool(data) and not data[0] & 0x01
+    if kind == "video/h264":
+        return any(nal_type in (5, 7) for nal_type in h264_nal_types(data))  # IDR or SPS
+    return True
+
+
+def h264_nal_types(data: bytes) -> list[int]:
+    """NAL unit types of an Annex B stream."""
+    types = []
+    start = data.find(b"\x00\x00\x01")
+    while start != -1 and start + 3 < len(data):
+        types.append(data[start + 3] & 0x1F)
+        start = data.find(b"\x00\x00\x01", start + 3)
+    return types
+
+
 def keyframe_test(mime_type: str) -> KeyframeTest | None:
     """How to spot a keyframe's first packet for ``mime_type``; None for audio (every packet
     stands alone)."""

@@ -45,6 +45,8 @@ from aiortc.rtcrtpreceiver import TimestampMapper
 from aiortc.rtp import RtpPacket
 from av.video.plane import VideoPlane
 
+from services.media.keyframes import is_keyframe
+
 log = structlog.get_logger(__name__)
 
 DECODERS = {
@@ -628,27 +630,6 @@ _CODECS = {
     for mime, (_, clock_rate) in DECODERS.items()
 }
 """What ``depayload`` needs to know of each codec."""
-
-
-def is_keyframe(mime_type: str, data: bytes) -> bool:
-    """Whether a depayloaded frame starts a picture that decodes on its own."""
-    kind = mime_type.lower()
-    if kind == "video/vp8":
-        # RFC 6386 9.1: the first bit of the frame tag is 0 for a key frame.
-        return bool(data) and not data[0] & 0x01
-    if kind == "video/h264":
-        return any(nal_type in (5, 7) for nal_type in _h264_nal_types(data))
-    return True  # audio: every frame stands alone
-
-
-def _h264_nal_types(data: bytes) -> list[int]:
-    """NAL unit types of an Annex B stream (as aiortc's H.264 depayloader writes it)."""
-    types = []
-    start = data.find(b"\x00\x00\x01")
-    while start != -1 and start + 3 < len(data):
-        types.append(data[start + 3] & 0x1F)
-        start = data.find(b"\x00\x00\x01", start + 3)
-    return types
 
 
 class _Camera:

@@ -87,3 +87,20 @@ async def receiving(peer: PeerProcess, publishers: list[str], frames: int = 15) 
 
 def nats_url_of(node: Node) -> str:
     return node.ctx.settings.nats_url
+
+
+async def first_video_from_each(
+    late: PeerProcess, publishers: list[PeerProcess], within_s: float
+) -> None:
+    """``late`` decodes a first picture of every publisher, each within ``within_s`` of its
+    first offer."""
+    for publisher in publishers:
+        first = await late.wait_for(
+            lambda e, p=publisher: (
+                e["event"] == "first_frame"
+                and e["kind"] == "video"
+                and e["participant_id"] == p.config["participant_id"]
+            ),
+            timeout=10,
+        )
+        assert first["since_join_s"] <= within_s, first

@@ -19,7 +19,7 @@ from aiortc.codecs import get_encoder
 from aiortc.codecs.base import Encoder
 from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 
-from services.media.recorder import is_keyframe
+from services.media.keyframes import is_keyframe
 
 MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
 

@@ -32,7 +32,7 @@ from tests.media.conftest import Node, running
 from tests.media.peers import (
     peer_process,
 )
-from tests.media.rooms import CLINIC, Room, nats_url_of, receiving
+from tests.media.rooms import CLINIC, Room, first_video_from_each, nats_url_of, receiving
 from tests.support import eventually
 
 pytestmark = pytest.mark.timeout(180)
@@ -63,16 +63,7 @@ async def test_a_late_joiner_decodes_its_first_frame_within_a_second(node: Node)
     async with room.peer() as a, room.peer() as b:
         await receiving(a, [b.config["participant_id"]])
         async with room.peer(publish=[]) as late:
-            for publisher in (a, b):
-                first = await late.wait_for(
-                    lambda e, p=publisher: (
-                        e["event"] == "first_frame"
-                        and e["kind"] == "video"
-                        and e["participant_id"] == p.config["participant_id"]
-                    ),
-                    timeout=10,
-                )
-                assert first["since_join_s"] <= 1.0, first
+            await first_video_from_each(late, [a, b], within_s=1.0)
             report = await late.stop()
     assert report["decode_errors"] == 0
 

@@ -18,7 +18,8 @@ import pytest
 from aiortc import RTCRtpCodecParameters
 
 from services.media import recorder as recorder_module
-from services.media.recorder import Recorder, RecordingError, is_keyframe
+from services.media.keyframes import is_keyframe
+from services.media.recorder import Recorder, RecordingError
 from tests.media.rtp_packets import RtpStream
 
 VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90_000, payloadType=96)
