@@ -9,8 +9,9 @@ that each one is still there, so that an upgrade fails loudly instead of forward
   (``Connection._protocols``), with ``RTCDtlsTransport._rx_srtp`` to unprotect, so RTP never
   takes aioice's queue, aiortc's receive task or its jitter buffer; until DTLS is up, and for
   anything the socket hook does not take, ``RTCDtlsTransport._handle_rtp_data``;
-- sending: ``RTCDtlsTransport._tx_srtp`` to protect and the nominated pair
-  (``Connection._nominated``) to send on, with no task or await;
+- sending: ``RTCDtlsTransport._tx_srtp`` to protect (through pylibsrtp's libsrtp binding
+  and the session's ``_srtp``, ``_cdata`` and ``_buffer``: see :class:`Protector`) and the
+  nominated pair (``Connection._nominated``) to send on, with no task or await;
 - RTCP in: ``RTCRtpSender._handle_rtcp_packet`` (a subscriber's NACK, PLI, FIR, REMB, RR) and
   ``RTCRtpReceiver._handle_rtcp_packet`` (a publisher's SR);
 - the idle sender: ``RTCRtpSender._run_rtp`` and ``_run_rtcp`` replaced by waits that set
@@ -28,6 +29,7 @@ from typing import Any
 import aioice.ice
 import aiortc
 import pylibsrtp
+import pylibsrtp._binding
 from aiortc import (
     RTCDtlsTransport,
     RTCPeerConnection,
@@ -46,8 +48,9 @@ AIORTC_VERSION = "1.16.0"
 
 RtpSink = Callable[[bytes, float], None]
 """Takes a decrypted RTP packet and its arrival (``time.monotonic()``)."""
-Outlet = tuple[Callable[[bytes, Any], None], pylibsrtp.Session, Any]
-"""How a connection sends: sendto on its nominated pair, its SRTP session, the address."""
+Outlet = tuple[Callable[[bytes, Any], None], Callable[[bytes], bytes], pylibsrtp.Session, Any]
+"""How a connection sends: sendto on its nominated pair, SRTP protection (the fast way, and
+the session for RTCP), the address."""
 RtcpHandler = Callable[[AnyRtcpPacket], Coroutine[Any, Any, None]]
 
 CLASS_ATTRIBUTES: tuple[tuple[type, str], ...] = (
@@ -77,6 +80,9 @@ INSTANCE_ATTRIBUTES: tuple[tuple[str, str], ...] = (
     ("receiver", "_RTCRtpReceiver__rtcp_ssrc"),
     ("transceiver", "_codecs"),
     ("transceiver", "_headerExtensions"),
+    ("srtp", "_srtp"),
+    ("srtp", "_cdata"),
+    ("srtp", "_buffer"),
 )
 """Attributes aiortc sets in ``__init__``, read on live objects (object, attribute)."""
 
@@ -95,6 +101,8 @@ def check_aiortc() -> None:
     for owner, name in CLASS_ATTRIBUTES:
         if not callable(vars(owner).get(name)):  # its own, not one a base class has
             raise IncompatibleAiortc(f"aiortc has no {owner.__name__}.{name}")
+    if not callable(getattr(pylibsrtp._binding.lib, "srtp_protect", None)):
+        raise IncompatibleAiortc("pylibsrtp's binding has no srtp_protect")
     pc = RTCPeerConnection()
     transceiver = pc.addTransceiver("video", direction="sendonly")
     dtls = transceiver.sender.transport
@@ -105,6 +113,7 @@ def check_aiortc() -> None:
         "sender": transceiver.sender,
         "receiver": transceiver.receiver,
         "transceiver": transceiver,
+        "srtp": pylibsrtp.Session(),
     }
     for owner_name, name in INSTANCE_ATTRIBUTES:
         owner = objects[owner_name]
@@ -251,20 +260,20 @@ class Wire:
             sendto = protocol.transport.sendto
         else:  # a TURN allocation of the node's: aioice's own (async) way
             sendto = _scheduled(protocol.send_data)
-        self._outlet = (sendto, tx, pair.remote_addr)
+        self._outlet = (sendto, Protector(tx).protect, tx, pair.remote_addr)
         return self._outlet
 
     def send_rtp(self, packet: bytes) -> None:
         outlet = self._outlet or self.refresh()
         if outlet is not None:
-            sendto, tx, address = outlet
-            sendto(tx.protect(packet), address)
+            sendto, protect, _, address = outlet
+            sendto(protect(packet), address)
             self.sent += 1
 
     def send_rtcp(self, packet: bytes) -> None:
         outlet = self._outlet or self.refresh()
         if outlet is not None:
-            sendto, tx, address = outlet
+            sendto, _, tx, address = outlet
             sendto(tx.protect_rtcp(packet), address)
 
     def close(self) -> None:
@@ -301,6 +310,35 @@ class Wire:
             original(data, addr)
 
         return datagram_received
+
+
+class Protector:
+    """SRTP protection for one session, the libsrtp call pylibsrtp's ``Session.protect``
+    makes, without the ``int *`` it allocates and the checks it repeats on every packet
+    (a tenth of a copy's cost): on the session's own buffer, as pylibsrtp does."""
+
+    MAX = 1500 - 144  # the buffer, less libsrtp's largest trailer
+
+    def __init__(self, session: pylibsrtp.Session) -> None:
+        self._session = session  # keeps the libsrtp context alive
+        self._context = session._srtp[0]
+        self._cdata = session._cdata
+        self._buffer = session._buffer
+        self._length = pylibsrtp._binding.ffi.new("int *")
+        self._protect = pylibsrtp._binding.lib.srtp_protect
+
+    def protect(self, packet: bytes) -> bytes:
+        size = len(packet)
+        if size > self.MAX:
+            raise ValueError("packet is too long")
+        length = self._length
+        length[0] = size
+        self._buffer[0:size] = packet
+        status = self._protect(self._context, self._cdata, length)
+        if status:
+            raise pylibsrtp.Error(f"srtp_protect failed ({status})")
+        result: bytes = self._buffer[0 : length[0]]
+        return result
 
 
 def on_rtp(pc: RTCPeerConnection, receive: RtpSink) -> None:

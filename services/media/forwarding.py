@@ -30,6 +30,7 @@ from services.media.rtp import (
     AUDIO_LEVEL,
     HEADER,
     MID,
+    OneByteExtensions,
     RtpView,
     abs_send_time,
     audio_level,
@@ -114,9 +115,13 @@ class Upstream:
         keyframe = self.keyframe_test is not None and self.keyframe_test(view.payload)
         if self.history:
             self.history[view.sequence % HISTORY] = view
-        if self.heard is not None and self.level_id is not None:
+        if self.level_id is not None:
             level = view.extensions.get(self.level_id)
             if level:
+                view.level = level[:1]
+            if self.heard is None:
+                pass
+            elif level:
                 activity, value = audio_level(level)
                 self.heard(activity, value, now)
             else:  # a sender that does not say how loud it is: heard, as a quiet voice
@@ -150,6 +155,7 @@ class Downstream:
     mid_element: tuple[int, bytes] | None = None
     level_id: int | None = None
     abs_id: int | None = None
+    fast: OneByteExtensions | None = None
     epoch: int = 0
     waiting: bool = True
     """Video: nothing is sent until a keyframe starts."""
@@ -187,6 +193,10 @@ class Downstream:
         self.mid_element = (mid_id, mid.encode()) if mid_id else None
         self.level_id = extensions.get(AUDIO_LEVEL)
         self.abs_id = extensions.get(ABS_SEND_TIME)
+        try:
+            self.fast = OneByteExtensions(self.mid_element, self.abs_id, self.level_id)
+        except ValueError:
+            self.fast = None  # ids above 14 or a long mid: the general (two-byte) form
 
     def bind(self, upstream: Upstream | None) -> None:
         """Carry ``upstream`` from now on (None: nothing)."""
@@ -270,16 +280,17 @@ class Downstream:
         sent_at: bytes,
         payload: bytes,
     ) -> bytes:
-        elements: list[tuple[int, bytes]] = []
-        if self.mid_element is not None:
-            elements.append(self.mid_element)
-        if self.abs_id:
-            elements.append((self.abs_id, sent_at))
-        if self.level_id and self.upstream is not None and self.upstream.level_id:
-            level = view.extensions.get(self.upstream.level_id)
-            if level:
-                elements.append((self.level_id, level))
-        extensions = extension_block(elements)
+        if self.fast is not None:
+            extensions = self.fast.block(sent_at, view.level)
+        else:
+            elements: list[tuple[int, bytes]] = []
+            if self.mid_element is not None:
+                elements.append(self.mid_element)
+            if self.abs_id:
+                elements.append((self.abs_id, sent_at))
+            if self.level_id and view.level is not None:
+                elements.append((self.level_id, view.level))
+            extensions = extension_block(elements)
         first = view.first | 0x10 if extensions else view.first
         header = HEADER.pack(first, view.marker | payload_type, sequence, timestamp, ssrc)
         return header + view.csrc + extensions + payload

@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import aiortc
+import pylibsrtp
 import pytest
 from aiortc import RTCPeerConnection, RTCRtpSender
 
@@ -16,6 +17,7 @@ from services.media.aiortc_hooks import (
     CLASS_ATTRIBUTES,
     INSTANCE_ATTRIBUTES,
     IncompatibleAiortc,
+    Protector,
     Wire,
     check_aiortc,
     idle_sender,
@@ -135,3 +137,18 @@ async def test_an_idle_sender_stops_and_has_its_negotiated_terms() -> None:
         assert terms.rtx_for(payload_type) is not None
         assert terms.feedback(payload_type, "nack")
         await asyncio.wait_for(transceiver.sender.stop(), 5)
+
+
+def test_the_fast_protection_writes_what_pylibsrtp_writes() -> None:
+    key = bytes(range(30))
+
+    def session() -> pylibsrtp.Session:
+        return pylibsrtp.Session(
+            pylibsrtp.Policy(key=key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
+        )
+
+    theirs, ours = session(), Protector(session())
+    packets = [packet(bytes([0x10, i % 256]) * 400, sequence=i, timestamp=i) for i in range(300)]
+    assert [ours.protect(p) for p in packets] == [theirs.protect(p) for p in packets]
+    with pytest.raises(ValueError, match="too long"):
+        ours.protect(bytes(1400))
