@@ -24,7 +24,7 @@ from services.media.aiortc_hooks import (
     negotiated,
     on_rtp,
 )
-from tests.media.rtp_samples import packet
+from tests.media.rtp_packets import packet
 from tests.support import eventually
 
 

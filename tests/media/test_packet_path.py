@@ -11,7 +11,7 @@ from aiortc.rtp import RtpPacket
 from services.media.forwarding import HISTORY, Downstream, Upstream
 from services.media.keyframes import vp8_keyframe_start
 from services.media.rtp import parse
-from tests.media.rtp_samples import AUDIO_EXTENSIONS, extensions_map, packet, vp8_payloads
+from tests.media.rtp_packets import AUDIO_EXTENSIONS, extensions_map, packet, vp8_payloads
 
 SUBSCRIBER_IDS = {
     "urn:ietf:params:rtp-hdrext:sdes:mid": 3,

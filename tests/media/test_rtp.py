@@ -5,7 +5,7 @@ from aiortc.rtp import RtpPacket
 
 from services.media.keyframes import h264_keyframe_start, keyframe_test, vp8_keyframe_start
 from services.media.rtp import MalformedRtp, extension_block, parse
-from tests.media.rtp_samples import (
+from tests.media.rtp_packets import (
     AUDIO_EXTENSIONS,
     extensions_map,
     h264_payloads,
