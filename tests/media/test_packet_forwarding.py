@@ -15,7 +15,7 @@ import pytest
 from runtime.embedded import NatsServer
 from services.media.rtp import parse
 from tests.media.conftest import Node, running
-from tests.media.peers import PeerProcess
+from tests.media.peers import PeerProcess, peer_process
 from tests.media.rooms import Room, first_video_from_each, frames_from, nats_url_of, receiving
 from tests.support import eventually
 
@@ -223,3 +223,32 @@ async def test_packets_lost_on_the_way_in_are_asked_for_and_forwarded_when_they_
 
 def video_upstreams(member: Any) -> list[Any]:
     return [p.upstream for p in member.publications if p.kind == "video" and p.upstream]
+
+
+async def test_a_publisher_who_reconnects_stays_one_stream_for_the_others(node: Node) -> None:
+    room = Room(node, nats_url_of(node))
+    pid = uuid.uuid4()
+    assert await room.seat(pid)
+    config = room.config(pid, source="loop")
+    async with room.peer(publish=[]) as viewer, peer_process(config) as first:
+        await first.wait_for("ready", timeout=20)
+        await receiving(viewer, [str(pid)], frames=15)
+        renegotiations = viewer.latest_stats()["renegotiations"]
+        mids = {
+            m for m, t in viewer.latest_stats()["tracks"].items() if t["participant_id"] == str(pid)
+        }
+        # The page reloads: a new connection for the same person, while the old one is open.
+        async with peer_process(config) as second:
+            await second.wait_for("ready", timeout=20)
+            before = frames_from(viewer, str(pid), "video")
+
+            async def continues() -> bool:
+                return frames_from(viewer, str(pid), "video") >= before + 30
+
+            await eventually(continues, timeout=20, what="the reconnected publisher's video")
+            report = await viewer.stop()
+    assert report["renegotiations"] == renegotiations  # nobody else had to negotiate again
+    for mid in mids:
+        track = report["tracks"][mid]
+        assert track["gaps"] == 0, track  # the same SSRC, its numbering unbroken
+    assert report["decode_errors"] == 0
