@@ -72,15 +72,22 @@ PRINTED = {
         "planned (consumers):",
     ),
     "sfu": (
-        "SFU process CPU:",
-        "of which in the kernel:",
-        "full room of 16 (240 pairs):",
-        "decode errors:              0",
-        "late joiner's first frame:",
-        "forwarding encoded frames:",
-        "baseline MediaRelay:",
-        "x less CPU per subscriber",
         "per datagram sent:",
+        "forwarding RTP packets: 2 publishers x 3 subscribers",
+        "packets sent:",
+        "per sent packet:",
+        "video at every subscriber:",
+        "machine during it:",
+        "Baseline, MediaRelay",
+        "per packet received:",
+        "x less CPU per packet forwarding RTP",
+        "full room of 16 (16 x 15 video + 3 x 15 audio streams):",
+        " us/packet x ",
+        "calls per core:",
+        "late joiner's first frame, VP8,",
+        "late joiner's first frame, H.264,",
+        "decode errors:",
+        "lowest video frame rate:",
     ),
     "web": (
         "guest link -> first remote frame (direct admission, host in the call):",
@@ -116,14 +123,23 @@ RECORDED = {
     ),
     "notify": ("SessionScheduled -> mail", "invitations delivered"),
     "sfu": (
+        "us CPU per sent packet at fan-out",
+        "us CPU per packet received at fan-out",
         "full room of 16",
+        "two-person calls per core",
+        "late joiner's first frame, VP8",
+        "late joiner's first frame, H.264",
         "decode errors",
-        "late joiner's first frame",
-        "CPU per added subscriber",
+        "lowest video frame rate",
     ),
     "web": ("guest link -> first remote frame",),
 }
-CHECKS = ("decode errors", "late joiner's first frame", "invitations delivered")
+CHECKS = (
+    "decode errors",
+    "late joiner's first frame",
+    "lowest video frame rate",
+    "invitations delivered",
+)
 
 
 def run(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
