@@ -40,14 +40,8 @@ from aiortc.codecs.base import Encoder
 from aiortc.rtcrtpsender import RTCEncodedFrame
 from aiortc.rtp import AnyRtcpPacket, HeaderExtensions, RtpPacket
 
+from services.media.aiortc_hooks import AIORTC_VERSION, IncompatibleAiortc
 from services.media.keyframes import is_keyframe
-
-AIORTC_VERSION = "1.16.0"
-"""The aiortc release whose private parts these hooks were written against."""
-
-
-class IncompatibleAiortc(RuntimeError):
-    """The installed aiortc is not the one the peer's hooks were written for."""
 
 
 def check_aiortc() -> None:

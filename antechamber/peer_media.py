@@ -216,14 +216,7 @@ def encode_vp8(
 ) -> list[bytes]:
     """``frames`` encoded with libvpx at a constant ``bitrate``: one keyframe and deltas, or
     every frame a keyframe."""
-    codec = av.CodecContext.create("libvpx", "w")
-    assert isinstance(codec, av.VideoCodecContext)
-    codec.width = frames[0].width
-    codec.height = frames[0].height
-    codec.pix_fmt = "yuv420p"
-    codec.bit_rate = bitrate
-    codec.time_base = fractions.Fraction(1, fps)
-    codec.framerate = fractions.Fraction(fps, 1)
+    codec = _video_encoder("libvpx", frames[0], fps, bitrate)
     codec.gop_size = 1 if keyframes else 1_000_000
     codec.options = {
         "deadline": "realtime",
@@ -247,14 +240,7 @@ def encode_h264(
     are the same and an IDR of one may stand in for a frame of the other: the P frames after
     it then skip ``frame_num``s, which a decoder conceals without an error.
     """
-    codec = av.CodecContext.create("libx264", "w")
-    assert isinstance(codec, av.VideoCodecContext)
-    codec.width = frames[0].width
-    codec.height = frames[0].height
-    codec.pix_fmt = "yuv420p"
-    codec.bit_rate = bitrate
-    codec.time_base = fractions.Fraction(1, fps)
-    codec.framerate = fractions.Fraction(fps, 1)
+    codec = _video_encoder("libx264", frames[0], fps, bitrate)
     codec.gop_size = 1_000_000
     codec.options = {
         "preset": "ultrafast",
@@ -266,6 +252,19 @@ def encode_h264(
         "bufsize": str(bitrate),
     }
     return _encode_all(codec, frames, keyframes, "libx264")
+
+
+def _video_encoder(name: str, first: av.VideoFrame, fps: int, bitrate: int) -> av.VideoCodecContext:
+    """An encoder for ``first``'s size in 4:2:0 at ``fps`` and ``bitrate``."""
+    codec = av.CodecContext.create(name, "w")
+    assert isinstance(codec, av.VideoCodecContext)
+    codec.width = first.width
+    codec.height = first.height
+    codec.pix_fmt = "yuv420p"
+    codec.bit_rate = bitrate
+    codec.time_base = fractions.Fraction(1, fps)
+    codec.framerate = fractions.Fraction(fps, 1)
+    return codec
 
 
 def _encode_all(

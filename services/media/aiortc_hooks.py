@@ -236,8 +236,7 @@ class Wire:
     """
 
     def __init__(self, pc: RTCPeerConnection, receive: RtpSink) -> None:
-        transceiver = pc.getTransceivers()[0]
-        self._dtls: RTCDtlsTransport = transceiver.receiver.transport
+        self._dtls = _bundled_transport(pc)
         self._receive = receive
         self._hooked: list[tuple[Any, Any]] = []
         self.open = True
@@ -285,7 +284,7 @@ class Wire:
 
     def _take_over_receiving(self) -> None:
         for protocol in list(self._connection._protocols):
-            if isinstance(protocol, aioice.ice.StunProtocol) and protocol not in dict(self._hooked):
+            if isinstance(protocol, aioice.ice.StunProtocol):
                 original = protocol.datagram_received
                 protocol.datagram_received = self._datagram(original)  # type: ignore[method-assign,assignment]
                 self._hooked.append((protocol, original))
@@ -344,10 +343,7 @@ class Protector:
 def on_rtp(pc: RTCPeerConnection, receive: RtpSink) -> None:
     """Decrypted RTP that reaches aiortc's DTLS transport (before the :class:`Wire` takes the
     sockets over, or through a TURN relay) goes to ``receive`` instead of aiortc's receivers."""
-    transceivers = pc.getTransceivers()
-    if not transceivers:
-        return
-    dtls = transceivers[0].receiver.transport
+    dtls = _bundled_transport(pc)
 
     async def handle_rtp_data(data: bytes, arrival_time_ms: int) -> None:
         if not is_rtcp(data):
@@ -365,3 +361,9 @@ def _scheduled(send: Callable[[bytes, Any], Awaitable[None]]) -> Callable[[bytes
         task.add_done_callback(pending.discard)
 
     return sendto
+
+
+def _bundled_transport(pc: RTCPeerConnection) -> RTCDtlsTransport:
+    """The connection's one DTLS transport (the node bundles every m-line on it)."""
+    transport: RTCDtlsTransport = pc.getTransceivers()[0].receiver.transport
+    return transport

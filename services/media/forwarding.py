@@ -30,11 +30,10 @@ from services.media.rtp import (
     AUDIO_LEVEL,
     HEADER,
     MID,
-    OneByteExtensions,
+    ExtensionWriter,
     RtpView,
     abs_send_time,
     audio_level,
-    extension_block,
 )
 
 HISTORY = 512
@@ -119,13 +118,10 @@ class Upstream:
             level = view.extensions.get(self.level_id)
             if level:
                 view.level = level[:1]
-            if self.heard is None:
-                pass
-            elif level:
-                activity, value = audio_level(level)
+            if self.heard is not None:
+                # A sender that does not say how loud it is is heard as a quiet voice.
+                activity, value = audio_level(level) if level else (True, UNKNOWN_LEVEL)
                 self.heard(activity, value, now)
-            else:  # a sender that does not say how loud it is: heard, as a quiet voice
-                self.heard(True, UNKNOWN_LEVEL, now)
         if self.record is not None:
             self.record(data, keyframe, now)
         if self.forwarding and self.downstreams:
@@ -133,6 +129,10 @@ class Upstream:
             for downstream in self.downstreams:
                 downstream.forward(view, keyframe, sent_at, now)
         return gap and self.nack
+
+    def hold(self) -> None:
+        """The gate closed: nothing is forwarded until :meth:`resume`."""
+        self.forwarding = False
 
     def resume(self) -> None:
         """The gate opened again: downstreams continue their sequence from where they were."""
@@ -152,16 +152,13 @@ class Downstream:
     upstream: Upstream | None = None
     payload_type: int = 0
     rtx_payload_type: int | None = None
-    mid_element: tuple[int, bytes] | None = None
-    level_id: int | None = None
-    abs_id: int | None = None
-    fast: OneByteExtensions | None = None
+    extensions: ExtensionWriter = field(default_factory=lambda: ExtensionWriter(None, None, None))
     epoch: int = 0
     waiting: bool = True
     """Video: nothing is sent until a keyframe starts."""
-    started: bool = False
     anchored_to: Upstream | None = None
-    """The upstream whose clock the timestamps follow (another one: they are moved on)."""
+    """The upstream whose clock the timestamps follow (another one: they are moved on);
+    None until the first packet went."""
     seq_offset: int = 0
     ts_offset: int = 0
     highest_seq: int = 0
@@ -190,13 +187,15 @@ class Downstream:
         self.payload_type = payload_type
         self.rtx_payload_type = rtx_payload_type
         mid_id = extensions.get(MID)
-        self.mid_element = (mid_id, mid.encode()) if mid_id else None
-        self.level_id = extensions.get(AUDIO_LEVEL)
-        self.abs_id = extensions.get(ABS_SEND_TIME)
-        try:
-            self.fast = OneByteExtensions(self.mid_element, self.abs_id, self.level_id)
-        except ValueError:
-            self.fast = None  # ids above 14 or a long mid: the general (two-byte) form
+        self.extensions = ExtensionWriter(
+            (mid_id, mid.encode()) if mid_id else None,
+            extensions.get(ABS_SEND_TIME),
+            extensions.get(AUDIO_LEVEL),
+        )
+
+    @property
+    def started(self) -> bool:
+        return self.anchored_to is not None
 
     def bind(self, upstream: Upstream | None) -> None:
         """Carry ``upstream`` from now on (None: nothing)."""
@@ -253,7 +252,6 @@ class Downstream:
 
     def _rebase(self, view: RtpView, upstream: Upstream, now: float) -> None:
         if not self.started:
-            self.started = True
             self.seq_offset = (random.randrange(1 << 16) - view.sequence) & 0xFFFF  # noqa: S311
             self.ts_offset = (random.randrange(1 << 32) - view.timestamp) & 0xFFFFFFFF  # noqa: S311
         else:
@@ -280,17 +278,7 @@ class Downstream:
         sent_at: bytes,
         payload: bytes,
     ) -> bytes:
-        if self.fast is not None:
-            extensions = self.fast.block(sent_at, view.level)
-        else:
-            elements: list[tuple[int, bytes]] = []
-            if self.mid_element is not None:
-                elements.append(self.mid_element)
-            if self.abs_id:
-                elements.append((self.abs_id, sent_at))
-            if self.level_id and view.level is not None:
-                elements.append((self.level_id, view.level))
-            extensions = extension_block(elements)
+        extensions = self.extensions.block(sent_at, view.level)
         first = view.first | 0x10 if extensions else view.first
         header = HEADER.pack(first, view.marker | payload_type, sequence, timestamp, ssrc)
         return header + view.csrc + extensions + payload
@@ -304,6 +292,7 @@ class Downstream:
             return 0
         self.budget = min(RESENDS_PER_S, self.budget + (now - self.budget_at) * RESENDS_PER_S)
         self.budget_at = now
+        sent_at = abs_send_time(ntp_now())
         sent = 0
         for sequence in sequences:
             if self.budget < 1:
@@ -321,7 +310,6 @@ class Downstream:
                 continue
             self.resent[sequence] = (now, 1 if asked is None else asked[1] + 1)
             timestamp = (view.timestamp + self.ts_offset) & 0xFFFFFFFF
-            sent_at = abs_send_time(ntp_now())
             if self.rtx_payload_type is not None:
                 packet = self._packet(
                     self.rtx_payload_type,

@@ -59,6 +59,7 @@ from services.media.config import MediaSettings
 from services.media.forwarding import NTP_EPOCH_OFFSET, Downstream, Upstream
 from services.media.keyframes import keyframe_test
 from services.media.offers import Terms, with_opus_dtx
+from services.media.reports import send_reports
 from services.media.rtp import AUDIO_LEVEL, HEADER, MalformedRtp, RtpView, parse
 from services.media.speakers import LoudestSpeakers, Voice
 
@@ -304,16 +305,11 @@ class Sfu:
         self._spawn(self._connect_deadline(member))
         for publication in member.publications:
             self._spawn(self._fan_out(publication))
-        answer = MediaSignal(participant_id=participant_id, kind=SignalKind.answer, sdp=_sdp(pc))
-        return answer
+        return MediaSignal(participant_id=participant_id, kind=SignalKind.answer, sdp=_sdp(pc))
 
     async def _abandon(self, member: Member) -> None:
-        if member.wire is not None:
-            member.wire.close()
-        for publication in member.publications:
-            publication.close()
-            if publication.voice is not None:
-                member.room.speakers.leave(publication.voice)
+        """A connection whose offer failed: nothing of it stays."""
+        self._unplug(member)
         await member.pc.close()
         if not member.room.members and member.room.recorder is None:
             self.rooms.pop(member.room.room_id, None)
@@ -449,8 +445,7 @@ class Sfu:
             if downstream is None:
                 sender = outgoing.transceiver.sender
                 ssrc, rtx_ssrc = aiortc_hooks.sender_ssrcs(sender)
-                upstream = outgoing.publication.upstream
-                clock_rate = upstream.clock_rate if upstream is not None else 90_000
+                clock_rate = terms.codecs[payload_type].clockRate
                 downstream = Downstream(
                     outgoing.publication.kind, clock_rate, ssrc, rtx_ssrc, member.wire
                 )
@@ -519,7 +514,7 @@ class Sfu:
             speakers = member.room.speakers
             voice = Voice(
                 host=member.role == CallRole.host,
-                on_change=lambda on: upstream.resume() if on else _hold(upstream),
+                on_change=lambda on: upstream.resume() if on else upstream.hold(),
             )
             publication.voice = voice
             upstream.forwarding = False  # until the room's selection lets this voice through
@@ -662,15 +657,10 @@ class Sfu:
         if member.closed:
             return
         member.closed = True
-        if member.wire is not None:
-            member.wire.close()  # first: nothing is sent on or taken from it any more
+        self._unplug(member)
         room = member.room
         if room.members.get(member.participant_id) is member:
             del room.members[member.participant_id]
-        for publication in member.publications:
-            publication.close()
-            if publication.voice is not None:
-                room.speakers.leave(publication.voice)
         for outgoing in member.outgoing:
             self._stop_outgoing(member, outgoing)
         if room.recorder is not None and successor is None:
@@ -710,6 +700,16 @@ class Sfu:
         if not room.members and room.recorder is None and successor is None:
             self.rooms.pop(room.room_id, None)
 
+    def _unplug(self, member: Member) -> None:
+        """Take ``member``'s connection off the packet path: its sockets first (nothing is
+        sent on or taken from it any more), then what it publishes."""
+        if member.wire is not None:
+            member.wire.close()
+        for publication in member.publications:
+            publication.close()
+            if publication.voice is not None:
+                member.room.speakers.leave(publication.voice)
+
     async def release(self, room_id: UUID, participant_id: UUID | None, reason: str) -> None:
         """Seats were released: close the connections that held them."""
         if participant_id is None:
@@ -728,8 +728,6 @@ class Sfu:
         """Background task: close connections that publish far above the allowed rate, or
         whose media stopped without a goodbye; ask again for missing packets; send the
         reports (see ``reports.py``)."""
-        from services.media.reports import send_reports
-
         next_watch = next_report = time.monotonic()
         while True:
             await asyncio.sleep(NACK_EVERY_S)
@@ -860,10 +858,6 @@ def _counts(member: Member) -> dict[str, int]:
         "repaired": member.repaired,
         "unprotect_failures": member.wire.unprotect_failures if member.wire is not None else 0,
     }
-
-
-def _hold(upstream: Upstream) -> None:
-    upstream.forwarding = False
 
 
 def _unwrapped(view: RtpView) -> bytes:
