@@ -194,7 +194,7 @@ class Media:
         # Concurrent requests for one new room on this node place it once.
         pending = self._placing.get(room)
         if pending is None:
-            pending = asyncio.ensure_future(placement.place(room, over))
+            pending = asyncio.ensure_future(self._place_somewhere(placement, room, over))
             self._placing[room] = pending
             pending.add_done_callback(lambda _: self._placing.pop(room, None))
             placed = await asyncio.shield(pending)
@@ -203,6 +203,17 @@ class Media:
                 self.journal.record(stream_of(room), clinic_id, event)
             return placed
         return await asyncio.shield(pending)
+
+    async def _place_somewhere(
+        self, placement: Placement, room: UUID, over: Owner | None
+    ) -> Placed | None:
+        placed = await placement.place(room, over)
+        if placed is None and len(self.owned) < self.settings.max_rooms:
+            # This node is answering, so it lives, whatever its card says: a heartbeat that
+            # could not be written while NATS failed over leaves it looking dead to itself.
+            await placement.announce(rooms=len(self.owned))
+            placed = await placement.place(room, over)
+        return placed
 
     async def _forward(
         self, ctx: ServiceContext, owner: Owner, action: Action, body: str

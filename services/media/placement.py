@@ -25,6 +25,7 @@ from nats.js.errors import (
     BucketNotFoundError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
+    NoKeysError,
 )
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from pydantic import AwareDatetime, BaseModel, ValidationError
@@ -148,9 +149,16 @@ class Placement:
         None when no live node can take another room. Losing the race returns the winner.
         """
         key = room_key(room_id)
+        reloaded = False
         while True:
             besides = over.node_id if over else None
             card = least_loaded(self.cards.values(), self.clock(), self.ttl, besides=besides)
+            if card is None and not reloaded:
+                # The watch can lag behind the bucket (a NATS server failing over restarts
+                # it): read the cards afresh before saying no node can take the room.
+                await self.reload()
+                reloaded = True
+                continue
             if card is None:
                 return None
             value = card.node_id.encode()
@@ -188,6 +196,26 @@ class Placement:
         except (KeyNotFoundError, ValidationError):
             return False
         return card.live(self.clock(), self.ttl)
+
+    async def reload(self) -> None:
+        """Replace the view of the nodes with their cards as the bucket holds them now."""
+        try:
+            keys = await self.nodes.keys()
+        except NoKeysError:
+            keys = []
+        cards: dict[str, NodeCard] = {}
+        for key in keys:
+            try:
+                entry = await self.nodes.get(key)
+                cards[key] = NodeCard.model_validate_json(entry.value or b"")
+            except (KeyNotFoundError, ValidationError):
+                continue
+        mine = self.cards.get(self.node_id)
+        if mine is not None and (
+            mine.node_id not in cards or cards[mine.node_id].seen_at < mine.seen_at
+        ):
+            cards[mine.node_id] = mine  # this node's own last put, even if the read lags it
+        self.cards = cards
 
     async def announce(self, rooms: int) -> None:
         """Put this node's card: it lives, holds ``rooms`` and takes at most ``max_rooms``."""

@@ -6,6 +6,7 @@ import contextlib
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from nats.aio.client import Client as NATS
 
@@ -161,6 +162,41 @@ async def test_a_node_that_lost_a_room_says_so_and_the_request_finds_the_new_own
         again = await b.seat(seat_request(clinic_id, room))
         assert again.node_id == a.node_id
         assert again.taken == 1
+
+
+async def test_a_node_whose_heartbeat_could_not_be_written_still_takes_a_new_room(
+    postgres_dsn: str, nats_server: NatsServer
+) -> None:
+    """While a NATS server fails over, heartbeat puts fail: a node's own card goes stale in
+    the bucket and in its view. The node answering is alive all the same, so a new room is
+    placed on it, not refused with ``no_capacity``."""
+    async with running(postgres_dsn, nats_server.url, heartbeat_s=60.0, node_ttl_s=0.5) as a:
+        await asyncio.sleep(0.7)  # no heartbeat since: its card is older than the ttl
+        pa = await a.placement()
+        assert not pa.cards[a.node_id].live(datetime.now(UTC), pa.ttl)
+        answer = await a.seat(seat_request(clinic(), uuid.uuid4()))
+        assert answer.granted, answer.message
+        assert answer.node_id == a.node_id
+
+
+async def test_a_view_of_the_nodes_that_lags_the_bucket_is_read_again_before_refusing(
+    postgres_dsn: str, nats_server: NatsServer
+) -> None:
+    """The watch of the node cards restarts after a NATS server fails over and can lag: a
+    view in which no node can take a room is read again from the bucket before refusing."""
+    slow: dict[str, Any] = {"heartbeat_s": 60.0, "node_ttl_s": 30.0}
+    async with (
+        running(postgres_dsn, nats_server.url, **slow) as a,
+        running(postgres_dsn, nats_server.url, **slow) as b,
+    ):
+        await seeing_each_other(a, b)
+        pa = await a.placement()
+        del pa.cards[b.node_id]  # b's card not seen yet
+        mine = pa.cards[a.node_id]
+        pa.cards[a.node_id] = mine.model_copy(update={"rooms": mine.max_rooms})  # looks full
+        answer = await a.seat(seat_request(clinic(), uuid.uuid4()))
+        assert answer.granted, answer.message
+        assert set(pa.cards) >= {a.node_id, b.node_id}
 
 
 def test_a_card_is_live_only_within_the_ttl_of_this_nodes_clock_either_way() -> None:
