@@ -198,7 +198,8 @@ class Placement:
         return card.live(self.clock(), self.ttl)
 
     async def reload(self) -> None:
-        """Replace the view of the nodes with their cards as the bucket holds them now."""
+        """Bring the view of the nodes up to their cards in the bucket; a card the view holds
+        from the same heartbeat or a later one stays (it counts rooms placed since)."""
         try:
             keys = await self.nodes.keys()
         except NoKeysError:
@@ -207,14 +208,14 @@ class Placement:
         for key in keys:
             try:
                 entry = await self.nodes.get(key)
-                cards[key] = NodeCard.model_validate_json(entry.value or b"")
+                card = NodeCard.model_validate_json(entry.value or b"")
             except (KeyNotFoundError, ValidationError):
                 continue
+            held = self.cards.get(key)
+            cards[key] = held if held is not None and held.seen_at >= card.seen_at else card
         mine = self.cards.get(self.node_id)
-        if mine is not None and (
-            mine.node_id not in cards or cards[mine.node_id].seen_at < mine.seen_at
-        ):
-            cards[mine.node_id] = mine  # this node's own last put, even if the read lags it
+        if mine is not None and self.node_id not in cards:
+            cards[self.node_id] = mine  # this node's own last put, even if the read lags it
         self.cards = cards
 
     async def announce(self, rooms: int) -> None:
