@@ -9,9 +9,11 @@ that each one is still there, so that an upgrade fails loudly instead of forward
   (``Connection._protocols``), with ``RTCDtlsTransport._rx_srtp`` to unprotect, so RTP never
   takes aioice's queue, aiortc's receive task or its jitter buffer; until DTLS is up, and for
   anything the socket hook does not take, ``RTCDtlsTransport._handle_rtp_data``;
-- sending: ``RTCDtlsTransport._tx_srtp`` to protect (through pylibsrtp's libsrtp binding
-  and the session's ``_srtp``, ``_cdata`` and ``_buffer``: see :class:`Protector`) and the
-  nominated pair (``Connection._nominated``) to send on, with no task or await;
+- sending: ``RTCDtlsTransport._tx_srtp`` to protect (the C loop of ``_fastpath.c`` calls
+  libsrtp's ``srtp_protect`` from pylibsrtp's binding on the session's ``_srtp`` context)
+  and the nominated pair (``Connection._nominated``) to send on, by its socket's file
+  descriptor, with no task or await; ``StunProtocol.connection_lost`` to stop using that
+  descriptor before asyncio closes it;
 - RTCP in: ``RTCRtpSender._handle_rtcp_packet`` (a subscriber's NACK, PLI, FIR, REMB, RR) and
   ``RTCRtpReceiver._handle_rtcp_packet`` (a publisher's SR);
 - the idle sender: ``RTCRtpSender._run_rtp`` and ``_run_rtcp`` replaced by waits that set
@@ -21,6 +23,7 @@ that each one is still there, so that an upgrade fails loudly instead of forward
 """
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -41,6 +44,7 @@ from aiortc import (
 from aiortc.codecs import is_rtx
 from aiortc.rtp import AnyRtcpPacket
 
+from services.media._fastpath import Outlet
 from services.media.rtp import is_rtcp
 
 AIORTC_VERSION = "1.16.0"
@@ -48,9 +52,6 @@ AIORTC_VERSION = "1.16.0"
 
 RtpSink = Callable[[bytes, float], None]
 """Takes a decrypted RTP packet and its arrival (``time.monotonic()``)."""
-Outlet = tuple[Callable[[bytes, Any], None], Callable[[bytes], bytes], pylibsrtp.Session, Any]
-"""How a connection sends: sendto on its nominated pair, SRTP protection (the fast way, and
-the session for RTCP), the address."""
 RtcpHandler = Callable[[AnyRtcpPacket], Coroutine[Any, Any, None]]
 
 CLASS_ATTRIBUTES: tuple[tuple[type, str], ...] = (
@@ -61,6 +62,7 @@ CLASS_ATTRIBUTES: tuple[tuple[type, str], ...] = (
     (RTCRtpSender, "_run_rtcp"),
     (RTCRtpReceiver, "_handle_rtcp_packet"),
     (aioice.ice.StunProtocol, "datagram_received"),
+    (aioice.ice.StunProtocol, "connection_lost"),
 )
 """Methods replaced per object or called: each must exist on its class."""
 INSTANCE_ATTRIBUTES: tuple[tuple[str, str], ...] = (
@@ -81,8 +83,6 @@ INSTANCE_ATTRIBUTES: tuple[tuple[str, str], ...] = (
     ("transceiver", "_codecs"),
     ("transceiver", "_headerExtensions"),
     ("srtp", "_srtp"),
-    ("srtp", "_cdata"),
-    ("srtp", "_buffer"),
 )
 """Attributes aiortc sets in ``__init__``, read on live objects (object, attribute)."""
 
@@ -231,63 +231,103 @@ class Wire:
     Built as soon as the connection has its sockets (after the local description): from then
     on every SRTP packet is taken in the socket's callback, in the order it came, once DTLS
     has made the SRTP sessions (before that, aiortc drops them). Sending starts when DTLS is
-    done and ICE has a nominated pair. ``open`` turns False for good when the connection
-    closes: nothing is sent on, or taken from, a closed connection.
+    done and ICE has a nominated pair: RTP through :attr:`outlet` (protected and sent in C,
+    on the pair's socket), or, on a TURN relay of the node's, protected there and handed to
+    aioice. ``open`` turns False for good when the connection closes: nothing is sent on, or
+    taken from, a closed connection. The outlet closes before the socket does (the socket's
+    ``connection_lost`` comes first) and before the connection's SRTP session goes.
     """
 
     def __init__(self, pc: RTCPeerConnection, receive: RtpSink) -> None:
         self._dtls = _bundled_transport(pc)
         self._receive = receive
-        self._hooked: list[tuple[Any, Any]] = []
+        self._hooked: list[tuple[Any, str, Any]] = []
         self.open = True
-        self.sent = 0
+        self.relayed = 0
         self.unprotect_failures = 0
         self._connection: aioice.Connection = self._dtls.transport._connection
-        self._outlet: Outlet | None = None
+        self.outlet = Outlet()
+        self._way: tuple[Callable[[bytes, Any], None], pylibsrtp.Session, Any] | None = None
+        """sendto on the nominated pair in Python (RTCP; RTP over a relay), the session, the
+        address."""
         self._take_over_receiving()
 
-    def refresh(self) -> Outlet | None:
+    @property
+    def sent(self) -> int:
+        return self.outlet.sent + self.relayed
+
+    def refresh(self) -> bool:
         """Send on the connection's nominated pair (it may change after a consent failure),
-        protected with its SRTP session; None while either is missing, or once closed."""
+        protected with its SRTP session; False while either is missing, or once closed."""
+        self.outlet.close()
+        self._way = None
         pair = self._connection._nominated.get(1)
         tx: pylibsrtp.Session | None = self._dtls._tx_srtp
         if not self.open or pair is None or tx is None:
-            self._outlet = None
-            return None
+            return False
+        self.outlet.protect_with(srtp_context(tx), SRTP_PROTECT, tx)
         protocol = pair.protocol
+        host, port = pair.remote_addr[:2]
         if isinstance(protocol, aioice.ice.StunProtocol):
-            sendto = protocol.transport.sendto
+            transport = protocol.transport
+            sendto = transport.sendto
+            if not transport.is_closing():
+                with contextlib.suppress(ValueError, OSError):  # e.g. a scoped IPv6 address
+                    self.outlet.send_on(transport.get_extra_info("socket").fileno(), host, port)
         else:  # a TURN allocation of the node's: aioice's own (async) way
             sendto = _scheduled(protocol.send_data)
-        self._outlet = (sendto, Protector(tx).protect, tx, pair.remote_addr)
-        return self._outlet
+        self._way = (sendto, tx, pair.remote_addr)
+        return True
 
     def send_rtp(self, packet: bytes) -> None:
-        outlet = self._outlet or self.refresh()
-        if outlet is not None:
-            sendto, protect, _, address = outlet
-            sendto(protect(packet), address)
-            self.sent += 1
+        outlet = self.outlet
+        if not outlet.sending:
+            if self._way is None and not self.refresh():
+                return
+            if not outlet.sending:
+                way = self._way
+                assert way is not None
+                way[0](outlet.protect(packet), way[2])
+                self.relayed += 1
+                return
+        outlet.send(packet)
 
     def send_rtcp(self, packet: bytes) -> None:
-        outlet = self._outlet or self.refresh()
-        if outlet is not None:
-            sendto, _, tx, address = outlet
-            sendto(tx.protect_rtcp(packet), address)
+        if self._way is None and not self.refresh():
+            return
+        way = self._way
+        assert way is not None
+        sendto, tx, address = way
+        sendto(tx.protect_rtcp(packet), address)
 
     def close(self) -> None:
         self.open = False
-        self._outlet = None
-        for protocol, original in self._hooked:
-            protocol.datagram_received = original
+        self.outlet.close()
+        self._way = None
+        for protocol, name, original in self._hooked:
+            setattr(protocol, name, original)
         self._hooked.clear()
 
     def _take_over_receiving(self) -> None:
         for protocol in list(self._connection._protocols):
             if isinstance(protocol, aioice.ice.StunProtocol):
-                original = protocol.datagram_received
-                protocol.datagram_received = self._datagram(original)  # type: ignore[method-assign,assignment]
-                self._hooked.append((protocol, original))
+                self._hook(protocol, "datagram_received", self._datagram)
+                self._hook(protocol, "connection_lost", self._lost)
+
+    def _hook(self, protocol: Any, name: str, wrap: Callable[[Any], Any]) -> None:
+        original = getattr(protocol, name)
+        setattr(protocol, name, wrap(original))
+        self._hooked.append((protocol, name, original))
+
+    def _lost(self, original: Callable[[Exception | None], None]) -> Callable[..., None]:
+        def connection_lost(exc: Exception | None) -> None:
+            # Called before asyncio closes the socket: the C loop stops using its number now
+            # (it could be given to another socket next), and finds the next pair, if any.
+            self.outlet.close()
+            self._way = None
+            original(exc)
+
+        return connection_lost
 
     def _datagram(self, original: Callable[[bytes, Any], None]) -> Callable[[bytes, Any], None]:
         dtls = self._dtls
@@ -311,33 +351,17 @@ class Wire:
         return datagram_received
 
 
-class Protector:
-    """SRTP protection for one session, the libsrtp call pylibsrtp's ``Session.protect``
-    makes, without the ``int *`` it allocates and the checks it repeats on every packet
-    (a tenth of a copy's cost): on the session's own buffer, as pylibsrtp does."""
+def srtp_context(session: pylibsrtp.Session) -> int:
+    """The address of a pylibsrtp session's libsrtp context (``srtp_t``)."""
+    return int(pylibsrtp._binding.ffi.cast("uintptr_t", session._srtp[0]))
 
-    MAX = 1500 - 144  # the buffer, less libsrtp's largest trailer
 
-    def __init__(self, session: pylibsrtp.Session) -> None:
-        self._session = session  # keeps the libsrtp context alive
-        self._context = session._srtp[0]
-        self._cdata = session._cdata
-        self._buffer = session._buffer
-        self._length = pylibsrtp._binding.ffi.new("int *")
-        self._protect = pylibsrtp._binding.lib.srtp_protect
-
-    def protect(self, packet: bytes) -> bytes:
-        size = len(packet)
-        if size > self.MAX:
-            raise ValueError("packet is too long")
-        length = self._length
-        length[0] = size
-        self._buffer[0:size] = packet
-        status = self._protect(self._context, self._cdata, length)
-        if status:
-            raise pylibsrtp.Error(f"srtp_protect failed ({status})")
-        result: bytes = self._buffer[0 : length[0]]
-        return result
+SRTP_PROTECT = int(
+    pylibsrtp._binding.ffi.cast(
+        "uintptr_t", pylibsrtp._binding.ffi.addressof(pylibsrtp._binding.lib, "srtp_protect")
+    )
+)
+"""The address of libsrtp's ``srtp_protect`` in pylibsrtp's binding, for the C loop."""
 
 
 def on_rtp(pc: RTCPeerConnection, receive: RtpSink) -> None:

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from services.media._fastpath import Copy, Outlet, fan_out
 from services.media.keyframes import KeyframeTest
 from services.media.receiving import ReceiveStats, newer
 from services.media.rtp import (
@@ -55,7 +56,11 @@ RequestKeyframe = Callable[[], None]
 
 
 class PacketSink(Protocol):
-    """Where a subscriber's copies go: its connection's :class:`~aiortc_hooks.Wire`."""
+    """Where a subscriber's copies go: its connection's :class:`~aiortc_hooks.Wire`, whose
+    ``outlet`` the C loop sends on (None: every copy goes through ``send_rtp``)."""
+
+    @property
+    def outlet(self) -> Outlet | None: ...
 
     def send_rtp(self, packet: bytes) -> None: ...
 
@@ -126,8 +131,24 @@ class Upstream:
             self.record(data, keyframe, now)
         if self.forwarding and self.downstreams:
             sent_at = abs_send_time(ntp_now())
-            for downstream in self.downstreams:
-                downstream.forward(view, keyframe, sent_at, now)
+            # Copies in steady state go out in C; the rest (waiting for a keyframe, to be
+            # rebased, or with no socket of their own to send on) come back to Python.
+            rest = fan_out(
+                self.downstreams,
+                self.epoch,
+                view.first,
+                view.marker,
+                view.sequence,
+                view.timestamp,
+                view.csrc,
+                view.payload,
+                sent_at,
+                view.level,
+                now,
+            )
+            if rest:
+                for downstream in rest:
+                    downstream.forward(view, keyframe, sent_at, now)
         return gap and self.nack
 
     def hold(self) -> None:
@@ -140,41 +161,42 @@ class Upstream:
         self.epoch = next(_epochs)
 
 
-@dataclass(eq=False)
-class Downstream:
-    """One upstream going to one subscriber, on the subscriber's m-line."""
+class Downstream(Copy):
+    """One upstream going to one subscriber, on the subscriber's m-line.
 
-    kind: str
-    clock_rate: int
-    ssrc: int
-    rtx_ssrc: int
-    wire: PacketSink
-    upstream: Upstream | None = None
-    payload_type: int = 0
-    rtx_payload_type: int | None = None
-    extensions: ExtensionWriter = field(default_factory=lambda: ExtensionWriter(None, None, None))
-    epoch: int = 0
-    waiting: bool = True
-    """Video: nothing is sent until a keyframe starts."""
-    anchored_to: Upstream | None = None
-    """The upstream whose clock the timestamps follow (another one: they are moved on);
-    None until the first packet went."""
-    seq_offset: int = 0
-    ts_offset: int = 0
-    highest_seq: int = 0
-    first_seq: int = 0
-    """The first sequence number since the last rebase: NACKs before it are not answered."""
-    last_ts: int = 0
-    last_sent_at: float = 0.0
-    packets: int = 0
-    octets: int = 0
-    rtx_seq: int = field(default_factory=lambda: random.randrange(1 << 16))  # noqa: S311
-    resent: dict[int, tuple[float, int]] = field(default_factory=dict)
-    resends: int = 0
-    budget: float = RESENDS_PER_S
-    budget_at: float = 0.0
-    remb: int | None = None
-    """The subscriber's latest estimate of what it can receive (bits/s)."""
+    Its rewrite state (SSRC, payload type, offsets, what was sent, the epoch it follows) lives
+    in :class:`~services.media._fastpath.Copy`, shared with the C loop that sends the copies
+    of packets in steady state; this class decides everything else (binding, waiting for a
+    keyframe, rebasing, resending) and sends what the C loop leaves to it.
+    """
+
+    def __init__(
+        self, kind: str, clock_rate: int, *, ssrc: int, rtx_ssrc: int, wire: PacketSink
+    ) -> None:
+        self.kind = kind
+        self.clock_rate = clock_rate
+        self.ssrc = ssrc
+        self.rtx_ssrc = rtx_ssrc
+        self.wire = wire
+        self.outlet = wire.outlet
+        self.upstream: Upstream | None = None
+        self.rtx_payload_type: int | None = None
+        self.extensions = ExtensionWriter(None, None, None)
+        self.set_extensions(0, b"", 0, 0)
+        self.waiting = True
+        """Video: nothing is sent until a keyframe starts."""
+        self.anchored_to: Upstream | None = None
+        """The upstream whose clock the timestamps follow (another one: they are moved on);
+        None until the first packet went."""
+        self.first_seq = 0
+        """The first sequence number since the last rebase: NACKs before it are not answered."""
+        self.rtx_seq = random.randrange(1 << 16)  # noqa: S311
+        self.resent: dict[int, tuple[float, int]] = {}
+        self.resends = 0
+        self.budget: float = RESENDS_PER_S
+        self.budget_at = 0.0
+        self.remb: int | None = None
+        """The subscriber's latest estimate of what it can receive (bits/s)."""
 
     def terms(
         self,
@@ -187,11 +209,11 @@ class Downstream:
         self.payload_type = payload_type
         self.rtx_payload_type = rtx_payload_type
         mid_id = extensions.get(MID)
+        abs_id, level_id = extensions.get(ABS_SEND_TIME), extensions.get(AUDIO_LEVEL)
         self.extensions = ExtensionWriter(
-            (mid_id, mid.encode()) if mid_id else None,
-            extensions.get(ABS_SEND_TIME),
-            extensions.get(AUDIO_LEVEL),
+            (mid_id, mid.encode()) if mid_id else None, abs_id, level_id
         )
+        self.set_extensions(mid_id or 0, mid.encode(), abs_id or 0, level_id or 0)
 
     @property
     def started(self) -> bool:

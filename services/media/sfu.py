@@ -447,7 +447,11 @@ class Sfu:
                 ssrc, rtx_ssrc = aiortc_hooks.sender_ssrcs(sender)
                 clock_rate = terms.codecs[payload_type].clockRate
                 downstream = Downstream(
-                    outgoing.publication.kind, clock_rate, ssrc, rtx_ssrc, member.wire
+                    outgoing.publication.kind,
+                    clock_rate,
+                    ssrc=ssrc,
+                    rtx_ssrc=rtx_ssrc,
+                    wire=member.wire,
                 )
                 outgoing.downstream = downstream
                 aiortc_hooks.on_sender_rtcp(sender, self._feedback_handler(outgoing))

@@ -12,17 +12,19 @@ import pytest
 from aiortc import RTCPeerConnection, RTCRtpSender
 
 from services.media import aiortc_hooks
+from services.media._fastpath import Outlet
 from services.media.aiortc_hooks import (
     AIORTC_VERSION,
     CLASS_ATTRIBUTES,
     INSTANCE_ATTRIBUTES,
+    SRTP_PROTECT,
     IncompatibleAiortc,
-    Protector,
     Wire,
     check_aiortc,
     idle_sender,
     negotiated,
     on_rtp,
+    srtp_context,
 )
 from tests.media.rtp_packets import packet
 from tests.support import eventually
@@ -147,8 +149,13 @@ def test_the_fast_protection_writes_what_pylibsrtp_writes() -> None:
             pylibsrtp.Policy(key=key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
         )
 
-    theirs, ours = session(), Protector(session())
+    theirs, mine = session(), session()
+    ours = Outlet()
+    ours.protect_with(srtp_context(mine), SRTP_PROTECT, mine)
     packets = [packet(bytes([0x10, i % 256]) * 400, sequence=i, timestamp=i) for i in range(300)]
     assert [ours.protect(p) for p in packets] == [theirs.protect(p) for p in packets]
     with pytest.raises(ValueError, match="too long"):
         ours.protect(bytes(1400))
+    ours.close()
+    with pytest.raises(ValueError, match="no SRTP session"):
+        ours.protect(packets[0])

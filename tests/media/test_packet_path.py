@@ -20,6 +20,10 @@ SUBSCRIBER_IDS = {
 
 
 class Sent(list[bytes]):
+    """A wire with no socket of its own (``outlet`` None): every copy takes the Python path."""
+
+    outlet = None
+
     def send_rtp(self, packet: bytes) -> None:
         self.append(packet)
 
