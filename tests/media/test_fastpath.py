@@ -21,7 +21,7 @@ from services.media.aiortc_hooks import SRTP_PROTECT, srtp_context
 from services.media.forwarding import Downstream, Upstream
 from services.media.rtp import parse
 from tests.media.rtp_packets import AUDIO_EXTENSIONS, packet
-from tests.media.test_packet_path import Publisher, Sent, video_upstream
+from tests.media.test_packet_path import Publisher, Sent, audio_upstream, video_upstream
 
 KEY = bytes(range(30))
 SUBSCRIBER_IDS = {
@@ -119,17 +119,7 @@ def test_video_copies_from_c_are_what_python_writes_byte_for_byte() -> None:
 
 @pytest.mark.usefixtures("same_offsets")
 def test_audio_copies_from_c_carry_the_level_and_csrcs_and_resume_without_a_gap() -> None:
-    upstream = Upstream(
-        kind="audio",
-        mime_type="audio/opus",
-        clock_rate=48_000,
-        payload_type=111,
-        rtx_payload_type=None,
-        level_id=1,
-        keyframe_test=None,
-        nack=False,
-    )
-    sent = Sent()
+    upstream, sent = audio_upstream(), Sent()
     with udp_wire() as wire:
         pair(upstream, wire, sent)
         for sequence in range(1, 80):

@@ -219,8 +219,8 @@ def test_the_publisher_is_asked_for_what_it_lost() -> None:
     assert 120 not in upstream.stats.due_nacks(publisher.now + 0.2)
 
 
-def audio_pair(sent: Sent) -> tuple[Upstream, Downstream]:
-    upstream = Upstream(
+def audio_upstream() -> Upstream:
+    return Upstream(
         kind="audio",
         mime_type="audio/opus",
         clock_rate=48_000,
@@ -230,6 +230,10 @@ def audio_pair(sent: Sent) -> tuple[Upstream, Downstream]:
         keyframe_test=None,
         nack=False,
     )
+
+
+def audio_pair(sent: Sent) -> tuple[Upstream, Downstream]:
+    upstream = audio_upstream()
     downstream = Downstream("audio", 48_000, ssrc=0xCCCC, rtx_ssrc=0xDDDD, wire=sent)
     downstream.terms("2", 109, None, {"urn:ietf:params:rtp-hdrext:ssrc-audio-level": 9})
     downstream.bind(upstream)
