@@ -80,6 +80,7 @@ rate are checks, without a baseline.
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import statistics
@@ -105,6 +106,7 @@ from runtime.rpc import call
 from runtime.service import connect_nats
 from tests.media.peers import PeerProcess, participant_config, peer_process
 
+ROOT = Path(__file__).resolve().parent.parent
 PARTICIPANT_KEY = "bench-participant-key-of-at-least-32-characters"
 CLINIC = "clinic-bench"
 FULL_ROOM = 16
@@ -584,12 +586,33 @@ async def loopback_sendto(seconds: float) -> dict[str, float]:
     return {"user_us": user / count * 1e6, "kernel_us": kernel / count * 1e6}
 
 
+async def per_copy(packets: int) -> dict[str, float]:
+    """bench/copies.py in a process of its own: us CPU per copy in C, from Python, and for a
+    bare ``sendto``."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.copies",
+        "--packets",
+        str(packets),
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench/copies.py exited {proc.returncode}")
+    figures: dict[str, float] = json.loads(out)
+    return figures
+
+
 @dataclass
 class Results:
     """Every measurement of one run, and the figures computed from them."""
 
     sizes: Sizes
     raw: dict[str, float]
+    copies: dict[str, float]
+    """us CPU per copy in one process: ``c``, ``python``, ``floor`` (bench/copies.py)."""
     packets: FanOut
     relay: FanOut
     calls: Window
@@ -691,6 +714,16 @@ def report(results: Results) -> None:
         f"  per datagram sent:          {floor:.1f} us CPU "
         f"({results.raw['kernel_us']:.1f} us in the kernel)"
     )
+    c = results.copies
+    print(
+        f"The per-copy loop in one process (bench/copies.py): one video packet to {fan} "
+        "subscribers, each with its own socket and SRTP session, to a reader that keeps up"
+    )
+    print(
+        f"  per copy:                   {c['c']:.2f} us CPU in C (rewrite, protect, sendto); "
+        f"{c['python']:.2f} us from Python ({c['python'] / c['c']:.1f}x); bare sendto "
+        f"{c['floor']:.2f} us (C is {c['c'] / c['floor']:.1f}x that)"
+    )
     print(
         f"Fan-out {fan}, forwarding RTP packets: {describe(packets)} (VP8 320x240 15 fps "
         f"~300 kbit/s + Opus, {len(packets.speakers)} speaking), over {w.seconds:.1f} s"
@@ -782,7 +815,24 @@ def figures(results: Results) -> list[Figure]:
     w, r = packets.measured, relay.measured
     fan = s.room - 1
     errors, lowest = results.decode_errors, results.lowest_fps
+    c = results.copies
     records = [
+        Figure(
+            "sfu",
+            f"us CPU per copy in one process, the C loop (rewrite, protect, sendto; fan-out {fan})",
+            c["c"],
+            "us",
+            "the same copies written and sent from Python (same process and sockets)",
+            c["python"],
+        ),
+        Figure(
+            "sfu",
+            f"us CPU per copy in one process, the C loop (fan-out {fan})",
+            c["c"],
+            "us",
+            "a bare Python socket.sendto of 1,200 bytes to the same sockets",
+            c["floor"],
+        ),
         Figure(
             "sfu",
             f"us CPU per sent packet at fan-out {fan}, forwarding RTP packets "
@@ -875,12 +925,13 @@ async def main(sizes: Sizes, results: Path | None) -> int:
             "late joiners"
         )
         raw = await loopback_sendto(sizes.seconds)
+        copies = await per_copy(int(2_000 * sizes.seconds))
         dsn, url = postgres.dsn, nats.url
         packets = await fan_out(folder, dsn, url, "packets", sizes, sizes.publishers)
         relay = await fan_out(folder, dsn, url, "transcode", sizes, sizes.relay_publishers)
         calls = await two_person_calls(folder, dsn, url, sizes)
         joins = [await late_joiner(folder, dsn, url, codec, sizes) for codec in ("vp8", "h264")]
-    measured = Results(sizes, raw, packets, relay, calls, joins)
+    measured = Results(sizes, raw, copies, packets, relay, calls, joins)
     report(measured)
     write_results(results, figures(measured))
     return 0
