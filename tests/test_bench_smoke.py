@@ -73,6 +73,8 @@ PRINTED = {
     ),
     "sfu": (
         "per datagram sent:",
+        "The per-copy loop in one process (bench/copies.py)",
+        "us CPU in C (rewrite, protect, sendto);",
         "forwarding RTP packets: 2 publishers x 3 subscribers",
         "packets sent:",
         "per sent packet:",
@@ -123,6 +125,8 @@ RECORDED = {
     ),
     "notify": ("SessionScheduled -> mail", "invitations delivered"),
     "sfu": (
+        "us CPU per copy in one process, the C loop",  # next to the same copies from Python
+        "us CPU per copy in one process, the C loop",  # next to a bare sendto
         "us CPU per sent packet at fan-out",
         "us CPU per packet received at fan-out",
         "full room of 16",
