@@ -24,7 +24,7 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 
-# A compiler for the media node's C loop (services/media/_fastpath.c, built by setup.py) and
+# A compiler for the media node's C loop (services/media/_fastpath.c, declared in pyproject.toml) and
 # for dependencies that ship no wheel for this platform; it stays in this stage and never
 # reaches the runtime image.
 RUN apt-get update \

@@ -10,11 +10,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(VENV)/.installed-run: pyproject.toml setup.py services/media/_fastpath.c | $(BIN)/python
+$(VENV)/.installed-run: pyproject.toml services/media/_fastpath.c | $(BIN)/python
 	$(BIN)/pip install -q -e .
 	@touch $@
 
-$(VENV)/.installed-test: pyproject.toml setup.py services/media/_fastpath.c | $(BIN)/python
+$(VENV)/.installed-test: pyproject.toml services/media/_fastpath.c | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
 	@touch $@ $(VENV)/.installed-run
 

@@ -265,17 +265,19 @@ class Wire:
         tx: pylibsrtp.Session | None = self._dtls._tx_srtp
         if not self.open or pair is None or tx is None:
             return False
-        self.outlet.protect_with(srtp_context(tx), SRTP_PROTECT, tx)
         protocol = pair.protocol
         host, port = pair.remote_addr[:2]
         if isinstance(protocol, aioice.ice.StunProtocol):
             transport = protocol.transport
+            if transport.is_closing():  # lost: nothing to send on until ICE finds another
+                return False
             sendto = transport.sendto
-            if not transport.is_closing():
-                with contextlib.suppress(ValueError, OSError):  # e.g. a scoped IPv6 address
-                    self.outlet.send_on(transport.get_extra_info("socket").fileno(), host, port)
+            self.outlet.protect_with(srtp_context(tx), SRTP_PROTECT, tx)
+            with contextlib.suppress(ValueError, OSError):  # e.g. a scoped IPv6 address
+                self.outlet.send_on(transport.get_extra_info("socket").fileno(), host, port)
         else:  # a TURN allocation of the node's: aioice's own (async) way
             sendto = _scheduled(protocol.send_data)
+            self.outlet.protect_with(srtp_context(tx), SRTP_PROTECT, tx)
         self._way = (sendto, tx, pair.remote_addr)
         return True
 

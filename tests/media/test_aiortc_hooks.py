@@ -128,6 +128,55 @@ async def test_a_closed_wire_sends_nothing_and_gives_the_sockets_back() -> None:
         peer_wire.close()
 
 
+async def test_a_closed_wire_lets_go_of_its_socket_and_srtp_session_before_the_connection() -> None:
+    """The C loop holds a descriptor number and a libsrtp context's address: both go when the
+    wire closes, before the connection frees them, and nothing is sent after."""
+    async with connected_pair() as (node, peer):
+        received: list[bytes] = []
+        peer_wire = Wire(peer, lambda data, now: received.append(data))
+        node_wire = Wire(node, lambda data, now: None)
+        node_wire.send_rtp(packet(b"\x10\x00", sequence=1, timestamp=1))
+        assert node_wire.outlet.sending
+        node_wire.close()
+        assert not node_wire.outlet.sending
+        assert not node_wire.outlet.protecting
+        node_wire.send_rtp(packet(b"\x10\x00", sequence=2, timestamp=2))
+        assert node_wire.sent == 1
+        peer_wire.close()
+
+
+async def test_a_socket_lost_under_the_wire_is_dropped_by_the_c_loop_before_it_closes() -> None:
+    """asyncio calls ``connection_lost`` before it closes a socket: the outlet stops using
+    the descriptor then, so a number the kernel hands out again is never written to."""
+    async with connected_pair() as (node, peer):
+        received: list[bytes] = []
+        peer_wire = Wire(peer, lambda data, now: received.append(data))
+        node_wire = Wire(node, lambda data, now: None)
+        node_wire.send_rtp(packet(b"\x10\x00", sequence=1, timestamp=1))
+        assert node_wire.outlet.sending
+        pair = node_wire._connection._nominated[1]
+        closed_at_loss: list[bool] = []
+        lost = pair.protocol.connection_lost
+
+        def connection_lost(exc: Exception | None) -> None:
+            closed_at_loss.append(pair.protocol.transport.get_extra_info("socket").fileno() >= 0)
+            lost(exc)
+
+        pair.protocol.connection_lost = connection_lost
+        pair.protocol.transport.close()
+
+        async def dropped() -> bool:
+            return not node_wire.outlet.sending and bool(closed_at_loss)
+
+        await eventually(dropped, what="the outlet closed on the socket's loss")
+        assert closed_at_loss == [True]  # the socket was still open when the outlet let go
+        for sequence in range(2, 5):
+            node_wire.send_rtp(packet(b"\x10\x00", sequence=sequence, timestamp=sequence))
+        assert node_wire.outlet.sent == 1
+        node_wire.close()
+        peer_wire.close()
+
+
 async def test_an_idle_sender_stops_and_has_its_negotiated_terms() -> None:
     async with connected_pair() as (node, _):
         transceiver = node.getTransceivers()[0]
