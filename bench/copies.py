@@ -30,10 +30,9 @@ import pylibsrtp
 
 from services.media._fastpath import Outlet
 from services.media.aiortc_hooks import SRTP_PROTECT, srtp_context
-from services.media.forwarding import Downstream, Upstream
-from services.media.keyframes import vp8_keyframe_start
+from services.media.forwarding import Downstream
 from services.media.rtp import RtpView, parse
-from tests.media.rtp_packets import packet
+from tests.media.rtp_packets import packet, video_upstream
 
 KEY = bytes(range(30))
 IDS = {
@@ -94,16 +93,7 @@ def cpu() -> float:
 
 
 def through_upstream(ports: list[int], in_c: bool, packets: list[tuple[RtpView, bytes]]) -> float:
-    upstream = Upstream(
-        kind="video",
-        mime_type="video/vp8",
-        clock_rate=90_000,
-        payload_type=96,
-        rtx_payload_type=97,
-        level_id=None,
-        keyframe_test=vp8_keyframe_start,
-        nack=True,
-    )
+    upstream = video_upstream()
     for n, port in enumerate(ports):
         downstream = Downstream(
             "video", 90_000, ssrc=1000 + n, rtx_ssrc=2000 + n, wire=Subscriber(port, in_c)

@@ -18,7 +18,6 @@
 #include <structmember.h>
 
 #include <arpa/inet.h>
-#include <errno.h>
 #include <netinet/in.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -29,6 +28,9 @@ typedef int (*protect_fn)(void *context, void *header, int *length);
 #define TRAILER 144              /* libsrtp's largest SRTP trailer (SRTP_MAX_TRAILER_LEN) */
 #define MAX_PACKET (1500 - TRAILER) /* the longest plain packet protected, as Protector.MAX */
 #define ONE_BYTE_PROFILE 0xBEDE
+/* The longest one-byte extension block: profile and length (4), then mid (1+16),
+ * abs-send-time (1+3) and level (1+1), padded to 24. */
+#define MAX_EXTENSIONS 28
 
 /* -- Outlet ---------------------------------------------------------------------------- */
 
@@ -164,25 +166,36 @@ send_protected(Outlet *self, const unsigned char *buffer, int length)
         self->sent++;
 }
 
+/* ``packet`` copied into ``buffer`` and protected there: its new length; -1 if libsrtp
+ * refused (counted), -2 with an exception set if ``packet`` is not one to protect. */
+static int
+protect_into(Outlet *self, PyObject *packet, unsigned char *buffer)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(packet, &view, PyBUF_SIMPLE) < 0)
+        return -2;
+    if (view.len > MAX_PACKET) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "packet is too long");
+        return -2;
+    }
+    memcpy(buffer, view.buf, (size_t)view.len);
+    int length = (int)view.len;
+    PyBuffer_Release(&view);
+    return protect_in_place(self, buffer, length);
+}
+
 static PyObject *
 Outlet_protect(Outlet *self, PyObject *packet)
 {
-    Py_buffer view;
     unsigned char buffer[MAX_PACKET + TRAILER] __attribute__((aligned(16))); /* libsrtp reads words */
     if (!self->context) {
         PyErr_SetString(PyExc_ValueError, "the outlet has no SRTP session");
         return NULL;
     }
-    if (PyObject_GetBuffer(packet, &view, PyBUF_SIMPLE) < 0)
+    int length = protect_into(self, packet, buffer);
+    if (length == -2)
         return NULL;
-    if (view.len > MAX_PACKET) {
-        PyBuffer_Release(&view);
-        PyErr_SetString(PyExc_ValueError, "packet is too long");
-        return NULL;
-    }
-    memcpy(buffer, view.buf, (size_t)view.len);
-    int length = protect_in_place(self, buffer, (int)view.len);
-    PyBuffer_Release(&view);
     if (length < 0) {
         PyErr_SetString(PyExc_RuntimeError, "srtp_protect failed");
         return NULL;
@@ -193,22 +206,14 @@ Outlet_protect(Outlet *self, PyObject *packet)
 static PyObject *
 Outlet_send(Outlet *self, PyObject *packet)
 {
-    Py_buffer view;
     unsigned char buffer[MAX_PACKET + TRAILER] __attribute__((aligned(16))); /* libsrtp reads words */
     if (!self->context || self->fd < 0) {
         PyErr_SetString(PyExc_ValueError, "the outlet is not open");
         return NULL;
     }
-    if (PyObject_GetBuffer(packet, &view, PyBUF_SIMPLE) < 0)
+    int length = protect_into(self, packet, buffer);
+    if (length == -2)
         return NULL;
-    if (view.len > MAX_PACKET) {
-        PyBuffer_Release(&view);
-        PyErr_SetString(PyExc_ValueError, "packet is too long");
-        return NULL;
-    }
-    memcpy(buffer, view.buf, (size_t)view.len);
-    int length = protect_in_place(self, buffer, (int)view.len);
-    PyBuffer_Release(&view);
     if (length >= 0)
         send_protected(self, buffer, length);
     Py_RETURN_NONE;
@@ -522,7 +527,7 @@ fan_out(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (fast) {
             outlet = (Outlet *)copy->outlet;
             fast = outlet->fd >= 0 && outlet->context != NULL &&
-                   12 + csrc_length + 4 + 4 + 16 + 4 + 2 + payload_length <= MAX_PACKET;
+                   12 + csrc_length + MAX_EXTENSIONS + payload_length <= MAX_PACKET;
         }
         if (!fast) {
             if (left == NULL && (left = PyList_New(0)) == NULL)

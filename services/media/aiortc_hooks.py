@@ -266,33 +266,31 @@ class Wire:
         if not self.open or pair is None or tx is None:
             return False
         protocol = pair.protocol
-        host, port = pair.remote_addr[:2]
-        if isinstance(protocol, aioice.ice.StunProtocol):
-            transport = protocol.transport
-            if transport.is_closing():  # lost: nothing to send on until ICE finds another
-                return False
-            sendto = transport.sendto
-            self.outlet.protect_with(srtp_context(tx), SRTP_PROTECT, tx)
-            with contextlib.suppress(ValueError, OSError):  # e.g. a scoped IPv6 address
-                self.outlet.send_on(transport.get_extra_info("socket").fileno(), host, port)
-        else:  # a TURN allocation of the node's: aioice's own (async) way
+        relayed = not isinstance(protocol, aioice.ice.StunProtocol)  # a TURN allocation's
+        if not relayed and protocol.transport.is_closing():
+            return False  # lost: nothing to send on until ICE finds another pair
+        self.outlet.protect_with(srtp_context(tx), SRTP_PROTECT, tx)
+        if relayed:  # aioice's own (async) way
             sendto = _scheduled(protocol.send_data)
-            self.outlet.protect_with(srtp_context(tx), SRTP_PROTECT, tx)
+        else:
+            sendto = protocol.transport.sendto
+            host, port = pair.remote_addr[:2]
+            with contextlib.suppress(ValueError, OSError):  # e.g. a scoped IPv6 address
+                socket = protocol.transport.get_extra_info("socket")
+                self.outlet.send_on(socket.fileno(), host, port)
         self._way = (sendto, tx, pair.remote_addr)
         return True
 
     def send_rtp(self, packet: bytes) -> None:
         outlet = self.outlet
-        if not outlet.sending:
-            if self._way is None and not self.refresh():
-                return
-            if not outlet.sending:
-                way = self._way
-                assert way is not None
-                way[0](outlet.protect(packet), way[2])
-                self.relayed += 1
-                return
-        outlet.send(packet)
+        if not outlet.sending and self._way is None:
+            self.refresh()
+        if outlet.sending:
+            outlet.send(packet)
+        elif self._way is not None:  # no socket of its own for the C loop: a relay
+            sendto, _, address = self._way
+            sendto(outlet.protect(packet), address)
+            self.relayed += 1
 
     def send_rtcp(self, packet: bytes) -> None:
         if self._way is None and not self.refresh():

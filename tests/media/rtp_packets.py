@@ -1,7 +1,8 @@
 """Encoded frames as RTP packets, the way a publisher sends them, made with aiortc's own parts.
 
 :func:`packet` makes one packet with chosen header fields and extensions; the payload helpers
-give real VP8 and H.264 payloads from aiortc's packetizers.
+give real VP8 and H.264 payloads from aiortc's packetizers; :func:`video_upstream` and
+:func:`audio_upstream` are the node's side of such a publisher's tracks.
 
 Each :class:`RtpStream` is one sender's stream: its own SSRC, and a sequence number and RTP
 timestamp that start where it is told (at random by default) and wrap at 2^16 and 2^32. Every
@@ -23,7 +24,8 @@ from aiortc.codecs import get_encoder
 from aiortc.codecs.base import Encoder
 from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 
-from services.media.keyframes import is_keyframe
+from services.media.forwarding import Upstream
+from services.media.keyframes import is_keyframe, vp8_keyframe_start
 
 MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
 
@@ -159,3 +161,31 @@ def packet(
     if audio_level is not None:
         rtp.extensions.audio_level = audio_level
     return rtp.serialize(extensions_map(ids))
+
+
+def video_upstream() -> Upstream:
+    """A publisher's VP8 track as the node receives it (payload type 96, RTX 97, NACK)."""
+    return Upstream(
+        kind="video",
+        mime_type="video/vp8",
+        clock_rate=90_000,
+        payload_type=96,
+        rtx_payload_type=97,
+        level_id=None,
+        keyframe_test=vp8_keyframe_start,
+        nack=True,
+    )
+
+
+def audio_upstream() -> Upstream:
+    """A publisher's Opus track with its audio level under id 1 (payload type 111)."""
+    return Upstream(
+        kind="audio",
+        mime_type="audio/opus",
+        clock_rate=48_000,
+        payload_type=111,
+        rtx_payload_type=None,
+        level_id=1,
+        keyframe_test=None,
+        nack=False,
+    )

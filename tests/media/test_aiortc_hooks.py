@@ -128,15 +128,20 @@ async def test_a_closed_wire_sends_nothing_and_gives_the_sockets_back() -> None:
         peer_wire.close()
 
 
+def sending_wires(node: RTCPeerConnection, peer: RTCPeerConnection) -> tuple[Wire, Wire]:
+    """Wires on both connections, the node's having sent one packet through its C outlet."""
+    peer_wire = Wire(peer, lambda data, now: None)
+    node_wire = Wire(node, lambda data, now: None)
+    node_wire.send_rtp(packet(b"\x10\x00", sequence=1, timestamp=1))
+    assert node_wire.outlet.sending
+    return node_wire, peer_wire
+
+
 async def test_a_closed_wire_lets_go_of_its_socket_and_srtp_session_before_the_connection() -> None:
     """The C loop holds a descriptor number and a libsrtp context's address: both go when the
     wire closes, before the connection frees them, and nothing is sent after."""
     async with connected_pair() as (node, peer):
-        received: list[bytes] = []
-        peer_wire = Wire(peer, lambda data, now: received.append(data))
-        node_wire = Wire(node, lambda data, now: None)
-        node_wire.send_rtp(packet(b"\x10\x00", sequence=1, timestamp=1))
-        assert node_wire.outlet.sending
+        node_wire, peer_wire = sending_wires(node, peer)
         node_wire.close()
         assert not node_wire.outlet.sending
         assert not node_wire.outlet.protecting
@@ -149,11 +154,7 @@ async def test_a_socket_lost_under_the_wire_is_dropped_by_the_c_loop_before_it_c
     """asyncio calls ``connection_lost`` before it closes a socket: the outlet stops using
     the descriptor then, so a number the kernel hands out again is never written to."""
     async with connected_pair() as (node, peer):
-        received: list[bytes] = []
-        peer_wire = Wire(peer, lambda data, now: received.append(data))
-        node_wire = Wire(node, lambda data, now: None)
-        node_wire.send_rtp(packet(b"\x10\x00", sequence=1, timestamp=1))
-        assert node_wire.outlet.sending
+        node_wire, peer_wire = sending_wires(node, peer)
         pair = node_wire._connection._nominated[1]
         closed_at_loss: list[bool] = []
         lost = pair.protocol.connection_lost

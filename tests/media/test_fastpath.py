@@ -20,8 +20,8 @@ from services.media._fastpath import Outlet, fan_out
 from services.media.aiortc_hooks import SRTP_PROTECT, srtp_context
 from services.media.forwarding import Downstream, Upstream
 from services.media.rtp import parse
-from tests.media.rtp_packets import AUDIO_EXTENSIONS, packet
-from tests.media.test_packet_path import Publisher, Sent, audio_upstream, video_upstream
+from tests.media.rtp_packets import AUDIO_EXTENSIONS, audio_upstream, packet, video_upstream
+from tests.media.test_packet_path import Publisher, Sent
 
 KEY = bytes(range(30))
 SUBSCRIBER_IDS = {

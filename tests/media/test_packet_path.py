@@ -9,9 +9,15 @@ import itertools
 from aiortc.rtp import RtpPacket
 
 from services.media.forwarding import HISTORY, Downstream, Upstream
-from services.media.keyframes import vp8_keyframe_start
 from services.media.rtp import parse
-from tests.media.rtp_packets import AUDIO_EXTENSIONS, extensions_map, packet, vp8_payloads
+from tests.media.rtp_packets import (
+    AUDIO_EXTENSIONS,
+    audio_upstream,
+    extensions_map,
+    packet,
+    video_upstream,
+    vp8_payloads,
+)
 
 SUBSCRIBER_IDS = {
     "urn:ietf:params:rtp-hdrext:sdes:mid": 3,
@@ -29,19 +35,6 @@ class Sent(list[bytes]):
 
     def read(self, ids: dict[str, int] = SUBSCRIBER_IDS) -> list[RtpPacket]:
         return [RtpPacket.parse(p, extensions_map(ids)) for p in self]
-
-
-def video_upstream() -> Upstream:
-    return Upstream(
-        kind="video",
-        mime_type="video/vp8",
-        clock_rate=90_000,
-        payload_type=96,
-        rtx_payload_type=97,
-        level_id=None,
-        keyframe_test=vp8_keyframe_start,
-        nack=True,
-    )
 
 
 def video_downstream(sent: Sent, upstream: Upstream, rtx: bool = True) -> Downstream:
@@ -217,19 +210,6 @@ def test_the_publisher_is_asked_for_what_it_lost() -> None:
     assert upstream.stats.due_nacks(publisher.now) == []  # not again within 100 ms
     publisher.send(b"\x10\x00", 120)  # a retransmission arrived
     assert 120 not in upstream.stats.due_nacks(publisher.now + 0.2)
-
-
-def audio_upstream() -> Upstream:
-    return Upstream(
-        kind="audio",
-        mime_type="audio/opus",
-        clock_rate=48_000,
-        payload_type=111,
-        rtx_payload_type=None,
-        level_id=1,
-        keyframe_test=None,
-        nack=False,
-    )
 
 
 def audio_pair(sent: Sent) -> tuple[Upstream, Downstream]:
