@@ -31,10 +31,10 @@ from services.media.rtp import (
     AUDIO_LEVEL,
     HEADER,
     MID,
+    ExtensionWriter,
     RtpView,
     abs_send_time,
     audio_level,
-    extension_block,
 )
 
 HISTORY = 512
@@ -180,9 +180,7 @@ class Downstream(Copy):
         self.outlet = wire.outlet
         self.upstream: Upstream | None = None
         self.rtx_payload_type: int | None = None
-        self.mid_element: tuple[int, bytes] | None = None
-        self.abs_id: int | None = None
-        self.level_id: int | None = None
+        self.extensions = ExtensionWriter(None, None, None)
         self.set_extensions(0, b"", 0, 0)  # none until the m-line's terms say otherwise
         self.waiting = True
         """Video: nothing is sent until a keyframe starts."""
@@ -210,10 +208,11 @@ class Downstream(Copy):
         self.payload_type = payload_type
         self.rtx_payload_type = rtx_payload_type
         mid_id = extensions.get(MID)
-        self.mid_element = (mid_id, mid.encode()) if mid_id else None
-        self.abs_id = extensions.get(ABS_SEND_TIME)
-        self.level_id = extensions.get(AUDIO_LEVEL)
-        self.set_extensions(mid_id or 0, mid.encode(), self.abs_id or 0, self.level_id or 0)
+        abs_id, level_id = extensions.get(ABS_SEND_TIME), extensions.get(AUDIO_LEVEL)
+        self.extensions = ExtensionWriter(
+            (mid_id, mid.encode()) if mid_id else None, abs_id, level_id
+        )
+        self.set_extensions(mid_id or 0, mid.encode(), abs_id or 0, level_id or 0)
 
     @property
     def started(self) -> bool:
@@ -300,14 +299,7 @@ class Downstream(Copy):
         sent_at: bytes,
         payload: bytes,
     ) -> bytes:
-        elements: list[tuple[int, bytes]] = []
-        if self.mid_element is not None:
-            elements.append(self.mid_element)
-        if self.abs_id:
-            elements.append((self.abs_id, sent_at))
-        if self.level_id and view.level is not None:
-            elements.append((self.level_id, view.level))
-        extensions = extension_block(elements)
+        extensions = self.extensions.block(sent_at, view.level)
         first = view.first | 0x10 if extensions else view.first
         header = HEADER.pack(first, view.marker | payload_type, sequence, timestamp, ssrc)
         return header + view.csrc + extensions + payload

@@ -117,6 +117,47 @@ def extension_block(elements: list[tuple[int, bytes]]) -> bytes:
     return struct.pack("!HH", profile, len(body) // 4) + body
 
 
+class ExtensionWriter:
+    """One m-line's header extensions: its ``mid`` fixed, abs-send-time and the audio level
+    filled in per packet, each under that m-line's id. The one-byte form (RFC 8285) is built
+    from bytes made once; ids above 14 or a long ``mid`` take :func:`extension_block`."""
+
+    def __init__(self, mid: tuple[int, bytes] | None, abs_id: int | None, level_id: int | None):
+        self._mid, self._abs_id, self._level_id = mid, abs_id, level_id
+        ids = [i for i in (mid and mid[0], abs_id, level_id) if i]
+        self._one_byte = all(0 < i < 15 for i in ids) and (mid is None or 0 < len(mid[1]) <= 16)
+        self._mid_bytes = bytes(((mid[0] << 4) | (len(mid[1]) - 1),)) + mid[1] if mid else b""
+        self._abs = bytes(((abs_id << 4) | 2,)) if abs_id else None
+        self._level = bytes((level_id << 4,)) if level_id else None
+
+    def block(self, sent_at: bytes, level: bytes | None) -> bytes:
+        if not self._one_byte:
+            return self._general(sent_at, level)
+        body = self._mid_bytes
+        if self._abs is not None:
+            body += self._abs + sent_at
+        if level is not None and self._level is not None:
+            body += self._level + level
+        if not body:
+            return b""
+        body += _PADDING[-len(body) % 4]
+        return _ONE_BYTE_HEADERS[len(body) >> 2] + body
+
+    def _general(self, sent_at: bytes, level: bytes | None) -> bytes:
+        elements: list[tuple[int, bytes]] = []
+        if self._mid is not None:
+            elements.append(self._mid)
+        if self._abs_id:
+            elements.append((self._abs_id, sent_at))
+        if self._level_id and level is not None:
+            elements.append((self._level_id, level))
+        return extension_block(elements)
+
+
+_PADDING = (b"", b"\0", b"\0\0", b"\0\0\0")
+_ONE_BYTE_HEADERS = [struct.pack("!HH", ONE_BYTE, words) for words in range(16)]
+
+
 def abs_send_time(ntp: int) -> bytes:
     """abs-send-time's 24 bits (6.18 fixed-point seconds) of a 64-bit NTP time."""
     return ((ntp >> 14) & 0xFFFFFF).to_bytes(3, "big")
