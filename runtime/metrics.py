@@ -43,3 +43,8 @@ http_requests = Histogram(
     ["service", "method", "route", "status"],
     buckets=LATENCY_BUCKETS,
 )
+cache_lookups = Counter(
+    "antechamber_cache_lookups_total",
+    "Read-cache lookups by cache and outcome (hit, miss).",
+    ["service", "cache", "outcome"],
+)
