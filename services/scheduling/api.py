@@ -3,7 +3,7 @@
 from typing import Annotated
 from uuid import UUID, uuid4
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Depends, Query, Response
 from pydantic import ValidationError
 
 from contracts.events import Event
@@ -12,7 +12,7 @@ from runtime.http import Problem, problems
 from runtime.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page, decode_cursor
 from runtime.refusals import not_found
 from services.scheduling import domain, handlers, queries
-from services.scheduling.auth import CLINIC_PROBLEMS, Clinic, Context
+from services.scheduling.auth import CLINIC_PROBLEMS, Access, Clinic, Context, access_of
 from services.scheduling.domain import Client
 from services.scheduling.handlers import CLIENT, CLINIC, ROOM, execute
 from services.scheduling.models import (
@@ -40,7 +40,12 @@ async def get_clinic(caller: Clinic, ctx: Context) -> ClinicView:
 
 
 @router.patch("/clinic/settings", responses=problems(409))
-async def change_settings(body: SettingsPatch, caller: Clinic, ctx: Context) -> ClinicView:
+async def change_settings(
+    body: SettingsPatch,
+    caller: Clinic,
+    ctx: Context,
+    access: Annotated[Access, Depends(access_of)],
+) -> ClinicView:
     """Change some settings; the others keep their values."""
     merged = caller.settings.model_dump() | body.model_dump(exclude_unset=True)
     try:
@@ -58,6 +63,7 @@ async def change_settings(body: SettingsPatch, caller: Clinic, ctx: Context) -> 
         caller.clinic_id,
         lambda s: domain.change_settings(s, settings),
     )
+    await access.keys.forget_clinic(caller.clinic_id)  # the next request sees the new settings
     return await queries.clinic(ctx.pool, caller.clinic_id)
 
 

@@ -1,5 +1,7 @@
 """Composition root of the scheduling service."""
 
+from functools import partial
+
 from fastapi import FastAPI
 
 from contracts.links import links_events
@@ -13,17 +15,24 @@ from runtime.service import ServiceDefinition
 from services.scheduling import api, booking_api, handlers, operator_api, sessions_api
 from services.scheduling.auth import Access, credential_still_works
 from services.scheduling.config import SchedulingSettings
+from services.scheduling.keys import ClinicKeys
 from services.scheduling.projections import SchedulingReadModel
 
 
 def routes(
-    app: FastAPI, settings: SchedulingSettings | None = None, sealer: Sealer | None = None
+    app: FastAPI,
+    settings: SchedulingSettings | None = None,
+    sealer: Sealer | None = None,
+    keys: ClinicKeys | None = None,
 ) -> None:
+    """The HTTP API. Without ``keys`` (whose listener is a task of the same definition),
+    every API key is looked up in Postgres."""
     settings = settings or SchedulingSettings()
     app.state.scheduling_access = Access(
         operator_key_hash=settings.operator_key_hash(),
         booking_limiter=RateLimiter(settings.booking_per_minute, settings.booking_burst),
         sealer=sealer or SealingSettings().sealer(),
+        keys=keys or ClinicKeys(),
     )
     app.state.idempotency_guard = credential_still_works
     for router in (operator_api.router, api.router, sessions_api.router, booking_api.router):
@@ -53,20 +62,31 @@ join_links = Consumer(
 )
 """The links that belong to appointments, for the client portal query."""
 
-definition = ServiceDefinition(
-    name="scheduling",
-    default_port=8101,
-    events=scheduling_events,
-    migrations_package="services.scheduling.sql",
-    projections=lambda: [SchedulingReadModel()],
-    consumers=[calls, join_links],
-    routes=routes,
-    endpoints=[
-        Endpoint(
-            AUTHENTICATE_SUBJECT,
-            handlers.authenticate,
-            "Which clinic a clinic API key belongs to (by the key's SHA-256).",
-        )
-    ],
-    description="Clinics, practitioners, clients, rooms, sessions and invitees: who and when.",
-)
+
+def build(
+    settings: SchedulingSettings | None = None, sealer: Sealer | None = None
+) -> ServiceDefinition:
+    """The service, with one replica's API key cache shared by its routes, its key-check
+    endpoint and the task that keeps it honest."""
+    keys = ClinicKeys()
+    return ServiceDefinition(
+        name="scheduling",
+        default_port=8101,
+        events=scheduling_events,
+        migrations_package="services.scheduling.sql",
+        projections=lambda: [SchedulingReadModel()],
+        consumers=[calls, join_links],
+        routes=partial(routes, settings=settings, sealer=sealer, keys=keys),
+        endpoints=[
+            Endpoint(
+                AUTHENTICATE_SUBJECT,
+                partial(handlers.authenticate, keys),
+                "Which clinic a clinic API key belongs to (by the key's SHA-256).",
+            )
+        ],
+        tasks=[keys.listen],
+        description="Clinics, practitioners, clients, rooms, sessions and invitees: who and when.",
+    )
+
+
+definition = build()

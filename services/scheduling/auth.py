@@ -15,6 +15,7 @@ from runtime.ratelimit import RateLimiter
 from runtime.sealing import Sealer, secret_digest
 from runtime.service import context_of
 from services.scheduling.handlers import API_KEY_PREFIX
+from services.scheduling.keys import ClinicKeys
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,8 @@ class Access:
     booking_limiter: RateLimiter
     sealer: Sealer
     """Opens the join links that the links service announces sealed."""
+    keys: ClinicKeys
+    """Which clinic an API key opens (cached on this replica)."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,7 @@ async def operator(
 
 async def clinic_caller(
     ctx: Annotated[ServiceContext, Depends(context_of)],
+    access: Annotated[Access, Depends(access_of)],
     credentials: Annotated[Credentials, Security(CLINIC_KEY)],
 ) -> ClinicCaller:
     key = bearer_credential(credentials)
@@ -66,24 +70,16 @@ async def clinic_caller(
         raise Problem(
             401, f"Clinic API keys start with {API_KEY_PREFIX!r}.", code="unauthenticated"
         )
-    # The lookup is by hash, so no stored key is compared byte by byte with the input.
-    row = await ctx.pool.fetchrow(
-        "SELECT c.clinic_id, c.slug, c.settings, c.suspended "
-        "FROM api_key_secrets s JOIN api_keys k USING (key_id) JOIN clinics c USING (clinic_id) "
-        "WHERE s.secret_hash = $1 AND k.revoked_at IS NULL",
-        secret_digest(key),
-    )
-    if row is None:
+    holder = await access.keys.holder(ctx.pool, secret_digest(key))
+    if holder is None:
         raise Problem(401, "This API key is unknown or was revoked.", code="unauthenticated")
-    if row["suspended"]:
+    if holder.suspended:
         raise Problem(
             403,
             "This clinic is suspended; its keys and links do not work. Contact your operator.",
             code="clinic_suspended",
         )
-    return ClinicCaller(
-        row["clinic_id"], row["slug"], ClinicSettings.model_validate(row["settings"])
-    )
+    return ClinicCaller(holder.clinic_id, holder.slug, holder.settings)
 
 
 Operator = Depends(operator)
@@ -104,7 +100,9 @@ async def credential_still_works(scope: Scope) -> bool:
         if request.url.path.startswith("/v1/clinics"):
             await operator(await access_of(request), await OPERATOR_KEY(request))
         else:
-            await clinic_caller(await context_of(request), await CLINIC_KEY(request))
+            await clinic_caller(
+                await context_of(request), await access_of(request), await CLINIC_KEY(request)
+            )
     except Problem:
         return False
     return True

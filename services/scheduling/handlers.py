@@ -37,6 +37,7 @@ from runtime.rpc import parse
 from runtime.sealing import secret_digest
 from services.scheduling import domain, sessions
 from services.scheduling.domain import Client, Room
+from services.scheduling.keys import ClinicKeys
 from services.scheduling.sessions import Appointment, Attendee
 
 S = TypeVar("S")
@@ -125,19 +126,15 @@ async def issue_api_key(store: EventStore, clinic_id: str, label: str) -> tuple[
     return key_id, secret
 
 
-async def authenticate(ctx: ServiceContext, data: bytes) -> bytes:
+async def authenticate(keys: ClinicKeys, ctx: ServiceContext, data: bytes) -> bytes:
     """RPC: the clinic that a key (by its hash) belongs to, for the other services' APIs."""
     request = parse(KeyCheck, data)
     if isinstance(request, bytes):
         return request
-    row = await ctx.pool.fetchrow(
-        "SELECT c.clinic_id, c.suspended FROM api_key_secrets s JOIN api_keys k USING (key_id) "
-        "JOIN clinics c USING (clinic_id) WHERE s.secret_hash = $1 AND k.revoked_at IS NULL",
-        bytes.fromhex(request.key_sha256),
-    )
+    holder = await keys.holder(ctx.pool, bytes.fromhex(request.key_sha256))
     owner = (
-        KeyOwner(known=True, clinic_id=row["clinic_id"], suspended=row["suspended"])
-        if row
+        KeyOwner(known=True, clinic_id=holder.clinic_id, suspended=holder.suspended)
+        if holder
         else KeyOwner(known=False)
     )
     return owner.model_dump_json().encode()

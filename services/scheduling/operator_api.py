@@ -3,12 +3,14 @@
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Depends, Query, Response
 
+from runtime.commands import Decide
 from runtime.http import problems
 from runtime.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page, decode_cursor
 from services.scheduling import domain, handlers, queries
-from services.scheduling.auth import OPERATOR_PROBLEMS, Context, Operator
+from services.scheduling.auth import OPERATOR_PROBLEMS, Access, Context, Operator, access_of
+from services.scheduling.domain import Clinic
 from services.scheduling.handlers import CLINIC, execute
 from services.scheduling.models import (
     ApiKeyCreate,
@@ -22,6 +24,12 @@ from services.scheduling.models import (
 router = APIRouter(
     prefix="/v1/clinics", tags=["operator"], dependencies=[Operator], responses=OPERATOR_PROBLEMS
 )
+
+
+async def _change(ctx: Context, access: Access, clinic_id: str, decide: Decide[Clinic]) -> None:
+    """Run a command on the clinic; its keys answer as it is now, at once, on this replica."""
+    await execute(ctx.store, CLINIC, clinic_id, clinic_id, decide)
+    await access.keys.forget_clinic(clinic_id)
 
 
 @router.post("", status_code=201, responses=problems(409))
@@ -47,17 +55,19 @@ async def get_clinic(clinic_id: str, ctx: Context) -> ClinicView:
 
 
 @router.post("/{clinic_id}/suspend", responses=problems(404, 409))
-async def suspend_clinic(clinic_id: str, body: ClinicSuspend, ctx: Context) -> ClinicView:
+async def suspend_clinic(
+    clinic_id: str, body: ClinicSuspend, ctx: Context, access: Annotated[Access, Depends(access_of)]
+) -> ClinicView:
     """Suspend a clinic: its API keys and links stop working until it is reinstated."""
-    await execute(
-        ctx.store, CLINIC, clinic_id, clinic_id, lambda s: domain.suspend_clinic(s, body.reason)
-    )
+    await _change(ctx, access, clinic_id, lambda s: domain.suspend_clinic(s, body.reason))
     return await queries.clinic(ctx.pool, clinic_id)
 
 
 @router.post("/{clinic_id}/reinstate", responses=problems(404, 409))
-async def reinstate_clinic(clinic_id: str, ctx: Context) -> ClinicView:
-    await execute(ctx.store, CLINIC, clinic_id, clinic_id, domain.reinstate_clinic)
+async def reinstate_clinic(
+    clinic_id: str, ctx: Context, access: Annotated[Access, Depends(access_of)]
+) -> ClinicView:
+    await _change(ctx, access, clinic_id, domain.reinstate_clinic)
     return await queries.clinic(ctx.pool, clinic_id)
 
 
@@ -84,8 +94,8 @@ async def list_api_keys(clinic_id: str, ctx: Context) -> list[ApiKeyView]:
 
 
 @router.delete("/{clinic_id}/api-keys/{key_id}", status_code=204, responses=problems(404, 409))
-async def revoke_api_key(clinic_id: str, key_id: UUID, ctx: Context) -> None:
+async def revoke_api_key(
+    clinic_id: str, key_id: UUID, ctx: Context, access: Annotated[Access, Depends(access_of)]
+) -> None:
     """Revoke a key: it stops working at once."""
-    await execute(
-        ctx.store, CLINIC, clinic_id, clinic_id, lambda s: domain.revoke_api_key(s, key_id)
-    )
+    await _change(ctx, access, clinic_id, lambda s: domain.revoke_api_key(s, key_id))

@@ -7,9 +7,8 @@ without seeing each other's objects (which is also what tenancy promises).
 import secrets
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import partial
 from typing import Any
 
 import httpx
@@ -33,11 +32,7 @@ OPERATOR = {"Authorization": f"Bearer {OPERATOR_KEY}"}
 
 def scheduling_app(dsn: str, nats_url: str, **config: Any) -> FastAPI:
     service_settings = SchedulingSettings(operator_key=OPERATOR_KEY, **config)
-    definition = replace(
-        scheduling.definition,
-        routes=partial(scheduling.routes, settings=service_settings, sealer=SEALER),
-    )
-    return build_app(definition, settings(dsn, nats_url))
+    return build_app(scheduling.build(service_settings, SEALER), settings(dsn, nats_url))
 
 
 @pytest.fixture
