@@ -114,7 +114,7 @@ async def book(
         ):
             raise Conflict("slot_taken", "That time is no longer free; choose another.")
         await handlers.add_client(ctx.store, clinic.clinic_id, client, conn=conn)
-        session_id = await handlers.schedule_session(
+        scheduled = await handlers.schedule_session(
             ctx.store,
             clinic.clinic_id,
             clinic.settings,
@@ -123,8 +123,8 @@ async def book(
             now(),
             conn=conn,
         )
-    session = await queries.session(ctx.pool, clinic.clinic_id, session_id)
-    response.headers["Location"] = f"/v1/sessions/{session_id}"
+    session = queries.scheduled_session(scheduled)
+    response.headers["Location"] = f"/v1/sessions/{session.session_id}"
     return BookingView(
         session_id=session.session_id,
         starts_at=session.starts_at,

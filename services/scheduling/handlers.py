@@ -236,8 +236,11 @@ async def schedule_session(
     source: SessionSource,
     now: datetime,
     conn: Executor | None = None,
-) -> UUID:
-    """Schedule; with ``conn`` it reads and commits in the caller's transaction."""
+) -> RecordedEvent:
+    """Schedule; with ``conn`` it reads and commits in the caller's transaction.
+
+    Returns the ``SessionScheduled`` as appended, from which the caller can answer.
+    """
     r = request
     session_id = uuid4()
     db: Queryable = conn or store.pool
@@ -268,8 +271,10 @@ async def schedule_session(
         source=source,
     )
     events = sessions.schedule_session(None, appointment, settings, now)
-    await store.append(SESSION.stream(session_id), 0, events, clinic_id=clinic_id, conn=conn)
-    return session_id
+    [scheduled] = await store.append(
+        SESSION.stream(session_id), 0, events, clinic_id=clinic_id, conn=conn
+    )
+    return scheduled
 
 
 async def _check_people(

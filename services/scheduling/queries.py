@@ -1,14 +1,16 @@
 """Reads of the read models; every one is scoped to a clinic."""
 
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 from zoneinfo import ZoneInfo
 
 import asyncpg
 
+from contracts.scheduling import SessionScheduled, scheduling_events
 from runtime.db import Queryable
+from runtime.eventstore import RecordedEvent
 from runtime.http import Problem
 from runtime.pagination import Page, encode_cursor
 from runtime.refusals import not_found
@@ -191,6 +193,32 @@ def _session(row: Mapping[str, Any], attendees: list[AttendeeView]) -> SessionVi
         local_ends_at=row["ends_at"].astimezone(tz),
         attendees=attendees,
     )
+
+
+def scheduled_session(recorded: RecordedEvent) -> SessionView:
+    """A session just scheduled, from its ``SessionScheduled`` as appended: what ``session``
+    reads once the projection holds it (times in UTC, as Postgres gives them), unread."""
+    event = scheduling_events.decode(recorded.type, recorded.schema_version, recorded.data)
+    if not isinstance(event, SessionScheduled):
+        raise TypeError(f"{recorded.type} does not schedule a session")
+    row = {
+        "session_id": event.session_id,
+        "practitioner_id": event.practitioner_id,
+        "client_ids": list(event.client_ids),
+        "starts_at": event.starts_at.astimezone(UTC),
+        "ends_at": event.ends_at.astimezone(UTC),
+        "time_zone": event.time_zone,
+        "video_mode": event.video_mode,
+        "room_id": event.room_id,
+        "link_sharing": event.link_sharing,
+        "guest_admission": event.guest_admission,
+        "source": event.source,
+        "status": "scheduled",
+        "completed_because": None,
+        "scheduled_at": recorded.occurred_at,
+        "updated_at": recorded.occurred_at,
+    }
+    return _session(row, [])
 
 
 async def session(conn: Queryable, clinic_id: str, session_id: UUID) -> SessionView:

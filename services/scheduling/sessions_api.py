@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Query, Response
 from contracts.events import Event
 from contracts.scheduling import PLAN_VIDEO_MODES, SessionSource, VideoMode
 from runtime.commands import Decide
+from runtime.eventstore import RecordedEvent
 from runtime.http import Problem, problems
 from runtime.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page, decode_cursor
 from runtime.refusals import not_found
@@ -51,6 +52,13 @@ def default_video_mode(caller: ClinicCaller) -> VideoMode:
     return VideoMode.practitioner_room
 
 
+def _created(scheduled: RecordedEvent, response: Response) -> SessionView:
+    """The answer to a new session, from the event appended: nothing is read back."""
+    view = queries.scheduled_session(scheduled)
+    response.headers["Location"] = f"/v1/sessions/{view.session_id}"
+    return view
+
+
 @router.post("/sessions", status_code=201, responses=SCHEDULING_PROBLEMS)
 async def schedule_session(
     body: SessionCreate, caller: Clinic, ctx: Context, response: Response
@@ -67,11 +75,10 @@ async def schedule_session(
         link_sharing=body.link_sharing,
         guest_admission=body.guest_admission,
     )
-    session_id = await handlers.schedule_session(
+    scheduled = await handlers.schedule_session(
         ctx.store, caller.clinic_id, caller.settings, request, SessionSource.api, now()
     )
-    response.headers["Location"] = f"/v1/sessions/{session_id}"
-    return await queries.session(ctx.pool, caller.clinic_id, session_id)
+    return _created(scheduled, response)
 
 
 @router.post("/sessions/ad-hoc", status_code=201, responses=SCHEDULING_PROBLEMS)
@@ -91,11 +98,10 @@ async def start_ad_hoc_session(
         link_sharing=body.link_sharing,
         guest_admission=body.guest_admission,
     )
-    session_id = await handlers.schedule_session(
+    scheduled = await handlers.schedule_session(
         ctx.store, caller.clinic_id, caller.settings, request, SessionSource.ad_hoc, started
     )
-    response.headers["Location"] = f"/v1/sessions/{session_id}"
-    return await queries.session(ctx.pool, caller.clinic_id, session_id)
+    return _created(scheduled, response)
 
 
 @router.get("/sessions", responses=problems(400))

@@ -83,6 +83,17 @@ class ClinicHandle:
         result: dict[str, Any] = await self.ok("POST", "/v1/clients", 201, json=body)
         return result
 
+    async def client_room(
+        self, client: dict[str, Any], practitioner: dict[str, Any], title: str = "Weekly"
+    ) -> dict[str, Any]:
+        result: dict[str, Any] = await self.ok(
+            "POST",
+            f"/v1/clients/{client['client_id']}/rooms",
+            201,
+            json={"practitioner_id": practitioner["practitioner_id"], "title": title},
+        )
+        return result
+
     async def session(
         self, practitioner: dict[str, Any], clients: list[dict[str, Any]], **extra: Any
     ) -> dict[str, Any]:

@@ -47,16 +47,43 @@ async def test_video_modes_use_the_right_rooms(clinic: ClinicHandle) -> None:
     client = await clinic.client()
     own = await clinic.session(practitioner, [client], video_mode="practitioner_room")
     assert own["room_id"] == practitioner["room_id"]
-    room = await clinic.ok(
-        "POST",
-        f"/v1/clients/{client['client_id']}/rooms",
-        201,
-        json={"practitioner_id": practitioner["practitioner_id"], "title": "Weekly"},
-    )
+    room = await clinic.client_room(client, practitioner)
     in_room = await clinic.session(
         practitioner, [client], video_mode="client_room", room_id=room["room_id"]
     )
     assert in_room["room_id"] == room["room_id"]
+
+
+async def test_a_new_session_is_answered_as_it_reads_back(clinic: ClinicHandle) -> None:
+    """The answer is built from the appended event, not read back: byte for byte the same."""
+    practitioner = await clinic.practitioner()
+    client = await clinic.client()
+    room = await clinic.client_room(client, practitioner)
+    appointment = {
+        "practitioner_id": practitioner["practitioner_id"],
+        "client_ids": [client["client_id"]],
+        "starts_at": "2030-06-12T09:00:00.123456+02:00",
+        "ends_at": "2030-06-12T09:50:00-05:30",
+    }
+    bodies = [
+        ("/v1/sessions", appointment | {"time_zone": "Asia/Kolkata", "link_sharing": True}),
+        ("/v1/sessions", appointment | {"video_mode": "practitioner_room"}),
+        (
+            "/v1/sessions",
+            appointment
+            | {
+                "video_mode": "client_room",
+                "room_id": room["room_id"],
+                "guest_admission": "direct",
+            },
+        ),
+        ("/v1/sessions/ad-hoc", {"practitioner_id": practitioner["practitioner_id"]}),
+    ]
+    for path, body in bodies:
+        created = await clinic.call("POST", path, json=body)
+        assert created.status_code == 201, created.text
+        read = await clinic.call("GET", created.headers["location"])
+        assert created.content == read.content
 
 
 async def test_bad_sessions_are_refused_and_change_nothing(api: httpx.AsyncClient) -> None:
