@@ -128,6 +128,18 @@ WAITING_MESSAGES = {
 MAX_QUEUED = 1000
 """Frames waiting for a browser that does not read them, before it is disconnected."""
 
+RECORD_CONNECTION = (
+    # A connection's row lives only as long as its person is here (and their grace), so its
+    # commit does not wait for the WAL to reach the disk (SET LOCAL, as a single statement
+    # can). It is never lost alone: the knock or entry appended next commits synchronously,
+    # and flushing that commit flushes this earlier one too.
+    "WITH asynchronous AS (SELECT set_config('synchronous_commit', 'off', true)) "
+    "INSERT INTO connections (participant_id, clinic_id, room_id, resume_digest, grace_s, "
+    "cap, loudest_speakers, replica_id) "
+    "SELECT $1::uuid, $2::text, $3::uuid, $4::bytea, $5::real, $6::smallint, $7::smallint, "
+    "$8::text FROM asynchronous"
+)
+
 
 class Unavailable(refusals.Refused):
     status = 503
@@ -244,7 +256,9 @@ class Signaling:
     async def run(self, ctx: ServiceContext) -> None:
         """The service's background task: start, then sweep until cancelled."""
         self._ctx = ctx
-        self._rooms = Rooms(ctx, self.replica_id, self.react, self.on_notice)
+        self._rooms = Rooms(
+            ctx, self.replica_id, self.react, self.on_notice, self.settings.room_linger_s
+        )
         self._rooms.after_append(self._after_append)
         await self.heartbeat()
         await self._disown_an_earlier_life()
@@ -483,13 +497,11 @@ class Signaling:
         self.local[room_id][pid] = conn
         if not new:
             await self.rooms.watch(room_id)
-        else:  # two round trips at once: reading the room, recording the connection
+        else:  # at once: reading the room (unless it is followed here), recording the connection
             await asyncio.gather(
                 self.rooms.watch(room_id),
                 self.ctx.pool.execute(
-                    "INSERT INTO connections (participant_id, clinic_id, room_id, resume_digest, "
-                    "grace_s, cap, loudest_speakers, replica_id) "
-                    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                    RECORD_CONNECTION,
                     pid,
                     clinic_id,
                     room_id,

@@ -32,3 +32,11 @@ class SignalingSettings(BaseSettings):
         default=10.0, gt=0, description="A replica silent this long has lost its connections."
     )
     rpc_wait_s: float = Field(default=3.0, gt=0, description="Wait for links and media answers.")
+    room_linger_s: float = Field(
+        default=60.0,
+        ge=0,
+        description=(
+            "How long a replica keeps a room current after the last of its people there left: "
+            "a knock within that time decides on it without reading the room's events."
+        ),
+    )

@@ -7,6 +7,9 @@ here at once and announced on ``signaling.room.<room_id>`` (core NATS) with the 
 themselves, so every replica holding someone of that room reacts within a round trip. A
 replica that missed an announcement (a gap in versions, a NATS reconnect) reads the missing
 events from Postgres, the source of truth; ``resync`` does that for every watched room.
+
+A replica keeps following a room for ``linger_s`` after the last of its people there left, so
+the next knock there decides on the cached room instead of reading the room's whole stream.
 """
 
 import asyncio
@@ -53,15 +56,26 @@ class Cached:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     watchers: int = 0
     subscription: Subscription | None = None
+    lingering: asyncio.TimerHandle | None = None
+    """Set while nobody of the room is here and it is still followed."""
 
 
 class Rooms:
-    def __init__(self, ctx: ServiceContext, replica_id: str, react: React, notice: Notice) -> None:
+    def __init__(
+        self,
+        ctx: ServiceContext,
+        replica_id: str,
+        react: React,
+        notice: Notice,
+        linger_s: float = 0.0,
+    ) -> None:
         self.ctx = ctx
         self.replica_id = replica_id
         self.react = react
         self.notice = notice
+        self.linger_s = linger_s
         self._rooms: dict[UUID, Cached] = {}
+        self._unsubscribing: set[asyncio.Task[None]] = set()
         self._after_append: list[Callable[[UUID, str, list[Event]], None]] = []
 
     def after_append(self, hook: Callable[[UUID, str, list[Event]], None]) -> None:
@@ -75,14 +89,22 @@ class Rooms:
             cached = self._rooms[room_id] = Cached(Room(room_id=room_id))
         return cached
 
-    def _apply(self, cached: Cached, recorded: list[RecordedEvent]) -> list[Event]:
+    def _apply(
+        self, cached: Cached, recorded: list[RecordedEvent], appended: list[Event] | None = None
+    ) -> list[Event]:
+        """Fold what the store recorded into the cached room; ``appended``, the events just
+        appended here (recorded in that order), need no decoding from their data."""
         applied = []
-        for r in recorded:
+        for i, r in enumerate(recorded):
             if r.version <= cached.version:
                 continue
             if cached.clinic_id is None:
                 cached.clinic_id = r.clinic_id
-            event = signaling_events.decode(r.type, r.schema_version, r.data)
+            event = (
+                appended[i]
+                if appended is not None
+                else signaling_events.decode(r.type, r.schema_version, r.data)
+            )
             cached.room = evolve(cached.room, event)
             cached.version = r.version
             applied.append(event)
@@ -149,26 +171,49 @@ class Rooms:
     # --- watching (someone of the room is connected here) -----------------------------------
 
     async def watch(self, room_id: UUID) -> None:
+        """Follow the room (someone of it is here): read once, then kept by announcements."""
         cached = self._cached(room_id)
         cached.watchers += 1
+        if cached.lingering is not None:
+            cached.lingering.cancel()
+            cached.lingering = None
         if cached.subscription is None:
-            # Subscribe first, then read: an announcement that arrives meanwhile is either
-            # already in what is read, or applied after it (versions tell which).
-            cached.subscription = await self.ctx.nats.subscribe(
-                room_subject(room_id), cb=self._on_announcement
-            )
             async with cached.lock:
-                await self._catch_up(room_id, cached)
+                if cached.subscription is None:  # not by a join that held the lock before
+                    # Subscribe first, then read: an announcement that arrives meanwhile is
+                    # either already in what is read, or applied after it (versions tell which).
+                    cached.subscription = await self.ctx.nats.subscribe(
+                        room_subject(room_id), cb=self._on_announcement
+                    )
+                    await self._catch_up(room_id, cached)
 
     async def unwatch(self, room_id: UUID) -> None:
         cached = self._rooms.get(room_id)
         if cached is None:
             return
         cached.watchers -= 1
-        if cached.watchers <= 0:
-            self._rooms.pop(room_id, None)
-            if cached.subscription is not None:
-                await cached.subscription.unsubscribe()
+        if cached.watchers > 0 or cached.lingering is not None:
+            return
+        if self.linger_s > 0 and cached.subscription is not None:
+            cached.lingering = asyncio.get_running_loop().call_later(
+                self.linger_s, self._linger_over, room_id, cached
+            )
+        else:
+            await self._forget(room_id, cached)
+
+    def _linger_over(self, room_id: UUID, cached: Cached) -> None:
+        cached.lingering = None
+        if cached.watchers <= 0 and self._rooms.get(room_id) is cached:
+            task = asyncio.create_task(self._forget(room_id, cached))
+            self._unsubscribing.add(task)
+            task.add_done_callback(self._unsubscribing.discard)
+
+    async def _forget(self, room_id: UUID, cached: Cached) -> None:
+        if self._rooms.get(room_id) is cached:
+            del self._rooms[room_id]
+        if cached.subscription is not None:
+            subscription, cached.subscription = cached.subscription, None
+            await subscription.unsubscribe()
 
     async def _on_announcement(self, msg: Msg) -> None:
         try:
@@ -239,15 +284,25 @@ class Rooms:
                     if attempt > 2:
                         await asyncio.sleep(random.uniform(0, 0.005 * attempt))  # noqa: S311
                     continue
-                applied = self._apply(cached, recorded)
-                await self._announce(room_id, recorded)
+                applied = self._apply(cached, recorded, events)
                 for hook in self._after_append:
                     hook(room_id, clinic_id, applied)
+                # The people here first: announcing to the other replicas is no reason to
+                # keep them waiting (the publish does not wait for NATS, but encodes).
                 await self.react(room_id, cached.room, applied)
-                if cached.watchers <= 0 and cached.subscription is None:
-                    self._rooms.pop(room_id, None)  # nobody of the room is here: don't keep it
+                await self._announce(room_id, recorded)
+                if self._unfollowed(room_id, cached):
+                    del self._rooms[room_id]  # nobody of the room is here: don't keep it
                 return applied
         raise Conflict("changed_concurrently", "The room changed many times at once; try again.")
+
+    def _unfollowed(self, room_id: UUID, cached: Cached) -> bool:
+        """Cached for one command only: nobody of the room is here, nor joining."""
+        return (
+            cached.watchers <= 0
+            and cached.subscription is None
+            and self._rooms.get(room_id) is cached
+        )
 
     async def _announce(self, room_id: UUID, recorded: list[RecordedEvent]) -> None:
         body = {
