@@ -27,7 +27,8 @@ WebSocket handshakes are never inside a measurement.
 Knocks are muted by the server after a room's first admission (a muted knock gives the host a
 ``room`` view, no ``knock``), so an unmeasured warm-up round admits one guest per room, every
 host sends ``unmute_knocks``, and only then are rounds measured: each measured knock is the
-alert a host actually gets. Goal: p99 <= 20 ms for both, paced and all at once.
+alert a host actually gets. Goals: p99 <= 20 ms for both when paced; all at once, knock p99
+<= 300 ms (issue 20: the burst queues on one replica) and admit p99 <= 20 ms as before.
 
 Baseline, in the same run: the bare NATS request/reply round trip from this process to a
 responder in a process of its own (``bench/echo.py``, answering through ``runtime.rpc.serve``
@@ -86,6 +87,8 @@ from runtime.sealing import new_key  # noqa: E402
 from runtime.service import connect_nats  # noqa: E402
 
 P99_GOAL = 0.020
+BURST_KNOCK_P99_GOAL = 0.300
+"""All at once, the knocks queue on replica B's event loop: their goal is the burst's."""
 ROOMS_PER_CLINIC = 10
 CLINICS_AT_ONCE = 4
 OPERATOR_KEY = "op-" + secrets.token_urlsafe(24)
@@ -543,6 +546,7 @@ async def baseline(nc: Any, count: int, pace: float | None, rounds: int) -> list
 
 # -- report ------------------------------------------------------------------------------------
 
+ALL_AT_ONCE = "all at once"
 TIMED = {"knock": "knock -> host sees it", "admitted": "admit -> guest admitted"}
 """The measured paths with a goal, by their ``Visit`` field."""
 
@@ -580,7 +584,8 @@ def report(
         )
         for what, name in (("knock", "knock"), ("admitted", "admit")):
             p99 = pct(s.of(what), 99)
-            ok = p99 <= P99_GOAL
+            goal = BURST_KNOCK_P99_GOAL if (what, s.label) == ("knock", ALL_AT_ONCE) else P99_GOAL
+            ok = p99 <= goal
             met &= ok
             for p in (50, 99):
                 records.append(
@@ -591,12 +596,12 @@ def report(
                         "ms",
                         f"bare NATS request/reply p{p}, {s.label}",
                         pct(floor, p) * 1000,
-                        goal=f"<= {P99_GOAL * 1000:.0f} ms" if p == 99 else None,
+                        goal=f"<= {goal * 1000:.0f} ms" if p == 99 else None,
                         met=ok if p == 99 else None,
                     )
                 )
             print(
-                f"   goal {name} p99 <= {P99_GOAL * 1000:.0f} ms: "
+                f"   goal {name} p99 <= {goal * 1000:.0f} ms: "
                 f"{'met' if ok else 'not met'} ({p99 * 1000:.1f} ms)"
             )
         if s.cpu and s.wall:
@@ -653,7 +658,7 @@ async def main(rooms: int, rounds: int, rate: float, results: Path | None) -> in
             )
             replicas = {name: platform.urls[name] for name in ("signaling A", "signaling B")}
             pace = 1 / rate
-            modes = {"all at once": None, f"paced, {rate:.0f} knocks/s": pace}
+            modes = {ALL_AT_ONCE: None, f"paced, {rate:.0f} knocks/s": pace}
             floors = {label: await baseline(nc, rooms, p, rounds) for label, p in modes.items()}
 
             # Warm-up: every room's first admission, which also mutes its knocks.
