@@ -4,9 +4,9 @@ from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.responses import JSONResponse
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 from starlette.types import Scope
 
 from contracts.links import Decision, LinkKind, ResolveRequest
@@ -46,10 +46,10 @@ async def credential_still_works(scope: Scope) -> bool:
     return True
 
 
-def answer(request: Request, decision: Decision) -> JSONResponse:
+def answer(request: Request, decision: Decision) -> Response:
     if decision.allowed:
-        body = decision.model_dump(mode="json")
-        return JSONResponse(body, headers=LINK_PAGE_HEADERS)
+        body = decision.model_dump_json()  # pydantic's own encoder: no dict, no json.dumps
+        return Response(body, media_type="application/json", headers=LINK_PAGE_HEADERS)
     headers = dict(LINK_PAGE_HEADERS)
     if decision.retry_after_s is not None:
         headers["Retry-After"] = str(max(1, round(decision.retry_after_s)))
@@ -58,11 +58,35 @@ def answer(request: Request, decision: Decision) -> JSONResponse:
     return problem_response(request, decision.status, decision.message, headers=headers, **extra)
 
 
+class ResolveQuery(BaseModel):
+    """The query of ``GET /v1/links/resolve``."""
+
+    token: str | None = Field(
+        default=None, max_length=200, description="From `/j/{token}` or `/h/{token}`."
+    )
+    clinic: str | None = Field(
+        default=None, max_length=64, description="The clinic of `/r/{clinic}/{room}`."
+    )
+    room: str | None = Field(default=None, max_length=64, description="The room of `/r/...`.")
+    session_id: UUID | None = Field(
+        default=None, description="Host tokens: the session to join as host."
+    )
+
+
+def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    schema = model.model_json_schema()["properties"]
+    return [
+        {"name": name, "in": "query", "required": False, "schema": field}
+        for name, field in schema.items()
+    ]
+
+
 @router.get(
     "/resolve",
     response_model=Decision,
     responses=problems(
         400,
+        422,
         503,
         described={
             403: "Refused: the clinic is suspended, or its plan does not include this link.",
@@ -72,32 +96,33 @@ def answer(request: Request, decision: Decision) -> JSONResponse:
             429: "Refused: too many unknown links from this address; `Retry-After` says when.",
         },
     ),
+    openapi_extra={"parameters": _query_parameters(ResolveQuery)},
 )
-async def resolve_link(
-    request: Request,
-    ctx: Context,
-    links: LinksDep,
-    token: Annotated[str | None, Query(max_length=200)] = None,
-    clinic: Annotated[str | None, Query(max_length=64)] = None,
-    room: Annotated[str | None, Query(max_length=64)] = None,
-    session_id: UUID | None = None,
-) -> JSONResponse:
+async def resolve_link(request: Request) -> Response:
     """May this link join now, as whom; refusals are problem bodies with the reason as `code`.
 
     Give `token` (from `/j/{token}` or `/h/{token}`), or `clinic` and `room` (from
     `/r/{clinic}/{room}`); a host token may name the `session_id` to join.
     """
-    if token is None and not (clinic and room):
+    # The query is read here rather than declared to FastAPI: its per-parameter dependency
+    # solving cost more than the whole resolution served from the cache.
+    try:
+        query = ResolveQuery.model_validate(dict(request.query_params))
+    except ValidationError as exc:
+        errors = exc.errors(include_input=False, include_url=False)
+        raise RequestValidationError([{**e, "loc": ("query", *e["loc"])} for e in errors]) from None
+    if query.token is None and not (query.clinic and query.room):
         raise Problem(400, "Give a token, or a clinic and a room.", code="nothing_to_resolve")
+    ctx = await context_of(request)
     address = request.client.host if request.client else None
     resolved = ResolveRequest(
-        token=token,
-        clinic_slug=clinic,
-        room_slug=room,
-        session_id=session_id,
+        token=query.token,
+        clinic_slug=query.clinic,
+        room_slug=query.room,
+        session_id=query.session_id,
         client_address=address,
     )
-    return answer(request, await resolve(links, ctx.pool, resolved))
+    return answer(request, await resolve(await links_of(request), ctx.pool, resolved))
 
 
 class LinkView(BaseModel):
@@ -163,6 +188,7 @@ async def regenerate(
 ) -> LinkView:
     """Replace a guest link or a client room link: the old one is refused from now on."""
     new_id = await commands.regenerate(ctx, links, clinic_id, link_id)
+    await links.cache.synced()  # the old link is refused from the client's next resolve here
     row = await ctx.pool.fetchrow("SELECT * FROM links WHERE link_id = $1", new_id)
     response.headers["Location"] = f"/v1/links/{new_id}/audit"
     response.headers["Cache-Control"] = "no-store"  # the new link; never kept for a replay
@@ -188,6 +214,7 @@ async def retire(body: Retirement, clinic_id: ClinicId, ctx: Context, links: Lin
     count = await commands.retire(
         ctx, links, clinic_id, body.sunset_at, body.kind, body.issued_before
     )
+    await links.cache.synced()  # resolves here from now on see the warnings
     return Retired(retired=count)
 
 

@@ -74,7 +74,7 @@ def build(links: Links | None = None) -> ServiceDefinition:
                 "May this link join now, as whom, and if not, why not.",
             )
         ],
-        tasks=[links.flush_resolutions],
+        tasks=[links.flush_resolutions, links.watch_changes],
         description=(
             "Every join link: token hashes, kinds, windows and states; decides who may join now."
         ),

@@ -17,4 +17,9 @@ class LinksSettings(BaseSettings):
         default=10.0, gt=0, description="Unknown tokens one address may try per minute."
     )
     resolve_unknown_burst: int = Field(default=20, ge=1)
+    resolve_cache_entries: int = Field(
+        default=50_000,
+        ge=0,
+        description="Links (and as many rooms' sessions) each replica keeps for resolution.",
+    )
     audit_flush_s: float = Field(default=1.0, gt=0, description="How often counts are saved.")

@@ -49,6 +49,7 @@ from runtime.ratelimit import RateLimiter
 from runtime.refusals import NotFound
 from runtime.sealing import Sealer, SealingSettings, secret_digest
 from services.links import domain
+from services.links.cache import ResolutionCache
 from services.links.config import LinksSettings
 from services.links.domain import NewLink, Slot
 
@@ -70,6 +71,14 @@ class Links:
     @cached_property
     def sealer(self) -> Sealer:
         return self.sealer_source()
+
+    @cached_property
+    def cache(self) -> ResolutionCache:
+        return ResolutionCache(self.settings.resolve_cache_entries)
+
+    async def watch_changes(self, ctx: ServiceContext) -> None:
+        """Background task: keep ``cache`` honest with the links schema's change notices."""
+        await self.cache.watch(ctx.settings.database_url.get_secret_value())
 
     @cached_property
     def unknown_tokens(self) -> RateLimiter:

@@ -1,8 +1,11 @@
-"""Answering a resolve request (over HTTP or NATS): look the link up, decide, count."""
+"""Answering a resolve request (over HTTP or NATS): look the link up (in the replica's cache,
+else in Postgres), decide with the current time, count."""
 
+from dataclasses import replace
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 
@@ -10,6 +13,14 @@ from contracts.links import Decision, LinkKind, Refusal, ResolveRequest, Revoked
 from contracts.scheduling import ClinicSettings
 from runtime.db import Queryable
 from runtime.sealing import secret_digest
+from services.links.cache import (
+    ROOM_HORIZON,
+    ROOM_SESSIONS_READ,
+    HostSession,
+    ResolutionCache,
+    RoomSessions,
+    link_tags,
+)
 from services.links.domain import State
 from services.links.handlers import Links
 from services.links.resolution import UNKNOWN, Found, SessionWindow, decide, refused
@@ -31,17 +42,19 @@ BY_ROOM_PATH = (
     "ORDER BY l.issued_at DESC LIMIT 1"
 )
 _SESSION = """
-    SELECT session_id, practitioner_id AS s_practitioner, room_id AS s_room, starts_at,
+    SELECT session_id, clinic_id, practitioner_id AS s_practitioner, room_id AS s_room, starts_at,
            ends_at, time_zone, status, live, guest_admission
       FROM sessions
 """
-SESSION_OF_HOST = f"{_SESSION} WHERE session_id = $1 AND clinic_id = $2 AND practitioner_id = $3"
-SESSION_IN_ROOM = (
+SESSION = f"{_SESSION} WHERE session_id = $1"
+ROOM_SESSIONS = (
     f"{_SESSION} WHERE room_id = $1 AND status = 'scheduled' "
-    "AND starts_at - make_interval(mins => $3) <= $2 AND ends_at + make_interval(mins => $4) > $2 "
-    "ORDER BY starts_at LIMIT 1"
+    "AND starts_at < $3::timestamptz + make_interval(mins => $4) "
+    "AND ends_at + make_interval(mins => $5) > $2 "
+    f"ORDER BY starts_at LIMIT {ROOM_SESSIONS_READ}"
 )
-"""The appointment whose window is open in a room now."""
+"""A room's appointments whose window is open at some moment from $2 to $3."""
+_ROOMS = frozenset({LinkKind.practitioner_room, LinkKind.client_room})
 
 
 @lru_cache(maxsize=4096)
@@ -84,38 +97,92 @@ def _found(row: asyncpg.Record, session: SessionWindow | None) -> Found:
     )
 
 
-async def find(db: Queryable, request: ResolveRequest, now: datetime) -> Found | None:
-    if request.token:
-        row = await db.fetchrow(BY_TOKEN, secret_digest(request.token))
-    elif request.clinic_slug and request.room_slug:
-        row = await db.fetchrow(BY_ROOM_PATH, request.clinic_slug, request.room_slug)
-    else:
+async def find(
+    db: Queryable, cache: ResolutionCache, request: ResolveRequest, now: datetime
+) -> Found | None:
+    found = await _link(db, cache, request)
+    if found is None:
         return None
-    if row is None:
-        return None
-    session = _window(row)
-    kind = LinkKind(row["kind"])
-    if kind is LinkKind.host and request.session_id is not None:
+    if found.kind is LinkKind.host and request.session_id is not None:
         # A host joins one of their sessions: it must be theirs, in their clinic.
-        found = await db.fetchrow(
-            SESSION_OF_HOST, request.session_id, row["clinic_id"], row["practitioner_id"]
-        )
-        if found is None:
+        host = await _host_session(db, cache, request.session_id)
+        if (
+            host is None
+            or host.clinic_id != found.clinic_id
+            or host.window.practitioner_id != found.practitioner_id
+        ):
             return None
-        session = _window(found)
-    elif kind in (LinkKind.practitioner_room, LinkKind.client_room) and row["room_id"]:
+        return replace(found, session=host.window)
+    if found.kind in _ROOMS and found.room_id is not None:
         # The appointment being held in this room now, if any, so the call is tied to it.
-        settings = clinic_settings(row["settings"])
-        session = _window(
-            await db.fetchrow(
-                SESSION_IN_ROOM,
-                row["room_id"],
-                now,
-                settings.early_join_minutes,
-                settings.buffer_minutes,
-            )
-        )
-    return _found(row, session)
+        sessions = await _room_sessions(db, cache, found, now)
+        return replace(found, session=sessions.open_at(now, found.settings))
+    return found
+
+
+async def _link(db: Queryable, cache: ResolutionCache, request: ResolveRequest) -> Found | None:
+    if request.token:
+        digest = secret_digest(request.token)
+        if (hit := cache.by_token.get(digest)) is not None:
+            return hit
+        since = cache.by_token.generation
+        row = await db.fetchrow(BY_TOKEN, digest)
+        if row is None:
+            return None
+        found = _found(row, _window(row))
+        cache.by_token.put(digest, found, link_tags(found), since)
+        return found
+    if request.clinic_slug and request.room_slug:
+        path = (request.clinic_slug, request.room_slug)
+        if (hit := cache.by_room_path.get(path)) is not None:
+            return hit
+        since = cache.by_room_path.generation
+        row = await db.fetchrow(BY_ROOM_PATH, *path)
+        if row is None:
+            return None
+        found = _found(row, None)
+        # The newest link of the room answers: a link issued for it later is noticed by room.
+        cache.by_room_path.put(path, found, [*link_tags(found), f"room:{found.room_id}"], since)
+        return found
+    return None
+
+
+async def _host_session(
+    db: Queryable, cache: ResolutionCache, session_id: UUID
+) -> HostSession | None:
+    if (hit := cache.host_sessions.get(session_id)) is not None:
+        return hit
+    since = cache.host_sessions.generation
+    row = await db.fetchrow(SESSION, session_id)
+    window = _window(row)
+    if row is None or window is None:
+        return None
+    host = HostSession(row["clinic_id"], window)
+    cache.host_sessions.put(session_id, host, [f"session:{session_id}"], since)
+    return host
+
+
+async def _room_sessions(
+    db: Queryable, cache: ResolutionCache, found: Found, now: datetime
+) -> RoomSessions:
+    assert found.room_id is not None
+    hit = cache.room_sessions.get(found.room_id)
+    if hit is not None and hit.covers(now):
+        return hit
+    since = cache.room_sessions.generation
+    until = now + ROOM_HORIZON
+    early, buffer = found.settings.early_join_minutes, found.settings.buffer_minutes
+    rows = await db.fetch(ROOM_SESSIONS, found.room_id, now, until, early, buffer)
+    windows = tuple(w for w in map(_window, rows) if w is not None)
+    if len(rows) == ROOM_SESSIONS_READ:
+        # Sessions past the last one read start no earlier, so none opens before it does.
+        until = min(until, windows[-1].opens_at(found.settings))
+    read = RoomSessions(now, until, windows)
+    if read.until > now:
+        # Which sessions were read depends on the clinic's early join and buffer: noticed too.
+        tags = [f"room:{found.room_id}", f"clinic:{found.clinic_id}"]
+        cache.room_sessions.put(found.room_id, read, tags, since)
+    return read
 
 
 async def resolve(links: Links, db: Queryable, request: ResolveRequest) -> Decision:
@@ -127,7 +194,7 @@ async def resolve(links: Links, db: Queryable, request: ResolveRequest) -> Decis
             retry_after_s=wait,
         )
     now = links.clock()
-    found = await find(db, request, now)
+    found = await find(db, links.cache, request, now)
     decision = decide(found, now) if found is not None else UNKNOWN
     if decision.link_id is not None:
         outcome = "allowed" if decision.allowed else str(decision.reason)

@@ -43,13 +43,20 @@ def clock() -> Clock:
     return Clock()
 
 
-def links_service(dsn: str, nats_url: str, clock: Clock, **config: Any) -> FastAPI:
+def links_service(
+    dsn: str, nats_url: str, clock: Clock, *, consuming: bool = True, **config: Any
+) -> FastAPI:
+    """The links service; one that is not ``consuming`` only answers (a replica that learns of
+    scheduling's and signaling's events through Postgres alone)."""
     links = Links(
         settings=LinksSettings(public_url=PUBLIC_URL, audit_flush_s=0.2, **config),
         sealer_source=lambda: SEALER,
         clock=clock,
     )
-    return build_app(links_app.build(links), settings(dsn, nats_url))
+    definition = links_app.build(links)
+    if not consuming:
+        definition = replace(definition, consumers=[])
+    return build_app(definition, settings(dsn, nats_url))
 
 
 @dataclass
@@ -105,6 +112,18 @@ class LinkedClinic:
 
         await eventually(issued, what=f"a {kind} link for {filters}")
         return found
+
+    async def client_room(
+        self, practitioner: dict[str, Any], client: dict[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A room of ``practitioner`` for ``client``, and its link once issued."""
+        room: dict[str, Any] = await self.clinic.ok(
+            "POST",
+            f"/v1/clients/{client['client_id']}/rooms",
+            201,
+            json={"practitioner_id": practitioner["practitioner_id"], "title": "Weekly"},
+        )
+        return room, await self.link("client_room", room_id=room["room_id"])
 
     async def resolve(self, url: str, **params: Any) -> httpx.Response:
         path = url.removeprefix(PUBLIC_URL)

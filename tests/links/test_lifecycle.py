@@ -231,14 +231,8 @@ async def test_a_client_room_link_is_stable_across_sessions_until_regenerated(
     c = clinic.clinic
     practitioner = await c.practitioner()
     client = await c.client()
-    room = await c.ok(
-        "POST",
-        f"/v1/clients/{client['client_id']}/rooms",
-        201,
-        json={"practitioner_id": practitioner["practitioner_id"], "title": "Weekly"},
-    )
+    room, link = await clinic.client_room(practitioner, client)
     room_id = room["room_id"]
-    link = await clinic.link("client_room", room_id=room_id)
     first = await c.session(practitioner, [client], video_mode="client_room", room_id=room_id)
     start = moment(first, days=1)
     second = await c.session(

@@ -55,13 +55,7 @@ async def every_kind(clinic: LinkedClinic, clock: Clock) -> list[dict[str, Any]]
     session = await shared_session(clinic)
     practitioner = session["practitioner"]
     client = await c.client()
-    room = await c.ok(
-        "POST",
-        f"/v1/clients/{client['client_id']}/rooms",
-        201,
-        json={"practitioner_id": practitioner["practitioner_id"], "title": "Room"},
-    )
-    room_link = await clinic.link("client_room", room_id=room["room_id"])
+    room, room_link = await clinic.client_room(practitioner, client)
     guest = await clinic.link("guest", session_id=session["session_id"])
     for link in (guest, room_link):
         response = await clinic.links.post(
