@@ -12,19 +12,22 @@ same callers for the same time:
   the same ``runtime.rpc.serve`` by a process this benchmark starts (``bench/echo.py``).
 
 Throughput: ``C`` callers with one request each in flight (closed loop), for ``S`` seconds
-after a warm-up. Latency: the same requests sent at a steady rate (open loop) of half the
-resolve rate just measured, floor and resolve at the same rate, because at saturation a
-closed loop's latency is only Little's law (callers / rate). Goals: resolve >= 0.7x its floor,
-p99 <= 5 ms (at the steady rate).
+after a warm-up. Before the runs every sampled token is resolved once, so they measure the
+steady state in which the links being joined now are in the service's resolution cache; the
+cache's hits and misses in each run are printed (unknown tokens always miss). Latency: the
+same requests sent at a steady rate (open loop) of half the resolve rate just measured, floor
+and resolve at the same rate, because at saturation a closed loop's latency is only Little's
+law (callers / rate). Goals: resolve >= 0.7x its floor, p99 <= 5 ms (at the steady rate).
 
 The links are written straight into the links schema's tables with COPY (clinics, sessions,
 client rooms, attendees, links of kinds session/guest/drop_in/client_room, token hashes),
-then VACUUM ANALYZE. Only a sample of tokens is kept in clear (the others' hashes are random
-bytes, as good as the SHA-256 of a token nobody knows): mostly links whose session is open
-now, some outside their window (refused 410/423), some that do not exist (404). Unknown tokens
-are rate limited per address and every HTTP request here comes from 127.0.0.1, so the service
-runs with ``ANTECHAMBER_RESOLVE_UNKNOWN_PER_MINUTE``/``_BURST`` set out of reach (the limiter
-is still consulted on every request).
+then VACUUM ANALYZE (with the change-notice triggers off: nothing listens yet). Only a
+sample of tokens is kept in clear (the others' hashes are random bytes, as good as the
+SHA-256 of a token nobody knows): mostly links whose session is open now, some outside their
+window (refused 410/423), some that do not exist (404). Unknown tokens are rate limited per
+address and every HTTP request here comes from 127.0.0.1, so the service runs with
+``ANTECHAMBER_RESOLVE_UNKNOWN_PER_MINUTE``/``_BURST`` set out of reach (the limiter is still
+consulted on every request).
 
 The load generator speaks HTTP/1.1 over raw asyncio streams, one keep-alive connection per
 caller, and freezes its own garbage collector once the rows are loaded: it shares the cores
@@ -271,9 +274,13 @@ async def load(dsn: str, n: int, sample: int) -> Loaded:
 
         async def copy(table: str) -> None:
             async with pool.acquire() as conn:
+                # Without the change-notice triggers: nothing listens yet, and a notice per
+                # row would hold millions of them in the loading transaction.
+                await conn.execute("SET session_replication_role = replica")
                 await conn.copy_records_to_table(
                     table, records=rows[table], columns=COLUMNS[table], schema_name=SERVICE
                 )
+                await conn.execute("RESET session_replication_role")
 
         await asyncio.gather(*(copy(table) for table in COLUMNS))
         copied = time.perf_counter() - started - generated
@@ -369,6 +376,7 @@ class Tokens:
     def __init__(self, tokens: list[str]) -> None:
         self.tokens = tokens
         self.at = 0
+        self.warmed = 0
 
     def next(self) -> str:
         self.at = (self.at + 1) % len(self.tokens)
@@ -457,6 +465,9 @@ class Figures:
     paced: dict[str, Run]
     paced_rate: dict[str, float]
     server: dict[str, float]
+    """The service's /metrics over the HTTP runs: route timings, cache lookups."""
+    nats_cache: dict[str, float]
+    """Cache lookups over the NATS runs."""
     reconnects: int
 
 
@@ -496,6 +507,9 @@ async def measure(
         )
         for c in connections:
             await c.open()
+        # Every token once, so the runs measure the steady state: the links being joined
+        # now are in the service's cache (its hits and misses per run are printed).
+        await asyncio.gather(*(each_once(call, tokens) for call in resolve_nats))
         before = await server_timing(connections[0])
         args = (tokens, warm_up, seconds, meter)
         http_floor = await closed_loop("GET /healthz", floor_http, *args)
@@ -503,6 +517,7 @@ async def measure(
         after = await server_timing(connections[0])
         nats_floor = await closed_loop("NATS echo", floor_nats, *args)
         nats_resolve = await closed_loop(f"NATS {RESOLVE_SUBJECT}", resolve_nats, *args)
+        after_nats = await server_timing(connections[0])
 
         # Latency at a steady half of the resolve rate, floor and resolve alike.
         paced_rate = {"http": http_resolve.rate / 2, "nats": nats_resolve.rate / 2}
@@ -522,6 +537,7 @@ async def measure(
             c.close()
         await nc.drain()
     server = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+    nats_cache = {k: after_nats.get(k, 0.0) - after.get(k, 0.0) for k in CACHE_OUTCOMES}
     return Figures(
         http_floor,
         http_resolve,
@@ -530,8 +546,16 @@ async def measure(
         paced,
         paced_rate,
         server,
+        nats_cache,
         sum(c.reconnects for c in connections),
     )
+
+
+async def each_once(call: Call, tokens: Tokens) -> None:
+    """Resolve tokens until every one was resolved once (callers share ``tokens``)."""
+    while tokens.warmed < len(tokens.tokens):
+        tokens.warmed += 1
+        await call(tokens.next())
 
 
 METRIC = re.compile(
@@ -541,14 +565,31 @@ METRIC = re.compile(
 )
 
 
+CACHE_METRIC = re.compile(
+    r'^antechamber_cache_lookups_total\{(?=[^}]*service="links")(?=[^}]*outcome="(hit|miss)")'
+    r"[^}]*\} ([0-9.e+-]+)$",
+    re.MULTILINE,
+)
+CACHE_OUTCOMES = ("cache hit", "cache miss")
+
+
 async def server_timing(connection: HttpConnection) -> dict[str, float]:
-    """The service's own latency histograms of the two routes: seconds and counts, summed."""
+    """The service's own latency histograms of the two routes (seconds and counts, summed) and
+    its resolution cache's lookups (hits and misses, summed over its caches)."""
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{connection.port}") as client:
         text = (await client.get("/metrics")).text
-    totals: Counter[str] = Counter()
+    totals: Counter[str] = Counter(dict.fromkeys(CACHE_OUTCOMES, 0.0))
     for kind, route, value in METRIC.findall(text):
         totals[f"{route} {kind}"] += float(value)
+    for outcome, value in CACHE_METRIC.findall(text):
+        totals[f"cache {outcome}"] += float(value)
     return dict(totals)
+
+
+def cache_share(lookups: dict[str, float]) -> str:
+    hits, misses = lookups.get("cache hit", 0.0), lookups.get("cache miss", 0.0)
+    share = hits / (hits + misses) if hits + misses else 0.0
+    return f"{share:.1%} of {hits + misses:,.0f} lookups hit"
 
 
 # -- report ------------------------------------------------------------------------------------
@@ -609,6 +650,8 @@ def report(loaded: Loaded, f: Figures, concurrency: int, seconds: float) -> list
             f"{'met' if ok else 'not met'}"
         )
         print(f"   answers: {shares(resolve.outcomes)}")
+        lookups = f.nats_cache if transport.startswith("NATS") else f.server
+        print(f"   the service's cache: {cache_share(lookups)}")
         if resolve.cpu:
             cpu = "   ".join(f"{k} {v / floor.seconds:.0%}" for k, v in floor.cpu.items())
             print(f"   CPU, floor (100% = one core):     {cpu}")
