@@ -19,7 +19,7 @@ from contracts.envelope import EventEnvelope, RawEnvelope
 from contracts.events import Event
 from runtime import metrics
 from runtime.db import Executor, check_schema, lock_key
-from runtime.telemetry import current_trace_context, tracer
+from runtime.telemetry import current_trace_context, span
 
 
 class ConcurrencyError(Exception):
@@ -182,6 +182,8 @@ class EventStore:
         self.channel = f"{schema}_events"
         self._waiting: list[tuple[_Request, asyncio.Future[_Outcome]]] = []
         self._drainer: asyncio.Task[None] | None = None
+        self._appended = metrics.events_appended.labels(schema)
+        self._conflicts = metrics.append_conflicts.labels(schema)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Executor]:
@@ -208,9 +210,9 @@ class EventStore:
         """
         if not events:
             return []
-        with tracer.start_as_current_span("eventstore.append") as span:
-            span.set_attribute("db.system", "postgresql")
-            span.set_attribute("antechamber.stream_id", stream_id)
+        with span(
+            "eventstore.append", **{"db.system": "postgresql", "antechamber.stream_id": stream_id}
+        ):
             # Built inside the span, so the stored trace context is this append's.
             request = _Request(stream_id, expected_version, events, clinic_id, cause or Cause())
             if conn is not None:
@@ -218,9 +220,9 @@ class EventStore:
             else:
                 outcome = await self._enqueue(request)
         if isinstance(outcome, ConcurrencyError):
-            metrics.append_conflicts.labels(self.schema).inc()
+            self._conflicts.inc()
             raise outcome
-        metrics.events_appended.labels(self.schema).inc(len(outcome))
+        self._appended.inc(len(outcome))
         return outcome
 
     async def _enqueue(self, request: "_Request") -> "_Outcome":

@@ -1,6 +1,7 @@
 """The HTTP side every service shares: problem details, health, readiness, metrics, tracing."""
 
 import json
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
@@ -12,7 +13,6 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from opentelemetry.trace import SpanKind
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
@@ -30,7 +30,7 @@ from runtime.storable_text import (
     unstorable_json,
     unstorable_query,
 )
-from runtime.telemetry import context_from, tracer
+from runtime.telemetry import server_span
 
 log = structlog.get_logger(__name__)
 
@@ -224,12 +224,14 @@ def _replaying(body: bytes, receive: Receive) -> Receive:
 
 
 class TracingMiddleware:
-    """One server span and one latency observation per request (plain ASGI: no per-request
-    task or stream wrapping)."""
+    """One server span (when tracing is on) and one latency observation per request (plain
+    ASGI: no per-request task or stream wrapping)."""
 
     def __init__(self, app: ASGIApp, service: str) -> None:
         self.app = app
         self.service = service
+        self._latency: dict[tuple[str, str, int], Any] = {}
+        """Histogram children by (method, route, status), bound once rather than per request."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -237,7 +239,6 @@ class TracingMiddleware:
             return
         started = time.perf_counter()
         status = 500
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
 
         async def observe(message: Message) -> None:
             nonlocal status
@@ -245,20 +246,22 @@ class TracingMiddleware:
                 status = message["status"]
             await send(message)
 
-        with tracer.start_as_current_span(
-            f"{scope['method']} {scope['path']}",
-            context=context_from(headers),
-            kind=SpanKind.SERVER,
-        ) as span:
-            scope[TRACE_ID_KEY] = format(span.get_span_context().trace_id, "032x")
+        with server_span(f"{scope['method']} {scope['path']}", scope["headers"]) as span:
+            if span is not None:
+                scope[TRACE_ID_KEY] = format(span.get_span_context().trace_id, "032x")
             try:
                 await self.app(scope, receive, observe)
             finally:
-                span.set_attribute("http.response.status_code", status)
+                if span is not None:
+                    span.set_attribute("http.response.status_code", status)
                 route = scope.get("route")
-                metrics.http_requests.labels(
-                    self.service, scope["method"], getattr(route, "path", "unmatched"), str(status)
-                ).observe(time.perf_counter() - started)
+                key = (scope["method"], getattr(route, "path", "unmatched"), status)
+                child = self._latency.get(key)
+                if child is None:
+                    child = self._latency[key] = metrics.http_requests.labels(
+                        self.service, key[0], key[1], str(status)
+                    )
+                child.observe(time.perf_counter() - started)
 
 
 def _documenting_problems(
@@ -333,7 +336,8 @@ def create_http_app(
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:
-        trace_id = request.scope.get(TRACE_ID_KEY, "0" * 32)
+        # With tracing off there is no trace: a fresh id still ties the answer to the log line.
+        trace_id = request.scope.get(TRACE_ID_KEY) or secrets.token_hex(16)
         log.error("request failed", path=request.url.path, trace_id=trace_id, exc_info=exc)
         return problem_response(
             request,

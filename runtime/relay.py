@@ -21,7 +21,7 @@ from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import Span
 
 from contracts.envelope import event_subject
 from runtime import metrics
@@ -29,7 +29,7 @@ from runtime.db import connect, lock_key
 from runtime.eventstore import RecordedEvent, read_all
 from runtime.retry import retry
 from runtime.streams import ensure_stream, service_stream, stream_name
-from runtime.telemetry import context_from, current_trace_context, tracer
+from runtime.telemetry import current_trace_context, producer_span
 
 log = structlog.get_logger(__name__)
 
@@ -41,12 +41,13 @@ class PublishError(Exception):
     """JetStream did not acknowledge a batch; it will be published again."""
 
 
-def _headers(event: RecordedEvent) -> dict[str, str]:
+def _headers(event: RecordedEvent, span: Span | None) -> dict[str, str]:
+    """With a publish span, its context; without (tracing off), the stored one as it is."""
     return {
         "Nats-Msg-Id": str(event.event_id),
         POSITION_HEADER: str(event.position),
         "Content-Type": "application/json",
-        **current_trace_context(),
+        **(current_trace_context() if span is not None else event.trace_context),
     }
 
 
@@ -57,14 +58,11 @@ async def publish_events(
     futures = []
     try:
         for event in events:
-            parent = context_from(event.trace_context)
-            with tracer.start_as_current_span(
-                f"publish {event.type}", context=parent, kind=SpanKind.PRODUCER
-            ):
+            with producer_span(event.type, event.trace_context) as span:
                 body = event.envelope(service).model_dump_json().encode()
                 subject = event_subject(event.clinic_id, service, event.type)
                 # Awaited one by one so they go on the wire in position order; acks come later.
-                futures.append(await js.publish_async(subject, body, headers=_headers(event)))
+                futures.append(await js.publish_async(subject, body, headers=_headers(event, span)))
         async with asyncio.timeout(ack_timeout):
             await asyncio.gather(*futures)
     except (TimeoutError, NatsError, OSError) as exc:
@@ -98,6 +96,8 @@ class Relay:
         self.stream_replicas = stream_replicas
         self.on_acked = on_acked
         self.leader = asyncio.Event()
+        self._published = metrics.relay_published.labels(service)
+        self._lag = metrics.relay_lag.labels(service)
         self.position = 0
 
     async def run(self) -> None:
@@ -161,11 +161,9 @@ class Relay:
         if self.on_acked is not None:
             self.on_acked(batch)
         now = datetime.now(UTC)
-        metrics.relay_published.labels(self.service).inc(len(batch))
+        self._published.inc(len(batch))
         for event in batch:
-            metrics.relay_lag.labels(self.service).observe(
-                (now - event.occurred_at).total_seconds()
-            )
+            self._lag.observe((now - event.occurred_at).total_seconds())
 
     async def _resume_position(self, conn: asyncpg.Connection) -> int:
         """The checkpoint, or the last event already in the stream if that is further on.
