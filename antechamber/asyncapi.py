@@ -23,7 +23,7 @@ def document() -> str:
     for service in definitions():
         document_events(broker, service)
         for consumer in service.consumers:
-            attach(broker, consumer, service=service.name, context=None)
+            attach(broker, consumer, service=service.name)
     spec = AsyncAPI(
         broker,
         title="Antechamber events",

@@ -8,7 +8,6 @@ background (pool, migrations, relay, consumers), so ``/healthz`` answers at once
 import asyncio
 import contextlib
 import gc
-import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,19 +24,20 @@ from nats.errors import Error as NatsError
 from contracts.deadletter import DeadLetter, deadletter_subject
 from contracts.envelope import EventEnvelope, event_subject
 from contracts.events import EventRegistry
-from runtime.consumer import Consumer, attach
+from runtime.consumer import Consumer, ConsumerLoop
 from runtime.context import ServiceContext
 from runtime.db import create_pool
 from runtime.eventstore import EventStore, Projection
 from runtime.http import Problem, ReadinessCheck, create_http_app
 from runtime.idempotency import IdempotencyMiddleware
+from runtime.inbox import Retention, keep_pruning
 from runtime.logging import configure_logging
 from runtime.migrations import Migration, discover, migrate, pending, runtime_migrations
 from runtime.relay import Relay
 from runtime.retry import retry
 from runtime.rpc import Endpoint, serve
 from runtime.settings import RuntimeSettings, nats_servers
-from runtime.streams import deadletter_stream, ensure_stream, service_stream
+from runtime.streams import deadletter_stream, ensure_stream, service_stream, stream_name
 from runtime.telemetry import configure_tracing
 
 log = structlog.get_logger(__name__)
@@ -156,16 +156,6 @@ async def close_nats(nc: NATS, what: str) -> None:
             await settle(nc.close(), f"closing the {what} connection")
 
 
-async def stop_broker(broker: NatsBroker) -> None:
-    """Stop the consumers, then close the broker's connection whether or not that worked."""
-    connection = broker._connection  # FastStream's own client; stop() forgets it on success
-    try:
-        await settle(broker.stop(), "stopping the event consumers")
-    finally:
-        if connection is not None:
-            await close_nats(connection, "event consumers'")
-
-
 class ServiceRuntime:
     def __init__(self, definition: ServiceDefinition, settings: RuntimeSettings) -> None:
         self.definition = definition
@@ -175,7 +165,8 @@ class ServiceRuntime:
         self.started = asyncio.Event()
         self.failure: str | None = None
         self._tasks: list[asyncio.Task[Any]] = []
-        self._broker: NatsBroker | None = None
+        self._consumers: list[ConsumerLoop] = []
+        self._consumer_nats: NATS | None = None
 
     @property
     def dsn(self) -> str:
@@ -221,29 +212,30 @@ class ServiceRuntime:
         )
         self._tasks.append(asyncio.create_task(relay.run(), name=f"{d.name}-relay"))
 
-        async def start_broker() -> NatsBroker:
-            # Per-message access lines at DEBUG: our own log lines say what matters.
-            broker = NatsBroker(
-                nats_servers(s.nats_url),
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=1,
-                log_level=logging.DEBUG,
+        if consumers:
+            # The consumers pull on a connection of their own, so a burst of events never
+            # queues behind (or in front of) the service's requests and replies.
+            self._consumer_nats = consumer_nats = await retry(
+                lambda: connect_nats(s.nats_url, f"antechamber-{d.name}-consumers"),
+                errors=DEPENDENCY_ERRORS,
+                what="nats",
+                first_delay=0.2,
             )
-            document_events(broker, d)
             for consumer in consumers:
-                attach(broker, consumer, service=d.name, context=context)
-            try:
-                await broker.start()
-            except BaseException:
-                # A JetStream API call timed out (a cluster electing leaders, a busy node):
-                # drop this half-started broker and start a whole new one.
-                await stop_broker(broker)
-                raise
-            return broker
-
-        self._broker = await retry(
-            start_broker, errors=DEPENDENCY_ERRORS, what="jetstream consumers", first_delay=0.2
-        )
+                loop = ConsumerLoop(consumer, service=d.name, context=context, nats=consumer_nats)
+                self._consumers.append(loop)
+                await retry(
+                    loop.start,
+                    errors=DEPENDENCY_ERRORS,
+                    what="jetstream consumers",
+                    first_delay=0.2,
+                )
+            retentions = [
+                Retention(c.durable(d.name), stream_name(c.source), c.retention_s(s))
+                for c in consumers
+            ]
+            pruning = keep_pruning(pool, js, retentions, s.inbox_prune_interval_s)
+            self._tasks.append(asyncio.create_task(pruning, name=f"{d.name}-inbox"))
         if d.endpoints:
             await serve(nc, list(d.endpoints), context, queue=d.name)
         for work in d.tasks:
@@ -264,8 +256,10 @@ class ServiceRuntime:
         """
         try:
             await cancel_and_wait(self._tasks, "background tasks (relay, loops)")
-            if self._broker is not None:
-                await stop_broker(self._broker)
+            for loop in self._consumers:
+                await settle(loop.stop(), "stopping an event consumer")
+            if self._consumer_nats is not None:
+                await close_nats(self._consumer_nats, "event consumers'")
         finally:
             # Whatever went wrong above (even an interruption), the connections are closed.
             if self.context is not None:

@@ -27,7 +27,7 @@ class RuntimeSettings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
     otel_exporter: Literal["none", "console", "otlp"] = Field(
-        default="none", description="Where spans go; trace ids are logged either way."
+        default="none", description="Where spans go; none: no spans are made at all."
     )
     stream_replicas: int = Field(
         default=1,
@@ -43,6 +43,14 @@ class RuntimeSettings(BaseSettings):
     relay_ack_timeout_s: float = Field(default=5.0, gt=0)
     consumer_max_deliver: int = Field(default=5, ge=1)
     consumer_ack_wait_s: float = Field(default=30.0, gt=0)
+    consumer_max_batch: int = Field(
+        default=256,
+        ge=1,
+        description="Most messages a consumer handles in one transaction (and keeps requested).",
+    )
+    inbox_prune_interval_s: float = Field(
+        default=60.0, gt=0, description="How often consumers' handled-event records are pruned."
+    )
 
 
 def secret_value(value: SecretStr | None, file: Path | None) -> str | None:

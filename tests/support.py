@@ -162,7 +162,9 @@ async def publish_envelope(
     )
 
 
-def notes_consumer(source: str, *, max_deliver: int = 3, ack_wait_s: float = 30.0) -> Consumer:
+def notes_consumer(
+    source: str, *, max_deliver: int = 3, ack_wait_s: float = 30.0, max_batch: int | None = None
+) -> Consumer:
     return Consumer(
         name="notes",
         source=source,
@@ -170,6 +172,7 @@ def notes_consumer(source: str, *, max_deliver: int = 3, ack_wait_s: float = 30.
         handlers={"NoteTaken": record_effect},
         max_deliver=max_deliver,
         ack_wait_s=ack_wait_s,
+        max_batch=max_batch,
     )
 
 

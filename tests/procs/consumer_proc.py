@@ -1,9 +1,10 @@
 """A consumer in its own process.
 
-python -m tests.procs.consumer_proc DSN SERVICE SOURCE NATS_URL [crash-after-commit]
+python -m tests.procs.consumer_proc DSN SERVICE SOURCE NATS_URL [crash-after-commit] [batch=N]
 
-With ``crash-after-commit`` it SIGKILLs itself right after the first handler's transaction
-commits and before the message is acknowledged.
+With ``crash-after-commit`` it SIGKILLs itself right after its first transaction commits and
+before any of its messages is acknowledged. It handles one message per transaction unless
+``batch=N`` lets it handle up to N in one.
 """
 
 import asyncio
@@ -11,10 +12,8 @@ import os
 import signal
 import sys
 
-from faststream.nats import NatsBroker
-
 from contracts.envelope import RawEnvelope
-from runtime.consumer import attach
+from runtime.consumer import ConsumerLoop
 from runtime.context import ServiceContext
 from runtime.db import create_pool
 from runtime.eventstore import EventStore
@@ -23,7 +22,7 @@ from runtime.settings import RuntimeSettings
 from tests.support import notes_consumer
 
 
-async def main(dsn: str, service: str, source: str, nats_url: str, crash: bool) -> None:
+async def main(dsn: str, service: str, source: str, nats_url: str, crash: bool, batch: int) -> None:
     pool = await create_pool(dsn, service, size=4)
     nc = await connect_nats(nats_url, f"{service}-consumer-proc")
     context = ServiceContext(RuntimeSettings(), pool, EventStore(pool, service), nc)
@@ -31,18 +30,18 @@ async def main(dsn: str, service: str, source: str, nats_url: str, crash: bool) 
     async def die(_envelope: RawEnvelope) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
-    broker = NatsBroker(nats_url)
-    attach(
-        broker,
-        notes_consumer(source, ack_wait_s=2.0),
+    loop = ConsumerLoop(
+        notes_consumer(source, ack_wait_s=2.0, max_batch=batch),
         service=service,
         context=context,
         after_commit=die if crash else None,
     )
-    await broker.start()
+    await loop.start()
     await asyncio.Event().wait()
 
 
 if __name__ == "__main__":
     dsn, service, source, url = sys.argv[1:5]
-    asyncio.run(main(dsn, service, source, url, sys.argv[5:6] == ["crash-after-commit"]))
+    options = sys.argv[5:]
+    batch = next((int(o.removeprefix("batch=")) for o in options if o.startswith("batch=")), 1)
+    asyncio.run(main(dsn, service, source, url, "crash-after-commit" in options, batch))
