@@ -88,9 +88,9 @@ def starts_in(minutes: int) -> str:
 
 async def session_context(
     conn: Executor, notify: Notify, clinic_id: str, session_id: UUID, recipient_id: UUID | None
-) -> tuple[Any, dict[str, Any], str | None]:
-    """The session row, its template variables for one recipient (``join_url`` included) and
-    the recipient's address."""
+) -> tuple[Any, dict[str, Any], str | None, bool]:
+    """The session row, its template variables for one recipient (``join_url`` included), the
+    recipient's address, and whether that recipient is a client notify has not heard of yet."""
     session = await conn.fetchrow(
         "SELECT s.*, c.name AS clinic_name, c.early_join_minutes, p.display_name AS practitioner "
         "FROM sessions s JOIN clinics c USING (clinic_id) "
@@ -105,6 +105,7 @@ async def session_context(
     if recipient_id is not None:
         recipient = await conn.fetchrow(
             "SELECT r.kind, coalesce(r.email, c.email) AS email, "
+            "r.kind = 'client' AND c.client_id IS NULL AS client_unknown, "
             "coalesce(r.display_name, c.display_name, '') AS name FROM recipients r "
             "LEFT JOIN clients c ON c.client_id = r.recipient_id "
             "WHERE r.session_id = $1 AND r.recipient_id = $2",
@@ -112,7 +113,7 @@ async def session_context(
             recipient_id,
         )
     if recipient is None:  # the session's clients' link, for the copy-link text
-        recipient = {"kind": "client", "email": None, "name": ""}
+        recipient = {"kind": "client", "email": None, "name": "", "client_unknown": False}
     zone = session["time_zone"]
     date, start = local_parts(session["starts_at"], zone)
     _, end = local_parts(session["ends_at"], zone)
@@ -135,7 +136,7 @@ async def session_context(
     url = await link_for(conn, session, recipient_id, recipient["kind"])
     if url is not None:
         context["join_url"] = notify.sealer.unseal(url)
-    return session, context, recipient["email"]
+    return session, context, recipient["email"], bool(recipient["client_unknown"])
 
 
 async def link_for(
@@ -322,7 +323,7 @@ class Sender:
     async def write(self, conn: Executor, row: Any) -> Written:
         kind = MessageKind(row["kind"])
         now = self.notify.clock()
-        session, context, address = await session_context(
+        session, context, address, client_unknown = await session_context(
             conn, self.notify, row["clinic_id"], row["session_id"], row["recipient_id"]
         )
         if kind is MessageKind.reminder:
@@ -330,6 +331,11 @@ class Sender:
                 raise Skipped(SkippedBecause.session_started)
             context["starts_in"] = starts_in(row["offset_minutes"])
         if not address:
+            # A client's details come in an event of their own, which a redelivery (after a
+            # consumer crashed) can bring after the session's: wait for them as for a link.
+            waited = (now - row["created_at"]).total_seconds()
+            if client_unknown and waited < self.settings.link_wait_s:
+                raise NotYet
             raise Refused(FailedBecause.invalid_address, "the recipient has no email address")
         try:
             address = validate_email(address, check_deliverability=False).normalized

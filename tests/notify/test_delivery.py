@@ -2,16 +2,27 @@
 return before the final dot; templates edited through the API."""
 
 import asyncio
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from runtime.embedded import NatsServer
+from runtime.service import connect_nats
 from services.notify.config import NotifySettings
 from services.notify.smtp import Mailer
-from tests.notify.conftest import Platform, body_of, clinic_of, mails_to
+from tests.notify.conftest import (
+    Platform,
+    RunningClock,
+    body_of,
+    clinic_of,
+    mails_to,
+    notify_service,
+)
+from tests.notify.feed import Feed
 from tests.notify.smtp import SmtpSink
 from tests.notify.test_invitations import CLIENT, schedule
-from tests.support import assert_problem
+from tests.scheduling.conftest import SEALER
+from tests.support import assert_problem, serving
 
 
 def mailer_for(sink: SmtpSink) -> Mailer:
@@ -228,3 +239,31 @@ async def test_a_clinic_edits_its_template_and_its_next_invitation_uses_it(
 async def test_the_api_needs_a_clinic_key(platform: Platform) -> None:
     response = await platform.notify.get("/v1/templates")
     assert_problem(response, 401)
+
+
+async def test_a_client_whose_details_come_after_the_session_is_invited_once_they_arrive(
+    postgres_dsn: str, nats_server: NatsServer, sink: SmtpSink
+) -> None:
+    """A consumer that crashed is redelivered its messages after ack_wait, behind the ones a
+    new process took meanwhile: the session can arrive before its client. The invitation
+    waits for the client's details (as for a link) rather than failing for want of an address."""
+    app = notify_service(postgres_dsn, nats_server.url, sink, RunningClock())
+    nc = await connect_nats(nats_server.url, "feed")
+    try:
+        async with serving(app):
+            feed = Feed(nc, SEALER)
+            await feed.clinic()
+            client = feed._client()
+            scheduled, issued, invited = feed._session(
+                client, datetime.now(UTC) + timedelta(days=2)
+            )
+            await feed._publish("scheduling", [scheduled])
+            await feed._publish("links", [issued])
+            await asyncio.sleep(1.5)  # several rounds of the sender meanwhile
+            assert sink.messages == []
+            await feed._publish("scheduling", [client])
+            await sink.wait_for(1, timeout=30)
+            assert sink.messages[0].rcpt_tos == [invited.email]
+            assert invited.url in body_of(sink.messages[0].message)
+    finally:
+        await nc.drain()
