@@ -7,7 +7,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from runtime.eventstore import Cause, ConcurrencyError, EventStore
+from runtime.eventstore import Cause, ConcurrencyError, EventStore, RecordedEvent
 from runtime.projections import rebuild
 from tests.conftest import migrated_pool
 from tests.support import NoteCounts, NoteStruck, NoteTaken
@@ -214,3 +214,32 @@ async def test_a_cancelled_caller_does_not_strand_the_others(store: EventStore) 
     tasks[0].cancel()
     done = await asyncio.wait_for(asyncio.gather(*tasks[1:]), timeout=10)
     assert len(done) == 29
+
+
+class RunningTotals:
+    """A projection that reads what it wrote a moment ago (its writes are held back)."""
+
+    name = "running_totals"
+    tables = ("effects",)
+
+    async def apply(self, conn: Any, event: RecordedEvent) -> None:
+        if event.type != "NoteTaken":
+            return
+        await conn.execute(
+            "INSERT INTO effects (event_id, n) VALUES ($1, $2)", event.event_id, event.data["n"]
+        )
+        seen = await conn.fetchval("SELECT count(*) FROM effects")
+        await conn.execute(
+            "UPDATE note_counts SET total = $2 WHERE stream_id = $1", event.stream_id, seen
+        )
+
+
+async def test_a_projection_reads_its_own_held_back_writes(
+    pool: "asyncpg.Pool[Any]", service_name: str
+) -> None:
+    store = EventStore(pool, service_name, [NoteCounts(), RunningTotals()])
+    await asyncio.gather(
+        *(store.append(f"n-{i}", 0, [NoteTaken(n=i)], clinic_id="c") for i in range(30))
+    )
+    totals = sorted(r["total"] for r in await pool.fetch("SELECT total FROM note_counts"))
+    assert totals == list(range(1, 31))  # each saw every earlier event's effect row

@@ -148,3 +148,19 @@ async def test_an_idempotency_key_adds_its_claim_and_its_record(
     assert replayed.content == first.content
     # The claim that finds the first answer, and reading it; the key check is cached.
     assert len(sent) == 2, sent
+
+
+async def test_posts_under_load_average_at_most_two_round_trips(
+    counted: tuple[list[str], dict[str, Any], int], clinic: ClinicHandle
+) -> None:
+    """Appends that wait at the same moment share one commit (BEGIN, one pipelined
+    ``append_events``, one pipelined ``executemany`` per projection statement, COMMIT), so
+    what each POST costs on its own is its read, plus a share of its group's four."""
+    sent, body, _ = counted
+    posts = 40
+    answers = await asyncio.gather(*(schedule(clinic, body) for _ in range(posts)))
+    assert {a.status_code for a in answers} == {201}
+    await settled()
+    reads = [s for s in sent if "FROM practitioners" in s]
+    assert len(reads) == posts
+    assert len(sent) / posts <= 2, f"{len(sent)} statements for {posts} POSTs: {sent}"
