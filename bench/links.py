@@ -1,6 +1,7 @@
 """Link resolutions per second and their latency, over HTTP and over NATS, next to floors.
 
-    python bench/links.py [--quick] [--links N] [--concurrency C] [--seconds S] [--results PATH]
+    python bench/links.py [--quick] [--links N] [--concurrency C] [--seconds S] [--paced R]
+                          [--results PATH]
 
 With 1,000,000 links stored, the links service (``antechamber serve links``, a process of its
 own) answers "may this token join now?" as ``GET /v1/links/resolve?token=...`` and as a
@@ -15,9 +16,10 @@ Throughput: ``C`` callers with one request each in flight (closed loop), for ``S
 after a warm-up. Before the runs every sampled token is resolved once, so they measure the
 steady state in which the links being joined now are in the service's resolution cache; the
 cache's hits and misses in each run are printed (unknown tokens always miss). Latency: the
-same requests sent at a steady rate (open loop) of half the resolve rate just measured, floor
-and resolve at the same rate, because at saturation a closed loop's latency is only Little's
-law (callers / rate). Goals: resolve >= 0.7x its floor, p99 <= 5 ms (at the steady rate).
+same requests sent at a steady rate (open loop) of half the resolve rate just measured (or
+``R`` per second, e.g. the goal's 500), floor and resolve at the same rate, because at
+saturation a closed loop's latency is only Little's law (callers / rate). Goals: resolve
+>= 0.7x its floor, p99 <= 5 ms (at the steady rate).
 
 The links are written straight into the links schema's tables with COPY (clinics, sessions,
 client rooms, attendees, links of kinds session/guest/drop_in/client_room, token hashes),
@@ -479,6 +481,7 @@ async def measure(
     warm_up: float,
     seconds: float,
     meter: CpuMeter,
+    paced: float | None,
 ) -> Figures:
     connections = [HttpConnection(port) for _ in range(concurrency)]
     nc = await connect_nats(nats_url, "bench-links")
@@ -520,7 +523,10 @@ async def measure(
         after_nats = await server_timing(connections[0])
 
         # Latency at a steady half of the resolve rate, floor and resolve alike.
-        paced_rate = {"http": http_resolve.rate / 2, "nats": nats_resolve.rate / 2}
+        paced_rate = {
+            "http": paced or http_resolve.rate / 2,
+            "nats": paced or nats_resolve.rate / 2,
+        }
         paced = {}
         for c in connections:
             await c.open()  # idle during the NATS runs: the server may have closed them
@@ -672,7 +678,7 @@ def report(loaded: Loaded, f: Figures, concurrency: int, seconds: float) -> list
             f"  server-side mean (its /metrics, inside the middleware):   /healthz {ms(floor_mean)}"
             f"   /v1/links/resolve {ms(resolve_mean)}"
         )
-    print("\nlatency: requests sent at a steady rate, half the resolve rate above")
+    print("\nlatency: requests sent at a steady rate")
     names = {  # the paced runs are labelled by their key
         "http": (f.http_floor.label, f.http_resolve.label),
         "nats": (f.nats_floor.label, f.nats_resolve.label),
@@ -714,6 +720,7 @@ async def main(
     warm_up: float,
     seconds: float,
     results: Path | None,
+    paced: float | None,
 ) -> int:
     configure_logging("bench", "warning", "console")
     print(f"Antechamber links benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
@@ -749,7 +756,14 @@ async def main(
                 }
             )
             figures = await measure(
-                port, nats.url, Tokens(loaded.tokens), concurrency, warm_up, seconds, meter
+                port,
+                nats.url,
+                Tokens(loaded.tokens),
+                concurrency,
+                warm_up,
+                seconds,
+                meter,
+                paced,
             )
             write_results(results, report(loaded, figures, concurrency, seconds))
         except BaseException:
@@ -769,10 +783,15 @@ if __name__ == "__main__":
     parser.add_argument("--sample", type=int, default=None, help="tokens resolved (20,000)")
     parser.add_argument("--concurrency", type=int, default=32, help="requests in flight")
     parser.add_argument("--seconds", type=float, default=None, help="per measurement (10)")
+    parser.add_argument(
+        "--paced", type=float, default=None, help="latency runs' rate (half the resolve rate)"
+    )
     add_results_option(parser)
     args = parser.parse_args()
     n = args.links or (20_000 if args.quick else 1_000_000)
     sample = args.sample or (2_000 if args.quick else 20_000)
     seconds = args.seconds or (1.0 if args.quick else 10.0)
     warm_up = 0.5 if args.quick else 3.0
-    raise SystemExit(asyncio.run(main(n, sample, args.concurrency, warm_up, seconds, args.results)))
+    raise SystemExit(
+        asyncio.run(main(n, sample, args.concurrency, warm_up, seconds, args.results, args.paced))
+    )
