@@ -48,6 +48,7 @@ from contracts.events import Event, EventRegistry, UnknownEventError
 from runtime import metrics
 from runtime.context import ServiceContext
 from runtime.db import Executor
+from runtime.deferred import HeldWrites
 from runtime.pulling import Pull
 from runtime.settings import RuntimeSettings
 from runtime.streams import DUPLICATE_WINDOW_S, stream_name
@@ -247,7 +248,9 @@ class ConsumerLoop:
                         [_stream_seq(i.msg) for i in items],
                     )
                 )
-                handled = await self._run_handlers(conn, items, fresh)
+                writes = HeldWrites(conn)  # each run of one statement: one round trip
+                handled = await self._run_handlers(writes.executor(), items, fresh)
+                await writes.flush()
         except INFRASTRUCTURE_ERRORS as exc:
             log.warning("consumer cannot reach Postgres", consumer=self.durable, error=str(exc))
             for item in items:
@@ -369,7 +372,9 @@ class ConsumerLoop:
                     [_stream_seq(msg)],
                 )
                 if fresh:
-                    await self._run_handlers(conn, [item], set(fresh))
+                    writes = HeldWrites(conn)
+                    await self._run_handlers(writes.executor(), [item], set(fresh))
+                    await writes.flush()
         except INFRASTRUCTURE_ERRORS as exc:
             log.warning("consumer cannot reach Postgres", consumer=self.durable, error=str(exc))
             self._outcome["retried"].inc()

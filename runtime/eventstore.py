@@ -6,11 +6,11 @@ same transaction and wakes the relay with NOTIFY.
 """
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -19,6 +19,7 @@ from contracts.envelope import EventEnvelope, RawEnvelope
 from contracts.events import Event
 from runtime import metrics
 from runtime.db import Executor, check_schema, lock_key
+from runtime.deferred import HeldWrites
 from runtime.telemetry import current_trace_context, span
 
 
@@ -162,48 +163,6 @@ def _settle(future: "asyncio.Future[_Outcome]", outcome: "_Outcome | BaseExcepti
         future.set_result(outcome)
 
 
-class _DeferredWrites:
-    """The executor projections get: writes wait for ``flush``, where runs of one statement go
-    as one pipelined ``executemany``; a read flushes first, so it sees every earlier write."""
-
-    def __init__(self, conn: Executor) -> None:
-        self.conn = conn
-        self.pending: list[tuple[str, tuple[Any, ...]]] = []
-
-    async def execute(self, query: str, *args: Any) -> str:
-        self.pending.append((query, args))
-        return ""
-
-    async def executemany(self, query: str, args: Iterable[Sequence[Any]]) -> None:
-        self.pending += [(query, tuple(a)) for a in args]
-
-    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
-        await self.flush()
-        return await self.conn.fetch(query, *args)
-
-    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
-        await self.flush()
-        return await self.conn.fetchrow(query, *args)
-
-    async def fetchval(self, query: str, *args: Any) -> Any:
-        await self.flush()
-        return await self.conn.fetchval(query, *args)
-
-    async def flush(self) -> None:
-        pending, self.pending = self.pending, []
-        i = 0
-        while i < len(pending):
-            query = pending[i][0]
-            end = i + 1
-            while end < len(pending) and pending[end][0] == query:
-                end += 1
-            if end - i == 1:
-                await self.conn.execute(query, *pending[i][1])
-            else:
-                await self.conn.executemany(query, [args for _, args in pending[i:end]])
-            i = end
-
-
 _COLUMNS = (
     "position, stream_id, version, event_id, type, schema_version, clinic_id, occurred_at, "
     "correlation_id, causation_id, data, trace_context"
@@ -313,8 +272,8 @@ class EventStore:
             "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::jsonb[], $14)",
             [r.parameters(i, self.lock_key, self.channel) for i, r in enumerate(requests)],
         )
-        deferred = _DeferredWrites(conn)
-        writes = cast("Executor", deferred)  # what projections use of an executor, and no more
+        deferred = HeldWrites(conn)
+        writes = deferred.executor()
         by_request: dict[int, list[asyncpg.Record]] = {}
         for row in rows:
             by_request.setdefault(row["out_request"], []).append(row)

@@ -7,6 +7,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from runtime.deferred import HeldWrites
 from runtime.eventstore import Cause, ConcurrencyError, EventStore, RecordedEvent
 from runtime.projections import rebuild
 from tests.conftest import migrated_pool
@@ -243,3 +244,26 @@ async def test_a_projection_reads_its_own_held_back_writes(
     )
     totals = sorted(r["total"] for r in await pool.fetch("SELECT total FROM note_counts"))
     assert totals == list(range(1, 31))  # each saw every earlier event's effect row
+
+
+async def test_held_writes_go_as_one_executemany_per_run_and_a_read_sees_them(
+    pool: "asyncpg.Pool[Any]",
+) -> None:
+    sent: list[str] = []
+    async with pool.acquire() as conn, conn.transaction():
+        conn.add_query_logger(lambda q: sent.append(q.query.split()[0]))
+        writes = HeldWrites(conn)
+        held = writes.executor()
+        insert = "INSERT INTO effects (event_id, n) VALUES ($1, $2)"
+        for n in range(50):
+            assert await held.execute(insert, uuid.uuid4(), n) == ""
+        await held.execute("UPDATE effects SET n = n + 1000 WHERE n < 10")
+        await held.execute(insert, uuid.uuid4(), 99)
+        assert await held.fetchval("SELECT count(*) FROM effects WHERE n >= 1000") == 10
+        assert await held.fetchval("SELECT count(*) FROM effects") == 51
+        await writes.flush()
+        with pytest.raises(AttributeError, match="holds its writes back"):
+            held.transaction()
+    await asyncio.sleep(0)
+    # 50 inserts in one executemany, the update, the last insert, the two reads; COMMIT.
+    assert sent == ["INSERT", "UPDATE", "INSERT", "SELECT", "SELECT", "COMMIT;"]
