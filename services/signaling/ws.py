@@ -37,6 +37,9 @@ WRITER_GRACE_S = 2.0
 async def signaling_socket(websocket: WebSocket) -> None:
     signaling: Signaling = websocket.app.state.signaling
     if not signaling.ready.is_set():
+        # Accepted, then closed with 1013 (try again later), so the client sees why: a close
+        # before the accept is answered with a bare HTTP 403, which says "forbidden".
+        await websocket.accept()
         await websocket.close(1013, "the service is starting; try again")
         return
     await websocket.accept()

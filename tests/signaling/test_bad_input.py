@@ -123,6 +123,19 @@ async def test_strikes_close_the_socket_with_1008(calls: Calls) -> None:
     await serves_a_join(calls, replica=1)
 
 
+async def test_a_replica_still_starting_says_try_again_rather_than_forbidden(
+    calls: Calls,
+) -> None:
+    """A client (or a load balancer) retries a 1013 close; a refused handshake reads as 403."""
+    calls.signalings[1].ready.clear()
+    try:
+        browser = await calls.open(replica=1)
+        assert await browser.closed() == 1013
+    finally:
+        calls.signalings[1].ready.set()
+    await serves_a_join(calls, replica=1)
+
+
 async def test_a_flood_of_pings_is_cut_off(calls: Calls) -> None:
     browser = await calls.open()
     for _ in range(300):
