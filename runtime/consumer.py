@@ -145,8 +145,6 @@ class _Item:
     """Its ``data`` is the event itself on the usual path, the raw payload otherwise."""
     event: Event
     deliveries: int
-    handler: Handler | None
-    batch_handler: BatchHandler | None
 
 
 class ConsumerLoop:
@@ -183,7 +181,6 @@ class ConsumerLoop:
             o: metrics.consumer_outcomes.labels(service, self.durable, o) for o in OUTCOMES
         }
         self._task: asyncio.Task[None] | None = None
-        self._busy = False
         wanted = set(consumer.event_types())
         self._typed: dict[str, type[EventEnvelope[Any]]] = {
             cls.event_type(): EventEnvelope[cls]  # type: ignore[valid-type]
@@ -207,9 +204,8 @@ class ConsumerLoop:
         task, self._task = self._task, None
         if task is None:
             return
-        if self._busy:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(task), wait_s)
+        with contextlib.suppress(TimeoutError):  # a pull that was waiting returns at once
+            await asyncio.wait_for(asyncio.shield(task), wait_s)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
@@ -218,14 +214,11 @@ class ConsumerLoop:
             batch = await self.pull.take(self.max_batch)
             if not batch:
                 return  # stopped
-            self._busy = True
             try:
                 await self.handle(batch)
             except (NatsError, OSError) as exc:
                 # Not acknowledged (NATS is away): the messages come back after ack_wait.
                 log.warning("consumer lost NATS mid-batch", consumer=self.durable, error=str(exc))
-            finally:
-                self._busy = False
 
     # --- a batch ---------------------------------------------------------------------------
 
@@ -239,18 +232,7 @@ class ConsumerLoop:
         if not items:
             return
         try:
-            async with self.pool.acquire() as conn, conn.transaction():
-                fresh = set(
-                    await conn.fetchval(
-                        _RECORD,
-                        self.durable,
-                        [i.envelope.event_id for i in items],
-                        [_stream_seq(i.msg) for i in items],
-                    )
-                )
-                writes = HeldWrites(conn)  # each run of one statement: one round trip
-                handled = await self._run_handlers(writes.executor(), items, fresh)
-                await writes.flush()
+            handled = await self._commit(items)
         except INFRASTRUCTURE_ERRORS as exc:
             log.warning("consumer cannot reach Postgres", consumer=self.durable, error=str(exc))
             for item in items:
@@ -270,41 +252,56 @@ class ConsumerLoop:
         for item in items:
             await item.msg.ack()  # not waited for: the inbox makes a redelivery harmless
 
-    async def _run_handlers(
-        self, conn: Executor, items: Sequence[_Item], fresh: set[Any]
-    ) -> list[_Item]:
-        """Run the handlers of the events not seen before, in order; the items handled."""
-        todo = []
-        for item in items:
-            if item.envelope.event_id in fresh:
-                fresh.discard(item.envelope.event_id)  # the same event twice in one batch
-                todo.append(item)
+    async def _commit(self, items: Sequence[_Item]) -> list[_Item]:
+        """One transaction: the inbox rows, then the handlers of the events not seen before,
+        in order, their writes held back and sent a run of one statement at a time; the
+        items whose handlers ran."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            fresh = set(
+                await conn.fetchval(
+                    _RECORD,
+                    self.durable,
+                    [i.envelope.event_id for i in items],
+                    [_stream_seq(i.msg) for i in items],
+                )
+            )
+            todo = []
+            for item in items:
+                if item.envelope.event_id in fresh:
+                    fresh.discard(item.envelope.event_id)  # the same event twice in one batch
+                    todo.append(item)
+            writes = HeldWrites(conn)
+            await self._run_handlers(writes.executor(), todo)
+            await writes.flush()
+        return todo
+
+    async def _run_handlers(self, conn: Executor, todo: Sequence[_Item]) -> None:
         i = 0
         while i < len(todo):
             item = todo[i]
-            if item.batch_handler is None:
-                assert item.handler is not None
-                with consumer_span(item.envelope.type, self.durable, item.msg.headers):
-                    await item.handler(self.context, conn, item.event, item.envelope)
+            event_type = item.envelope.type
+            batch_handler = self.consumer.batch_handlers.get(event_type)
+            if batch_handler is None:
+                handler = self.consumer.handlers[event_type]
+                with consumer_span(event_type, self.durable, item.msg.headers):
+                    await handler(self.context, conn, item.event, item.envelope)
                 i += 1
                 continue
-            run = [item]
-            while (
-                i + len(run) < len(todo) and todo[i + len(run)].envelope.type == item.envelope.type
-            ):
-                run.append(todo[i + len(run)])
-            with consumer_span(item.envelope.type, self.durable, item.msg.headers):
-                await item.batch_handler(self.context, conn, [(r.event, r.envelope) for r in run])
-            i += len(run)
-        return todo
+            end = i + 1
+            while end < len(todo) and todo[end].envelope.type == event_type:
+                end += 1
+            run = [(r.event, r.envelope) for r in todo[i:end]]
+            with consumer_span(event_type, self.durable, item.msg.headers):
+                await batch_handler(self.context, conn, run)
+            i = end
 
     # --- one message -----------------------------------------------------------------------
 
     async def _read(self, msg: Msg) -> _Item | None:
         """The message's event and handler, or None once it has been dead-lettered."""
         deliveries = msg.metadata.num_delivered or 1
-        item = self._read_typed(msg, deliveries)
-        if item is not None:
+        crashed = deliveries > CRASH_FACTOR * self.max_deliver
+        if not crashed and (item := self._read_typed(msg, deliveries)) is not None:
             return item
         try:
             envelope = RawEnvelope.model_validate_json(msg.data)
@@ -323,14 +320,12 @@ class ConsumerLoop:
         except UnknownEventError as exc:
             await self._dead_letter(msg, "unknown_event", str(exc))
             return None
-        handler = self.consumer.handlers.get(envelope.type)
-        batch_handler = self.consumer.batch_handlers.get(envelope.type)
-        if handler is None and batch_handler is None:
+        if envelope.type not in self._typed:
             await self._dead_letter(
                 msg, "unknown_event", f"{self.durable} has no handler for {envelope.type}"
             )
             return None
-        if deliveries > CRASH_FACTOR * self.max_deliver:
+        if crashed:
             await self._dead_letter(
                 msg,
                 "handler_failed",
@@ -338,14 +333,12 @@ class ConsumerLoop:
                 "(the consumer stopped or could not reach Postgres each time)",
             )
             return None
-        return _Item(msg, envelope, event, deliveries, handler, batch_handler)
+        return _Item(msg, envelope, event, deliveries)
 
     def _read_typed(self, msg: Msg, deliveries: int) -> _Item | None:
         """One validation pass for the usual message: the type its subject names, at this
         build's schema version. Anything else (None) takes the general path, which upcasts
         older versions and says precisely what is wrong."""
-        if deliveries > CRASH_FACTOR * self.max_deliver:
-            return None
         event_type = msg.subject.rpartition(".")[2]
         typed = self._typed.get(event_type)
         if typed is None:
@@ -357,24 +350,12 @@ class ConsumerLoop:
         cls = type(envelope.data)
         if envelope.type != event_type or envelope.schema_version != cls.schema_version:
             return None
-        handler = self.consumer.handlers.get(event_type)
-        batch_handler = self.consumer.batch_handlers.get(event_type)
-        return _Item(msg, envelope, envelope.data, deliveries, handler, batch_handler)
+        return _Item(msg, envelope, envelope.data, deliveries)
 
     async def _handle_one(self, item: _Item) -> None:
         msg, envelope, deliveries = item.msg, item.envelope, item.deliveries
         try:
-            async with self.pool.acquire() as conn, conn.transaction():
-                fresh = await conn.fetchval(
-                    _RECORD,
-                    self.durable,
-                    [envelope.event_id],
-                    [_stream_seq(msg)],
-                )
-                if fresh:
-                    writes = HeldWrites(conn)
-                    await self._run_handlers(writes.executor(), [item], set(fresh))
-                    await writes.flush()
+            fresh = bool(await self._commit([item]))
         except INFRASTRUCTURE_ERRORS as exc:
             log.warning("consumer cannot reach Postgres", consumer=self.durable, error=str(exc))
             self._outcome["retried"].inc()

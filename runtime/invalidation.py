@@ -18,7 +18,7 @@ Two races are closed here rather than by the callers:
 import asyncio
 import uuid
 from collections import OrderedDict
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from typing import Any, Generic, TypeVar
 
 import asyncpg
@@ -59,6 +59,21 @@ class TaggedCache(Generic[K, V]):
         self._entries.move_to_end(key)
         self._hit.inc()
         return entry[0]
+
+    async def read_through(
+        self, key: K, read: Callable[[], Awaitable[tuple[V, Iterable[str]] | None]]
+    ) -> V | None:
+        """The entry for ``key``; else what ``read`` finds (its value and tags), kept unless a
+        notice came in meanwhile. None, and nothing kept, when ``read`` finds nothing."""
+        if (hit := self.get(key)) is not None:
+            return hit
+        since = self.generation
+        found = await read()
+        if found is None:
+            return None
+        value, tags = found
+        self.put(key, value, tags, since)
+        return value
 
     def put(self, key: K, value: V, tags: Iterable[str], since: int) -> None:
         """Keep ``value``, read when the generation was ``since``, unless a notice came since."""
@@ -140,8 +155,8 @@ class Invalidations:
             for cache in self.caches:
                 cache.reset(live=False)
             for waiting in self._syncs.values():
-                if not waiting.done():
-                    waiting.set_exception(ConnectionError("change notices were interrupted"))
+                if not waiting.done():  # nothing is cached now, so nothing is stale
+                    waiting.set_result(None)
             self._syncs.clear()
             conn.terminate()
 
@@ -159,7 +174,9 @@ class Invalidations:
         """Return once every change committed before this call has been applied here.
 
         Notices reach a listener in commit order, so a notice of our own sent now arrives
-        after all of them. Without a listener, there is nothing cached to be stale.
+        after all of them. It never raises: without a listener (or when it is lost meanwhile)
+        nothing is cached to be stale, and a notice that does not come back in time is logged
+        (the change stands; the caches catch up when the notice arrives).
         """
         conn = self._conn
         if conn is None:
@@ -172,5 +189,9 @@ class Invalidations:
                 await conn.execute("SELECT pg_notify($1, $2)", self.channel, payload)
             async with asyncio.timeout(SYNC_WAIT_S):
                 await waiting
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            pass  # the listener is going: its caches are emptied and bypassed until it is back
+        except TimeoutError:
+            log.warning("a change notice did not come back in time", channel=self.channel)
         finally:
             self._syncs.pop(payload, None)

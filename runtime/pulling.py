@@ -52,17 +52,6 @@ class Pull:
         self._wake = asyncio.Event()
         self._heard_at = time.monotonic()
         self._subscription: Subscription | None = None
-        self._request = json.dumps(
-            {
-                "expires": int(EXPIRES_S * 1e9),
-                "idle_heartbeat": int(HEARTBEAT_S * 1e9),
-            }
-        )
-
-    @property
-    def waiting(self) -> int:
-        """Messages received and not yet taken."""
-        return len(self._received)
 
     async def start(self) -> None:
         self._subscription = await self.nc.subscribe(self._inbox, cb=self._arrived)
@@ -99,9 +88,13 @@ class Pull:
         if self._subscription is None or self._requested > self.window // 2:
             return
         wanted = self.window - self._requested
-        request = f'{{"batch": {wanted}, {self._request[1:]}'
+        request = {
+            "batch": wanted,
+            "expires": int(EXPIRES_S * 1e9),
+            "idle_heartbeat": int(HEARTBEAT_S * 1e9),
+        }
         try:
-            await self.nc.publish(self._next, request.encode(), reply=self._inbox)
+            await self.nc.publish(self._next, json.dumps(request).encode(), reply=self._inbox)
         except (NatsError, OSError) as exc:
             log.warning("cannot ask for messages", durable=self.durable, error=str(exc))
             return

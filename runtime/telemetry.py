@@ -8,8 +8,8 @@ is installed, and the hot paths ask :func:`recording` before they build a span, 
 its attributes. The relay then forwards each event's stored context as it is.
 """
 
-from collections.abc import Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -71,13 +71,7 @@ def span(name: str, **attributes: str) -> AbstractContextManager[Span | None]:
     """A span in the current trace, or nothing at all when tracing is off."""
     if not recording():
         return nullcontext()
-    return _span(name, attributes)
-
-
-@contextmanager
-def _span(name: str, attributes: Mapping[str, str]) -> Iterator[Span]:
-    with tracer.start_as_current_span(name, attributes=dict(attributes)) as current:
-        yield current
+    return tracer.start_as_current_span(name, attributes=attributes)
 
 
 def consumer_span(

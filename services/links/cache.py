@@ -8,7 +8,6 @@ listener drops the entries at once (``runtime.invalidation``). Only what exists 
 unknown token or room costs a query each time, so nobody can fill the cache with guesses.
 """
 
-import contextlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -90,9 +89,5 @@ class ResolutionCache:
     async def synced(self) -> None:
         """Return once every change committed before the call is applied on this replica: a
         change answered to a client is then refused on its next resolve here."""
-        if self._changes is None:
-            return
-        # A lost listener fails the wait, but its caches are emptied and bypassed until it
-        # is back: nothing stale can be answered here.
-        with contextlib.suppress(ConnectionError):
+        if self._changes is not None:
             await self._changes.synced()

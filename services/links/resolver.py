@@ -123,43 +123,42 @@ async def find(
 async def _link(db: Queryable, cache: ResolutionCache, request: ResolveRequest) -> Found | None:
     if request.token:
         digest = secret_digest(request.token)
-        if (hit := cache.by_token.get(digest)) is not None:
-            return hit
-        since = cache.by_token.generation
-        row = await db.fetchrow(BY_TOKEN, digest)
-        if row is None:
-            return None
-        found = _found(row, _window(row))
-        cache.by_token.put(digest, found, link_tags(found), since)
-        return found
+
+        async def by_token() -> tuple[Found, list[str]] | None:
+            row = await db.fetchrow(BY_TOKEN, digest)
+            if row is None:
+                return None
+            found = _found(row, _window(row))
+            return found, link_tags(found)
+
+        return await cache.by_token.read_through(digest, by_token)
     if request.clinic_slug and request.room_slug:
         path = (request.clinic_slug, request.room_slug)
-        if (hit := cache.by_room_path.get(path)) is not None:
-            return hit
-        since = cache.by_room_path.generation
-        row = await db.fetchrow(BY_ROOM_PATH, *path)
-        if row is None:
-            return None
-        found = _found(row, None)
-        # The newest link of the room answers: a link issued for it later is noticed by room.
-        cache.by_room_path.put(path, found, [*link_tags(found), f"room:{found.room_id}"], since)
-        return found
+
+        async def by_room_path() -> tuple[Found, list[str]] | None:
+            row = await db.fetchrow(BY_ROOM_PATH, *path)
+            if row is None:
+                return None
+            found = _found(row, None)
+            # The newest link of the room answers: a link issued for it later is noticed
+            # by room.
+            return found, [*link_tags(found), f"room:{found.room_id}"]
+
+        return await cache.by_room_path.read_through(path, by_room_path)
     return None
 
 
 async def _host_session(
     db: Queryable, cache: ResolutionCache, session_id: UUID
 ) -> HostSession | None:
-    if (hit := cache.host_sessions.get(session_id)) is not None:
-        return hit
-    since = cache.host_sessions.generation
-    row = await db.fetchrow(SESSION, session_id)
-    window = _window(row)
-    if row is None or window is None:
-        return None
-    host = HostSession(row["clinic_id"], window)
-    cache.host_sessions.put(session_id, host, [f"session:{session_id}"], since)
-    return host
+    async def read() -> tuple[HostSession, list[str]] | None:
+        row = await db.fetchrow(SESSION, session_id)
+        window = _window(row)
+        if row is None or window is None:
+            return None
+        return HostSession(row["clinic_id"], window), [f"session:{session_id}"]
+
+    return await cache.host_sessions.read_through(session_id, read)
 
 
 async def _room_sessions(

@@ -13,13 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-import structlog
 
 from contracts.scheduling import ClinicSettings
 from runtime.context import ServiceContext
 from runtime.invalidation import Invalidations, TaggedCache
-
-log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -44,41 +41,35 @@ class ClinicKeys:
 
     async def holder(self, pool: "asyncpg.Pool[Any]", digest: bytes) -> KeyHolder | None:
         """The clinic of the key whose SHA-256 is ``digest``; None if unknown or revoked."""
-        if (kept := self.cache.get(digest)) is not None:
-            return kept
-        since = self.cache.generation
-        # By hash, so no stored key is compared byte by byte with the input.
-        row = await pool.fetchrow(
-            "SELECT k.key_id, c.clinic_id, c.slug, c.settings, c.suspended "
-            "FROM api_key_secrets s JOIN api_keys k USING (key_id) "
-            "JOIN clinics c USING (clinic_id) WHERE s.secret_hash = $1 AND k.revoked_at IS NULL",
-            digest,
-        )
-        if row is None:
-            return None
-        holder = KeyHolder(
-            row["clinic_id"],
-            row["slug"],
-            ClinicSettings.model_validate(row["settings"]),
-            row["suspended"],
-        )
-        tags = (f"key:{row['key_id']}", f"clinic:{row['clinic_id']}")
-        self.cache.put(digest, holder, tags, since)
-        return holder
+
+        async def read() -> tuple[KeyHolder, tuple[str, str]] | None:
+            # By hash, so no stored key is compared byte by byte with the input.
+            row = await pool.fetchrow(
+                "SELECT k.key_id, c.clinic_id, c.slug, c.settings, c.suspended "
+                "FROM api_key_secrets s JOIN api_keys k USING (key_id) "
+                "JOIN clinics c USING (clinic_id) "
+                "WHERE s.secret_hash = $1 AND k.revoked_at IS NULL",
+                digest,
+            )
+            if row is None:
+                return None
+            holder = KeyHolder(
+                row["clinic_id"],
+                row["slug"],
+                ClinicSettings.model_validate(row["settings"]),
+                row["suspended"],
+            )
+            return holder, (f"key:{row['key_id']}", f"clinic:{row['clinic_id']}")
+
+        return await self.cache.read_through(digest, read)
 
     async def forget_clinic(self, clinic_id: str) -> None:
         """After a change to the clinic or its keys committed: forget them here at once, and
         return once the change's notice has reached this replica's listener, so it has gone
         out to every other replica's too (Postgres sends notices in commit order)."""
         self.cache.drop(f"clinic:{clinic_id}")
-        if self._invalidations is None:
-            return
-        try:
+        if self._invalidations is not None:
             await self._invalidations.synced()
-        except (ConnectionError, TimeoutError):
-            # The change is committed and this replica forgot; the others get the notice
-            # whenever their listeners do (a lost listener empties its cache anyway).
-            log.warning("could not wait for the change notice", clinic_id=clinic_id)
 
     async def listen(self, ctx: ServiceContext) -> None:
         """The background task that keeps the cache honest (a ``ServiceDefinition`` task)."""
