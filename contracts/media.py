@@ -48,6 +48,12 @@ def record_subject(node_id: str) -> str:
     return node_subject(node_id, "record")
 
 
+ALL_NODE_SUBJECTS = "rpc.media.node.*.>"
+"""Every node's request/reply subjects: signaling's to call."""
+ALL_PARTICIPANT_SUBJECTS = "media.participant.*"
+"""Where nodes send to browsers (through signaling)."""
+
+
 def participant_subject(participant_id: UUID) -> str:
     """Where a media node sends a :class:`MediaSignal` to one participant's browser."""
     return f"media.participant.{participant_id}"

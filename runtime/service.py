@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import gc
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -33,6 +33,7 @@ from runtime.idempotency import IdempotencyMiddleware
 from runtime.inbox import Retention, keep_pruning
 from runtime.logging import configure_logging
 from runtime.migrations import Migration, discover, migrate, pending, runtime_migrations
+from runtime.nats_permissions import BusAccess, ConsumedStream, ServiceBus
 from runtime.relay import Relay
 from runtime.retry import retry
 from runtime.rpc import Endpoint, serve
@@ -57,10 +58,21 @@ class ServiceDefinition:
     tasks: Sequence[Callable[[ServiceContext], Coroutine[Any, Any, None]]] = ()
     """Background work that runs while the service does (cancelled at stop)."""
     description: str = ""
+    bus: BusAccess = field(default_factory=BusAccess)
+    """RPC subjects it calls, core subjects and KV buckets: with the above, its NATS rights."""
 
     def migrations(self) -> list[Migration]:
         own = discover(self.migrations_package) if self.migrations_package else []
         return runtime_migrations() + own
+
+    def bus_view(self) -> ServiceBus:
+        """What its NATS user must be allowed (see :mod:`runtime.nats_permissions`)."""
+        return ServiceBus(
+            name=self.name,
+            consumes=tuple(ConsumedStream(c.source, c.durable(self.name)) for c in self.consumers),
+            serves_rpc=bool(self.endpoints),
+            access=self.bus,
+        )
 
 
 def document_events(broker: NatsBroker, definition: ServiceDefinition) -> None:

@@ -5,9 +5,10 @@ from functools import partial
 from fastapi import FastAPI
 
 from contracts.links import RESOLVE_SUBJECT, links_events
-from contracts.scheduling import scheduling_events
+from contracts.scheduling import AUTHENTICATE_SUBJECT, scheduling_events
 from contracts.signaling import signaling_events
 from runtime.consumer import Consumer
+from runtime.nats_permissions import BusAccess
 from runtime.rpc import Endpoint
 from runtime.service import ServiceDefinition
 from services.links import api, commands, handlers
@@ -75,6 +76,7 @@ def build(links: Links | None = None) -> ServiceDefinition:
             )
         ],
         tasks=[links.flush_resolutions, links.watch_changes],
+        bus=BusAccess(calls=(AUTHENTICATE_SUBJECT,)),
         description=(
             "Every join link: token hashes, kinds, windows and states; decides who may join now."
         ),

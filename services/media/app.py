@@ -5,6 +5,7 @@ from functools import partial
 from fastapi import FastAPI
 
 from contracts.media import (
+    ALL_PARTICIPANT_SUBJECTS,
     RELEASE_SUBJECT,
     SEAT_SUBJECT,
     MediaSignal,
@@ -16,10 +17,13 @@ from contracts.media import (
     record_subject,
     signal_subject,
 )
+from contracts.scheduling import AUTHENTICATE_SUBJECT
+from runtime.nats_permissions import BusAccess
 from runtime.rpc import Endpoint, answering
 from runtime.service import ServiceDefinition
 from services.media import api, handlers
 from services.media.node import Media
+from services.media.placement import NODES_BUCKET, ROOMS_BUCKET
 
 
 def routes(app: FastAPI, media: Media) -> None:
@@ -70,6 +74,17 @@ def build(media: Media | None = None) -> ServiceDefinition:
         migrations_package="services.media.sql",
         routes=partial(routes, media=media),
         tasks=[media.keep_alive, media.journal.run, media.run_sfu],
+        bus=BusAccess(
+            # A node forwards a seat or a release to the node that owns the room; recording
+            # and negotiation come from signaling alone.
+            calls=(
+                AUTHENTICATE_SUBJECT,
+                node_subject("*", "seat"),
+                node_subject("*", "release"),
+            ),
+            publishes=(ALL_PARTICIPANT_SUBJECTS,),
+            kv_buckets=(NODES_BUCKET, ROOMS_BUCKET),
+        ),
         description="SFU nodes, room placement, the seat cap and recordings.",
     )
 

@@ -6,8 +6,9 @@ from fastapi import FastAPI
 
 from contracts.links import links_events
 from contracts.notify import notify_events
-from contracts.scheduling import scheduling_events
+from contracts.scheduling import AUTHENTICATE_SUBJECT, scheduling_events
 from runtime.consumer import Consumer
+from runtime.nats_permissions import BusAccess
 from runtime.service import ServiceDefinition
 from services.notify import api, handlers
 from services.notify.handlers import Notify
@@ -64,6 +65,7 @@ def build(notify: Notify | None = None) -> ServiceDefinition:
         routes=partial(routes, notify=notify),
         tasks=[sender.run],
         description="Invitations, reminders, clinic templates and the delivery log.",
+        bus=BusAccess(calls=(AUTHENTICATE_SUBJECT,)),
     )
 
 

@@ -4,10 +4,19 @@ from functools import partial
 
 from fastapi import FastAPI
 
+from contracts.links import RESOLVE_SUBJECT
+from contracts.media import (
+    ALL_NODE_SUBJECTS,
+    ALL_PARTICIPANT_SUBJECTS,
+    RELEASE_SUBJECT,
+    SEAT_SUBJECT,
+)
 from contracts.signaling import signaling_events
+from runtime.nats_permissions import BusAccess
 from runtime.service import ServiceDefinition
 from services.signaling import ws
 from services.signaling.calls import Signaling
+from services.signaling.rooms import ALL_ROOM_SUBJECTS
 
 
 def routes(app: FastAPI, signaling: Signaling) -> None:
@@ -26,6 +35,12 @@ def build(signaling: Signaling | None = None) -> ServiceDefinition:
         migrations_package="services.signaling.sql",
         routes=partial(routes, signaling=signaling),
         tasks=[signaling.run],
+        bus=BusAccess(
+            # The only service that may call the media nodes, and links' resolution.
+            calls=(RESOLVE_SUBJECT, SEAT_SUBJECT, RELEASE_SUBJECT, ALL_NODE_SUBJECTS),
+            publishes=(ALL_ROOM_SUBJECTS,),
+            subscribes=(ALL_ROOM_SUBJECTS, ALL_PARTICIPANT_SUBJECTS),
+        ),
         description=(
             "WebSocket endpoint for browsers: waiting rooms, admissions, presence, host controls."
         ),

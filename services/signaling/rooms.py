@@ -40,6 +40,10 @@ Notice = Callable[[UUID, dict[str, Any]], Awaitable[None]]
 Decide = Callable[[Room], list[Event]]
 
 
+ALL_ROOM_SUBJECTS = "signaling.room.*"
+"""Where signaling replicas tell each other about rooms (core NATS, signaling's alone)."""
+
+
 def room_subject(room_id: UUID) -> str:
     return f"signaling.room.{room_id.hex}"
 
