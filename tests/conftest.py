@@ -27,6 +27,7 @@ from runtime.service import connect_nats
 from tests.support import (
     NOTES_MIGRATION,
     NoteCounts,
+    harness_auth,
     service_connections,
     start_nats,
     start_postgres,
@@ -44,6 +45,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    harness_auth()  # exports the NATS credentials before any setting is read
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(SPANS))
     trace.set_tracer_provider(provider)

@@ -1,7 +1,11 @@
 """Events, a projection and helpers that the runtime tests share."""
 
 import asyncio
+import atexit
 import contextlib
+import os
+import shutil
+import tempfile
 import time
 import uuid
 import warnings
@@ -16,6 +20,7 @@ from fastapi import FastAPI
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from antechamber.nats_setup import platform_auth
 from contracts.envelope import RawEnvelope, event_subject
 from contracts.events import Event, EventRegistry
 from runtime.consumer import Consumer
@@ -23,6 +28,7 @@ from runtime.db import Executor
 from runtime.embedded import EmbeddedPostgres, NatsServer
 from runtime.eventstore import RecordedEvent
 from runtime.migrations import Migration
+from runtime.nats_auth import NatsAuth
 from runtime.settings import RuntimeSettings
 from runtime.streams import stream_name
 
@@ -211,9 +217,9 @@ async def listening(app: FastAPI) -> AsyncIterator[str]:
     """``app`` served by uvicorn on a free loopback port (for real WebSocket clients): its URL."""
     import uvicorn
 
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_config=None, access_log=False, ws_max_size=1 << 20
-    )
+    from antechamber.cli import SERVER_OPTIONS
+
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, **SERVER_OPTIONS)  # as `serve` runs
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     await eventually(lambda: _started(server), timeout=30, what="uvicorn listening")
@@ -236,10 +242,25 @@ async def _started(server: Any) -> bool:
     return bool(server.started)
 
 
+_AUTH: list[NatsAuth] = []
+
+
+def harness_auth() -> NatsAuth:
+    """The run's NATS authentication set, made once: every server the tests start trusts it,
+    every service connects as its own user from it, and test clients (``NATS_CREDS``) as
+    its admin. Its environment is exported, so processes the tests start inherit it."""
+    if not _AUTH:
+        folder = Path(tempfile.mkdtemp(prefix="ac-auth-"))
+        atexit.register(shutil.rmtree, folder, True)
+        _AUTH.append(platform_auth(folder))
+        os.environ.update(_AUTH[0].environment())
+    return _AUTH[0]
+
+
 def start_nats(folder: Path) -> NatsServer:
     """A nats-server with its data in ``folder``, or a failed test that says how to get one."""
     try:
-        return NatsServer(folder, monitor_port=0).start()
+        return NatsServer(folder, monitor_port=0, auth=harness_auth()).start()
     except (RuntimeError, OSError, TimeoutError) as exc:
         pytest.fail(
             f"could not start nats-server ({exc}); run `make test` to install it into .venv"

@@ -20,7 +20,7 @@ from runtime.eventstore import EventStore
 from runtime.relay import POSITION_HEADER, Relay, republish
 from runtime.service import connect_nats
 from runtime.streams import stream_name
-from tests.support import NoteTaken, eventually, stream_count, stream_messages
+from tests.support import NoteTaken, eventually, start_nats, stream_count, stream_messages
 
 CLINIC = "c_relay"
 ROOT = Path(__file__).resolve().parent.parent
@@ -211,7 +211,7 @@ async def test_relay_killed_about_once_a_second_during_10k_appends(
 async def test_nats_stopped_for_5s_mid_traffic_then_the_relay_catches_up(
     postgres_dsn: str, service_name: str, short_tmp: Path, pool: "asyncpg.Pool[Any]"
 ) -> None:
-    server = NatsServer(short_tmp / f"nats-{service_name}").start()
+    server = start_nats(short_tmp / f"nats-{service_name}")
     relay_nc = await connect_nats(server.url, "relay")
     store = EventStore(pool, service_name)
     ids: list[uuid.UUID] = []

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runtime.embedded import free_port, nats_server_binary, stop_process, wait_for_port
+from tests.support import harness_auth
 
 CLUSTER_NAME = "antechamber-chaos"
 
@@ -55,6 +56,7 @@ cluster {{
   listen: 127.0.0.1:{self.cluster_port}
   routes: [{routes}]
 }}
+{harness_auth().server_config(self.folder / "jwt")}
 """
         )
 

@@ -1,0 +1,578 @@
+"""NATS decentralized (JWT) authentication: the keys, the signed claims and the server config.
+
+NATS checks every connection itself against claims we sign, so no process of ours sits on the
+connection path (a down service never locks integrators or other services out):
+
+- an **operator** (its identity key signs nothing after setup; a *signing key* re-signs the
+  account when credentials are revoked) names a **system account** (server administration)
+  and the **platform account**, where every service and integrator connects;
+- the platform account has two signing keys. The *services* key signs each service's user
+  at setup, with the allow-lists of :mod:`runtime.nats_permissions`; no running process holds
+  it. The *integrators* key is **scoped**: the account claims fix the rights of any user it
+  signs to the integrator template (one clinic's events, one consumer), so the service that
+  issues integrator credentials cannot mint anything stronger with it;
+- revoking an integrator credential (or suspending its clinic) adds the user's key to the
+  account's revocations; the account claims are re-signed and pushed to the servers through
+  the system account, and the servers close that user's live connections at once.
+
+Everything is generated once into a directory (:meth:`NatsAuth.ensure`): the operator and
+account JWTs, ``creds/<user>.creds`` per service plus ``admin`` (full rights, for tools and
+tests), ``issuer.json`` (what the credentials issuer needs) and the claims a server
+preloads (:meth:`NatsAuth.server_config` writes its configuration). ``antechamber
+nats-auth init`` makes the same set for an operator's own cluster.
+"""
+
+import base64
+import hashlib
+import json
+import os
+import secrets
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nkeys
+from nacl.exceptions import BadSignatureError
+from nacl.signing import VerifyKey
+
+from runtime.nats_permissions import (
+    CLINIC_TAG,
+    INTEGRATOR_ROLE,
+    Permissions,
+    inbox_prefix,
+    integrator_template,
+)
+
+PLATFORM_ACCOUNT = "ANTECHAMBER"
+SYSTEM_ACCOUNT = "SYS"
+ADMIN_USER = "admin"
+JWT_HEADER = {"typ": "JWT", "alg": "ed25519-nkey"}
+CLAIMS_UPDATE_SUBJECT = "$SYS.REQ.CLAIMS.UPDATE"
+
+_PREFIXES = {
+    "operator": nkeys.PREFIX_BYTE_OPERATOR,
+    "account": nkeys.PREFIX_BYTE_ACCOUNT,
+    "user": nkeys.PREFIX_BYTE_USER,
+}
+
+
+class NatsAuthError(RuntimeError):
+    """Credentials that cannot be made or read (a damaged or incomplete auth directory)."""
+
+
+# -- keys and JWTs -----------------------------------------------------------------------------
+
+
+def new_seed(kind: str) -> str:
+    """A fresh nkey seed (256 bits from ``secrets``) for an operator, account or user."""
+    return bytes(nkeys.encode_seed(secrets.token_bytes(32), _PREFIXES[kind])).decode()
+
+
+def keypair(seed: str) -> nkeys.KeyPair:
+    return nkeys.from_seed(bytearray(seed.encode()))
+
+
+def public_key(seed: str) -> str:
+    return bytes(keypair(seed).public_key).decode()
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def sign_jwt(claims: Mapping[str, Any], signer_seed: str) -> str:
+    """A NATS JWT: ``claims`` with ``iss`` (the signer's public key), ``iat`` and ``jti``
+    (the base32 SHA-256 of the claims, as the Go library makes it) added, signed with ed25519."""
+    body = dict(claims)
+    body["iss"] = public_key(signer_seed)
+    body.setdefault("iat", int(time.time()))
+    body.pop("jti", None)
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).digest()
+    body["jti"] = base64.b32encode(digest).decode().rstrip("=")
+    head = _b64(json.dumps(JWT_HEADER, separators=(",", ":")).encode())
+    payload = _b64(json.dumps(body, separators=(",", ":")).encode())
+    signature = keypair(signer_seed).sign(f"{head}.{payload}".encode())
+    return f"{head}.{payload}.{_b64(bytes(signature))}"
+
+
+def decode_jwt(token: str) -> dict[str, Any]:
+    """The claims of a JWT, not verified (see :func:`verify_jwt`)."""
+    try:
+        claims = json.loads(_unb64(token.split(".")[1]))
+    except (IndexError, ValueError) as exc:
+        raise NatsAuthError("not a NATS JWT") from exc
+    if not isinstance(claims, dict):
+        raise NatsAuthError("not a NATS JWT")
+    return claims
+
+
+def verify_jwt(token: str, issuers: Iterable[str]) -> dict[str, Any]:
+    """The claims, if the JWT is signed by one of ``issuers`` (public keys) and not expired."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise NatsAuthError("not a NATS JWT")
+    claims = decode_jwt(token)
+    issuer = claims.get("iss")
+    if issuer not in set(issuers):
+        raise NatsAuthError("the JWT is not signed by a trusted key")
+    try:
+        signature = _unb64(parts[2])
+    except ValueError as exc:
+        raise NatsAuthError("not a NATS JWT") from exc
+    verify_signature(str(issuer), f"{parts[0]}.{parts[1]}".encode(), signature)
+    expires = claims.get("exp")
+    if expires is not None and int(expires) <= time.time():
+        raise NatsAuthError("the JWT has expired")
+    return claims
+
+
+def _raw_public_key(key: str, prefix: int | None = None) -> bytes:
+    """The 32 bytes of a public nkey, its prefix and CRC-16 checked."""
+    try:
+        data = base64.b32decode(key + "=" * (-len(key) % 8))
+    except (ValueError, TypeError) as exc:
+        raise NatsAuthError("not a public nkey") from exc
+    if len(data) != 35 or not nkeys.valid_public_prefix_byte(data[0]):
+        raise NatsAuthError("not a public nkey")
+    if prefix is not None and data[0] != prefix:
+        raise NatsAuthError("a public nkey of another kind")
+    if int.from_bytes(data[33:], "little") != nkeys.crc16(bytearray(data[:33])):
+        raise NatsAuthError("a public nkey with a bad checksum")
+    return data[1:33]
+
+
+def verify_signature(key: str, message: bytes, signature: bytes) -> None:
+    """Raises :class:`NatsAuthError` unless ``signature`` is ``key``'s over ``message``."""
+    try:
+        VerifyKey(_raw_public_key(key)).verify(message, signature)
+    except BadSignatureError as exc:
+        raise NatsAuthError("the signature does not hold") from exc
+
+
+def _permission_claims(permissions: Permissions) -> dict[str, Any]:
+    claims: dict[str, Any] = {
+        "pub": {"allow": list(permissions.publish)} if permissions.publish else {},
+        "sub": {"allow": list(permissions.subscribe)} if permissions.subscribe else {},
+    }
+    if permissions.respond:
+        claims["resp"] = {"max": 1, "ttl": 0}
+    return claims
+
+
+def user_claims(
+    *,
+    name: str,
+    user_key: str,
+    account_key: str,
+    permissions: Permissions | None,
+    tags: Sequence[str] = (),
+    expires_at: int | None = None,
+    scoped: bool = False,
+) -> dict[str, Any]:
+    """A user's claims. ``permissions`` None: none of its own; with ``scoped``, the template of
+    the scoped signing key that signs it applies (the server refuses a scoped user that states
+    any permission or limit of its own), else full rights."""
+    nats: dict[str, Any] = {"issuer_account": account_key, "type": "user", "version": 2}
+    if not scoped:
+        nats |= {"subs": -1, "data": -1, "payload": -1}
+    if permissions is not None:
+        nats |= _permission_claims(permissions)
+    if tags:
+        nats["tags"] = list(tags)
+    claims: dict[str, Any] = {"name": name, "sub": user_key, "nats": nats}
+    if expires_at is not None:
+        claims["exp"] = expires_at
+    return claims
+
+
+def creds_file(user_jwt: str, user_seed: str) -> str:
+    """The ``.creds`` text nats-py (``user_credentials=``) and the ``nats`` CLI read."""
+    return (
+        "-----BEGIN NATS USER JWT-----\n"
+        f"{user_jwt}\n"
+        "------END NATS USER JWT------\n\n"
+        "************************* IMPORTANT *************************\n"
+        "NKEY Seed printed below can be used to sign and prove identity.\n"
+        "NKEYs are sensitive and should be treated as secrets.\n\n"
+        "-----BEGIN USER NKEY SEED-----\n"
+        f"{user_seed}\n"
+        "------END USER NKEY SEED------\n\n"
+        "*************************************************************\n"
+    )
+
+
+def read_creds(text: str) -> tuple[str, str]:
+    """(user JWT, user seed) from a ``.creds`` file's text."""
+    lines = [line.strip() for line in text.splitlines()]
+    try:
+        jwt_at = lines.index("-----BEGIN NATS USER JWT-----") + 1
+        seed_at = lines.index("-----BEGIN USER NKEY SEED-----") + 1
+        return lines[jwt_at], lines[seed_at]
+    except (ValueError, IndexError) as exc:
+        raise NatsAuthError("not a NATS credentials file") from exc
+
+
+def creds_inbox(path: Path) -> str:
+    """The inbox prefix of the user in a ``.creds`` file: ``_INBOX_<its name>``."""
+    try:
+        token, _ = read_creds(path.read_text())
+    except OSError as exc:
+        raise NatsAuthError(f"cannot read NATS credentials {path}: {exc}") from exc
+    name = decode_jwt(token).get("name")
+    return inbox_prefix(str(name)) if name else "_INBOX"
+
+
+# -- the account -------------------------------------------------------------------------------
+
+
+def account_claims(
+    *,
+    account_key: str,
+    service_signer: str,
+    integrator_signer: str,
+    revocations: Mapping[str, int] | None = None,
+) -> dict[str, Any]:
+    """The platform account: JetStream on, the two signing keys (the integrators' one scoped
+    to the integrator template) and the revoked user keys (key: revoked at, in seconds)."""
+    template = integrator_template()
+    return {
+        "name": PLATFORM_ACCOUNT,
+        "sub": account_key,
+        "nats": {
+            "limits": {
+                "subs": -1,
+                "data": -1,
+                "payload": -1,
+                "imports": -1,
+                "exports": -1,
+                "wildcards": True,
+                "conn": -1,
+                "leaf": -1,
+                "mem_storage": -1,
+                "disk_storage": -1,
+                "streams": -1,
+                "consumer": -1,
+                "max_ack_pending": -1,
+            },
+            "signing_keys": [
+                service_signer,
+                {
+                    "kind": "user_scope",
+                    "key": integrator_signer,
+                    "role": INTEGRATOR_ROLE,
+                    "template": {
+                        **_permission_claims(template),
+                        "subs": -1,
+                        "data": -1,
+                        "payload": -1,
+                    },
+                },
+            ],
+            "revocations": dict(revocations or {}),
+            "default_permissions": {"pub": {}, "sub": {}},
+            "type": "account",
+            "version": 2,
+        },
+    }
+
+
+def system_account_claims(account_key: str) -> dict[str, Any]:
+    return {
+        "name": SYSTEM_ACCOUNT,
+        "sub": account_key,
+        "nats": {
+            "limits": {
+                "subs": -1,
+                "data": -1,
+                "payload": -1,
+                "imports": -1,
+                "exports": -1,
+                "conn": -1,
+                "leaf": -1,
+                "wildcards": True,
+            },
+            "default_permissions": {"pub": {}, "sub": {}},
+            "type": "account",
+            "version": 2,
+        },
+    }
+
+
+def operator_claims(operator_key: str, signing_key: str, system_account: str) -> dict[str, Any]:
+    return {
+        "name": "antechamber",
+        "sub": operator_key,
+        "nats": {
+            "signing_keys": [signing_key],
+            "system_account": system_account,
+            "type": "operator",
+            "version": 2,
+        },
+    }
+
+
+# -- the issuer of integrator credentials ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IntegratorCredential:
+    name: str
+    """Its NATS user name: also its inbox (``_INBOX_<name>``) and its only consumer's name."""
+    user_key: str
+    creds: str | None
+    """The ``.creds`` text when we made its key pair (shown once, never stored); None when the
+    integrator gave its public key."""
+    expires_at: int
+
+
+@dataclass(frozen=True)
+class Issuer:
+    """What the service that issues integrator credentials holds (``issuer.json``)."""
+
+    account_key: str
+    service_signer: str
+    integrator_signer_seed: str
+    operator_signer_seed: str
+    system_creds: str
+
+    @classmethod
+    def load(cls, path: Path) -> "Issuer":
+        try:
+            data = json.loads(path.read_text())
+            return cls(**{k: str(data[k]) for k in cls.__dataclass_fields__})
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise NatsAuthError(f"cannot read the NATS issuer file {path}: {exc}") from exc
+
+    def integrator(
+        self, *, name: str, clinic_id: str, expires_at: int, user_key: str | None = None
+    ) -> IntegratorCredential:
+        """A user JWT for one clinic's integrator, signed by the scoped integrators key."""
+        seed = None
+        if user_key is None:
+            seed = new_seed("user")
+            user_key = public_key(seed)
+        elif not is_user_key(user_key):
+            raise NatsAuthError("not a user's public nkey (U..., 56 characters)")
+        claims = user_claims(
+            name=name,
+            user_key=user_key,
+            account_key=self.account_key,
+            permissions=None,
+            tags=(f"{CLINIC_TAG}:{clinic_id}", f"role:{INTEGRATOR_ROLE}"),
+            expires_at=expires_at,
+            scoped=True,
+        )
+        token = sign_jwt(claims, self.integrator_signer_seed)
+        creds = creds_file(token, seed) if seed is not None else None
+        return IntegratorCredential(name, user_key, creds, expires_at)
+
+    def account_jwt(self, revocations: Mapping[str, int], issued_at: int | None = None) -> str:
+        """The platform account's claims with these revocations, signed now (or at
+        ``issued_at``: the servers keep the newest claims they were given)."""
+        claims = account_claims(
+            account_key=self.account_key,
+            service_signer=self.service_signer,
+            integrator_signer=public_key(self.integrator_signer_seed),
+            revocations=revocations,
+        )
+        if issued_at is not None:
+            claims["iat"] = issued_at
+        return sign_jwt(claims, self.operator_signer_seed)
+
+
+def is_user_key(key: str) -> bool:
+    """A valid public nkey of a user (``U...``, with a good checksum)."""
+    try:
+        _raw_public_key(key, nkeys.PREFIX_BYTE_USER)
+    except NatsAuthError:
+        return False
+    return True
+
+
+# -- the whole set, on disk --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NatsAuth:
+    """An auth directory made by :meth:`ensure`."""
+
+    folder: Path
+
+    @property
+    def creds_dir(self) -> Path:
+        return self.folder / "creds"
+
+    def creds(self, user: str) -> Path:
+        path = self.creds_dir / f"{user}.creds"
+        if not path.exists():
+            raise NatsAuthError(f"no NATS credentials for {user!r} in {self.creds_dir}")
+        return path
+
+    @property
+    def admin_creds(self) -> Path:
+        return self.creds(ADMIN_USER)
+
+    @property
+    def issuer_file(self) -> Path:
+        return self.folder / "issuer.json"
+
+    def environment(self) -> dict[str, str]:
+        """What a process started against this set needs: each service finds its own creds in
+        the folder, tools (``NATS_CREDS``, as the ``nats`` CLI reads it) act as admin."""
+        return {
+            "ANTECHAMBER_NATS_CREDS_DIR": str(self.creds_dir),
+            "ANTECHAMBER_NATS_ISSUER_FILE": str(self.issuer_file),
+            "NATS_CREDS": str(self.admin_creds),
+        }
+
+    @classmethod
+    def ensure(cls, folder: Path, services: Mapping[str, Permissions]) -> "NatsAuth":
+        """The set in ``folder``: made on first use; on later uses, the keys are kept and
+        every service's credentials re-signed (its rights follow the code)."""
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        keys_file = folder / "keys.json"
+        if keys_file.exists():
+            keys = json.loads(keys_file.read_text())
+        else:
+            keys = {
+                "operator": new_seed("operator"),
+                "operator_signer": new_seed("operator"),
+                "system_account": new_seed("account"),
+                "account": new_seed("account"),
+                "service_signer": new_seed("account"),
+                "integrator_signer": new_seed("account"),
+                "created_at": str(int(time.time())),
+            }
+            _write_private(keys_file, json.dumps(keys, indent=2))
+        auth = cls(folder)
+        auth._write(keys, services)
+        return auth
+
+    def _write(self, keys: Mapping[str, str], services: Mapping[str, Permissions]) -> None:
+        account = public_key(keys["account"])
+        system = public_key(keys["system_account"])
+        service_signer = public_key(keys["service_signer"])
+        operator_jwt = sign_jwt(
+            operator_claims(
+                public_key(keys["operator"]), public_key(keys["operator_signer"]), system
+            ),
+            keys["operator"],
+        )
+        system_jwt = sign_jwt(system_account_claims(system), keys["operator_signer"])
+        self.creds_dir.mkdir(exist_ok=True, mode=0o700)
+        users: dict[str, tuple[Permissions | None, str, str]] = {
+            name: (permissions, account, keys["service_signer"])
+            for name, permissions in services.items()
+        }
+        users[ADMIN_USER] = (None, account, keys["service_signer"])
+        for name, (permissions, issuer_account, signer) in users.items():
+            seed = new_seed("user")
+            token = sign_jwt(
+                user_claims(
+                    name=name,
+                    user_key=public_key(seed),
+                    account_key=issuer_account,
+                    permissions=permissions,
+                ),
+                signer,
+            )
+            _write_private(self.creds_dir / f"{name}.creds", creds_file(token, seed))
+        system_seed = new_seed("user")
+        system_creds = creds_file(
+            sign_jwt(
+                user_claims(
+                    name="claims-updater",
+                    user_key=public_key(system_seed),
+                    account_key=system,
+                    permissions=Permissions(
+                        publish=(CLAIMS_UPDATE_SUBJECT,),
+                        subscribe=(f"{inbox_prefix('claims-updater')}.>",),
+                    ),
+                ),
+                keys["system_account"],
+            ),
+            system_seed,
+        )
+        issuer = Issuer(
+            account_key=account,
+            service_signer=service_signer,
+            integrator_signer_seed=keys["integrator_signer"],
+            operator_signer_seed=keys["operator_signer"],
+            system_creds=system_creds,
+        )
+        _write_private(self.issuer_file, json.dumps(issuer.__dict__, indent=2))
+        # Dated when the set was made: claims pushed later (with revocations) are newer, so a
+        # server restarted on this file keeps them.
+        # Dated when the set was made: claims pushed later (with revocations) are newer, so a
+        # server restarted on this set keeps them.
+        account_jwt = issuer.account_jwt({}, issued_at=int(keys["created_at"]))
+        (self.folder / "operator.jwt").write_text(operator_jwt)
+        _write_private(
+            self.folder / "preload.json",
+            json.dumps({"system": [system, system_jwt], "account": [account, account_jwt]}),
+        )
+
+    def server_config(self, jwt_dir: Path) -> str:
+        """nats-server's configuration for this set, its account claims kept in ``jwt_dir``
+        (one per server: the servers of a cluster share claim updates among themselves)."""
+        operator_jwt = (self.folder / "operator.jwt").read_text()
+        preload = json.loads((self.folder / "preload.json").read_text())
+        system, system_jwt = preload["system"]
+        account, account_jwt = preload["account"]
+        return (
+            "# NATS decentralized auth for Antechamber (made by `antechamber nats-auth`).\n"
+            f"operator: {json.dumps(operator_jwt)}\n"
+            f"system_account: {system}\n"
+            "resolver: {\n"
+            "  type: full\n"
+            f"  dir: {json.dumps(str(jwt_dir))}\n"
+            "  allow_delete: false\n"
+            '  interval: "2m"\n'
+            "}\n"
+            "resolver_preload: {\n"
+            f"  {system}: {json.dumps(system_jwt)}\n"
+            f"  {account}: {json.dumps(account_jwt)}\n"
+            "}\n"
+        )
+
+
+def _write_private(path: Path, text: str) -> None:
+    """A file only its owner can read, written whole (never half a key)."""
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    temporary.replace(path)
+
+
+async def publish_account(
+    servers: list[str], issuer: Issuer, revocations: Mapping[str, int]
+) -> None:
+    """Push the platform account's claims, with these revocations, to the servers (through
+    the system account); they close the live connections of every revoked user at once."""
+    import nats
+    from nats.aio.client import RawCredentials
+
+    nc = await nats.connect(
+        servers,
+        name="antechamber-claims",
+        user_credentials=RawCredentials(issuer.system_creds),
+        inbox_prefix=inbox_prefix("claims-updater"),
+        connect_timeout=2,
+        max_reconnect_attempts=2,
+    )
+    try:
+        reply = await nc.request(
+            CLAIMS_UPDATE_SUBJECT, issuer.account_jwt(revocations).encode(), timeout=5
+        )
+    finally:
+        await nc.close()
+    answer = json.loads(reply.data)
+    if "error" in answer:
+        raise NatsAuthError(f"NATS refused the account claims: {answer['error']}")
