@@ -16,6 +16,22 @@ if TYPE_CHECKING:
     import asyncpg
 
 
+SERVER_OPTIONS: dict[str, Any] = {
+    "log_config": None,
+    "access_log": False,
+    "timeout_graceful_shutdown": 10,
+    # The client's address is runtime.client_address's to find, behind the proxies named in
+    # ANTECHAMBER_FORWARDED_ALLOW_IPS. uvicorn's own rewriting (on unless turned off) believes
+    # X-Forwarded-For from 127.0.0.1, so anything on the machine could pick its address.
+    "proxy_headers": False,
+    # Signaling's frames are small JSON; a larger one is closed with 1009 by the server.
+    "ws_max_size": 1 << 20,
+    "ws_ping_interval": 20,
+    "ws_ping_timeout": 20,
+}
+"""How ``serve`` runs uvicorn (the tests serve with the same)."""
+
+
 def _settings(**overrides: object) -> RuntimeSettings:
     return RuntimeSettings().model_copy(
         update={k: v for k, v in overrides.items() if v is not None}
@@ -34,6 +50,15 @@ def serve(args: argparse.Namespace) -> int:
 
     from runtime.service import build_app
 
+    if "FORWARDED_ALLOW_IPS" in os.environ:
+        # uvicorn's variable, which the docs once said to set: now ignored, so say so rather
+        # than count every browser behind the proxy as one.
+        print(
+            "FORWARDED_ALLOW_IPS is no longer read: set ANTECHAMBER_FORWARDED_ALLOW_IPS to the "
+            "proxies' addresses instead (docs/operations.md).",
+            file=sys.stderr,
+        )
+        return 2
     if args.service == "web":
         from runtime.logging import configure_logging
         from runtime.telemetry import configure_tracing
@@ -50,18 +75,7 @@ def serve(args: argparse.Namespace) -> int:
             http_host=args.host, http_port=_port(args.port, definition.default_port)
         )
         app = build_app(definition, settings)
-    uvicorn.run(
-        app,
-        host=settings.http_host,
-        port=settings.http_port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=10,
-        # Signaling's frames are small JSON; a larger one is closed with 1009 by the server.
-        ws_max_size=1 << 20,
-        ws_ping_interval=20,
-        ws_ping_timeout=20,
-    )
+    uvicorn.run(app, host=settings.http_host, port=settings.http_port, **SERVER_OPTIONS)
     return 0
 
 

@@ -3,8 +3,10 @@
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from runtime.client_address import TrustedProxies
 
 
 class RuntimeSettings(BaseSettings):
@@ -60,6 +62,21 @@ class RuntimeSettings(BaseSettings):
     inbox_prune_interval_s: float = Field(
         default=60.0, gt=0, description="How often consumers' handled-event records are pruned."
     )
+    forwarded_allow_ips: str = Field(
+        default="",
+        description="Proxies whose X-Forwarded-For / Forwarded headers are believed: addresses "
+        "or networks separated by commas, e.g. 10.0.0.0/8. Empty: none; the socket's peer is "
+        "the client.",
+    )
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _proxies(cls, value: str) -> str:
+        return str(TrustedProxies.parse(value))  # refuses a bad entry at start, normalised
+
+    @property
+    def trusted_proxies(self) -> TrustedProxies:
+        return TrustedProxies.parse(self.forwarded_allow_ips)
 
 
 def nats_creds_for(settings: RuntimeSettings, service: str) -> Path | None:
