@@ -20,10 +20,11 @@ from typing import Any
 
 import asyncpg
 from starlette.datastructures import Headers
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from runtime.client_address import client_address_of
 from runtime.http import problem_response
 
 HEADER = "idempotency-key"
@@ -90,8 +91,8 @@ class IdempotencyMiddleware:
         send: Send,
     ) -> None:
         body = await _read_body(receive)
-        client = scope.get("client") or ("", 0)
-        who = headers.get("authorization") or f"address:{client[0]}"
+        address = client_address_of(HTTPConnection(scope)) or ""
+        who = headers.get("authorization") or f"address:{address}"
         caller = hashlib.sha256(who.encode()).digest()
         fingerprint = hashlib.sha256(
             b"\0".join(

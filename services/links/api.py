@@ -10,6 +10,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 from starlette.types import Scope
 
 from contracts.links import Decision, LinkKind, ResolveRequest
+from runtime.client_address import client_address_of
 from runtime.clinic_keys import CLINIC_KEY_PROBLEMS, ClinicId, clinic_of
 from runtime.context import ServiceContext
 from runtime.http import CLINIC_KEY, Problem, problem_response, problems
@@ -114,13 +115,12 @@ async def resolve_link(request: Request) -> Response:
     if query.token is None and not (query.clinic and query.room):
         raise Problem(400, "Give a token, or a clinic and a room.", code="nothing_to_resolve")
     ctx = await context_of(request)
-    address = request.client.host if request.client else None
     resolved = ResolveRequest(
         token=query.token,
         clinic_slug=query.clinic,
         room_slug=query.room,
         session_id=query.session_id,
-        client_address=address,
+        client_address=client_address_of(request),
     )
     return answer(request, await resolve(await links_of(request), ctx.pool, resolved))
 

@@ -11,6 +11,7 @@ from uuid import uuid4
 from fastapi import APIRouter, Depends, Request, Response
 
 from contracts.scheduling import ClinicSettings, SessionSource
+from runtime.client_address import client_address_of
 from runtime.db import lock_key
 from runtime.http import Problem, problems
 from runtime.refusals import Conflict
@@ -37,7 +38,7 @@ async def _bookable(ctx: Context, slug: str) -> ClinicCaller:
 
 
 async def _limit(request: Request, access: Annotated[Access, Depends(access_of)]) -> None:
-    address = request.client.host if request.client else "unknown"
+    address = client_address_of(request) or "unknown"
     wait = access.booking_limiter.retry_after(address)
     if wait is not None:
         raise Problem(

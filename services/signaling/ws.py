@@ -25,6 +25,7 @@ from contracts.signaling_protocol import (
     Pong,
     client_messages,
 )
+from runtime.client_address import client_address_of
 from runtime.ratelimit import RateLimiter
 from services.signaling.calls import Connection, Signaling
 
@@ -43,8 +44,7 @@ async def signaling_socket(websocket: WebSocket) -> None:
         await websocket.close(1013, "the service is starting; try again")
         return
     await websocket.accept()
-    address = websocket.client.host if websocket.client else "unknown"
-    conn = Connection(websocket, address=address)
+    conn = Connection(websocket, address=client_address_of(websocket) or "unknown")
     writer = asyncio.create_task(_write(conn))
     try:
         await _read(signaling, conn)
