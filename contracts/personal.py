@@ -2,7 +2,9 @@
 
 A field declared with :func:`personal_data` gets ``"x-personal-data": true`` in its JSON schema
 (and so in the AsyncAPI document), so integrators and operators can see what to protect, and
-the runtime can keep such values out of logs.
+the runtime can keep such values out of logs. A field declared ``sealed=True`` also gets
+``"x-sealed": true``: in events its value travels sealed per person (``pd1.<person id>.<…>``,
+see ``runtime.personal_data``), and erasing the person makes it unreadable everywhere.
 """
 
 from typing import Any
@@ -10,12 +12,16 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 PERSONAL_DATA_KEY = "x-personal-data"
+SEALED_KEY = "x-sealed"
 
 
-def personal_data(*, description: str, **kwargs: Any) -> Any:
-    """A pydantic ``Field`` for a value that identifies a person (name, email, phone)."""
+def personal_data(*, description: str, sealed: bool = False, **kwargs: Any) -> Any:
+    """A pydantic ``Field`` for a value that identifies a person (name, email, phone);
+    ``sealed`` when events carry it sealed for its person."""
     extra = dict(kwargs.pop("json_schema_extra", None) or {})
     extra[PERSONAL_DATA_KEY] = True
+    if sealed:
+        extra[SEALED_KEY] = True
     return Field(description=description, json_schema_extra=extra, **kwargs)
 
 

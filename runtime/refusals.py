@@ -34,6 +34,12 @@ class Forbidden(Refused):
     status = 403
 
 
+class Gone(Refused):
+    """It existed and was removed for good (an erased client)."""
+
+    status = 410
+
+
 def not_found(what: str) -> NotFound:
     """``<what>_not_found``: used alike for an unknown id and for another clinic's."""
     return NotFound(f"{what}_not_found", f"There is no {what.replace('_', ' ')} with that id.")
