@@ -149,6 +149,7 @@ from contracts.media import (
     participant_subject,
     signal_subject,
 )
+from runtime.nats_auth import identity_options
 from runtime.settings import nats_servers
 
 logger = logging.getLogger(__name__)
@@ -841,7 +842,7 @@ async def take_part(config: PeerConfig) -> int:
     check_aiortc()
     speech = Speech(config.speaking, config.voice_level)
     tracks = synthetic_tracks(config, speech)
-    nc = await nats.connect(nats_servers(config.nats_url))
+    nc = await nats.connect(nats_servers(config.nats_url), **identity_options())
     try:
         return await Participant(config, nc, tracks, speech).attend()
     finally:

@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 from nats.js.api import ConsumerConfig  # noqa: E402
 
 from bench.results import Figure, add_results_option, write_results  # noqa: E402
+from bench.support import authenticate  # noqa: E402
 from contracts.envelope import RawEnvelope  # noqa: E402
 from runtime.consumer import ConsumerLoop  # noqa: E402
 from runtime.context import ServiceContext  # noqa: E402
@@ -463,7 +464,7 @@ def figures(
 
 async def main(quick: bool, results: Path | None) -> None:
     with tempfile.TemporaryDirectory(prefix="acb-") as folder:
-        nats = NatsServer(Path(folder) / "nats").start()
+        nats = NatsServer(Path(folder) / "nats", auth=authenticate(Path(folder))).start()
         postgres = EmbeddedPostgres(Path(folder) / "pg").start()
         try:
             print(f"Antechamber event-store benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")

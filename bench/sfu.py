@@ -98,9 +98,17 @@ import httpx
 from nats.aio.client import Client as NATS
 
 from bench.results import Figure, add_results_option, write_results
-from bench.support import Process, cpu_split, servers, service_ready, start_service
+from bench.support import (
+    Process,
+    cpu_split,
+    servers,
+    service_ready,
+    signaling_identity,
+    start_service,
+)
 from contracts.media import SEAT_SUBJECT, SeatAnswer, SeatRequest
 from contracts.signaling import CallRole
+from runtime.caller import signing_as
 from runtime.embedded import free_port
 from runtime.rpc import call
 from runtime.service import connect_nats
@@ -216,7 +224,8 @@ async def media_node(folder: Path, dsn: str, nats_url: str, forwarding: str) -> 
         ANTECHAMBER_MEDIA_RESERVATION_S="3600",
         ANTECHAMBER_MEDIA_RECORDINGS_DIR=str(folder / "recordings"),
     )
-    nc = await connect_nats(nats_url, "bench-sfu")
+    # Asks for seats and recordings as signaling would, with its signed claim.
+    nc = signing_as(await connect_nats(nats_url, "bench-sfu"), signaling_identity())
     base_url = f"http://127.0.0.1:{port}"
     http = httpx.AsyncClient(base_url=base_url, timeout=5)
     try:

@@ -14,7 +14,10 @@ from pathlib import Path
 
 import httpx
 
+from antechamber.nats_setup import platform_auth
+from runtime.caller import Identity
 from runtime.embedded import EmbeddedPostgres, NatsServer, stop_process
+from runtime.nats_auth import NatsAuth
 from runtime.sealing import new_key
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,10 +71,14 @@ class CpuMeter:
 
 
 @contextlib.contextmanager
-def servers() -> Iterator[tuple[Path, NatsServer, EmbeddedPostgres]]:
-    """nats-server and Postgres in a short temporary folder, stopped and removed on exit."""
+def servers(auth: bool = True) -> Iterator[tuple[Path, NatsServer, EmbeddedPostgres]]:
+    """nats-server and Postgres in a short temporary folder, stopped and removed on exit.
+
+    NATS authenticates as the platform's does (``auth``; off only to measure what it costs):
+    the services started after it connect as their own users, and the bench as admin."""
     folder = Path(tempfile.mkdtemp(prefix="ac-"))  # short: Postgres puts its socket in it
-    nats = NatsServer(folder / "nats")
+    credentials = authenticate(folder) if auth else None
+    nats = NatsServer(folder / "nats", auth=credentials)
     postgres = EmbeddedPostgres(folder / "pg")
     try:
         nats.start()
@@ -83,6 +90,26 @@ def servers() -> Iterator[tuple[Path, NatsServer, EmbeddedPostgres]]:
         with contextlib.suppress(Exception):
             postgres.stop()
         shutil.rmtree(folder, ignore_errors=True)
+        for name in IDENTITY:
+            os.environ.pop(name, None)
+
+
+IDENTITY = ("NATS_CREDS", "ANTECHAMBER_NATS_CREDS_DIR", "ANTECHAMBER_NATS_ISSUER_FILE")
+
+
+def authenticate(folder: Path) -> NatsAuth:
+    """A NATS authentication set in ``folder``, exported to this process's environment:
+    services started from now on connect as their own users, the bench as admin."""
+    for name in IDENTITY:
+        os.environ.pop(name, None)
+    credentials = platform_auth(folder / "nats-auth")
+    os.environ.update(credentials.environment())
+    return credentials
+
+
+def signaling_identity() -> Identity:
+    """Signaling's NATS user, for a bench that asks media for seats as signaling does."""
+    return Identity.load(Path(os.environ["ANTECHAMBER_NATS_CREDS_DIR"]) / "signaling.creds")
 
 
 class Process:

@@ -6,6 +6,7 @@ from typing import Any
 import asyncpg
 from nats.aio.client import Client as NATS
 
+from runtime.caller import Identity
 from runtime.eventstore import EventStore
 from runtime.settings import RuntimeSettings
 
@@ -16,3 +17,5 @@ class ServiceContext:
     pool: "asyncpg.Pool[Any]"
     store: EventStore
     nats: NATS
+    identity: Identity | None = None
+    """Its NATS user, to sign claims with and check others' (None: NATS without auth)."""

@@ -228,6 +228,17 @@ def creds_inbox(path: Path) -> str:
     return inbox_prefix(str(name)) if name else "_INBOX"
 
 
+def identity_options(creds: Path | None = None) -> dict[str, Any]:
+    """``nats.connect`` options that connect as the user in ``creds`` (else the file that
+    ``NATS_CREDS`` names, as the ``nats`` CLI reads it; else nobody), with replies on that
+    user's own inbox prefix, the only one its rights let it read."""
+    if creds is None and os.environ.get("NATS_CREDS"):
+        creds = Path(os.environ["NATS_CREDS"])
+    if creds is None:
+        return {}
+    return {"user_credentials": str(creds), "inbox_prefix": creds_inbox(creds)}
+
+
 # -- the account -------------------------------------------------------------------------------
 
 
@@ -329,6 +340,9 @@ class IntegratorCredential:
     """The ``.creds`` text when we made its key pair (shown once, never stored); None when the
     integrator gave its public key."""
     expires_at: int
+    jwt: str
+    """The user JWT (also inside ``creds``): with a key of its own, the integrator pairs it with
+    its seed. Not a secret without the seed."""
 
 
 @dataclass(frozen=True)
@@ -370,7 +384,7 @@ class Issuer:
         )
         token = sign_jwt(claims, self.integrator_signer_seed)
         creds = creds_file(token, seed) if seed is not None else None
-        return IntegratorCredential(name, user_key, creds, expires_at)
+        return IntegratorCredential(name, user_key, creds, expires_at, token)
 
     def account_jwt(self, revocations: Mapping[str, int], issued_at: int | None = None) -> str:
         """The platform account's claims with these revocations, signed now (or at
@@ -552,10 +566,16 @@ def _write_private(path: Path, text: str) -> None:
 
 
 async def publish_account(
-    servers: list[str], issuer: Issuer, revocations: Mapping[str, int]
+    servers: list[str],
+    issuer: Issuer,
+    revocations: Mapping[str, int],
+    issued_at: int | None = None,
 ) -> None:
     """Push the platform account's claims, with these revocations, to the servers (through
-    the system account); they close the live connections of every revoked user at once."""
+    the system account); they close the live connections of every revoked user at once.
+
+    The servers keep the claims with the newest ``issued_at`` (default: now) and drop, without
+    an error, any older ones they are given: several pushers must agree on its order."""
     import nats
     from nats.aio.client import RawCredentials
 
@@ -569,7 +589,7 @@ async def publish_account(
     )
     try:
         reply = await nc.request(
-            CLAIMS_UPDATE_SUBJECT, issuer.account_jwt(revocations).encode(), timeout=5
+            CLAIMS_UPDATE_SUBJECT, issuer.account_jwt(revocations, issued_at).encode(), timeout=5
         )
     finally:
         await nc.close()

@@ -19,6 +19,7 @@ from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from pydantic import BaseModel, ValidationError
 
+from runtime.caller import Identity, NotTheCaller
 from runtime.context import ServiceContext
 
 log = structlog.get_logger(__name__)
@@ -37,6 +38,13 @@ class Endpoint:
     subject: str
     answer: Answer
     description: str = ""
+    callers: frozenset[str] = frozenset()
+    """The only services it answers, by their signed claim (:mod:`runtime.caller`); empty:
+    whoever NATS lets publish to the subject."""
+
+    @property
+    def action(self) -> str:
+        return self.subject.rsplit(".", 1)[-1]
 
 
 class RpcError(RuntimeError):
@@ -76,7 +84,8 @@ async def serve(
 
     async def run(endpoint: Endpoint, msg: Msg) -> None:
         try:
-            reply = await endpoint.answer(context, msg.data)
+            refusal = _refusal(endpoint, context, msg)
+            reply = refusal or await endpoint.answer(context, msg.data)
         except Exception as exc:
             log.error("rpc failed", subject=endpoint.subject, exc_info=exc)
             reply = error_reply(f"the {queue} service failed to answer ({type(exc).__name__})")
@@ -98,6 +107,23 @@ async def serve(
     return subscriptions
 
 
+def _refusal(endpoint: Endpoint, context: ServiceContext, msg: Msg) -> bytes | None:
+    """An error reply when the endpoint serves named callers and this is not one of them."""
+    if not endpoint.callers:
+        return None
+    if context.identity is None:
+        return error_reply("refused: this service has no NATS identity to check callers with")
+    try:
+        caller = context.identity.caller(msg.headers, endpoint.action, msg.data)
+    except NotTheCaller as exc:
+        log.warning("rpc refused: no valid caller claim", subject=endpoint.subject, why=str(exc))
+        return error_reply(f"refused: {exc}")
+    if caller not in endpoint.callers:
+        log.warning("rpc refused: caller not served", subject=endpoint.subject, caller=caller)
+        return error_reply(f"refused: {endpoint.action} is not for {caller or 'this caller'}")
+    return None
+
+
 async def call(
     nc: NATS,
     subject: str,
@@ -106,16 +132,20 @@ async def call(
     wait_s: float = 2.0,
     *,
     attempts: int = 1,
+    identity: Identity | None = None,
 ) -> R:
     """Ask and wait up to ``wait_s`` in all. With ``attempts`` > 1 (only for requests that may
     be answered twice: reads, and requests the other side de-duplicates), the wait is split
     and an unanswered request is sent again: a request lost with a NATS node that died, or
-    sent while the responder was reconnecting, is answered by the next."""
+    sent while the responder was reconnecting, is answered by the next. With ``identity``,
+    the request carries its signed claim (for endpoints that serve named callers)."""
     data = request.model_dump_json().encode()
     each = wait_s / attempts
+    action = subject.rsplit(".", 1)[-1]
     for attempt in range(1, attempts + 1):
+        headers = identity.headers(action, data) if identity is not None else None
         try:
-            msg = await nc.request(subject, data, timeout=each)
+            msg = await nc.request(subject, data, timeout=each, headers=headers)
             break
         except NoRespondersError as exc:
             if attempt == attempts:

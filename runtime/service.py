@@ -8,7 +8,6 @@ background (pool, migrations, relay, consumers), so ``/healthz`` answers at once
 import asyncio
 import contextlib
 import gc
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from nats.errors import Error as NatsError
 from contracts.deadletter import DeadLetter, deadletter_subject
 from contracts.envelope import EventEnvelope, event_subject
 from contracts.events import EventRegistry
+from runtime.caller import Identity
 from runtime.consumer import Consumer, ConsumerLoop
 from runtime.context import ServiceContext
 from runtime.db import create_pool
@@ -35,7 +35,7 @@ from runtime.idempotency import IdempotencyMiddleware
 from runtime.inbox import Retention, keep_pruning
 from runtime.logging import configure_logging
 from runtime.migrations import Migration, discover, migrate, pending, runtime_migrations
-from runtime.nats_auth import creds_inbox
+from runtime.nats_auth import identity_options
 from runtime.nats_permissions import BusAccess, ConsumedStream, ServiceBus
 from runtime.relay import Relay
 from runtime.retry import retry
@@ -109,14 +109,8 @@ STOP_WAIT_S = 10.0
 
 
 async def connect_nats(url: str, name: str, creds: Path | None = None) -> NATS:
-    """A connection that reconnects for ever, as the user in ``creds`` (else the file that
-    ``NATS_CREDS`` names, as the ``nats`` CLI reads it; else none). Replies come to that
-    user's own inbox prefix, the only one its rights let it read."""
-    if creds is None and os.environ.get("NATS_CREDS"):
-        creds = Path(os.environ["NATS_CREDS"])
-    options: dict[str, Any] = {}
-    if creds is not None:
-        options = {"user_credentials": str(creds), "inbox_prefix": creds_inbox(creds)}
+    """A connection that reconnects for ever, as the user in ``creds`` (see
+    :func:`runtime.nats_auth.identity_options`)."""
 
     async def on_error(exc: Exception) -> None:
         if "permissions violation" in str(exc).lower():
@@ -135,7 +129,7 @@ async def connect_nats(url: str, name: str, creds: Path | None = None) -> NATS:
         reconnect_time_wait=0.25,
         connect_timeout=2,
         error_cb=on_error,
-        **options,
+        **identity_options(creds),
     )
 
 
@@ -226,7 +220,9 @@ class ServiceRuntime:
             first_delay=0.2,
         )
         store = EventStore(pool, d.name, d.projections())
-        self.context = context = ServiceContext(s, pool, store, nc)
+        creds = nats_creds_for(s, d.name)
+        identity = Identity.load(creds) if creds is not None else None
+        self.context = context = ServiceContext(s, pool, store, nc, identity)
         consumers = list(d.consumers)
         js = nc.jetstream()
         r = s.stream_replicas

@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from runtime.caller import Identity, signing_as
 from runtime.db import create_pool
 from runtime.embedded import NatsServer
 from runtime.eventstore import EventStore
@@ -134,7 +135,11 @@ def store(pool: "asyncpg.Pool[Any]", service_name: str) -> EventStore:
 
 @pytest.fixture
 async def nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
-    client = await connect_nats(nats_server.url, "tests")
+    # Signed as signaling: the tests ask media for seats and recordings as signaling does.
+    client = signing_as(
+        await connect_nats(nats_server.url, "tests"),
+        Identity.load(harness_auth().creds("signaling")),
+    )
     yield client
     await client.drain()
 

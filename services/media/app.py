@@ -31,6 +31,13 @@ def routes(app: FastAPI, media: Media) -> None:
     app.include_router(api.router)
 
 
+SIGNALING = frozenset({"signaling"})
+"""Seats and recordings are signaling's to ask for: it has admitted the person, and it tells
+everyone in the room that a recording started. Nobody else may, whatever they can publish."""
+SIGNALING_OR_A_NODE = SIGNALING | {"media"}
+"""A node forwards signaling's seat and release requests to the node that owns the room."""
+
+
 def build(media: Media | None = None) -> ServiceDefinition:
     """The service around one media node (settings, clock); tests build several."""
     media = media or Media()
@@ -44,21 +51,25 @@ def build(media: Media | None = None) -> ServiceDefinition:
                 SEAT_SUBJECT,
                 answering(SeatRequest, media.seat),
                 "A seat in a room, or why not (room full, no capacity).",
+                callers=SIGNALING,
             ),
             Endpoint(
                 RELEASE_SUBJECT,
                 answering(SeatRelease, media.release),
                 "Free a participant's seat, or every seat of a room.",
+                callers=SIGNALING,
             ),
             Endpoint(
                 node_subject(node, "seat"),
                 answering(SeatRequest, partial(handlers.answer_seat_here, media)),
                 "A seat request forwarded to the node that owns the room.",
+                callers=SIGNALING_OR_A_NODE,
             ),
             Endpoint(
                 node_subject(node, "release"),
                 answering(SeatRelease, partial(handlers.answer_release_here, media)),
                 "A release forwarded to the node that owns the room.",
+                callers=SIGNALING_OR_A_NODE,
             ),
             Endpoint(
                 signal_subject(node),
@@ -69,6 +80,7 @@ def build(media: Media | None = None) -> ServiceDefinition:
                 record_subject(node),
                 answering(RecordingCommand, media.record),
                 "Start or stop recording a room this node holds.",
+                callers=SIGNALING,
             ),
         ],
         migrations_package="services.media.sql",

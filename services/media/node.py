@@ -221,8 +221,10 @@ class Media:
         """The owner's answer; None if it says it is not the owner (any more)."""
         subject = node_subject(owner.node_id, action)
         try:
+            data = body.encode()
+            claim = ctx.identity.headers(action, data) if ctx.identity is not None else None
             reply = await ctx.nats.request(
-                subject, body.encode(), timeout=self.settings.forward_wait_s
+                subject, data, timeout=self.settings.forward_wait_s, headers=claim
             )
         except (NoRespondersError, TimeoutError) as exc:
             placement = await self.placement(ctx)

@@ -601,7 +601,13 @@ class Signaling:
         """A media request; a media service that does not answer is ``media_unavailable``."""
         try:
             return await call(
-                self.ctx.nats, subject, request, answer, self.settings.rpc_wait_s, attempts=attempts
+                self.ctx.nats,
+                subject,
+                request,
+                answer,
+                self.settings.rpc_wait_s,
+                attempts=attempts,
+                identity=self.ctx.identity,  # media serves signaling alone
             )
         except RpcError as exc:
             log.warning("the media service did not answer", subject=subject, error=str(exc))
@@ -617,6 +623,7 @@ class Signaling:
                 SeatReleased,
                 self.settings.rpc_wait_s,
                 attempts=2,  # releasing twice frees nothing more
+                identity=self.ctx.identity,
             )
         except RpcError as exc:
             # The node lets an unclaimed reservation lapse on its own; a held seat is freed
