@@ -51,6 +51,8 @@ class FailedBecause(StrEnum):
     """No working link for this recipient arrived from links in time."""
     template = "template"
     """The clinic's template could not be rendered for this message."""
+    erased = "erased"
+    """The recipient's personal data was erased at the clinic's request: nothing is sent."""
     unconfirmed = "unconfirmed"
     """Notify stopped while the mail server was accepting the message; it is not sent again
     (at most once), and may or may not have arrived."""

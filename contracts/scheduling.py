@@ -2,6 +2,12 @@
 
 Other services build on these: links issues a link per room and session, notify mails the
 invitations and reminders, signaling reads the clinic's settings through links' decisions.
+
+Personal values about a client (their profile and contacts, a client room's title) and about
+an attendee arrive **sealed** for their person (``x-sealed``: ``pd1.<person id>.<…>``, see
+``runtime.personal_data``); scheduling alone holds the keys. A service that must use one asks
+scheduling to open it (:data:`UNSEAL_SUBJECT`); an integrator reads the person through the
+clinic API. After ``ClientErased`` the client's sealed values open nowhere, ever again.
 """
 
 from datetime import datetime
@@ -148,8 +154,10 @@ class Contact(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     contact_id: UUID
-    display_name: str = personal_data(description="The contact's name.", max_length=200)
-    email: str = personal_data(description="Where invitations go.", max_length=320)
+    # No length limits here: sealed values are longer than the names and addresses the API
+    # accepts (at most 200 and 320 characters).
+    display_name: str = personal_data(description="The contact's name.", sealed=True)
+    email: str = personal_data(description="Where invitations go.", sealed=True)
 
 
 # -- clinics and keys --------------------------------------------------------------------------
@@ -214,9 +222,11 @@ class PractitionerAdded(Event):
 
 class _ClientProfile(Event):
     client_id: UUID
-    display_name: str = personal_data(description="The client's name.")
-    email: str | None = personal_data(description="The client's email.", default=None)
-    phone: str | None = personal_data(description="The client's phone number.", default=None)
+    display_name: str = personal_data(description="The client's name.", sealed=True)
+    email: str | None = personal_data(description="The client's email.", default=None, sealed=True)
+    phone: str | None = personal_data(
+        description="The client's phone number.", default=None, sealed=True
+    )
     linked_accounts: tuple[Contact, ...] = ()
     alternate_contacts: tuple[Contact, ...] = ()
 
@@ -232,6 +242,18 @@ class ClientUpdated(_ClientProfile):
 
 
 @scheduling_events.register
+class ClientErased(Event):
+    """The clinic had the client's personal data erased: their key is gone, so every value
+    sealed for them (in their profile, their contacts' invitations and their rooms' titles)
+    opens nowhere any more. Services that keep copies delete them. Ids only."""
+
+    client_id: UUID
+    attendee_ids: tuple[UUID, ...] = Field(
+        default=(), description="Attendees invited as the client's contacts: erased with them."
+    )
+
+
+@scheduling_events.register
 class RoomCreated(Event):
     """A practitioner's room (with the practitioner) or a client's personalised room."""
 
@@ -240,13 +262,20 @@ class RoomCreated(Event):
     practitioner_id: UUID
     client_id: UUID | None = None
     slug: str | None = Field(default=None, description="Practitioner rooms: the readable part.")
-    title: str = personal_data(description="Chosen by the practitioner; may name the client.")
+    title: str = personal_data(
+        description="Chosen by the practitioner; may name the client. Sealed for the client in "
+        "a client's room.",
+        sealed=True,
+    )
 
 
 @scheduling_events.register
 class RoomRenamed(Event):
     room_id: UUID
-    title: str = personal_data(description="The room's new title.")
+    client_id: UUID | None = Field(
+        default=None, description="A client's room: the client, for whom the title is sealed."
+    )
+    title: str = personal_data(description="The room's new title.", sealed=True)
 
 
 @scheduling_events.register
@@ -302,8 +331,14 @@ class AttendeeInvited(Event):
 
     session_id: UUID
     attendee_id: UUID
-    email: str = personal_data(description="Where the invitation goes.")
-    display_name: str | None = personal_data(description="The attendee's name.", default=None)
+    email: str = personal_data(
+        description="Where the invitation goes. Sealed for the client (a client's contact) or "
+        "else for the attendee.",
+        sealed=True,
+    )
+    display_name: str | None = personal_data(
+        description="The attendee's name.", default=None, sealed=True
+    )
     client_id: UUID | None = Field(default=None, description="Set for a client's contact.")
     contact_id: UUID | None = None
     while_live: bool = Field(
@@ -370,3 +405,39 @@ class KeyOwner(BaseModel):
     known: bool = Field(description="False for an unknown or revoked key.")
     clinic_id: str | None = None
     suspended: bool = False
+
+
+UNSEAL_SUBJECT = "rpc.scheduling.unseal"
+"""NATS request/reply: the plain values of personal values scheduling sealed, for a service that
+must use them (notify writes invitations). One clinic per request: a value sealed for another
+clinic does not open. :class:`SealedValues` in, :class:`OpenedValues` out."""
+
+MAX_SEALED_VALUES = 500
+"""Values per request; a caller with more sends several."""
+
+
+class SealedValues(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    clinic_id: str
+    values: list[str] = Field(
+        max_length=MAX_SEALED_VALUES, description="Sealed values (pd1.<person id>.<...>)."
+    )
+
+
+class Opening(StrEnum):
+    opened = "opened"
+    erased = "erased"
+    """The person was erased: the value is gone for good. Record it; do not ask again."""
+    refused = "refused"
+    """Not a value scheduling sealed for this clinic (another clinic's, altered, or plain)."""
+
+
+class OpenedValue(BaseModel):
+    outcome: Opening
+    person_id: UUID | None = Field(default=None, description="Whose value it is.")
+    value: str | None = personal_data(default=None, description="The plain value, if opened.")
+
+
+class OpenedValues(BaseModel):
+    values: list[OpenedValue] = Field(description="One per value asked, in the same order.")

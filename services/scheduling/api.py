@@ -21,6 +21,7 @@ from services.scheduling.models import (
     ClientView,
     ClinicView,
     ContactIn,
+    ErasureView,
     PractitionerCreate,
     PractitionerView,
     RoomCreate,
@@ -130,12 +131,38 @@ async def list_clients(
     return await queries.clients(ctx.pool, caller.clinic_id, decode_cursor(cursor, 2), limit)
 
 
-@router.get("/clients/{client_id}", tags=["clients"], responses=problems(404))
+ERASED = {410: "The client's personal data was erased (`client_erased`)."}
+
+
+@router.get("/clients/{client_id}", tags=["clients"], responses=problems(404, described=ERASED))
 async def get_client(client_id: UUID, caller: Clinic, ctx: Context) -> ClientView:
     return await queries.client(ctx.pool, caller.clinic_id, client_id)
 
 
-@router.patch("/clients/{client_id}", tags=["clients"], responses=problems(404, 409))
+@router.post("/clients/{client_id}/erasure", tags=["clients"], responses=problems(404))
+async def erase_client(client_id: UUID, caller: Clinic, ctx: Context) -> ErasureView:
+    """Erase the client's personal data for good (a right-to-erasure request).
+
+    Their key is deleted, so every value sealed for them (their profile, their contacts'
+    invitations, their rooms' titles) becomes unreadable in every stored event and stream
+    copy; ``ClientErased`` tells the other services to delete their copies; the client's
+    rooms are deleted. Afterwards the client answers 410 and cannot be booked. Mails already
+    sent cannot be recalled. Asking again is harmless and answers the same.
+    """
+    erasure = await handlers.erase_client(ctx.store, caller.clinic_id, client_id)
+    return ErasureView(
+        client_id=erasure.client_id,
+        erased_at=erasure.erased_at,
+        already_erased=erasure.already_erased,
+        attendee_ids=list(erasure.attendee_ids),
+        room_ids=list(erasure.room_ids),
+        history_in_clear=erasure.history_in_clear,
+    )
+
+
+@router.patch(
+    "/clients/{client_id}", tags=["clients"], responses=problems(404, 409, described=ERASED)
+)
 async def update_client(
     client_id: UUID, body: ClientPatch, caller: Clinic, ctx: Context
 ) -> ClientView:
@@ -167,7 +194,12 @@ async def update_client(
 # -- rooms -------------------------------------------------------------------------------------
 
 
-@router.post("/clients/{client_id}/rooms", status_code=201, tags=["rooms"], responses=problems(404))
+@router.post(
+    "/clients/{client_id}/rooms",
+    status_code=201,
+    tags=["rooms"],
+    responses=problems(404, described=ERASED),
+)
 async def create_client_room(
     client_id: UUID, body: RoomCreate, caller: Clinic, ctx: Context, response: Response
 ) -> RoomView:

@@ -5,11 +5,16 @@ from functools import partial
 from fastapi import FastAPI
 
 from contracts.links import links_events
-from contracts.scheduling import AUTHENTICATE_SUBJECT, scheduling_events
+from contracts.scheduling import (
+    AUTHENTICATE_SUBJECT,
+    UNSEAL_SUBJECT,
+    SealedValues,
+    scheduling_events,
+)
 from contracts.signaling import signaling_events
 from runtime.consumer import Consumer
 from runtime.ratelimit import RateLimiter
-from runtime.rpc import Endpoint
+from runtime.rpc import Endpoint, answering
 from runtime.sealing import Sealer, SealingSettings
 from runtime.service import ServiceDefinition
 from services.scheduling import api, booking_api, handlers, operator_api, sessions_api
@@ -82,7 +87,12 @@ def build(
                 AUTHENTICATE_SUBJECT,
                 partial(handlers.authenticate, keys),
                 "Which clinic a clinic API key belongs to (by the key's SHA-256).",
-            )
+            ),
+            Endpoint(
+                UNSEAL_SUBJECT,
+                answering(SealedValues, handlers.unseal),
+                "Personal values sealed for one clinic's people, opened (or: erased).",
+            ),
         ],
         tasks=[keys.listen],
         description="Clinics, practitioners, clients, rooms, sessions and invitees: who and when.",

@@ -13,6 +13,7 @@ from contracts.scheduling import (
     ApiKeyIssued,
     ApiKeyRevoked,
     ClientAdded,
+    ClientErased,
     ClientUpdated,
     ClinicRegistered,
     ClinicReinstated,
@@ -26,11 +27,19 @@ from contracts.scheduling import (
     RoomKind,
     RoomRenamed,
 )
-from runtime.refusals import Conflict, Forbidden, Invalid, not_found
+from runtime.refusals import Conflict, Forbidden, Gone, Invalid, not_found
 
 
 class NotInPlan(Forbidden):
     """The clinic's plan does not include what was asked for."""
+
+
+def client_erased() -> Gone:
+    return Gone(
+        "client_erased",
+        "This client's personal data was erased at the clinic's request; the client can no "
+        "longer be read, changed, invited or booked.",
+    )
 
 
 # -- clinic ------------------------------------------------------------------------------------
@@ -136,6 +145,8 @@ class Client:
     phone: str | None
     linked_accounts: tuple[Contact, ...] = ()
     alternate_contacts: tuple[Contact, ...] = ()
+    erased: bool = False
+    """Their personal data was erased: what is left is sealed under a key that is gone."""
 
     def contact(self, contact_id: UUID) -> Contact | None:
         for contact in (*self.linked_accounts, *self.alternate_contacts):
@@ -144,9 +155,22 @@ class Client:
         return None
 
 
+_PROFILE = (
+    "client_id",
+    "display_name",
+    "email",
+    "phone",
+    "linked_accounts",
+    "alternate_contacts",
+)
+"""What ``ClientAdded`` and ``ClientUpdated`` carry."""
+
+
 def evolve_client(state: Client | None, event: Event) -> Client | None:
     if isinstance(event, ClientAdded | ClientUpdated):
-        return Client(**{name: getattr(event, name) for name in Client.__dataclass_fields__})
+        return Client(**{name: getattr(event, name) for name in _PROFILE})
+    if isinstance(event, ClientErased) and state:
+        return replace(state, erased=True)
     return state
 
 
@@ -165,17 +189,32 @@ def add_client(state: Client | None, client: Client) -> list[Event]:
     return [ClientAdded(**_fields(client))]
 
 
-def update_client(state: Client | None, updated: Client) -> list[Event]:
+def existing_client(state: Client | None) -> Client:
     if state is None:
         raise not_found("client")
-    if updated == state:
+    if state.erased:
+        raise client_erased()
+    return state
+
+
+def update_client(state: Client | None, updated: Client) -> list[Event]:
+    if existing_client(state) == updated:
         return []
     _check_contacts((*updated.linked_accounts, *updated.alternate_contacts))
     return [ClientUpdated(**_fields(updated))]
 
 
+def erase_client(state: Client | None, attendee_ids: Iterable[UUID]) -> list[Event]:
+    """Erase the client's personal data (with their contacts' invitations); again: nothing."""
+    if state is None:
+        raise not_found("client")
+    if state.erased:
+        return []
+    return [ClientErased(client_id=state.client_id, attendee_ids=tuple(sorted(attendee_ids)))]
+
+
 def _fields(client: Client) -> dict[str, object]:
-    return {name: getattr(client, name) for name in Client.__dataclass_fields__}
+    return {name: getattr(client, name) for name in _PROFILE}
 
 
 # -- rooms -------------------------------------------------------------------------------------
@@ -228,7 +267,9 @@ def existing_room(state: Room | None) -> Room:
 
 def rename_room(state: Room | None, title: str) -> list[Event]:
     room = existing_room(state)
-    return [] if room.title == title else [RoomRenamed(room_id=room.room_id, title=title)]
+    if room.title == title:
+        return []
+    return [RoomRenamed(room_id=room.room_id, client_id=room.client_id, title=title)]
 
 
 def delete_room(state: Room | None) -> list[Event]:

@@ -1,19 +1,21 @@
 """Commands and subscribed events, turned into domain decisions and appended events.
 
 Each command runs on one aggregate's stream through ``runtime.commands.execute``: another
-clinic's stream reads as absent, so its objects answer "not found".
+clinic's stream reads as absent, so its objects answer "not found". Every append goes through
+``person_keys.KEYS``, which seals the personal values about a client before they are stored.
 """
 
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Generic, TypeVar
 from uuid import UUID, uuid4
 
 import asyncpg
 
 from contracts.envelope import RawEnvelope
+from contracts.events import Event
 from contracts.links import LinkIssued, LinkRegenerated, LinkRevoked
 from contracts.scheduling import (
     ClinicSettings,
@@ -22,6 +24,7 @@ from contracts.scheduling import (
     KeyCheck,
     KeyOwner,
     RoomKind,
+    SealedValues,
     SessionSource,
     VideoMode,
     scheduling_events,
@@ -32,12 +35,14 @@ from runtime.commands import Decide, Evolve
 from runtime.context import ServiceContext
 from runtime.db import Executor, Queryable
 from runtime.eventstore import Cause, ConcurrencyError, EventStore, RecordedEvent
+from runtime.personal_data import is_sealed, open_data
 from runtime.refusals import Conflict, Invalid, NotFound, not_found
 from runtime.rpc import parse
 from runtime.sealing import secret_digest
-from services.scheduling import domain, sessions
+from services.scheduling import domain, person_keys, sessions
 from services.scheduling.domain import Client, Room
 from services.scheduling.keys import ClinicKeys
+from services.scheduling.person_keys import KEYS
 from services.scheduling.sessions import Appointment, Attendee
 
 S = TypeVar("S")
@@ -82,7 +87,21 @@ async def execute(
         absent=not_found(aggregate.prefix),
         cause=cause,
         conn=conn,
+        keys=KEYS,
     )
+
+
+async def append(
+    store: EventStore,
+    stream_id: str,
+    expected_version: int,
+    events: Sequence[Event],
+    clinic_id: str,
+    conn: Executor | None = None,
+) -> list[RecordedEvent]:
+    """``store.append`` with the events' personal values sealed first."""
+    sealed = await KEYS.seal(conn or store.pool, clinic_id, events)
+    return await store.append(stream_id, expected_version, sealed, clinic_id=clinic_id, conn=conn)
 
 
 # -- clinics and keys --------------------------------------------------------------------------
@@ -94,7 +113,7 @@ async def register_clinic(
     clinic_id = clinic_id or f"c_{secrets.token_hex(8)}"
     events = domain.register_clinic(None, name, slug, settings)
     try:
-        await store.append(CLINIC.stream(clinic_id), 0, events, clinic_id=clinic_id)
+        await append(store, CLINIC.stream(clinic_id), 0, events, clinic_id)
     except ConcurrencyError as exc:
         raise Conflict("clinic_exists", "A clinic with that id is already registered.") from exc
     except asyncpg.UniqueViolationError as exc:
@@ -140,6 +159,13 @@ async def authenticate(keys: ClinicKeys, ctx: ServiceContext, data: bytes) -> by
     return owner.model_dump_json().encode()
 
 
+async def unseal(ctx: ServiceContext, request: SealedValues) -> bytes:
+    """RPC: personal values opened for a service that must use them (notify's mails). One
+    read for the whole batch; the answer is never logged."""
+    opened = await person_keys.open_values(ctx.pool, request)
+    return opened.model_dump_json().encode()
+
+
 # -- people and rooms --------------------------------------------------------------------------
 
 
@@ -148,10 +174,8 @@ async def add_practitioner(store: EventStore, clinic_id: str, name: str, room_sl
     added, room = domain.add_practitioner(practitioner_id, room_id, name, room_slug)
     try:
         async with store.transaction() as conn:
-            await store.append(
-                PRACTITIONER.stream(practitioner_id), 0, added, clinic_id=clinic_id, conn=conn
-            )
-            await store.append(ROOM.stream(room_id), 0, room, clinic_id=clinic_id, conn=conn)
+            await append(store, PRACTITIONER.stream(practitioner_id), 0, added, clinic_id, conn)
+            await append(store, ROOM.stream(room_id), 0, room, clinic_id, conn)
     except asyncpg.UniqueViolationError as exc:
         raise Conflict(
             "room_slug_taken", f"Another practitioner of this clinic has the room {room_slug!r}."
@@ -163,7 +187,7 @@ async def add_client(
     store: EventStore, clinic_id: str, client: Client, conn: Executor | None = None
 ) -> None:
     events = domain.add_client(None, client)
-    await store.append(CLIENT.stream(client.client_id), 0, events, clinic_id=clinic_id, conn=conn)
+    await append(store, CLIENT.stream(client.client_id), 0, events, clinic_id, conn)
 
 
 async def practitioner_room(conn: Queryable, clinic_id: str, practitioner_id: UUID) -> UUID:
@@ -198,18 +222,86 @@ async def find_room(conn: Queryable, clinic_id: str, room_id: UUID) -> Room:
 async def create_client_room(
     store: EventStore, clinic_id: str, client_id: UUID, practitioner_id: UUID, title: str
 ) -> UUID:
-    found = await store.pool.fetchval(
-        "SELECT count(*) FROM clients WHERE clinic_id = $1 AND client_id = $2",
-        clinic_id,
-        client_id,
-    )
-    if not found:
-        raise not_found("client")
+    await existing_client(store.pool, clinic_id, client_id)
     await practitioner_room(store.pool, clinic_id, practitioner_id)
     room_id = uuid4()
     events = domain.create_client_room(None, room_id, practitioner_id, client_id, title)
-    await store.append(ROOM.stream(room_id), 0, events, clinic_id=clinic_id)
+    await append(store, ROOM.stream(room_id), 0, events, clinic_id)
     return room_id
+
+
+async def existing_client(conn: Queryable, clinic_id: str, client_id: UUID) -> None:
+    """Refuses an unknown client (404) and an erased one (410)."""
+    erased = await conn.fetchval(
+        "SELECT erased_at IS NOT NULL FROM clients WHERE clinic_id = $1 AND client_id = $2",
+        clinic_id,
+        client_id,
+    )
+    if erased is None:
+        raise not_found("client")
+    if erased:
+        raise domain.client_erased()
+
+
+@dataclass(frozen=True)
+class Erasure:
+    client_id: UUID
+    erased_at: datetime
+    already_erased: bool
+    attendee_ids: tuple[UUID, ...]
+    room_ids: tuple[UUID, ...]
+    history_in_clear: bool
+
+
+async def erase_client(store: EventStore, clinic_id: str, client_id: UUID) -> Erasure:
+    """Erase a client's personal data: ``ClientErased``, their rooms deleted, their key gone,
+    in one transaction. Again: nothing more is done, and the first erasure is reported."""
+    async with store.transaction() as conn:
+        attendee_ids = await conn.fetchval(
+            "SELECT array(SELECT attendee_id FROM attendees WHERE clinic_id = $1 "
+            "AND client_id = $2 ORDER BY attendee_id)",
+            clinic_id,
+            client_id,
+        )
+        rooms = await conn.fetchval(
+            "SELECT array(SELECT room_id FROM rooms WHERE clinic_id = $1 AND client_id = $2 "
+            "AND kind = 'client' AND deleted_at IS NULL ORDER BY room_id)",
+            clinic_id,
+            client_id,
+        )
+        erased = await execute(
+            store,
+            CLIENT,
+            client_id,
+            clinic_id,
+            lambda s: domain.erase_client(s, attendee_ids),
+            conn=conn,
+        )
+        for room_id in rooms if erased else ():
+            await execute(store, ROOM, room_id, clinic_id, domain.delete_room, conn=conn)
+        history = await store.read_stream(CLIENT.stream(client_id), conn=conn)
+        erased_at = await person_keys.erase(conn, clinic_id, client_id, datetime.now(UTC))
+    return Erasure(
+        client_id=client_id,
+        erased_at=erased_at,
+        already_erased=not erased,
+        attendee_ids=tuple(attendee_ids) if erased else (),
+        room_ids=tuple(rooms) if erased else (),
+        history_in_clear=any(_in_clear(r.data) for r in history),
+    )
+
+
+def _in_clear(data: object) -> bool:
+    """Whether an event appended before sealing began holds a name, address or phone in clear."""
+    if isinstance(data, dict):
+        return any(
+            isinstance(value, str) and value and not is_sealed(value)
+            for name, value in data.items()
+            if name in ("display_name", "email", "phone")
+        ) or any(_in_clear(value) for value in data.values())
+    if isinstance(data, list):
+        return any(_in_clear(value) for value in data)
+    return False
 
 
 # -- sessions ----------------------------------------------------------------------------------
@@ -271,9 +363,7 @@ async def schedule_session(
         source=source,
     )
     events = sessions.schedule_session(None, appointment, settings, now)
-    [scheduled] = await store.append(
-        SESSION.stream(session_id), 0, events, clinic_id=clinic_id, conn=conn
-    )
+    [scheduled] = await append(store, SESSION.stream(session_id), 0, events, clinic_id, conn)
     return scheduled
 
 
@@ -283,17 +373,20 @@ async def _check_people(
     """The practitioner's room, once the practitioner and every client are the clinic's."""
     wanted = list(set(client_ids))
     row = await conn.fetchrow(
-        "SELECT p.room_id, (SELECT count(*) FROM clients "
-        "WHERE clinic_id = $1 AND client_id = ANY($3::uuid[])) AS clients "
-        "FROM practitioners p WHERE p.clinic_id = $1 AND p.practitioner_id = $2",
+        "SELECT p.room_id, c.known, c.erased FROM practitioners p, "
+        "(SELECT count(*) AS known, count(erased_at) AS erased FROM clients "
+        "WHERE clinic_id = $1 AND client_id = ANY($3::uuid[])) c "
+        "WHERE p.clinic_id = $1 AND p.practitioner_id = $2",
         clinic_id,
         practitioner_id,
         wanted,
     )
     if row is None:
         raise not_found("practitioner")
-    if row["clients"] != len(wanted):
+    if row["known"] != len(wanted):
         raise not_found("client")
+    if row["erased"]:
+        raise domain.client_erased()
     room_id: UUID = row["room_id"]
     return room_id
 
@@ -318,29 +411,24 @@ async def attendee_from_contact(
     conn: Queryable, clinic_id: str, client_id: UUID, contact_id: UUID
 ) -> Attendee:
     row = await conn.fetchrow(
-        "SELECT client_id, display_name, email, phone, linked_accounts, alternate_contacts "
-        "FROM clients WHERE clinic_id = $1 AND client_id = $2",
+        "SELECT c.linked_accounts, c.alternate_contacts, c.erased_at, k.key FROM clients c "
+        "LEFT JOIN person_keys k ON k.clinic_id = c.clinic_id AND k.person_id = c.client_id "
+        "WHERE c.clinic_id = $1 AND c.client_id = $2",
         clinic_id,
         client_id,
     )
     if row is None:
         raise not_found("client")
-    client = client_from_row(row)
-    contact = client.contact(contact_id)
+    if row["erased_at"] is not None:
+        raise domain.client_erased()
+    keys = {client_id: bytes(row["key"])} if row["key"] is not None else {}
+    contacts = open_data([*row["linked_accounts"], *row["alternate_contacts"]], keys, clinic_id)
+    contact = next(
+        (Contact.model_validate(c) for c in contacts if c["contact_id"] == str(contact_id)), None
+    )
     if contact is None:
         raise not_found("contact")
     return Attendee(uuid4(), contact.email, contact.display_name, client_id, contact_id)
-
-
-def client_from_row(row: asyncpg.Record) -> Client:
-    return Client(
-        client_id=row["client_id"],
-        display_name=row["display_name"],
-        email=row["email"],
-        phone=row["phone"],
-        linked_accounts=tuple(Contact.model_validate(c) for c in row["linked_accounts"]),
-        alternate_contacts=tuple(Contact.model_validate(c) for c in row["alternate_contacts"]),
-    )
 
 
 # -- what other services report ----------------------------------------------------------------

@@ -24,7 +24,7 @@ class Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-NAME = {"min_length": 1, "max_length": 200}
+NAME: dict[str, Any] = {"min_length": 1, "max_length": 200}
 
 
 # -- operator ----------------------------------------------------------------------------------
@@ -140,6 +140,25 @@ class ClientView(BaseModel):
     updated_at: datetime
 
 
+class ErasureView(BaseModel):
+    """What erasing a client did. Asking again answers the same, with ``already_erased``."""
+
+    client_id: UUID
+    erased_at: datetime = Field(description="When the client was erased (the first time).")
+    already_erased: bool = Field(description="True: an earlier request erased them.")
+    attendee_ids: list[UUID] = Field(
+        description="Invitations of the client's contacts, erased with them (this request)."
+    )
+    room_ids: list[UUID] = Field(
+        description="The client's rooms, deleted with them; their links stop working."
+    )
+    history_in_clear: bool = Field(
+        description="True when the client's events were recorded before Antechamber sealed "
+        "personal data, and so still hold their details in clear: the operator must remove "
+        "those (see docs/architecture.md, Personal data on the bus)."
+    )
+
+
 class RoomCreate(Body):
     practitioner_id: UUID
     title: str = personal_data(description="Chosen by the practitioner.", **NAME)
@@ -226,7 +245,7 @@ class LinkSharing(Body):
 
 class AttendeeView(BaseModel):
     attendee_id: UUID
-    email: str
+    email: str | None = Field(description="None once erased (with the client whose contact).")
     display_name: str | None
     client_id: UUID | None
     contact_id: UUID | None

@@ -1,4 +1,8 @@
-"""The scheduling read models, kept in the append's transaction."""
+"""The scheduling read models, kept in the append's transaction.
+
+Personal values are kept as the events carry them, sealed (``person_keys``): the queries open
+them. ``ClientErased`` removes them, with what the events held in clear before sealing began.
+"""
 
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -10,6 +14,7 @@ from contracts.scheduling import (
     AttendeeInvited,
     AttendeeRemoved,
     ClientAdded,
+    ClientErased,
     ClientUpdated,
     ClinicRegistered,
     ClinicReinstated,
@@ -150,7 +155,7 @@ async def _client_updated(conn: Executor, r: RecordedEvent, e: ClientUpdated) ->
     await conn.execute(
         "UPDATE clients SET display_name = $3, email = $4, phone = $5, "
         "linked_accounts = $6, alternate_contacts = $7, updated_at = $8 "
-        "WHERE client_id = $1 AND clinic_id = $2",
+        "WHERE client_id = $1 AND clinic_id = $2 AND erased_at IS NULL",
         e.client_id,
         r.clinic_id,
         e.display_name,
@@ -159,6 +164,29 @@ async def _client_updated(conn: Executor, r: RecordedEvent, e: ClientUpdated) ->
         linked,
         alternate,
         r.occurred_at,
+    )
+
+
+async def _client_erased(conn: Executor, r: RecordedEvent, e: ClientErased) -> None:
+    await conn.execute(
+        "UPDATE clients SET display_name = NULL, email = NULL, phone = NULL, "
+        "linked_accounts = '[]', alternate_contacts = '[]', erased_at = $3, updated_at = $3 "
+        "WHERE client_id = $1 AND clinic_id = $2",
+        e.client_id,
+        r.clinic_id,
+        r.occurred_at,
+    )
+    await conn.execute(
+        "UPDATE attendees SET email = NULL, display_name = NULL "
+        "WHERE clinic_id = $2 AND (client_id = $1 OR attendee_id = ANY($3::uuid[]))",
+        e.client_id,
+        r.clinic_id,
+        list(e.attendee_ids),
+    )
+    await conn.execute(
+        "UPDATE rooms SET title = '' WHERE client_id = $1 AND clinic_id = $2",
+        e.client_id,
+        r.clinic_id,
     )
 
 
@@ -295,6 +323,7 @@ _APPLY: dict[type[Event], Apply] = {
     PractitionerAdded: _practitioner_added,
     ClientAdded: _client_added,
     ClientUpdated: _client_updated,
+    ClientErased: _client_erased,
     RoomCreated: _room_created,
     RoomRenamed: _room_renamed,
     RoomDeleted: _room_deleted,

@@ -1,4 +1,8 @@
-"""Reads of the read models; every one is scoped to a clinic."""
+"""Reads of the read models; every one is scoped to a clinic.
+
+Personal values rest sealed; a read fetches the keys it needs in the same statement and
+opens them here, so plain values exist only in the answer.
+"""
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -13,8 +17,10 @@ from runtime.db import Queryable
 from runtime.eventstore import RecordedEvent
 from runtime.http import Problem
 from runtime.pagination import Page, encode_cursor
+from runtime.personal_data import open_data
 from runtime.refusals import not_found
 from runtime.sealing import Sealer
+from services.scheduling.domain import client_erased
 from services.scheduling.models import (
     ApiKeyView,
     AttendeeView,
@@ -25,6 +31,7 @@ from services.scheduling.models import (
     SessionView,
     UpcomingSession,
 )
+from services.scheduling.person_keys import opened
 
 
 def _page(items: list[Any], limit: int, *key: str) -> tuple[list[Any], str | None]:
@@ -113,46 +120,72 @@ async def practitioners(
 
 
 _CLIENT = (
-    "SELECT client_id, display_name, email, phone, linked_accounts, alternate_contacts, "
-    "added_at, updated_at FROM clients"
+    "SELECT c.client_id, c.display_name, c.email, c.phone, c.linked_accounts, "
+    "c.alternate_contacts, c.added_at, c.updated_at, c.erased_at, k.key FROM clients c "
+    "LEFT JOIN person_keys k ON k.clinic_id = c.clinic_id AND k.person_id = c.client_id"
 )
+
+
+def _client(row: Mapping[str, Any], clinic_id: str) -> ClientView:
+    key = bytes(row["key"]) if row["key"] is not None else None
+    keys = {row["client_id"]: key} if key is not None else {}
+    fields = {k: v for k, v in row.items() if k not in ("key", "erased_at")}
+    for name in ("display_name", "email", "phone"):
+        fields[name] = opened(row[name], key, clinic_id)
+    for name in ("linked_accounts", "alternate_contacts"):
+        fields[name] = open_data(row[name], keys, clinic_id)
+    return ClientView.model_validate(fields)
 
 
 async def client(conn: Queryable, clinic_id: str, client_id: UUID) -> ClientView:
     row = await conn.fetchrow(
-        f"{_CLIENT} WHERE clinic_id = $1 AND client_id = $2", clinic_id, client_id
+        f"{_CLIENT} WHERE c.clinic_id = $1 AND c.client_id = $2", clinic_id, client_id
     )
     if row is None:
         raise not_found("client")
-    return ClientView.model_validate(dict(row))
+    if row["erased_at"] is not None:
+        raise client_erased()
+    return _client(dict(row), clinic_id)
 
 
 async def clients(
     conn: Queryable, clinic_id: str, after: list[str] | None, limit: int
 ) -> Page[ClientView]:
+    """The clinic's clients; the erased are not listed."""
     rows = await conn.fetch(
-        f"{_CLIENT} WHERE clinic_id = $1 AND ($2::timestamptz IS NULL OR "
-        "(added_at, client_id) > ($2, $3::uuid)) ORDER BY added_at, client_id LIMIT $4",
+        f"{_CLIENT} WHERE c.clinic_id = $1 AND c.erased_at IS NULL AND ($2::timestamptz IS NULL "
+        "OR (c.added_at, c.client_id) > ($2, $3::uuid)) ORDER BY c.added_at, c.client_id LIMIT $4",
         clinic_id,
         *_after(after),
         limit + 1,
     )
     items, cursor = _page(list(rows), limit, "added_at", "client_id")
-    return Page(items=[ClientView.model_validate(dict(r)) for r in items], next_cursor=cursor)
+    return Page(items=[_client(dict(r), clinic_id) for r in items], next_cursor=cursor)
 
 
-_ROOM = "SELECT room_id, kind, practitioner_id, client_id, slug, title, created_at FROM rooms"
+_ROOM = (
+    "SELECT r.room_id, r.kind, r.practitioner_id, r.client_id, r.slug, r.title, r.created_at, "
+    "k.key FROM rooms r "
+    "LEFT JOIN person_keys k ON k.clinic_id = r.clinic_id AND k.person_id = r.client_id"
+)
+
+
+def _room(row: Mapping[str, Any], clinic_id: str) -> RoomView:
+    fields = {k: v for k, v in row.items() if k != "key"}
+    key = bytes(row["key"]) if row["key"] is not None else None
+    fields["title"] = opened(row["title"], key, clinic_id) or ""
+    return RoomView.model_validate(fields)
 
 
 async def room(conn: Queryable, clinic_id: str, room_id: UUID) -> RoomView:
     row = await conn.fetchrow(
-        f"{_ROOM} WHERE clinic_id = $1 AND room_id = $2 AND deleted_at IS NULL",
+        f"{_ROOM} WHERE r.clinic_id = $1 AND r.room_id = $2 AND r.deleted_at IS NULL",
         clinic_id,
         room_id,
     )
     if row is None:
         raise not_found("room")
-    return RoomView.model_validate(dict(row))
+    return _room(dict(row), clinic_id)
 
 
 async def rooms(
@@ -164,10 +197,11 @@ async def rooms(
     limit: int,
 ) -> Page[RoomView]:
     rows = await conn.fetch(
-        f"{_ROOM} WHERE clinic_id = $1 AND deleted_at IS NULL "
-        "AND ($2::uuid IS NULL OR client_id = $2) AND ($3::uuid IS NULL OR practitioner_id = $3) "
-        "AND ($4::timestamptz IS NULL OR (created_at, room_id) > ($4, $5::uuid)) "
-        "ORDER BY created_at, room_id LIMIT $6",
+        f"{_ROOM} WHERE r.clinic_id = $1 AND r.deleted_at IS NULL "
+        "AND ($2::uuid IS NULL OR r.client_id = $2) "
+        "AND ($3::uuid IS NULL OR r.practitioner_id = $3) "
+        "AND ($4::timestamptz IS NULL OR (r.created_at, r.room_id) > ($4, $5::uuid)) "
+        "ORDER BY r.created_at, r.room_id LIMIT $6",
         clinic_id,
         client_id,
         practitioner_id,
@@ -175,7 +209,7 @@ async def rooms(
         limit + 1,
     )
     items, cursor = _page(list(rows), limit, "created_at", "room_id")
-    return Page(items=[RoomView.model_validate(dict(r)) for r in items], next_cursor=cursor)
+    return Page(items=[_room(dict(r), clinic_id) for r in items], next_cursor=cursor)
 
 
 _SESSION = (
@@ -193,6 +227,15 @@ def _session(row: Mapping[str, Any], attendees: list[AttendeeView]) -> SessionVi
         local_ends_at=row["ends_at"].astimezone(tz),
         attendees=attendees,
     )
+
+
+def _attendee(found: dict[str, Any], clinic_id: str) -> AttendeeView:
+    """An attendee's row, its personal values opened with the key that came with it (their
+    client's for a contact, else their own)."""
+    key = bytes.fromhex(found.pop("key")) if found.get("key") else None
+    for name in ("email", "display_name"):
+        found[name] = opened(found[name], key, clinic_id)
+    return AttendeeView.model_validate(found)
 
 
 def scheduled_session(recorded: RecordedEvent) -> SessionView:
@@ -226,8 +269,12 @@ async def session(conn: Queryable, clinic_id: str, session_id: UUID) -> SessionV
         f"""
         SELECT s.*, (
             SELECT coalesce(jsonb_agg(to_jsonb(a) - 'session_id' - 'clinic_id'
+                                      || jsonb_build_object('key', encode(k.key, 'hex'))
                                       ORDER BY a.invited_at), '[]')
-              FROM attendees a WHERE a.session_id = s.session_id AND a.clinic_id = $1
+              FROM attendees a
+              LEFT JOIN person_keys k ON k.clinic_id = a.clinic_id
+                                     AND k.person_id = coalesce(a.client_id, a.attendee_id)
+             WHERE a.session_id = s.session_id AND a.clinic_id = $1
         ) AS attendee_list
           FROM ({_SESSION} WHERE clinic_id = $1 AND session_id = $2) s
         """,
@@ -236,7 +283,7 @@ async def session(conn: Queryable, clinic_id: str, session_id: UUID) -> SessionV
     )
     if row is None:
         raise not_found("session")
-    attendees = [AttendeeView.model_validate(a) for a in row["attendee_list"]]
+    attendees = [_attendee(a, clinic_id) for a in row["attendee_list"]]
     fields = {k: v for k, v in dict(row).items() if k != "attendee_list"}
     return _session(fields, attendees)
 
@@ -272,11 +319,15 @@ async def upcoming_sessions(
     conn: Queryable, clinic_id: str, client_id: UUID, now: datetime, sealer: Sealer
 ) -> list[UpcomingSession]:
     """What a client portal shows: the client's sessions still to come, each with its link."""
-    exists = await conn.fetchval(
-        "SELECT 1 FROM clients WHERE clinic_id = $1 AND client_id = $2", clinic_id, client_id
+    erased = await conn.fetchval(
+        "SELECT erased_at IS NOT NULL FROM clients WHERE clinic_id = $1 AND client_id = $2",
+        clinic_id,
+        client_id,
     )
-    if exists is None:
+    if erased is None:
         raise not_found("client")
+    if erased:
+        raise client_erased()
     rows = await conn.fetch(
         """
         SELECT s.session_id, s.practitioner_id, s.starts_at, s.ends_at, s.time_zone,

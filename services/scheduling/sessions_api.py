@@ -34,11 +34,14 @@ from services.scheduling.models import (
     SessionView,
     UpcomingSession,
 )
+from services.scheduling.person_keys import KEYS
 from services.scheduling.sessions import Attendee
 
 router = APIRouter(prefix="/v1", tags=["sessions"], responses=CLINIC_PROBLEMS)
+ERASED = {410: "A client's personal data was erased (`client_erased`)."}
 SCHEDULING_PROBLEMS = problems(
-    404, described={403: "Not allowed: the clinic's plan does not include the video mode."}
+    404,
+    described={403: "Not allowed: the clinic's plan does not include the video mode."} | ERASED,
 )
 
 
@@ -144,10 +147,12 @@ async def get_session(session_id: UUID, caller: Clinic, ctx: Context) -> Session
 
 @router.get("/sessions/{session_id}/history", responses=problems(404))
 async def session_history(session_id: UUID, caller: Clinic, ctx: Context) -> list[HistoryEntry]:
-    """Everything that happened to the session, in order (its events)."""
+    """Everything that happened to the session, in order (its events), personal values opened
+    (those of an erased person stay sealed)."""
     recorded = await ctx.store.read_stream(SESSION.stream(session_id))
     if not recorded or recorded[0].clinic_id != caller.clinic_id:
         raise not_found("session")
+    payloads = await KEYS.open(ctx.pool, caller.clinic_id, [r.data for r in recorded])
     return [
         HistoryEntry(
             event_id=r.event_id,
@@ -155,9 +160,9 @@ async def session_history(session_id: UUID, caller: Clinic, ctx: Context) -> lis
             version=r.version,
             occurred_at=r.occurred_at,
             correlation_id=r.correlation_id,
-            data=r.data,
+            data=data,
         )
-        for r in recorded
+        for r, data in zip(recorded, payloads, strict=True)
     ]
 
 
@@ -190,7 +195,11 @@ async def cancel_session(
     return await _change(ctx, caller, session_id, lambda s: sessions.cancel_session(s, body.reason))
 
 
-@router.post("/sessions/{session_id}/attendees", status_code=201, responses=problems(404, 409))
+@router.post(
+    "/sessions/{session_id}/attendees",
+    status_code=201,
+    responses=problems(404, 409, described=ERASED),
+)
 async def invite_attendee(
     session_id: UUID, body: AttendeeCreate, caller: Clinic, ctx: Context
 ) -> SessionView:
@@ -242,7 +251,11 @@ async def mark_complete(session_id: UUID, caller: Clinic, ctx: Context) -> Sessi
     return await _change(ctx, caller, session_id, sessions.mark_complete)
 
 
-@router.get("/clients/{client_id}/sessions/upcoming", tags=["clients"], responses=problems(404))
+@router.get(
+    "/clients/{client_id}/sessions/upcoming",
+    tags=["clients"],
+    responses=problems(404, described=ERASED),
+)
 async def upcoming_sessions(
     client_id: UUID, caller: Clinic, ctx: Context, access: Annotated[Access, Depends(access_of)]
 ) -> list[UpcomingSession]:

@@ -169,7 +169,7 @@ def test_client_rooms_are_renamed_and_deleted() -> None:
     history = domain.create_client_room(None, room_id, PRACTITIONER, CLIENT, "Tuesdays")
     assert domain.rename_room(given(domain.evolve_room, history), "Tuesdays") == []
     history += domain.rename_room(given(domain.evolve_room, history), "Thursdays")
-    assert history[-1] == RoomRenamed(room_id=room_id, title="Thursdays")
+    assert history[-1] == RoomRenamed(room_id=room_id, client_id=CLIENT, title="Thursdays")
     history += domain.delete_room(given(domain.evolve_room, history))
     assert history[-1] == RoomDeleted(room_id=room_id)
     refusal(

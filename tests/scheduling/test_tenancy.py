@@ -82,6 +82,7 @@ BODIES: dict[tuple[str, str], Body] = {
     },
     ("POST", "/v1/clients"): lambda a: {"display_name": "B's client"},
     ("PATCH", "/v1/clients/{client_id}"): lambda a: {"display_name": "Renamed by B"},
+    ("POST", "/v1/clients/{client_id}/erasure"): lambda a: None,
     ("POST", "/v1/clients/{client_id}/rooms"): lambda a: {
         "practitioner_id": a.ids["practitioner_id"],
         "title": "B's room",
