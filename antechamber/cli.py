@@ -163,6 +163,25 @@ def protocol_schema(args: argparse.Namespace) -> int:
     return _write_or_check(Path(args.output), text, "protocol-schema", args.check)
 
 
+def nats_auth_init(args: argparse.Namespace) -> int:
+    from antechamber.nats_setup import platform_auth
+
+    folder = Path(args.dir)
+    auth = platform_auth(folder)
+    jwt_dir = Path(args.jwt_dir) if args.jwt_dir else folder / "jwt"
+    conf = folder / "nats-auth.conf"
+    conf.write_text(auth.server_config(jwt_dir))
+    print(f"NATS authentication set in {folder} (keys kept if it existed; users re-signed)")
+    print(f"  nats-server       include {conf} (account claims kept in {jwt_dir})")
+    for creds in sorted(auth.creds_dir.glob("*.creds")):
+        user = creds.stem
+        who = "tools (nats CLI: NATS_CREDS)" if user == "admin" else f"the {user} service"
+        print(f"  {who:<28} {creds}   ANTECHAMBER_NATS_CREDS")
+    print(f"  scheduling, too              {auth.issuer_file}   ANTECHAMBER_NATS_ISSUER_FILE")
+    print(f"  keep safe, offline           {folder / 'keys.json'} (operator and account keys)")
+    return 0
+
+
 def up(args: argparse.Namespace) -> int:
     from antechamber.embedded import Platform
 
@@ -204,6 +223,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("service", choices=catalog.SERVICES)
     r.add_argument("--from", dest="from_position", type=int, default=1, metavar="POSITION")
     r.set_defaults(func=lambda a: _run(_republish(a.service, a.from_position)))
+
+    p = commands.add_parser("nats-auth", help="NATS credentials (decentralized JWT auth)")
+    sub = p.add_subparsers(dest="action", required=True)
+    r = sub.add_parser(
+        "init",
+        help="make (or re-sign) the operator, accounts and service users, and the server config",
+    )
+    r.add_argument("--dir", required=True, help="where the set is kept (a new or existing one)")
+    r.add_argument(
+        "--jwt-dir",
+        default=None,
+        help="where nats-server keeps account claims (its own volume; default: DIR/jwt)",
+    )
+    r.set_defaults(func=nats_auth_init)
 
     p = commands.add_parser("asyncapi", help="write the AsyncAPI document for integrators")
     p.add_argument("--output", default="docs/asyncapi.yaml")

@@ -486,7 +486,7 @@ class NatsAuth:
         }
         users[ADMIN_USER] = (None, account, keys["service_signer"])
         for name, (permissions, issuer_account, signer) in users.items():
-            seed = new_seed("user")
+            seed = _kept_seed(self.creds_dir / f"{name}.creds")
             token = sign_jwt(
                 user_claims(
                     name=name,
@@ -497,7 +497,10 @@ class NatsAuth:
                 signer,
             )
             _write_private(self.creds_dir / f"{name}.creds", creds_file(token, seed))
-        system_seed = new_seed("user")
+        try:
+            system_seed = read_creds(Issuer.load(self.issuer_file).system_creds)[1]
+        except NatsAuthError:
+            system_seed = new_seed("user")
         system_creds = creds_file(
             sign_jwt(
                 user_claims(
@@ -521,8 +524,6 @@ class NatsAuth:
             system_creds=system_creds,
         )
         _write_private(self.issuer_file, json.dumps(issuer.__dict__, indent=2))
-        # Dated when the set was made: claims pushed later (with revocations) are newer, so a
-        # server restarted on this file keeps them.
         # Dated when the set was made: claims pushed later (with revocations) are newer, so a
         # server restarted on this set keeps them.
         account_jwt = issuer.account_jwt({}, issued_at=int(keys["created_at"]))
@@ -554,6 +555,16 @@ class NatsAuth:
             f"  {account}: {json.dumps(account_jwt)}\n"
             "}\n"
         )
+
+
+def _kept_seed(creds: Path) -> str:
+    """The user seed in an earlier ``.creds`` file, so that re-signing keeps each user's key
+    (no second valid credential for the same user); a new seed when there is none."""
+    try:
+        _, seed = read_creds(creds.read_text())
+    except (OSError, NatsAuthError):
+        return new_seed("user")
+    return seed
 
 
 def _write_private(path: Path, text: str) -> None:
