@@ -4,6 +4,7 @@ import pytest
 from pydantic import ValidationError
 from starlette.datastructures import Headers
 
+from antechamber.cli import SERVER_OPTIONS, main
 from runtime.client_address import TrustedProxies, client_address
 from runtime.settings import RuntimeSettings
 
@@ -182,3 +183,18 @@ def test_a_bad_entry_stops_the_service_at_start(
     with pytest.raises(ValidationError, match="forwarded_allow_ips") as raised:
         RuntimeSettings()
     assert f"{entry!r} is not an IP address or network" in str(raised.value)
+
+
+# -- how the services are served --------------------------------------------------------------
+
+
+def test_uvicorn_leaves_the_client_address_alone() -> None:
+    assert SERVER_OPTIONS["proxy_headers"] is False
+
+
+def test_serve_refuses_uvicorns_variable_which_it_no_longer_reads(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", "10.0.0.0/8")
+    assert main(["serve", "links"]) == 2
+    assert "ANTECHAMBER_FORWARDED_ALLOW_IPS" in capsys.readouterr().err
