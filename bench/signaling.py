@@ -627,10 +627,16 @@ def report(
 # -- main --------------------------------------------------------------------------------------
 
 
-async def main(rooms: int, rounds: int, rate: float, results: Path | None) -> int:
-    configure_logging("bench", "warning", "console")
-    print(f"Antechamber signaling benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
-    with servers() as (folder, nats, postgres):
+@dataclass
+class Measured:
+    series: list[Series]
+    floors: dict[str, list[float]]
+
+
+async def measure(rooms: int, rounds: int, rate: float, *, auth: bool, burst: bool) -> Measured:
+    """A platform of its own, its rooms live, and the modes measured (``burst``: all at once
+    as well as paced). ``auth``: NATS authenticates every connection, as deployed."""
+    with servers(auth=auth) as (folder, nats, postgres):
         platform = start_platform(folder, postgres.dsn, nats.url, rooms)
         nc = await connect_nats(nats.url, "bench-signaling")
         live: list[LiveRoom] = []
@@ -658,7 +664,9 @@ async def main(rooms: int, rounds: int, rate: float, results: Path | None) -> in
             )
             replicas = {name: platform.urls[name] for name in ("signaling A", "signaling B")}
             pace = 1 / rate
-            modes = {ALL_AT_ONCE: None, f"paced, {rate:.0f} knocks/s": pace}
+            modes = {f"paced, {rate:.0f} knocks/s": pace}
+            if burst:
+                modes = {ALL_AT_ONCE: None} | modes
             floors = {label: await baseline(nc, rooms, p, rounds) for label, p in modes.items()}
 
             # Warm-up: every room's first admission, which also mutes its knocks.
@@ -668,7 +676,7 @@ async def main(rooms: int, rounds: int, rate: float, results: Path | None) -> in
                 await measure_visits(label, live, replicas, p, rounds, meter)
                 for label, p in modes.items()
             ]
-            write_results(results, report(rooms, rounds, series, floors))
+            return Measured(series, floors)
         except BaseException:
             print(f"\n{platform.log_tails()}", file=sys.stderr)
             raise
@@ -677,6 +685,49 @@ async def main(rooms: int, rounds: int, rate: float, results: Path | None) -> in
                 await room.host.aclose()
             await nc.drain()
             platform.stop()
+
+
+AUTH_COST_GOAL = 1.05
+"""Issue 21: knock latency with NATS authentication on, at most 5% above it off."""
+
+
+def auth_cost(without: Series, with_auth: Series) -> list[Figure]:
+    """Paced knock latency with every NATS connection authenticated, against the same
+    platform with authentication off, measured in this run."""
+    print(f"\nNATS authentication's cost ({with_auth.label}, a platform of each, same run):")
+    print(f"   {'':<36} {'auth off':>10} {'auth on':>10}   {'ratio':>6}")
+    records = []
+    for p in (50, 99):
+        off, on = pct(without.of("knock"), p), pct(with_auth.of("knock"), p)
+        ok = on <= off * AUTH_COST_GOAL
+        print(f"   {'knock -> host sees it p' + str(p):<36} {ms(off)} {ms(on)}   {on / off:5.2f}x")
+        records.append(
+            Figure(
+                "signaling",
+                f"knock -> host sees it p{p}, NATS auth on",
+                on * 1000,
+                "ms",
+                f"the same, NATS auth off, p{p}",
+                off * 1000,
+                goal=f"<= {AUTH_COST_GOAL:.2f}x",
+                met=ok,
+            )
+        )
+    return records
+
+
+async def main(
+    rooms: int, rounds: int, rate: float, results: Path | None, measure_auth: bool
+) -> int:
+    configure_logging("bench", "warning", "console")
+    print(f"Antechamber signaling benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
+    measured = await measure(rooms, rounds, rate, auth=True, burst=True)
+    figures = report(rooms, rounds, measured.series, measured.floors)
+    if measure_auth:
+        print("\nthe same platform with NATS authentication off, paced mode only:")
+        off = await measure(rooms, rounds, rate, auth=False, burst=False)
+        figures += auth_cost(off.series[-1], measured.series[-1])
+    write_results(results, figures)
     return 0
 
 
@@ -687,8 +738,15 @@ if __name__ == "__main__":
     parser.add_argument("--rooms", type=int, default=None, help="live waiting rooms (200)")
     parser.add_argument("--rounds", type=int, default=None, help="measured rounds per mode (5)")
     parser.add_argument("--rate", type=float, default=20.0, help="paced knocks per second")
+    parser.add_argument(
+        "--no-auth-cost",
+        action="store_true",
+        help="skip the second platform that measures NATS authentication's cost",
+    )
     add_results_option(parser)
     args = parser.parse_args()
     rooms = args.rooms or (5 if args.quick else 200)
     rounds = args.rounds or (1 if args.quick else 5)
-    raise SystemExit(asyncio.run(main(rooms, rounds, args.rate, args.results)))
+    raise SystemExit(
+        asyncio.run(main(rooms, rounds, args.rate, args.results, not args.no_auth_cost))
+    )

@@ -79,6 +79,11 @@ def answering(model: type[R], handle: Callable[[ServiceContext, R], Awaitable[by
 async def serve(
     nc: NATS, endpoints: list[Endpoint], context: ServiceContext, queue: str
 ) -> list[Subscription]:
+    if any(e.callers for e in endpoints) and context.identity is None:
+        log.warning(
+            "NATS authentication is off: endpoints that serve named callers answer anyone",
+            subjects=[e.subject for e in endpoints if e.callers],
+        )
     slots = asyncio.Semaphore(MAX_IN_FLIGHT)
     tasks: set[asyncio.Task[None]] = set()
 
@@ -109,10 +114,10 @@ async def serve(
 
 def _refusal(endpoint: Endpoint, context: ServiceContext, msg: Msg) -> bytes | None:
     """An error reply when the endpoint serves named callers and this is not one of them."""
-    if not endpoint.callers:
+    if not endpoint.callers or context.identity is None:
+        # Without a NATS identity of its own the service runs on a NATS without
+        # authentication, where anyone can publish anything: a claim would prove nothing.
         return None
-    if context.identity is None:
-        return error_reply("refused: this service has no NATS identity to check callers with")
     try:
         caller = context.identity.caller(msg.headers, endpoint.action, msg.data)
     except NotTheCaller as exc:

@@ -63,6 +63,7 @@ PRINTED = {
         "goal admit p99 <= 20 ms:",
         "all at once:",
         "paced,",
+        "NATS authentication's cost",
     ),
     "notify": (
         "invitations delivered:",
@@ -123,11 +124,15 @@ RECORDED = {
         "GET /v1/links/resolve p99",
         "NATS rpc.links.resolve p99",
     ),
-    "signaling": tuple(
-        f"{path} p{p}, {mode}"
-        for mode in ("all at once", "paced")
-        for path in ("knock -> host sees it", "admit -> guest admitted")
-        for p in (50, 99)
+    "signaling": (
+        *(
+            f"{path} p{p}, {mode}"
+            for mode in ("all at once", "paced")
+            for path in ("knock -> host sees it", "admit -> guest admitted")
+            for p in (50, 99)
+        ),
+        "knock -> host sees it p50, NATS auth on",
+        "knock -> host sees it p99, NATS auth on",
     ),
     "notify": ("SessionScheduled -> mail", "invitations delivered"),
     "sfu": (
