@@ -5,26 +5,36 @@ The compose file is validated against the Compose Specification's JSON schema (t
 would read it with no ``.env`` (YAML merge keys resolved, ``${VAR:-default}`` interpolated), and
 the properties operators rely on are asserted. Every ``ANTECHAMBER_*`` variable it sets must be
 one that a settings class of the code reads, and each service's environment must pass that
-service's own settings validation (keys, URLs, port range).
+service's own settings validation (keys, URLs, port range). NATS' authentication is laid out
+as the containers see it and a real nats-server is started on loopback from the compose
+``nats.conf``, so the include path, the claims folder and every service's credential are
+checked against the server itself.
 """
 
 import ast
+import asyncio
 import copy
 import importlib.util
 import json
 import os
+import posixpath
 import re
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import nats
 import pytest
 import yaml
+from nats.errors import Error as NatsError
 from pydantic import AliasChoices
 from pydantic_settings import BaseSettings
 
+from runtime.embedded import free_port, nats_server_binary, stop_process, wait_for_port
+from runtime.nats_auth import identity_options
 from runtime.participant_tokens import ParticipantKeySettings
 from runtime.sealing import SealingSettings
 from runtime.settings import RuntimeSettings
@@ -40,6 +50,8 @@ COMPOSE = ROOT / "docker-compose.yml"
 CONFIG = ROOT / "deploy" / "compose"
 OWN_IMAGE = "antechamber:local"
 APPS = ("scheduling", "links", "signaling", "media", "notify", "web")
+NATS_USERS = APPS[:-1]  # the web client needs no NATS
+AUTH_VOLUME = "nats-auth"
 # Published like `antechamber up` does: each service on its default port.
 HOST_PORTS = {
     "web": 8100,
@@ -138,6 +150,15 @@ def ours(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def flags(arguments: list[str]) -> dict[str, str]:
     return dict(zip(arguments[::2], arguments[1::2], strict=True))
+
+
+def mounted(service: dict[str, Any], volume: str) -> tuple[str, bool] | None:
+    """Where ``service`` mounts ``volume`` and whether read-only; None if it does not."""
+    for entry in service.get("volumes", []):
+        source, target, *mode = entry.split(":")
+        if source == volume:
+            return target, mode == ["ro"]
+    return None
 
 
 # --- the Compose Specification ----------------------------------------------------------------
@@ -266,6 +287,160 @@ def test_nats_runs_jetstream_from_its_config_file(compose: dict[str, Any]) -> No
     volume = next(v for v in nats["volumes"] if v.endswith(f":{store}"))
     assert volume.split(":")[0] in compose["volumes"], "JetStream's store is a named volume"
     assert "healthcheck" in nats
+
+
+# --- NATS authentication ----------------------------------------------------------------------
+
+
+def auth_maker(compose: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The one-shot service that makes the NATS authentication set, and its flags."""
+    maker = services(compose)[AUTH_VOLUME]
+    assert maker["command"][:2] == ["nats-auth", "init"]
+    return maker, flags(maker["command"][2:])
+
+
+def test_the_nats_credentials_are_made_once_before_nats_starts(compose: dict[str, Any]) -> None:
+    maker, arguments = auth_maker(compose)
+    assert maker["image"] == OWN_IMAGE
+    assert maker["restart"] == "no"
+    assert AUTH_VOLUME in compose["volumes"]
+    assert mounted(maker, AUTH_VOLUME) == (arguments["--dir"], False)
+    # It writes as the image's user: into a folder the image gives that user, which a new
+    # named volume mounted there takes as its owner (elsewhere it would be root's).
+    runtime = final_stage((ROOT / "Dockerfile").read_text()).replace("\\\n", " ")
+    user = re.search(r"^USER\s+(\d+)", runtime, re.M)
+    assert user, "the runtime stage sets a numeric user"
+    owned = rf"install -d -o {user[1]} -g \d+ -m 0?7[0-7]0 {re.escape(arguments['--dir'])}(\s|$)"
+    assert re.search(owned, runtime, re.M), "the image gives its user the folder written to"
+
+    nats = services(compose)["nats"]
+    assert nats["depends_on"][AUTH_VOLUME]["condition"] == "service_completed_successfully"
+    store = mounted(nats, "nats-data")
+    assert store is not None
+    assert arguments["--jwt-dir"].startswith(store[0] + "/"), "claims kept on nats' volume"
+    auth = mounted(nats, AUTH_VOLUME)
+    assert auth is not None
+    assert auth[1], "nats reads the set, read-only"
+
+
+def test_the_nats_config_includes_the_auth_file_from_the_volume(compose: dict[str, Any]) -> None:
+    nats = services(compose)["nats"]
+    command = nats["command"]
+    config_path = command[command.index("-c") + 1]
+    auth = mounted(nats, AUTH_VOLUME)
+    assert auth is not None
+    text = re.sub(r"#.*", "", (CONFIG / "nats.conf").read_text())
+    (included,) = re.findall(r'^\s*include\s+"?([^"\s]+)"?\s*$', text, re.M)
+    # nats-server joins an include to the including file's folder, even one written absolute.
+    resolved_path = posixpath.normpath(f"{posixpath.dirname(config_path)}/{included}")
+    assert resolved_path == f"{auth[0]}/nats-auth.conf"
+    assert not re.search(r"\b(no_auth_user|authorization|accounts)\b", text), (
+        "no identity besides the operator's"
+    )
+    assert "8222" in " ".join(nats["healthcheck"]["test"]), "monitoring needs no credentials"
+
+
+@pytest.mark.parametrize("name", NATS_USERS)
+def test_each_service_connects_to_nats_as_its_own_user(compose: dict[str, Any], name: str) -> None:
+    service = services(compose)[name]
+    auth = mounted(service, AUTH_VOLUME)
+    assert auth is not None, f"{name} mounts the credentials"
+    assert auth[1], "read-only"
+    env = environment(service)
+    assert env["ANTECHAMBER_NATS_CREDS"] == f"{auth[0]}/creds/{name}.creds"
+    if name == "scheduling":  # it issues and revokes integrators' credentials
+        assert env["ANTECHAMBER_NATS_ISSUER_FILE"] == f"{auth[0]}/issuer.json"
+    else:
+        assert "ANTECHAMBER_NATS_ISSUER_FILE" not in env
+    assert "ANTECHAMBER_NATS_CREDS_DIR" not in env, "its own file, not the folder"
+
+
+def test_only_nats_and_its_users_mount_the_credentials(compose: dict[str, Any]) -> None:
+    found = services(compose)
+    readers = {n for n, s in found.items() if mounted(s, AUTH_VOLUME)}
+    assert readers == {AUTH_VOLUME, "nats", *NATS_USERS}
+    serving = {n for n, s in ours(compose).items() if s.get("command", [None])[0] == "serve"}
+    with_creds = {n for n in serving if "ANTECHAMBER_NATS_CREDS" in environment(found[n])}
+    assert with_creds == set(NATS_USERS)
+
+
+def test_nats_starts_from_the_compose_config_and_admits_only_the_credentials(
+    compose: dict[str, Any], tmp_path: Path
+) -> None:
+    """The volumes laid out under ``tmp_path`` as nats sees them, the set made there by the
+    command the one-shot service runs, nats-server started from the compose ``nats.conf``
+    (its ports moved to free ones on loopback, its store under ``tmp_path``)."""
+    _, arguments = auth_maker(compose)
+    nats_service = services(compose)["nats"]
+    config_path = nats_service["command"][nats_service["command"].index("-c") + 1]
+    auth, store = mounted(nats_service, AUTH_VOLUME), mounted(nats_service, "nats-data")
+    assert auth is not None
+    assert store is not None
+
+    def inside(path: str) -> Path:
+        return tmp_path / "root" / path.lstrip("/")
+
+    jwt_dir = inside(arguments["--jwt-dir"])
+    subprocess.run(
+        [
+            *(sys.executable, "-m", "antechamber", "nats-auth", "init"),
+            *("--dir", str(inside(auth[0])), "--jwt-dir", str(jwt_dir)),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    config = (CONFIG / "nats.conf").read_text()
+    assert f"store_dir: {store[0]}\n" in config, "JetStream's store is on the nats-data volume"
+    inside(config_path).parent.mkdir(parents=True, exist_ok=True)
+    inside(config_path).write_text(
+        config.replace(
+            f"store_dir: {store[0]}\n", f"store_dir: {json.dumps(str(inside(store[0])))}\n"
+        )
+    )
+    port, monitor = free_port(), free_port()
+    log_file = tmp_path / "nats-server.log"
+    with open(log_file, "wb") as log:
+        server = subprocess.Popen(
+            [
+                *(nats_server_binary(), "-c", str(inside(config_path))),
+                *("-a", "127.0.0.1", "-p", str(port), "-m", str(monitor)),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,  # not the config's folder: the include must not depend on it
+        )
+    try:
+        try:
+            wait_for_port(port, 15)
+        except TimeoutError:
+            pytest.fail(f"nats-server did not start: {log_file.read_text()}")
+        health = f"http://127.0.0.1:{monitor}/healthz?js-enabled-only=true"
+        with urllib.request.urlopen(health, timeout=5) as answer:
+            assert answer.status == 200
+        creds = {}
+        for name in NATS_USERS:
+            service = services(compose)[name]
+            own = mounted(service, AUTH_VOLUME)
+            assert own is not None
+            path = environment(service)["ANTECHAMBER_NATS_CREDS"]
+            creds[name] = inside(auth[0] + path.removeprefix(own[0]))
+        asyncio.run(_only_credentials_connect(f"nats://127.0.0.1:{port}", creds))
+        assert any(jwt_dir.glob("*.jwt")), "the resolver keeps the account claims there"
+    finally:
+        stop_process(server, 10)
+
+
+async def _only_credentials_connect(url: str, creds: Mapping[str, Path]) -> None:
+    with pytest.raises(NatsError, match="Authorization Violation"):
+        await nats.connect(url, allow_reconnect=False, connect_timeout=2)
+    for name, path in creds.items():
+        nc = await nats.connect(url, name=name, allow_reconnect=False, **identity_options(path))
+        try:
+            await nc.jetstream().account_info()  # JetStream is on for the platform account
+        finally:
+            await nc.close()
 
 
 def test_postgres_has_a_named_volume_and_a_healthcheck(compose: dict[str, Any]) -> None:
@@ -481,10 +656,10 @@ def test_media_publishes_the_udp_range_it_binds(compose: dict[str, Any]) -> None
     assert f"{first}-{last}:{first}-{last}/udp" in media["ports"], "host port = container port"
     assert last - first + 1 >= 16 * int(env["ANTECHAMBER_MEDIA_MAX_ROOMS"])
     recordings = env["ANTECHAMBER_MEDIA_RECORDINGS_DIR"]
-    (volume,) = media["volumes"]
-    name, mount = volume.split(":")[:2]
+    (volume,) = [v for v in media["volumes"] if recordings.startswith(v.split(":")[1] + "/")]
+    name, _, *mode = volume.split(":")
     assert name in compose["volumes"]
-    assert recordings.startswith(mount), "recordings go to a writable volume"
+    assert mode != ["ro"], "recordings go to a writable volume"
     assert media["read_only"] is True
 
 
