@@ -19,6 +19,8 @@ CHART = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "antechamber"
 VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 KUBERNETES = kubernetes_validate.latest_version()
 COMPONENTS = {"scheduling", "links", "signaling", "media", "notify", "web"}
+NATS_USERS = COMPONENTS - {"web"}  # the web client needs no NATS
+NATS_DIR = "/var/run/antechamber/nats"
 CUSTOM_RESOURCES = {("monitoring.coreos.com/v1", "ServiceMonitor")}
 
 
@@ -142,6 +144,68 @@ def test_migrations_run_as_a_hook_before_install_and_upgrade(
         } <= set(secret["stringData"])
 
 
+def nats_credentials(pod: dict[str, Any], secret: str) -> dict[str, Any] | None:
+    """The pod's volume of the NATS credentials Secret, if it has one."""
+    found = [v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == secret]
+    assert len(found) <= 1
+    return found[0] if found else None
+
+
+def test_each_service_mounts_only_its_own_nats_credential(
+    rendered: tuple[dict[str, Any], list[dict[str, Any]]],
+) -> None:
+    values, docs = rendered
+    secret = values["nats"]["auth"]["secretName"]
+    keys = values_of(CHART / "values.yaml")["nats"]["auth"]["keys"]
+    mounted: dict[str, str] = {}
+    for name, deployment in of_kind(docs, "Deployment").items():
+        pod = deployment["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        volume = nats_credentials(pod, secret)
+        if name not in NATS_USERS:
+            assert volume is None, f"{name} needs no NATS credentials"
+            assert not {"ANTECHAMBER_NATS_CREDS", "ANTECHAMBER_NATS_ISSUER_FILE"} & set(env)
+            continue
+        assert volume is not None, f"{name} mounts no NATS credential"
+        assert volume["secret"]["defaultMode"] == 0o400
+        items = {item["key"]: item["path"] for item in volume["secret"]["items"]}
+        own = {keys[name]: f"{name}.creds"}
+        if name == "scheduling":
+            own[keys["issuer"]] = "issuer.json"
+        assert items == own, f"{name} mounts exactly its own credential"
+        (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+        assert mount["readOnly"] is True
+        assert mount["mountPath"] == NATS_DIR
+        assert env["ANTECHAMBER_NATS_CREDS"] == f"{NATS_DIR}/{name}.creds"
+        if name == "scheduling":
+            assert env["ANTECHAMBER_NATS_ISSUER_FILE"] == f"{NATS_DIR}/issuer.json"
+        else:
+            assert "ANTECHAMBER_NATS_ISSUER_FILE" not in env, "only scheduling issues"
+        for key in items:
+            assert key not in mounted, f"{key} is mounted by {mounted.get(key)} and {name}"
+            mounted[key] = name
+        # 0400 files: the service reads them through the pod's fsGroup, which kubelet lets read.
+        assert pod["securityContext"].get("fsGroup") is not None
+    for job in of_kind(docs, "Job").values():
+        assert nats_credentials(job["spec"]["template"]["spec"], secret) is None, (
+            "the migration reaches Postgres only"
+        )
+
+
+def test_the_nats_credential_key_names_can_be_changed() -> None:
+    values = minimal()
+    values["nats"]["auth"] |= {"keys": {"links": "links-user", "issuer": "nats-issuer"}}
+    deployments = of_kind(render(values), "Deployment")
+    links = nats_credentials(deployments["links"]["spec"]["template"]["spec"], "antechamber-nats")
+    assert links is not None
+    assert links["secret"]["items"] == [{"key": "links-user", "path": "links.creds"}]
+    scheduling = deployments["scheduling"]["spec"]["template"]["spec"]
+    issuer = nats_credentials(scheduling, "antechamber-nats")
+    assert issuer is not None
+    assert {"key": "nats-issuer", "path": "issuer.json"} in issuer["secret"]["items"]
+
+
 def test_disruption_budgets_and_autoscalers_follow_the_values(
     rendered: tuple[dict[str, Any], list[dict[str, Any]]],
 ) -> None:
@@ -239,6 +303,8 @@ def test_nothing_optional_is_made_by_default() -> None:
         ({"media": {"udpPortRange": "40000"}}, "/media/udpPortRange"),
         ({"smtp": {"security": "ssl"}}, "/smtp/security"),
         ({"services": {"web": {"enabled": True, "replicaCount": -1}}}, "/services/web"),
+        ({"nats": {"auth": {"secretName": "NATS creds"}}}, "/nats/auth/secretName"),
+        ({"nats": {"auth": {"keys": {"web": "web.creds"}}}}, "additional properties 'web'"),
     ],
 )
 def test_values_that_break_the_schema_are_refused(change: dict[str, Any], complaint: str) -> None:
@@ -251,6 +317,13 @@ def test_an_install_without_its_keys_is_refused_with_the_reason() -> None:
     values = minimal()
     del values["participantKey"]
     with pytest.raises(helm_python.HelmRenderError, match="participantKey is required"):
+        render(values)
+
+
+def test_an_install_without_nats_credentials_is_refused_with_the_reason() -> None:
+    values = minimal()
+    del values["nats"]["auth"]["secretName"]
+    with pytest.raises(helm_python.HelmRenderError, match=r"nats\.auth\.secretName is required"):
         render(values)
 
 
