@@ -207,6 +207,38 @@ class ApiKeyRevoked(Event):
     key_id: UUID
 
 
+# -- integrators' NATS credentials ------------------------------------------------------------
+
+
+def integrator_name(credential_id: UUID) -> str:
+    """An integrator credential's NATS user name (``int_<credential id, hex>``): also its inbox
+    prefix (``_INBOX_<name>``) and the name its JetStream consumers must have."""
+    return f"int_{credential_id.hex}"
+
+
+@scheduling_events.register
+class IntegratorCredentialIssued(Event):
+    """A clinic gave an integrator a NATS credential: its clinic's events, read-only, until
+    ``expires_at``. Only its public key is published; its seed is stored nowhere."""
+
+    credential_id: UUID
+    nats_user: str = Field(
+        description="Its NATS user name; also its inbox prefix (_INBOX_<name>) and the name "
+        "its JetStream consumers must have.",
+        examples=["int_3f2b9c1d4e5a46b7a8c9d0e1f2a3b4c5"],
+    )
+    public_key: str = Field(description="The user's public nkey (U...), which NATS revokes.")
+    label: str = Field(description="What the credential is for.")
+    expires_at: AwareDatetime = Field(description="When NATS stops accepting it.")
+
+
+@scheduling_events.register
+class IntegratorCredentialRevoked(Event):
+    """The credential stopped working: NATS closed its connections and refuses it."""
+
+    credential_id: UUID
+
+
 # -- people and rooms --------------------------------------------------------------------------
 
 
