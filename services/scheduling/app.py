@@ -17,9 +17,18 @@ from runtime.ratelimit import RateLimiter
 from runtime.rpc import Endpoint, answering
 from runtime.sealing import Sealer, SealingSettings
 from runtime.service import ServiceDefinition
-from services.scheduling import api, booking_api, handlers, operator_api, sessions_api
+from services.scheduling import (
+    api,
+    booking_api,
+    handlers,
+    integrators_api,
+    operator_api,
+    sessions_api,
+)
 from services.scheduling.auth import Access, credential_still_works
 from services.scheduling.config import SchedulingSettings
+from services.scheduling.credential_views import IntegratorCredentialsReadModel
+from services.scheduling.integrators import Integrators
 from services.scheduling.keys import ClinicKeys
 from services.scheduling.projections import SchedulingReadModel
 
@@ -29,18 +38,27 @@ def routes(
     settings: SchedulingSettings | None = None,
     sealer: Sealer | None = None,
     keys: ClinicKeys | None = None,
+    integrators: Integrators | None = None,
 ) -> None:
     """The HTTP API. Without ``keys`` (whose listener is a task of the same definition),
-    every API key is looked up in Postgres."""
+    every API key is looked up in Postgres; without ``integrators``, revocations reach NATS
+    only from the requests that make them."""
     settings = settings or SchedulingSettings()
     app.state.scheduling_access = Access(
         operator_key_hash=settings.operator_key_hash(),
         booking_limiter=RateLimiter(settings.booking_per_minute, settings.booking_burst),
         sealer=sealer or SealingSettings().sealer(),
         keys=keys or ClinicKeys(),
+        integrators=integrators or Integrators(settings.nats_issuer_file),
     )
     app.state.idempotency_guard = credential_still_works
-    for router in (operator_api.router, api.router, sessions_api.router, booking_api.router):
+    for router in (
+        operator_api.router,
+        api.router,
+        sessions_api.router,
+        booking_api.router,
+        integrators_api.router,
+    ):
         app.include_router(router)
 
 
@@ -72,16 +90,21 @@ def build(
     settings: SchedulingSettings | None = None, sealer: Sealer | None = None
 ) -> ServiceDefinition:
     """The service, with one replica's API key cache shared by its routes, its key-check
-    endpoint and the task that keeps it honest."""
+    endpoint and the task that keeps it honest, and its integrators' credentials shared by
+    its routes and the task that keeps NATS's revocations in step."""
+    settings = settings or SchedulingSettings()
     keys = ClinicKeys()
+    integrators = Integrators(settings.nats_issuer_file, settings.integrator_sync_interval_s)
     return ServiceDefinition(
         name="scheduling",
         default_port=8101,
         events=scheduling_events,
         migrations_package="services.scheduling.sql",
-        projections=lambda: [SchedulingReadModel()],
+        projections=lambda: [SchedulingReadModel(), IntegratorCredentialsReadModel()],
         consumers=[calls, join_links],
-        routes=partial(routes, settings=settings, sealer=sealer, keys=keys),
+        routes=partial(
+            routes, settings=settings, sealer=sealer, keys=keys, integrators=integrators
+        ),
         endpoints=[
             Endpoint(
                 AUTHENTICATE_SUBJECT,
@@ -94,7 +117,7 @@ def build(
                 "Personal values sealed for one clinic's people, opened (or: erased).",
             ),
         ],
-        tasks=[keys.listen],
+        tasks=[keys.listen, integrators.keep_nats_in_step],
         description="Clinics, practitioners, clients, rooms, sessions and invitees: who and when.",
     )
 

@@ -15,6 +15,7 @@ from runtime.ratelimit import RateLimiter
 from runtime.sealing import Sealer, secret_digest
 from runtime.service import context_of
 from services.scheduling.handlers import API_KEY_PREFIX
+from services.scheduling.integrators import Integrators
 from services.scheduling.keys import ClinicKeys
 
 
@@ -28,6 +29,8 @@ class Access:
     """Opens the join links that the links service announces sealed."""
     keys: ClinicKeys
     """Which clinic an API key opens (cached on this replica)."""
+    integrators: Integrators
+    """Issues integrators' NATS credentials and tells NATS which ones to refuse."""
 
 
 @dataclass(frozen=True)

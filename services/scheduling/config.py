@@ -10,7 +10,8 @@ from runtime.settings import secret_value
 
 
 class SchedulingSettings(BaseSettings):
-    """Env vars ``ANTECHAMBER_OPERATOR_KEY`` (or ``..._FILE``) and ``ANTECHAMBER_BOOKING_*``."""
+    """Env vars ``ANTECHAMBER_OPERATOR_KEY`` (or ``..._FILE``), ``ANTECHAMBER_BOOKING_*``,
+    ``ANTECHAMBER_NATS_ISSUER_FILE`` and ``ANTECHAMBER_INTEGRATOR_SYNC_INTERVAL_S``."""
 
     model_config = SettingsConfigDict(env_prefix="ANTECHAMBER_", extra="ignore")
 
@@ -24,6 +25,18 @@ class SchedulingSettings(BaseSettings):
         default=6.0, gt=0, description="Public bookings per minute from one address."
     )
     booking_burst: int = Field(default=3, ge=1)
+    nats_issuer_file: Path | None = Field(
+        default=None,
+        description="The issuer.json of the platform's NATS authentication set: what issues "
+        "integrators' NATS credentials and revokes them. None: the integrator credential API "
+        "answers 503.",
+    )
+    integrator_sync_interval_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="How often the revoked integrator credentials are pushed to NATS again, so "
+        "a server that lost them (restarted from an older copy) or a failed push converges.",
+    )
 
     def operator_key_hash(self) -> bytes | None:
         """SHA-256 of the operator key, or None when none is configured."""

@@ -58,8 +58,10 @@ async def get_clinic(clinic_id: str, ctx: Context) -> ClinicView:
 async def suspend_clinic(
     clinic_id: str, body: ClinicSuspend, ctx: Context, access: Annotated[Access, Depends(access_of)]
 ) -> ClinicView:
-    """Suspend a clinic: its API keys and links stop working until it is reinstated."""
+    """Suspend a clinic: its API keys, links and integrators' NATS credentials stop working
+    until it is reinstated."""
     await _change(ctx, access, clinic_id, lambda s: domain.suspend_clinic(s, body.reason))
+    await access.integrators.clinic_changed(ctx)
     return await queries.clinic(ctx.pool, clinic_id)
 
 
@@ -67,7 +69,9 @@ async def suspend_clinic(
 async def reinstate_clinic(
     clinic_id: str, ctx: Context, access: Annotated[Access, Depends(access_of)]
 ) -> ClinicView:
+    """Lift the suspension; integrators' credentials that were not revoked work again."""
     await _change(ctx, access, clinic_id, domain.reinstate_clinic)
+    await access.integrators.clinic_changed(ctx)
     return await queries.clinic(ctx.pool, clinic_id)
 
 

@@ -36,6 +36,7 @@ class ClinicA:
     linked: dict[str, Any]
     room: dict[str, Any]
     session: dict[str, Any]
+    credential: dict[str, Any]
 
     @property
     def ids(self) -> dict[str, str]:
@@ -45,6 +46,7 @@ class ClinicA:
             "room_id": self.room["room_id"],
             "session_id": self.session["session_id"],
             "attendee_id": self.session["attendees"][0]["attendee_id"],
+            "credential_id": self.credential["credential_id"],
         }
 
     @property
@@ -61,6 +63,8 @@ class ClinicA:
             self.handle.clinic_id,
             self.handle.slug,
             self.practitioner["room_slug"],
+            self.credential["nats_user"],
+            self.credential["public_key"],
         }
 
 
@@ -105,6 +109,7 @@ BODIES: dict[tuple[str, str], Body] = {
     },
     ("PUT", "/v1/sessions/{session_id}/link-sharing"): lambda a: {"enabled": True},
     ("POST", "/v1/sessions/{session_id}/complete"): lambda a: None,
+    ("POST", "/v1/integrator-credentials"): lambda a: {"label": "B's integrator"},
 }
 """A valid body per clinic route that takes one (None: the route takes no body)."""
 
@@ -175,6 +180,8 @@ async def snapshot(a: ClinicA) -> dict[str, Any]:
         "/v1/clients",
         "/v1/rooms",
         "/v1/sessions",
+        f"/v1/integrator-credentials/{ids['credential_id']}",
+        "/v1/integrator-credentials",
     ]
     return {path: await h.ok("GET", path) for path in paths}
 
@@ -201,7 +208,10 @@ async def clinic_a(api: httpx.AsyncClient) -> ClinicA:
         201,
         json={"email": "guest@example.org"},
     )
-    return ClinicA(a, practitioner, client, linked, room, session)
+    credential = await a.ok(
+        "POST", "/v1/integrator-credentials", 201, json={"label": "A's records system"}
+    )
+    return ClinicA(a, practitioner, client, linked, room, session, credential)
 
 
 @pytest.fixture
