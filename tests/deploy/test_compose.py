@@ -348,6 +348,8 @@ def test_each_service_connects_to_nats_as_its_own_user(compose: dict[str, Any], 
     assert auth[1], "read-only"
     env = environment(service)
     assert env["ANTECHAMBER_NATS_CREDS"] == f"{auth[0]}/creds/{name}.creds"
+    made = service["depends_on"][AUTH_VOLUME]["condition"]
+    assert made == "service_completed_successfully", "written before it is read"
     if name == "scheduling":  # it issues and revokes integrators' credentials
         assert env["ANTECHAMBER_NATS_ISSUER_FILE"] == f"{auth[0]}/issuer.json"
     else:
