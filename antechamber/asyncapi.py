@@ -1,7 +1,10 @@
 """The AsyncAPI document for integrators, generated from the services' FastStream brokers."""
 
+from typing import Any
+
 import yaml
 from faststream.nats import NatsBroker
+from faststream.nats.security import NatsCredentials
 from faststream.specification import AsyncAPI
 
 from antechamber.catalog import definitions
@@ -15,11 +18,40 @@ Subjects are `antechamber.<clinic_id>.<service>.<EventType>`, one stream per ser
 (`ANTECHAMBER_<SERVICE>`). Every message's body is an event envelope; the header `Nats-Msg-Id`
 equals `event_id`, and `traceparent` carries the W3C trace context. Delivery is at least once:
 de-duplicate by `event_id`. Fields marked `x-personal-data` identify a person.
+
+Every connection authenticates. An integrator connects with a clinic's integrator credential
+(see `integrator-credentials`) and reads that clinic's events only: the core subjects
+`antechamber.<clinic_id>.>`, or one JetStream pull consumer per stream named after the
+credential. See docs/integrators.md.
 """
 
 
+class IntegratorCredentials(NatsCredentials):
+    """How integrators authenticate, as the document states it (this broker never connects)."""
+
+    def get_requirement(self) -> list[dict[str, Any]]:
+        return [{"integrator-credentials": []}]
+
+    def get_schema(self) -> dict[str, dict[str, Any]]:
+        return {
+            "integrator-credentials": {
+                "type": "asymmetricEncryption",
+                "description": (
+                    "A NATS user JWT, signed for one clinic, and the nkey whose seed signs the "
+                    "server's challenge (a .creds file). A clinic issues it with "
+                    "`POST /v1/integrator-credentials` on the scheduling API and revokes it "
+                    "with `DELETE`. Connect with `inbox_prefix=_INBOX_<nats_user>`; it may "
+                    "subscribe to `antechamber.<clinic_id>.>` and use JetStream consumers "
+                    "named `<nats_user>` filtered to those subjects, and nothing else."
+                ),
+                "x-nats-auth": "jwt-nkey",
+                "x-nats-credential-source": "credentials-file",
+            }
+        }
+
+
 def document() -> str:
-    broker = NatsBroker("nats://localhost:4222")
+    broker = NatsBroker("nats://localhost:4222", security=IntegratorCredentials("integrator.creds"))
     for service in definitions():
         document_events(broker, service)
         for consumer in service.consumers:
