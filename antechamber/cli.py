@@ -116,10 +116,14 @@ async def _rebuild(name: str) -> None:
 async def _republish(name: str, from_position: int) -> None:
     from runtime.relay import republish
     from runtime.service import connect_nats
+    from runtime.settings import nats_creds_for
 
     catalog.definition(name)
     settings = RuntimeSettings()
-    nc = await connect_nats(settings.nats_url, f"antechamber-{name}-republish")
+    # As the service itself: its user may publish its events and read its stream.
+    nc = await connect_nats(
+        settings.nats_url, f"antechamber-{name}-republish", nats_creds_for(settings, name)
+    )
     try:
         async with _service_pool(name) as pool:
             sent = await republish(
