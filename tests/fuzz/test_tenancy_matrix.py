@@ -75,6 +75,7 @@ BODIES: dict[tuple[str, str], Body] = {
         "contact_id": t["contact_id"],
     },
     ("PUT", "/v1/sessions/{session_id}/link-sharing"): lambda t: {"enabled": False},
+    ("POST", "/v1/integrator-credentials"): lambda t: {"label": "Mallory's integrator"},
     # scheduling: the operator's
     ("POST", "/v1/clinics"): lambda t: {"name": "Mine now", "slug": f"m{uuid.uuid4().hex[:10]}"},
     ("POST", "/v1/clinics/{clinic_id}/suspend"): lambda t: {"reason": "Mallory says so"},

@@ -109,6 +109,8 @@ def furnish(platform: Platform, world: World) -> World:
         session = ok(sched.post(f"/v1/sessions/{sid}/attendees", headers=h, json=guest), 201)
         path = f"/v1/clinics/{world.clinic_id}/api-keys"
         [key] = ok(sched.get(path, headers=OPERATOR))
+        integrator = {"label": "records system"}
+        credential = ok(sched.post("/v1/integrator-credentials", headers=h, json=integrator), 201)
     world.ids |= {
         "clinic_id": world.clinic_id,
         "clinic_slug": world.slug,
@@ -120,6 +122,7 @@ def furnish(platform: Platform, world: World) -> World:
         "session_id": sid,
         "attendee_id": session["attendees"][0]["attendee_id"],
         "recipient_id": cid,
+        "credential_id": credential["credential_id"],
     }
     world.ids["link_id"] = _guest_link(platform, world)
     _wait_for_invitations(platform, world)
