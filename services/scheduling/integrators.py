@@ -165,7 +165,7 @@ class Integrators:
             async with ctx.pool.acquire() as conn, conn.transaction():
                 issued_at: int = await conn.fetchval(
                     "UPDATE nats_account_claims SET issued_at = greatest("
-                    "extract(epoch FROM clock_timestamp())::bigint, issued_at + 1) "
+                    "floor(extract(epoch FROM clock_timestamp()))::bigint, issued_at + 1) "
                     "RETURNING issued_at"
                 )
                 refused = await refused_keys(conn)
