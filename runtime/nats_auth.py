@@ -17,7 +17,8 @@ connection path (a down service never locks integrators or other services out):
 
 Everything is generated once into a directory (:meth:`NatsAuth.ensure`): the operator and
 account JWTs, ``creds/<user>.creds`` per service plus ``admin`` (full rights, for tools and
-tests), ``issuer.json`` (what the credentials issuer needs) and the claims a server
+tests), ``issuer.json`` (what the credentials issuer needs, with the public keys of the
+platform's own users, which it refuses for an integrator) and the claims a server
 preloads (:meth:`NatsAuth.server_config` writes its configuration). ``antechamber
 nats-auth init`` makes the same set for an operator's own cluster.
 """
@@ -30,10 +31,12 @@ import secrets
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import nkeys
+import structlog
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
@@ -50,6 +53,9 @@ SYSTEM_ACCOUNT = "SYS"
 ADMIN_USER = "admin"
 JWT_HEADER = {"typ": "JWT", "alg": "ed25519-nkey"}
 CLAIMS_UPDATE_SUBJECT = "$SYS.REQ.CLAIMS.UPDATE"
+CLAIMS_UPDATER = "claims-updater"
+
+log = structlog.get_logger(__name__)
 
 _PREFIXES = {
     "operator": nkeys.PREFIX_BYTE_OPERATOR,
@@ -60,6 +66,11 @@ _PREFIXES = {
 
 class NatsAuthError(RuntimeError):
     """Credentials that cannot be made or read (a damaged or incomplete auth directory)."""
+
+
+class ReservedKeyError(NatsAuthError):
+    """A public key of one of the platform's own users (a service, admin, the claims updater)
+    offered for an integrator: revoking that credential would revoke the platform's user."""
 
 
 # -- keys and JWTs -----------------------------------------------------------------------------
@@ -354,13 +365,22 @@ class Issuer:
     integrator_signer_seed: str
     operator_signer_seed: str
     system_creds: str
+    reserved_keys: tuple[str, ...] = ()
+    """The public keys of the platform's own users, which no integrator credential may have."""
 
     @classmethod
     def load(cls, path: Path) -> "Issuer":
         try:
             data = json.loads(path.read_text())
-            return cls(**{k: str(data[k]) for k in cls.__dataclass_fields__})
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            keys = {k: str(data[k]) for k in cls.__dataclass_fields__ if k != "reserved_keys"}
+            reserved = data.get("reserved_keys")
+            if reserved is None:
+                _warn_without_reserved_keys(path)
+                reserved = []
+            if not isinstance(reserved, list):
+                raise TypeError("reserved_keys is not a list")
+            return cls(**keys, reserved_keys=tuple(str(key) for key in reserved))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise NatsAuthError(f"cannot read the NATS issuer file {path}: {exc}") from exc
 
     def integrator(
@@ -373,6 +393,8 @@ class Issuer:
             user_key = public_key(seed)
         elif not is_user_key(user_key):
             raise NatsAuthError("not a user's public nkey (U..., 56 characters)")
+        elif user_key in self.reserved_keys:
+            raise ReservedKeyError("the public key of one of the platform's own NATS users")
         claims = user_claims(
             name=name,
             user_key=user_key,
@@ -398,6 +420,18 @@ class Issuer:
         if issued_at is not None:
             claims["iat"] = issued_at
         return sign_jwt(claims, self.operator_signer_seed)
+
+
+@cache
+def _warn_without_reserved_keys(path: Path) -> None:
+    """Once per file and process: an issuer file made before the platform's own user keys were
+    recorded in it cannot refuse them; re-signing the set (``antechamber nats-auth init``, or
+    any start of ``make run``) records them."""
+    log.warning(
+        "the NATS issuer file lists no reserved keys: a service's public key offered for an "
+        "integrator credential is not refused until the auth set is re-signed",
+        issuer_file=str(path),
+    )
 
 
 def is_user_key(key: str) -> bool:
@@ -485,8 +519,10 @@ class NatsAuth:
             for name, permissions in services.items()
         }
         users[ADMIN_USER] = (None, account, keys["service_signer"])
+        reserved = []
         for name, (permissions, issuer_account, signer) in users.items():
             seed = _kept_seed(self.creds_dir / f"{name}.creds")
+            reserved.append(public_key(seed))
             token = sign_jwt(
                 user_claims(
                     name=name,
@@ -497,19 +533,17 @@ class NatsAuth:
                 signer,
             )
             _write_private(self.creds_dir / f"{name}.creds", creds_file(token, seed))
-        try:
-            system_seed = read_creds(Issuer.load(self.issuer_file).system_creds)[1]
-        except NatsAuthError:
-            system_seed = new_seed("user")
+        system_seed = _kept_system_seed(self.issuer_file)
+        reserved.append(public_key(system_seed))
         system_creds = creds_file(
             sign_jwt(
                 user_claims(
-                    name="claims-updater",
+                    name=CLAIMS_UPDATER,
                     user_key=public_key(system_seed),
                     account_key=system,
                     permissions=Permissions(
                         publish=(CLAIMS_UPDATE_SUBJECT,),
-                        subscribe=(f"{inbox_prefix('claims-updater')}.>",),
+                        subscribe=(f"{inbox_prefix(CLAIMS_UPDATER)}.>",),
                     ),
                 ),
                 keys["system_account"],
@@ -522,6 +556,7 @@ class NatsAuth:
             integrator_signer_seed=keys["integrator_signer"],
             operator_signer_seed=keys["operator_signer"],
             system_creds=system_creds,
+            reserved_keys=tuple(sorted(reserved)),
         )
         _write_private(self.issuer_file, json.dumps(issuer.__dict__, indent=2))
         # Dated when the set was made: claims pushed later (with revocations) are newer, so a
@@ -567,6 +602,15 @@ def _kept_seed(creds: Path) -> str:
     return seed
 
 
+def _kept_system_seed(issuer_file: Path) -> str:
+    """The claims updater's seed in an earlier ``issuer.json`` (read as is: one made before the
+    reserved keys were recorded is being replaced, with no warning); a new seed when none."""
+    try:
+        return read_creds(json.loads(issuer_file.read_text())["system_creds"])[1]
+    except (OSError, ValueError, KeyError, TypeError, NatsAuthError):
+        return new_seed("user")
+
+
 def _write_private(path: Path, text: str) -> None:
     """A file only its owner can read, written whole (never half a key)."""
     temporary = path.with_suffix(path.suffix + ".tmp")
@@ -594,7 +638,7 @@ async def publish_account(
         servers,
         name="antechamber-claims",
         user_credentials=RawCredentials(issuer.system_creds),
-        inbox_prefix=inbox_prefix("claims-updater"),
+        inbox_prefix=inbox_prefix(CLAIMS_UPDATER),
         connect_timeout=2,
         max_reconnect_attempts=2,
     )

@@ -9,13 +9,17 @@ from pathlib import Path
 
 import nats
 import pytest
+from structlog.testing import capture_logs
 
 from antechamber.catalog import definitions
 from antechamber.nats_setup import platform_auth, service_rights
 from contracts.media import record_subject
 from runtime.embedded import NatsServer
 from runtime.nats_auth import (
+    ADMIN_USER,
+    Issuer,
     NatsAuthError,
+    ReservedKeyError,
     creds_inbox,
     decode_jwt,
     is_user_key,
@@ -85,6 +89,43 @@ def test_the_set_keeps_its_keys_and_each_users_key(tmp_path: Path) -> None:
     assert creds_inbox(again.creds("links")) == "_INBOX_links"
     for secret in ("keys.json", "issuer.json", "creds/admin.creds"):
         assert (tmp_path / "auth" / secret).stat().st_mode & 0o077 == 0, secret
+
+
+def test_the_issuer_refuses_the_keys_of_the_platforms_own_users(tmp_path: Path) -> None:
+    """Revoking an integrator credential revokes its key: one with a service's key would take
+    the service down with it."""
+    auth = platform_auth(tmp_path / "auth")
+    issuer = Issuer.load(auth.issuer_file)
+    users = [d.name for d in definitions()] + [ADMIN_USER]
+    own = {public_key(read_creds(auth.creds(user).read_text())[1]) for user in users}
+    own.add(public_key(read_creds(issuer.system_creds)[1]))  # the claims updater
+    assert set(issuer.reserved_keys) == own
+    expires = int(time.time()) + 60
+    for key in own:
+        with pytest.raises(ReservedKeyError):
+            issuer.integrator(name="int_x", clinic_id="c1", expires_at=expires, user_key=key)
+    integrators = public_key(new_seed("user"))
+    assert issuer.integrator(name="int_x", clinic_id="c1", expires_at=expires, user_key=integrators)
+    # Re-signing keeps every user's key, so the list stays the same.
+    assert Issuer.load(platform_auth(tmp_path / "auth").issuer_file) == issuer
+
+
+def test_an_older_issuer_file_without_reserved_keys_still_loads_and_says_so(
+    tmp_path: Path,
+) -> None:
+    auth = platform_auth(tmp_path / "auth")
+    older = json.loads(auth.issuer_file.read_text())
+    del older["reserved_keys"]
+    auth.issuer_file.write_text(json.dumps(older))
+    with capture_logs() as logs:
+        first, again = Issuer.load(auth.issuer_file), Issuer.load(auth.issuer_file)
+    assert first.reserved_keys == again.reserved_keys == ()
+    warnings = [e for e in logs if "lists no reserved keys" in e["event"]]
+    assert [w["log_level"] for w in warnings] == ["warning"]  # once, not at every load
+    # Re-signing the set records them, reading the older file without another warning.
+    with capture_logs() as logs:
+        assert Issuer.load(platform_auth(tmp_path / "auth").issuer_file).reserved_keys
+    assert logs == []
 
 
 async def test_the_server_refuses_a_connection_without_credentials(

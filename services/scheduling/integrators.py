@@ -33,7 +33,13 @@ from contracts.scheduling import integrator_name, scheduling_events
 from runtime import commands
 from runtime.context import ServiceContext
 from runtime.eventstore import EventStore
-from runtime.nats_auth import IntegratorCredential, Issuer, NatsAuthError, publish_account
+from runtime.nats_auth import (
+    IntegratorCredential,
+    Issuer,
+    NatsAuthError,
+    ReservedKeyError,
+    publish_account,
+)
 from runtime.refusals import Conflict, Refused, not_found
 from runtime.service import DEPENDENCY_ERRORS
 from runtime.settings import nats_servers
@@ -93,12 +99,18 @@ class Integrators:
         """A new credential's id, and the credential (its ``creds`` is the only copy of its
         seed, if we made the key pair)."""
         credential_id = uuid4()
-        credential = self.issuer().integrator(
-            name=integrator_name(credential_id),
-            clinic_id=clinic_id,
-            expires_at=int(expires_at.timestamp()),
-            user_key=public_key,
-        )
+        try:
+            credential = self.issuer().integrator(
+                name=integrator_name(credential_id),
+                clinic_id=clinic_id,
+                expires_at=int(expires_at.timestamp()),
+                user_key=public_key,
+            )
+        except ReservedKeyError as exc:
+            raise Conflict(
+                "public_key_reserved",
+                "That public key belongs to the platform itself; make a key pair of your own.",
+            ) from exc
         events = credentials.issue_credential(
             None, credential_id, credential.user_key, label, issued_at, expires_at
         )
@@ -169,9 +181,9 @@ class Integrators:
                     "RETURNING issued_at"
                 )
                 refused = await refused_keys(conn)
-            await publish_account(
-                nats_servers(ctx.settings.nats_url), self.issuer(), refused, issued_at
-            )
+            issuer = self.issuer()
+            refused = _without_platform_users(refused, issuer)
+            await publish_account(nats_servers(ctx.settings.nats_url), issuer, refused, issued_at)
         except (NatsAuthError, Unavailable, ValueError, *DEPENDENCY_ERRORS) as exc:
             log.error(
                 "NATS was not told which integrator credentials to refuse; will retry",
@@ -180,3 +192,16 @@ class Integrators:
             return False
         log.debug("integrator revocations pushed to NATS", refused=len(refused))
         return True
+
+
+def _without_platform_users(refused: dict[str, int], issuer: Issuer) -> dict[str, int]:
+    """``refused`` without the platform's own users' keys: a credential issued with one of them
+    before they were refused must not take a service down when it is revoked."""
+    kept = {key: at for key, at in refused.items() if key not in issuer.reserved_keys}
+    if len(kept) < len(refused):
+        log.error(
+            "an integrator credential has the public key of one of the platform's own NATS "
+            "users; that key is left out of the revocations",
+            keys=sorted(set(refused) - set(kept)),
+        )
+    return kept

@@ -75,7 +75,9 @@ async def issue_credential(
 
     `creds` is in this response only: a retry with the same Idempotency-Key answers 409
     `idempotent_secret_withheld`; revoke the credential and issue another if the answer was
-    lost. 503 when NATS authentication is not configured.
+    lost. A `public_key` another credential has answers 409 `public_key_in_use`, one of the
+    platform's own NATS users 409 `public_key_reserved`. 503 when NATS authentication is not
+    configured.
     """
     issued_at = now()
     credential_id, credential = await integrators.issue(

@@ -26,7 +26,7 @@ from nats.js.errors import NotFoundError
 
 from contracts.scheduling import IntegratorCredentialIssued, IntegratorCredentialRevoked
 from runtime.embedded import NatsServer
-from runtime.nats_auth import decode_jwt, read_creds
+from runtime.nats_auth import ADMIN_USER, Issuer, decode_jwt, public_key, read_creds
 from runtime.refusals import Conflict, Invalid, NotFound
 from runtime.service import build_app
 from runtime.settings import RuntimeSettings
@@ -231,6 +231,25 @@ async def test_an_integrators_own_key_gets_a_jwt_and_no_creds(
         "POST", "/v1/integrator-credentials", json={"label": "again", "public_key": public_key}
     )
     assert_problem(again, 409, "public_key_in_use")
+
+
+async def test_a_key_of_the_platforms_own_users_is_refused(
+    clinic: ClinicHandle, nats_server: NatsServer
+) -> None:
+    """Revoking a credential revokes its key in NATS: issued with scheduling's own key, a
+    revocation would cut scheduling off."""
+    auth = harness_auth()
+    seeds = [read_creds(auth.creds(user).read_text())[1] for user in ("scheduling", ADMIN_USER)]
+    seeds.append(read_creds(Issuer.load(auth.issuer_file).system_creds)[1])  # claims updater
+    for seed in seeds:
+        response = await clinic.call(
+            "POST",
+            "/v1/integrator-credentials",
+            json={"label": "x", "public_key": public_key(seed)},
+        )
+        assert_problem(response, 409, "public_key_reserved")
+        assert "belongs to the platform" in response.json()["detail"]
+    assert (await clinic.ok("GET", "/v1/integrator-credentials"))["items"] == []
 
 
 async def test_another_clinics_credential_answers_404(
