@@ -54,6 +54,9 @@ ADMIN_USER = "admin"
 JWT_HEADER = {"typ": "JWT", "alg": "ed25519-nkey"}
 CLAIMS_UPDATE_SUBJECT = "$SYS.REQ.CLAIMS.UPDATE"
 CLAIMS_UPDATER = "claims-updater"
+MAX_CONTROL_LINE = 16384
+"""The longest protocol line the servers accept: a client's CONNECT carries its user JWT,
+and a service's allow-lists make it longer than nats-server's default of 4 KiB."""
 
 log = structlog.get_logger(__name__)
 
@@ -577,6 +580,9 @@ class NatsAuth:
         account, account_jwt = preload["account"]
         return (
             "# NATS decentralized auth for Antechamber (made by `antechamber nats-auth`).\n"
+            "# A CONNECT carries the user's JWT, which the services' allow-lists make longer\n"
+            "# than the default limit of a protocol line (4 KiB).\n"
+            f"max_control_line: {MAX_CONTROL_LINE}\n"
             f"operator: {json.dumps(operator_jwt)}\n"
             f"system_account: {system}\n"
             "resolver: {\n"

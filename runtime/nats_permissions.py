@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from contracts.deadletter import deadletter_subject
 from contracts.envelope import service_subjects
-from runtime.streams import DEADLETTER_STREAM, stream_name
+from runtime.streams import DEADLETTER_STREAM, EVENT_STREAMS, stream_name
 
 JS_API = "$JS.API"
 
@@ -38,6 +38,9 @@ class BusAccess:
     """Core subjects it subscribes to besides its inbox and its RPC subjects."""
     kv_buckets: tuple[str, ...] = ()
     """JetStream key-value buckets it creates, reads, writes and watches."""
+    integrator_consumers: bool = False
+    """Creates, lists, reads and deletes integrators' consumers on every event stream: any
+    name, filtered to some clinic's events (see :func:`integrator_consumer_admin`)."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,20 @@ def _bucket(bucket: str) -> list[str]:
     ]
 
 
+def integrator_consumer_admin(stream: str) -> list[str]:
+    """Managing integrators' consumers on ``stream``, for the service that issues their
+    credentials (integrators may not create consumers: a consumer's deliver subject cannot be
+    limited by permissions). The create subject names the filter, and ``antechamber.*.>``
+    keeps it to one clinic's events; token wildcards match one token each, so ``*`` is any
+    consumer name and no other stream."""
+    return [
+        f"{JS_API}.CONSUMER.CREATE.{stream}.*.antechamber.*.>",
+        f"{JS_API}.CONSUMER.INFO.{stream}.*",
+        f"{JS_API}.CONSUMER.DELETE.{stream}.*",
+        f"{JS_API}.CONSUMER.LIST.{stream}",
+    ]
+
+
 def _unique(subjects: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(subjects))
 
@@ -120,6 +137,9 @@ def service_permissions(service: ServiceBus) -> Permissions:
         publish += [*_stream_admin(stream), *_consumer(stream, consumed.durable)]
     for bucket in service.access.kv_buckets:
         publish += _bucket(bucket)
+    if service.access.integrator_consumers:
+        for stream in EVENT_STREAMS:
+            publish += integrator_consumer_admin(stream)
     publish += service.access.calls
     publish += service.access.publishes
     inbox = inbox_prefix(service.name)

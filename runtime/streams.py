@@ -6,13 +6,29 @@ from nats.js.errors import NotFoundError
 
 from contracts.deadletter import deadletter_subject
 from contracts.envelope import service_subjects
+from contracts.links import links_events
+from contracts.media import media_events
+from contracts.notify import notify_events
+from contracts.scheduling import scheduling_events
+from contracts.signaling import signaling_events
 
 DEADLETTER_STREAM = "ANTECHAMBER_DEADLETTER"
 DUPLICATE_WINDOW_S = 120.0
 
+PUBLISHERS = tuple(
+    registry.service
+    for registry in (scheduling_events, links_events, signaling_events, media_events, notify_events)
+)
+"""Every service that publishes events (its contracts have an event registry), each into a
+stream of its own: what an integrator reads."""
+
 
 def stream_name(service: str) -> str:
     return f"ANTECHAMBER_{service.upper()}"
+
+
+EVENT_STREAMS = tuple(stream_name(service) for service in PUBLISHERS)
+"""The streams of :data:`PUBLISHERS`, in the same order."""
 
 
 def service_stream(service: str, replicas: int = 1) -> StreamConfig:

@@ -17,6 +17,7 @@ from contracts.media import record_subject
 from runtime.embedded import NatsServer
 from runtime.nats_auth import (
     ADMIN_USER,
+    MAX_CONTROL_LINE,
     Issuer,
     NatsAuthError,
     ReservedKeyError,
@@ -29,7 +30,7 @@ from runtime.nats_auth import (
     sign_jwt,
     verify_jwt,
 )
-from runtime.streams import stream_name
+from runtime.streams import EVENT_STREAMS, stream_name
 from tests.support import harness_auth
 
 
@@ -77,6 +78,35 @@ def test_each_service_gets_only_its_own_subjects() -> None:
     assert callers_of_nodes == {"signaling"}
     callers_of_links = {n for n, r in rights.items() if "rpc.links.resolve" in r.publish}
     assert callers_of_links == {"signaling"}
+    # Integrators' consumers are made by scheduling alone, filtered to a clinic's events, on
+    # the event streams only; the consumers a service creates otherwise are its own durables.
+    makers = {n for n, r in rights.items() if any(".*.antechamber.*.>" in s for s in r.publish)}
+    assert makers == {"scheduling"}
+    durables = {d.name: {c.durable(d.name) for c in d.consumers} for d in definitions()}
+    for name, own in rights.items():
+        for subject in own.publish:
+            if not subject.startswith(("$JS.API.CONSUMER.CREATE.", "$JS.API.CONSUMER.DELETE.")):
+                continue
+            stream, *rest = subject.split(".")[4:]
+            if stream.startswith("KV_"):
+                continue  # a bucket's watchers
+            consumer = rest[0]
+            assert consumer in durables[name] or (
+                name == "scheduling"
+                and stream in EVENT_STREAMS
+                and consumer == "*"
+                and subject.endswith((".*.antechamber.*.>", f"DELETE.{stream}.*"))
+            ), (name, subject)
+
+
+def test_every_services_jwt_fits_in_the_servers_control_line(tmp_path: Path) -> None:
+    """A CONNECT carries the user JWT; past the server's longest protocol line the service
+    cannot connect at all ("maximum control line exceeded")."""
+    auth = platform_auth(tmp_path / "auth")
+    assert f"max_control_line: {MAX_CONTROL_LINE}\n" in auth.server_config(tmp_path / "jwt")
+    for definition in definitions():
+        token = read_creds(auth.creds(definition.name).read_text())[0]
+        assert len(token) < MAX_CONTROL_LINE // 2, (definition.name, len(token))  # room to grow
 
 
 def test_the_set_keeps_its_keys_and_each_users_key(tmp_path: Path) -> None:

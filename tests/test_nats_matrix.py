@@ -100,6 +100,8 @@ def expected(kind: str, row: str) -> bool | None:
         return service == "signaling"  # the only caller of the media nodes
     if row == "pub $KV.media-rooms":
         return service == "media"  # placement is the media nodes' own
+    if row.startswith("req consumer filtered to "):
+        return service == "scheduling"  # it makes each integrator's consumers
     if row == f"sub rpc.{service}.>" or row.startswith("req stream info"):
         return None
     if row in ("pub rpc.links.resolve", "pub rpc.scheduling.authenticate"):
@@ -248,5 +250,6 @@ async def test_no_credential_can_do_more_than_its_rights(own_server: NatsServer)
     )
     assert matrix.count(LEAK) == 0, summary + matrix.show()
     assert matrix.count(MISS) == 0, summary + matrix.show()
-    # 2 per integrator, signaling's record, media's placement: the matrix can see "allowed".
-    assert matrix.count(ALLOWED) == 6, summary + matrix.show()
+    # 2 per integrator, signaling's record, media's placement, scheduling's consumers for
+    # integrators of A and B: the matrix can see "allowed".
+    assert matrix.count(ALLOWED) == 8, summary + matrix.show()

@@ -13,6 +13,7 @@ from contracts.scheduling import (
 )
 from contracts.signaling import signaling_events
 from runtime.consumer import Consumer
+from runtime.nats_permissions import BusAccess
 from runtime.ratelimit import RateLimiter
 from runtime.rpc import Endpoint, answering
 from runtime.sealing import Sealer, SealingSettings
@@ -118,6 +119,7 @@ def build(
             ),
         ],
         tasks=[keys.listen, integrators.keep_nats_in_step],
+        bus=BusAccess(integrator_consumers=True),  # integrators may not make their own
         description="Clinics, practitioners, clients, rooms, sessions and invitees: who and when.",
     )
 
