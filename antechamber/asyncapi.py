@@ -21,8 +21,8 @@ de-duplicate by `event_id`. Fields marked `x-personal-data` identify a person.
 
 Every connection authenticates. An integrator connects with a clinic's integrator credential
 (see `integrator-credentials`) and reads that clinic's events only: the core subjects
-`antechamber.<clinic_id>.>`, or one JetStream pull consumer per stream named after the
-credential. See docs/integrators.md.
+`antechamber.<clinic_id>.>`, or the durable pull consumer made for the credential on each
+stream, named after it, to which it binds (it creates no consumer). See docs/integrators.md.
 """
 
 
@@ -41,8 +41,9 @@ class IntegratorCredentials(NatsCredentials):
                     "server's challenge (a .creds file). A clinic issues it with "
                     "`POST /v1/integrator-credentials` on the scheduling API and revokes it "
                     "with `DELETE`. Connect with `inbox_prefix=_INBOX_<nats_user>`; it may "
-                    "subscribe to `antechamber.<clinic_id>.>` and use JetStream consumers "
-                    "named `<nats_user>` filtered to those subjects, and nothing else."
+                    "subscribe to `antechamber.<clinic_id>.>` and pull from the JetStream "
+                    "consumers made for it (named `<nats_user>`, filtered to those subjects, "
+                    "one per stream), and nothing else."
                 ),
                 "x-nats-auth": "jwt-nkey",
                 "x-nats-credential-source": "credentials-file",

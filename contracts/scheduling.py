@@ -13,7 +13,7 @@ clinic API. After ``ClientErased`` the client's sealed values open nowhere, ever
 from datetime import datetime
 from enum import StrEnum
 from functools import cache
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID
 from zoneinfo import ZoneInfo, available_timezones
 
@@ -212,24 +212,47 @@ class ApiKeyRevoked(Event):
 
 def integrator_name(credential_id: UUID) -> str:
     """An integrator credential's NATS user name (``int_<credential id, hex>``): also its inbox
-    prefix (``_INBOX_<name>``) and the name its JetStream consumers must have."""
+    prefix (``_INBOX_<name>``) and the name of the JetStream consumers made for it."""
     return f"int_{credential_id.hex}"
+
+
+class ConsumerStart(StrEnum):
+    """Where the JetStream consumers made for an integrator credential start."""
+
+    ALL = "all"
+    """The first event of the clinic each stream holds."""
+    NEW = "new"
+    """The events stored from the credential's issuance (to the second) on."""
 
 
 @scheduling_events.register
 class IntegratorCredentialIssued(Event):
     """A clinic gave an integrator a NATS credential: its clinic's events, read-only, until
-    ``expires_at``. Only its public key is published; its seed is stored nowhere."""
+    ``expires_at``, live and through a durable pull consumer per stream made for it. Only its
+    public key is published; its seed is stored nowhere.
 
+    v2: ``start``."""
+
+    schema_version = 2
     credential_id: UUID
     nats_user: str = Field(
         description="Its NATS user name; also its inbox prefix (_INBOX_<name>) and the name "
-        "its JetStream consumers must have.",
+        "of the JetStream consumers made for it, one per stream.",
         examples=["int_3f2b9c1d4e5a46b7a8c9d0e1f2a3b4c5"],
     )
     public_key: str = Field(description="The user's public nkey (U...), which NATS revokes.")
     label: str = Field(description="What the credential is for.")
     expires_at: AwareDatetime = Field(description="When NATS stops accepting it.")
+    start: ConsumerStart = Field(
+        description="Where its consumers start: `all`, the clinic's first event in each "
+        "stream; `new`, the events stored from its issuance on."
+    )
+
+
+@scheduling_events.upcaster("IntegratorCredentialIssued", from_version=1)
+def _consumers_started_at_the_first_event(data: dict[str, Any]) -> dict[str, Any]:
+    """v1 credentials made their consumers themselves, from the first event by default."""
+    return {**data, "start": ConsumerStart.ALL.value}
 
 
 @scheduling_events.register

@@ -9,8 +9,9 @@ connection path (a down service never locks integrators or other services out):
 - the platform account has two signing keys. The *services* key signs each service's user
   at setup, with the allow-lists of :mod:`runtime.nats_permissions`; no running process holds
   it. The *integrators* key is **scoped**: the account claims fix the rights of any user it
-  signs to the integrator template (one clinic's events, one consumer), so the service that
-  issues integrator credentials cannot mint anything stronger with it;
+  signs to the integrator template (one clinic's events, read live or through the consumers
+  made for it, named after it), so the service that issues integrator credentials cannot
+  mint anything stronger with it;
 - revoking an integrator credential (or suspending its clinic) adds the user's key to the
   account's revocations; the account claims are re-signed and pushed to the servers through
   the system account, and the servers close that user's live connections at once.
@@ -348,7 +349,8 @@ def operator_claims(operator_key: str, signing_key: str, system_account: str) ->
 @dataclass(frozen=True)
 class IntegratorCredential:
     name: str
-    """Its NATS user name: also its inbox (``_INBOX_<name>``) and its only consumer's name."""
+    """Its NATS user name: also its inbox (``_INBOX_<name>``) and the name of the consumers
+    made for it (one per event stream)."""
     user_key: str
     creds: str | None
     """The ``.creds`` text when we made its key pair (shown once, never stored); None when the

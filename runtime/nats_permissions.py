@@ -160,24 +160,23 @@ CLINIC_TAG = "clinic"
 
 def integrator_template() -> Permissions:
     """An integrator's rights, as the template of the account's scoped signing key for
-    integrators: the server fills in ``{{name()}}`` (the credential's name, also its only
-    JetStream consumer name and its inbox) and ``{{tag(clinic)}}`` (its clinic) on every
+    integrators: the server fills in ``{{name()}}`` (the credential's name, also the name of
+    the consumers made for it and its inbox) and ``{{tag(clinic)}}`` (its clinic) on every
     connection, so a credential signed by that key can hold no other rights.
 
     - core subscriptions to its clinic's events, and its own inbox;
-    - a JetStream consumer on any service stream, named after the credential and filtered to
-      its clinic's subjects (the consumer-create subject names the filter; the server refuses
-      a request whose filter differs from the one the subject names);
-    - reading, pulling from, acknowledging and deleting that consumer.
+    - reading, pulling from and acknowledging the JetStream consumers named after it, which
+      the issuing service makes (pull consumers filtered to its clinic's events). It creates
+      and deletes none: a create request's body names the deliver subject, which no
+      permission can check, so a push consumer of its own could deliver its clinic's events
+      into any subject, another clinic's included.
     No publish, no RPC, no KV, no stream administration.
     """
     name = "{{name()}}"
     clinic = "{{tag(" + CLINIC_TAG + ")}}"
     return Permissions(
         publish=(
-            f"{JS_API}.CONSUMER.CREATE.*.{name}.antechamber.{clinic}.>",
             f"{JS_API}.CONSUMER.INFO.*.{name}",
-            f"{JS_API}.CONSUMER.DELETE.*.{name}",
             f"{JS_API}.CONSUMER.MSG.NEXT.*.{name}",
             f"$JS.ACK.*.{name}.>",
         ),

@@ -86,6 +86,21 @@ def cells(name: str) -> Iterator[Cell]:
                 {"stream_name": stream, "config": named | {"filter_subject": subjects}}
             ).encode(),
         )
+    forged = f"antechamber.{B}.scheduling.SessionCancelled"
+    yield Cell(
+        "req push consumer of A into B",
+        "req",
+        f"$JS.API.CONSUMER.CREATE.{stream}.{name}.antechamber.{A}.>",
+        json.dumps(
+            {
+                "stream_name": stream,
+                "config": named
+                | {"filter_subject": f"antechamber.{A}.>", "deliver_subject": forged},
+            }
+        ).encode(),
+    )
+    yield Cell("req consumer info, own name", "req", f"$JS.API.CONSUMER.INFO.{stream}.{name}")
+    yield Cell("req consumer delete, own name", "req", f"$JS.API.CONSUMER.DELETE.{stream}.{name}")
 
 
 def expected(kind: str, row: str) -> bool | None:
@@ -93,15 +108,19 @@ def expected(kind: str, row: str) -> bool | None:
     if kind == "no credential":
         return False
     if kind.startswith("integrator of "):
+        # Its clinic's events, and the consumers made for it, which it creates and deletes
+        # none of: a consumer it could create could deliver anywhere.
         clinic = kind.removeprefix("integrator of ")
-        return row in {f"sub events of {clinic}", f"req consumer filtered to {clinic}"}
+        return row in {f"sub events of {clinic}", "req consumer info, own name"}
     service = kind
     if row == "pub rpc.media.node.*.record":
         return service == "signaling"  # the only caller of the media nodes
     if row == "pub $KV.media-rooms":
         return service == "media"  # placement is the media nodes' own
-    if row.startswith("req consumer filtered to "):
+    if row.startswith(("req consumer filtered to ", "req push consumer", "req consumer info")):
         return service == "scheduling"  # it makes each integrator's consumers
+    if row == "req consumer delete, own name":
+        return service == "scheduling"  # and deletes them
     if row == f"sub rpc.{service}.>" or row.startswith("req stream info"):
         return None
     if row in ("pub rpc.links.resolve", "pub rpc.scheduling.authenticate"):
@@ -250,6 +269,7 @@ async def test_no_credential_can_do_more_than_its_rights(own_server: NatsServer)
     )
     assert matrix.count(LEAK) == 0, summary + matrix.show()
     assert matrix.count(MISS) == 0, summary + matrix.show()
-    # 2 per integrator, signaling's record, media's placement, scheduling's consumers for
-    # integrators of A and B: the matrix can see "allowed".
-    assert matrix.count(ALLOWED) == 8, summary + matrix.show()
+    # 2 per integrator, signaling's record, media's placement, scheduling's consumer
+    # administration (filtered to A, to B, a push one, info, delete): the matrix can see
+    # "allowed".
+    assert matrix.count(ALLOWED) == 11, summary + matrix.show()

@@ -35,7 +35,9 @@ class SchedulingSettings(BaseSettings):
         default=60.0,
         gt=0,
         description="How often the revoked integrator credentials are pushed to NATS again, so "
-        "a server that lost them (restarted from an older copy) or a failed push converges.",
+        "a server that lost them (restarted from an older copy) or a failed push converges, "
+        "and the integrators' consumers brought in step (made on a stream that appeared since, "
+        "deleted after expiry).",
     )
 
     def operator_key_hash(self) -> bytes | None:

@@ -9,28 +9,20 @@ import asyncpg
 from pydantic import BaseModel, Field
 
 from contracts.envelope import SUBJECT_ROOT
-from contracts.links import links_events
-from contracts.media import media_events
-from contracts.notify import notify_events
 from contracts.scheduling import (
+    ConsumerStart,
     IntegratorCredentialIssued,
     IntegratorCredentialRevoked,
     scheduling_events,
 )
-from contracts.signaling import signaling_events
 from runtime.db import Executor, Queryable
 from runtime.eventstore import RecordedEvent
 from runtime.nats_permissions import inbox_prefix
 from runtime.pagination import Page
 from runtime.refusals import not_found
-from runtime.streams import stream_name
+from runtime.streams import EVENT_STREAMS
+from services.scheduling.integrator_consumers import ConsumerOwner
 from services.scheduling.queries import _after, _page
-
-STREAMS = tuple(
-    stream_name(registry.service)
-    for registry in (scheduling_events, links_events, signaling_events, media_events, notify_events)
-)
-"""The services' event streams, on each of which an integrator may have one consumer."""
 
 
 class CredentialView(BaseModel):
@@ -41,14 +33,21 @@ class CredentialView(BaseModel):
     nats_user: str = Field(description="The NATS user name the credential connects as.")
     public_key: str = Field(description="The user's public nkey (U...).")
     consumer_name: str = Field(
-        description="The only name its JetStream consumers may have (one per stream)."
+        description="The durable pull consumer made for it on each stream: bind to it "
+        "(nats-py: `js.pull_subscribe_bind(durable=consumer_name, stream=...)`)."
     )
     inbox_prefix: str = Field(
         description="Connect with this inbox prefix (nats-py: inbox_prefix=...): replies to "
         "its requests arrive there, and it may read no other inbox."
     )
     subjects: list[str] = Field(description="What it may subscribe to: its clinic's events.")
-    streams: list[str] = Field(description="The event streams, one per service.")
+    streams: list[str] = Field(
+        description="The event streams, one per service, each with a consumer made for it."
+    )
+    start: ConsumerStart = Field(
+        description="Where its consumers start: `all`, the clinic's first event in each stream; "
+        "`new`, the events stored from its issuance on."
+    )
     issued_at: datetime
     expires_at: datetime = Field(description="NATS refuses it, and closes its connections, then.")
     revoked_at: datetime | None
@@ -56,7 +55,8 @@ class CredentialView(BaseModel):
 
 
 _COLUMNS = (
-    "credential_id, clinic_id, label, nats_user, public_key, issued_at, expires_at, revoked_at"
+    "credential_id, clinic_id, label, nats_user, public_key, issued_at, expires_at, revoked_at, "
+    "consumers_start"
 )
 
 
@@ -76,7 +76,8 @@ def _view(row: asyncpg.Record, now: datetime) -> CredentialView:
         consumer_name=row["nats_user"],
         inbox_prefix=inbox_prefix(row["nats_user"]),
         subjects=[f"{SUBJECT_ROOT}.{row['clinic_id']}.>"],
-        streams=list(STREAMS),
+        streams=list(EVENT_STREAMS),
+        start=ConsumerStart(row["consumers_start"]),
         issued_at=row["issued_at"],
         expires_at=row["expires_at"],
         revoked_at=row["revoked_at"],
@@ -130,6 +131,24 @@ async def refused_keys(conn: Queryable) -> dict[str, int]:
     return {row["public_key"]: int(row["expires_at"].timestamp()) for row in rows}
 
 
+async def consumer_owners(conn: Queryable) -> list[ConsumerOwner]:
+    """The credentials that keep consumers: every one neither revoked nor expired (a suspended
+    clinic's too, so that reinstating it restores them where they were)."""
+    rows = await conn.fetch(
+        "SELECT nats_user, clinic_id, consumers_start, issued_at FROM integrator_credentials "
+        "WHERE revoked_at IS NULL AND expires_at > clock_timestamp()"
+    )
+    return [
+        ConsumerOwner(
+            row["nats_user"],
+            row["clinic_id"],
+            ConsumerStart(row["consumers_start"]),
+            row["issued_at"],
+        )
+        for row in rows
+    ]
+
+
 class IntegratorCredentialsReadModel:
     """``integrator_credentials``, kept in the append's transaction."""
 
@@ -143,7 +162,8 @@ class IntegratorCredentialsReadModel:
         if isinstance(event, IntegratorCredentialIssued):
             await conn.execute(
                 "INSERT INTO integrator_credentials (credential_id, clinic_id, nats_user, "
-                "public_key, label, issued_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                "public_key, label, issued_at, expires_at, consumers_start) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                 event.credential_id,
                 recorded.clinic_id,
                 event.nats_user,
@@ -151,6 +171,7 @@ class IntegratorCredentialsReadModel:
                 event.label,
                 recorded.occurred_at,
                 event.expires_at,
+                event.start.value,
             )
         elif isinstance(event, IntegratorCredentialRevoked):
             await conn.execute(

@@ -10,6 +10,7 @@ from uuid import UUID
 
 from contracts.events import Event
 from contracts.scheduling import (
+    ConsumerStart,
     IntegratorCredentialIssued,
     IntegratorCredentialRevoked,
     integrator_name,
@@ -48,6 +49,7 @@ def issue_credential(
     label: str,
     issued_at: datetime,
     expires_at: datetime,
+    start: ConsumerStart = ConsumerStart.ALL,
 ) -> list[Event]:
     if state is not None:
         raise Conflict("credential_exists", "That integrator credential already exists.")
@@ -63,6 +65,7 @@ def issue_credential(
             public_key=public_key,
             label=label,
             expires_at=expires_at,
+            start=start,
         )
     ]
 

@@ -16,6 +16,10 @@ Postgres holds what is revoked; NATS is told:
 Pushes from several replicas are harmless: each takes the next issued-at from Postgres in the
 transaction that reads what it pushes, and the servers keep the claims with the newest
 issued-at, so they end with the revocations read last whatever the order of arrival.
+
+Each credential's JetStream consumers (:mod:`services.scheduling.integrator_consumers`) follow
+the same way: made at issuance, deleted at revocation, and brought in step with Postgres at
+every push of the loop (an expired credential's deleted then).
 """
 
 import asyncio
@@ -28,11 +32,11 @@ from uuid import UUID, uuid4
 
 import asyncpg
 import structlog
+from nats.js.errors import APIError
 
-from contracts.scheduling import integrator_name, scheduling_events
+from contracts.scheduling import ConsumerStart, integrator_name, scheduling_events
 from runtime import commands
 from runtime.context import ServiceContext
-from runtime.eventstore import EventStore
 from runtime.nats_auth import (
     IntegratorCredential,
     Issuer,
@@ -43,8 +47,9 @@ from runtime.nats_auth import (
 from runtime.refusals import Conflict, Refused, not_found
 from runtime.service import DEPENDENCY_ERRORS
 from runtime.settings import nats_servers
-from services.scheduling import credentials
-from services.scheduling.credential_views import refused_keys
+from services.scheduling import credentials, integrator_consumers
+from services.scheduling.credential_views import consumer_owners, refused_keys
+from services.scheduling.integrator_consumers import ConsumerOwner
 
 log = structlog.get_logger(__name__)
 
@@ -89,15 +94,17 @@ class Integrators:
 
     async def issue(
         self,
-        store: EventStore,
+        ctx: ServiceContext,
         clinic_id: str,
         label: str,
         issued_at: datetime,
         expires_at: datetime,
         public_key: str | None,
+        start: ConsumerStart = ConsumerStart.ALL,
     ) -> tuple[UUID, IntegratorCredential]:
         """A new credential's id, and the credential (its ``creds`` is the only copy of its
-        seed, if we made the key pair)."""
+        seed, if we made the key pair), with its consumers made (or left to the next sync if
+        NATS did not answer)."""
         credential_id = uuid4()
         try:
             credential = self.issuer().integrator(
@@ -112,20 +119,34 @@ class Integrators:
                 "That public key belongs to the platform itself; make a key pair of your own.",
             ) from exc
         events = credentials.issue_credential(
-            None, credential_id, credential.user_key, label, issued_at, expires_at
+            None, credential_id, credential.user_key, label, issued_at, expires_at, start
         )
         try:
-            await store.append(credentials.stream(credential_id), 0, events, clinic_id=clinic_id)
+            [recorded] = await ctx.store.append(
+                credentials.stream(credential_id), 0, events, clinic_id=clinic_id
+            )
         except asyncpg.UniqueViolationError as exc:
             raise Conflict(
                 "public_key_in_use",
                 "That public key belongs to another credential; make a key pair for each one.",
             ) from exc
         self._nudge()  # its clinic may have been suspended meanwhile
+        # Issued as the read model has it, so that a consumer made by a sync is the same.
+        owner = ConsumerOwner(credential.name, clinic_id, start, recorded.occurred_at)
+        try:
+            await integrator_consumers.make(ctx.nats.jetstream(), owner)
+        except (APIError, *DEPENDENCY_ERRORS) as exc:
+            log.error(
+                "an integrator credential's consumers were not made; the next sync makes them",
+                nats_user=credential.name,
+                error=str(exc) or type(exc).__name__,
+            )
+            self._nudge()
         return credential_id, credential
 
     async def revoke(self, ctx: ServiceContext, clinic_id: str, credential_id: UUID) -> None:
-        """Revoke it (again: nothing changes) and tell NATS, which closes its connections."""
+        """Revoke it (again: nothing changes), tell NATS, which closes its connections, and
+        delete its consumers."""
         self.issuer()
         await commands.execute(
             ctx.store,
@@ -137,6 +158,16 @@ class Integrators:
             absent=not_found("integrator_credential"),
         )
         await self.push(ctx)
+        try:
+            await integrator_consumers.remove(ctx.nats.jetstream(), integrator_name(credential_id))
+        except (APIError, *DEPENDENCY_ERRORS) as exc:
+            log.error(
+                "a revoked integrator credential's consumers were not deleted; the next sync "
+                "deletes them",
+                credential_id=str(credential_id),
+                error=str(exc) or type(exc).__name__,
+            )
+            self._nudge()
 
     async def clinic_changed(self, ctx: ServiceContext) -> None:
         """After a clinic's suspension or reinstatement committed: its credentials follow."""
@@ -156,8 +187,9 @@ class Integrators:
             self._wake.set()
 
     async def keep_nats_in_step(self, ctx: ServiceContext) -> None:
-        """The background task (a ``ServiceDefinition`` task): push at start, every
-        ``sync_interval_s``, when woken, and after a failure again with back-off."""
+        """The background task (a ``ServiceDefinition`` task): push and bring the consumers in
+        step at start, every ``sync_interval_s``, when woken, and after a failure again with
+        back-off."""
         if self.issuer_file is None:
             log.info("integrator credentials are off: no NATS issuer file is configured")
             return
@@ -165,12 +197,28 @@ class Integrators:
         retry_in = RETRY_FIRST_S
         while True:
             wake.clear()  # before reading: a change committed from now on wakes it again
-            if await self._push(ctx):
+            pushed = await self._push(ctx)
+            if await self._keep_consumers(ctx) and pushed:
                 retry_in, wait = RETRY_FIRST_S, self.sync_interval_s
             else:
                 wait, retry_in = retry_in, min(retry_in * 2, self.sync_interval_s)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), wait)
+
+    async def _keep_consumers(self, ctx: ServiceContext) -> bool:
+        async def owners_now() -> list[ConsumerOwner]:
+            async with ctx.pool.acquire() as conn:
+                return await consumer_owners(conn)
+
+        try:
+            await integrator_consumers.converge(ctx.nats.jetstream(), owners_now)
+        except (APIError, *DEPENDENCY_ERRORS) as exc:
+            log.error(
+                "integrators' consumers were not brought in step with Postgres; will retry",
+                error=str(exc) or type(exc).__name__,
+            )
+            return False
+        return True
 
     async def _push(self, ctx: ServiceContext) -> bool:
         try:

@@ -7,6 +7,7 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, Query, Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from contracts.scheduling import ConsumerStart
 from runtime.http import problems
 from runtime.nats_auth import is_user_key
 from runtime.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page, decode_cursor
@@ -51,6 +52,11 @@ class CredentialCreate(BaseModel):
         "never leaves your side, and you pair it with `jwt`. Left out: we make the key pair "
         "and answer with `creds` this once.",
     )
+    start: ConsumerStart = Field(
+        default=ConsumerStart.ALL,
+        description="Where the consumers made for it start: `all`, the clinic's first event "
+        "in each stream; `new`, the events stored from now on.",
+    )
 
 
 class IssuedCredential(CredentialView):
@@ -71,7 +77,8 @@ async def issue_credential(
     body: CredentialCreate, caller: Clinic, ctx: Context, integrators: Issuing, response: Response
 ) -> IssuedCredential:
     """Issue a NATS credential for this clinic's events: subscribe to
-    `antechamber.<clinic_id>.>`, or pull through JetStream consumers named `consumer_name`.
+    `antechamber.<clinic_id>.>`, or pull through the durable consumer named `consumer_name`
+    made for it on each stream (from `start`).
 
     `creds` is in this response only: a retry with the same Idempotency-Key answers 409
     `idempotent_secret_withheld`; revoke the credential and issue another if the answer was
@@ -81,12 +88,13 @@ async def issue_credential(
     """
     issued_at = now()
     credential_id, credential = await integrators.issue(
-        ctx.store,
+        ctx,
         caller.clinic_id,
         body.label,
         issued_at,
         issued_at + timedelta(days=body.expires_in_days),
         body.public_key,
+        body.start,
     )
     view = await credential_views.credential(ctx.pool, caller.clinic_id, credential_id, issued_at)
     if credential.creds is not None:
@@ -117,6 +125,6 @@ async def get_credential(credential_id: UUID, caller: Clinic, ctx: Context) -> C
 async def revoke_credential(
     credential_id: UUID, caller: Clinic, ctx: Context, integrators: Issuing
 ) -> None:
-    """Revoke it: NATS closes its connections at once and refuses it from then on. Revoking
-    it again changes nothing."""
+    """Revoke it: NATS closes its connections at once and refuses it from then on, and its
+    consumers are deleted. Revoking it again changes nothing."""
     await integrators.revoke(ctx, caller.clinic_id, credential_id)

@@ -2,10 +2,13 @@
 nats-server on plain nats-py clients (none of our client code on the integrator's side)."""
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import re
 import shutil
+import textwrap
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -21,18 +24,24 @@ import nkeys
 import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.client import RawCredentials
-from nats.js.api import ConsumerConfig
+from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from contracts.scheduling import IntegratorCredentialIssued, IntegratorCredentialRevoked
+from contracts.scheduling import (
+    ConsumerStart,
+    IntegratorCredentialIssued,
+    IntegratorCredentialRevoked,
+)
 from runtime.embedded import NatsServer
 from runtime.nats_auth import ADMIN_USER, Issuer, decode_jwt, public_key, read_creds
 from runtime.refusals import Conflict, Invalid, NotFound
 from runtime.service import build_app
 from runtime.settings import RuntimeSettings
+from runtime.streams import EVENT_STREAMS, ensure_stream, service_stream
 from services.scheduling import app as scheduling
 from services.scheduling import credentials, integrators_api
 from services.scheduling.config import SchedulingSettings
+from services.scheduling.integrator_consumers import MAX_ACK_PENDING
 from tests.scheduling.conftest import (
     OPERATOR,
     OPERATOR_KEY,
@@ -43,8 +52,10 @@ from tests.scheduling.conftest import (
 )
 from tests.support import assert_problem, eventually, harness_auth, serving
 
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "integrators.md"
 SCHEDULING = "ANTECHAMBER_SCHEDULING"
 LINKS = "ANTECHAMBER_LINKS"
+MEDIA = "ANTECHAMBER_MEDIA"
 REFUSAL_WAIT_S = 2.0
 
 
@@ -116,6 +127,48 @@ async def issue(clinic: ClinicHandle, **body: Any) -> dict[str, Any]:
     return issued
 
 
+async def consumers_of(nc: NATS, name: str) -> dict[str, ConsumerInfo]:
+    """The consumers named ``name`` on the event streams, by stream, as the admin sees them."""
+    found = {}
+    for stream in EVENT_STREAMS:
+        try:
+            found[stream] = await nc.jetstream().consumer_info(stream, name)
+        except NotFoundError:  # no such consumer, or no such stream
+            continue
+    return found
+
+
+async def streams_there(nc: NATS) -> list[str]:
+    """The event streams that exist (a service that never ran on this server has none)."""
+    there = []
+    for stream in EVENT_STREAMS:
+        try:
+            await nc.jetstream().stream_info(stream)
+        except NotFoundError:
+            continue
+        there.append(stream)
+    return there
+
+
+async def fetch_all(sub: Any, until: str) -> list[Any]:
+    """Messages pulled (and acknowledged, synchronously) until one whose subject ends with
+    ``until`` has arrived."""
+    received: list[Any] = []
+
+    async def arrived() -> bool:
+        try:
+            batch = await sub.fetch(50, timeout=0.5)
+        except nats.errors.TimeoutError:
+            return False
+        for msg in batch:
+            await msg.ack_sync()
+        received.extend(batch)
+        return any(m.subject.endswith(until) for m in received)
+
+    await eventually(arrived, timeout=10, what=f"{until} through the consumer")
+    return received
+
+
 @pytest.fixture
 async def integrator(
     clinic: ClinicHandle, nats_server: NatsServer
@@ -151,6 +204,7 @@ async def test_a_credential_is_issued_for_the_clinics_events_and_its_seed_shown_
         "ANTECHAMBER_MEDIA",
         "ANTECHAMBER_NOTIFY",
     ]
+    assert issued["start"] == "all"
     assert issued["status"] == "active"
     expires_at = datetime.fromisoformat(issued["expires_at"])
     assert abs(expires_at - datetime.now(UTC) - timedelta(days=90)) < timedelta(minutes=1)
@@ -326,33 +380,130 @@ async def test_a_credential_reads_its_clinics_events_live_and_through_a_pull_con
     await eventually(added_live, timeout=10, what="A's events on the core subscription")
     assert all(s.startswith(f"antechamber.{clinic.clinic_id}.") for s in live), live
 
-    # A JetStream pull consumer, named as the credential, filtered to the clinic, as the
-    # integrator docs show it.
+    # The durable pull consumer made for it, bound as the integrator docs show it.
     js = connection.nc.jetstream()
-    sub = await js.pull_subscribe(
-        f"antechamber.{clinic.clinic_id}.>", durable=issued["consumer_name"], stream=SCHEDULING
-    )
-    received: list[Any] = []
-
-    async def all_of_a() -> bool:
-        try:
-            batch = await sub.fetch(50, timeout=0.5)
-        except TimeoutError:
-            return False
-        for msg in batch:
-            await msg.ack()
-        received.extend(batch)
-        return any(m.subject.endswith(".PractitionerAdded") for m in received)
-
-    await eventually(all_of_a, timeout=10, what="A's events through the pull consumer")
+    sub = await js.pull_subscribe_bind(durable=issued["consumer_name"], stream=SCHEDULING)
+    received = await fetch_all(sub, until=".PractitionerAdded")
     subjects = [m.subject for m in received]
     assert all(s.startswith(f"antechamber.{clinic.clinic_id}.scheduling.") for s in subjects)
     assert subjects[0].endswith(".ClinicRegistered")  # from the start of the stream
     [added] = [json.loads(m.data) for m in received if m.subject.endswith(".PractitionerAdded")]
     assert added["data"]["practitioner_id"] == mine["practitioner_id"]
     info = await nc.jetstream().consumer_info(SCHEDULING, issued["consumer_name"])
-    assert info.config.filter_subject == f"antechamber.{clinic.clinic_id}.>"
     assert info.num_ack_pending == 0  # acknowledged
+    # nats-py's pull_subscribe binds too: it asks for the consumer's info first and, finding
+    # it, creates nothing.
+    bound = await js.pull_subscribe(
+        f"antechamber.{clinic.clinic_id}.>", durable=issued["consumer_name"], stream=LINKS
+    )
+    with pytest.raises(nats.errors.TimeoutError):  # nothing of A's in links' stream: no error
+        await bound.fetch(1, timeout=0.5)
+    assert not any("permissions violation" in e for e in connection.errors), connection.errors
+
+
+async def test_the_integrator_docs_examples_work_as_they_are_written(
+    clinic: ClinicHandle,
+    nats_server: NatsServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """docs/integrators.md's Python, every block in order, with this credential's values in
+    place of the example's: it connects, prints live events and handles the pulled ones."""
+    issued = await issue(clinic)
+    creds = tmp_path / "clinic.creds"
+    creds.write_text(issued["creds"])
+    code = "\n".join(re.findall(r"```python\n(.*?)```", DOCS.read_text(), re.DOTALL))
+    for example, real in {
+        '["nats://nats.example.org:4222"]': repr([nats_server.url]),
+        '"clinic.creds"': repr(str(creds)),
+        '"int_3f2b9c1d4e5a46b7a8c9d0e1f2a3b4c5"': repr(issued["nats_user"]),
+        '"c_5b1f0e3a9d2c4e7f"': repr(clinic.clinic_id),
+    }.items():
+        assert example in code, example
+        code = code.replace(example, real)
+    # Top-level await, as in `python -m asyncio`: run as the body of a coroutine.
+    source = (
+        "async def example(handle):\n    try:\n"
+        + textwrap.indent(code, " " * 8)
+        + "\n    finally:\n        await nc.close()\n"
+    )
+    namespace: dict[str, Any] = {}
+    exec(compile(source, str(DOCS), "exec"), namespace)
+    handled: list[dict[str, Any]] = []
+
+    async def handle(envelope: dict[str, Any]) -> None:
+        handled.append(envelope)
+
+    running = asyncio.create_task(namespace["example"](handle))
+    try:
+        await asyncio.sleep(0.5)  # connected and subscribed
+        mine = await clinic.practitioner()
+
+        async def pulled() -> bool:
+            return any(e["data"].get("practitioner_id") == mine["practitioner_id"] for e in handled)
+
+        await eventually(pulled, timeout=10, what="the practitioner through the example")
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+    assert handled[0]["type"] == "ClinicRegistered"  # from the start
+    assert {e["clinic_id"] for e in handled} == {clinic.clinic_id}
+    assert "PractitionerAdded" in capsys.readouterr().out  # the live subscription's print
+
+
+async def test_consumers_are_made_at_issuance_for_the_clinic_and_deliver_nowhere(
+    clinic: ClinicHandle, integrator: tuple[dict[str, Any], Integrator], nc: NATS
+) -> None:
+    issued, _ = integrator
+    name = issued["consumer_name"]
+    there = await streams_there(nc)
+    assert {SCHEDULING, LINKS} <= set(there)  # scheduling's own, and one it consumes
+    made = await consumers_of(nc, name)
+    assert sorted(made) == sorted(there)
+    assert issued["streams"] == list(EVENT_STREAMS)
+    for info in made.values():
+        assert info.config.durable_name == name
+        assert info.config.filter_subject == f"antechamber.{clinic.clinic_id}.>"
+        assert info.config.deliver_subject is None  # a pull consumer
+        assert info.config.ack_policy == AckPolicy.EXPLICIT
+        assert info.config.deliver_policy == DeliverPolicy.ALL
+        assert info.config.max_ack_pending == MAX_ACK_PENDING
+
+
+async def test_a_credential_issued_for_new_events_reads_from_its_issuance_on(
+    clinic: ClinicHandle, nats_server: NatsServer, nc: NATS
+) -> None:
+    before = await clinic.practitioner("Dr Before")
+    last_before = f"antechamber.{clinic.clinic_id}.scheduling.PractitionerAdded"
+
+    async def stored() -> bool:
+        try:
+            await nc.jetstream().get_last_msg(SCHEDULING, last_before)
+        except NotFoundError:
+            return False
+        return True
+
+    await eventually(stored, timeout=10, what="the earlier events in the stream")
+    await asyncio.sleep(1.1)  # "new" is from the second of issuance
+    issued = await issue(clinic, start="new")
+    assert issued["start"] == "new"
+    after = await clinic.practitioner("Dr After")
+    connection = await connect(nats_server.url, issued)
+    try:
+        js = connection.nc.jetstream()
+        sub = await js.pull_subscribe_bind(durable=issued["consumer_name"], stream=SCHEDULING)
+        received = await fetch_all(sub, until=".PractitionerAdded")
+    finally:
+        await connection.nc.close()
+    added = [json.loads(m.data) for m in received if m.subject.endswith(".PractitionerAdded")]
+    assert [a["data"]["practitioner_id"] for a in added] == [after["practitioner_id"]]
+    assert before["practitioner_id"] not in {a["data"]["practitioner_id"] for a in added}
+    assert not any(m.subject.endswith(".ClinicRegistered") for m in received)
+    info = await nc.jetstream().consumer_info(SCHEDULING, issued["consumer_name"])
+    assert info.config.deliver_policy == DeliverPolicy.BY_START_TIME
+    issued_at = datetime.fromisoformat(issued["issued_at"])
+    assert info.config.opt_start_time == issued_at.replace(microsecond=0)
 
 
 async def test_a_credential_may_not_read_other_subjects(
@@ -429,25 +580,30 @@ async def _no_consumer(nc: NATS, stream: str, *names: str) -> None:
             await nc.jetstream().consumer_info(stream, name)
 
 
-async def test_a_credential_may_create_no_other_consumer(
+async def test_a_credential_may_create_or_delete_no_consumer(
     api: httpx.AsyncClient,
     clinic: ClinicHandle,
     integrator: tuple[dict[str, Any], Integrator],
     nc: NATS,
 ) -> None:
-    """Refused means a permissions violation or an error answer, and never a consumer."""
+    """Refused means a permissions violation and never a consumer: not even one named as the
+    credential and filtered to its clinic, the shape scheduling makes for it."""
     issued, connection = integrator
     name = issued["consumer_name"]
     other = await register_clinic(api)
     own, theirs = f"antechamber.{clinic.clinic_id}.>", f"antechamber.{other.clinic_id}.>"
+    made = (await consumers_of(nc, name))[LINKS].config
     js = connection.nc.jetstream(timeout=1)
-    # Through nats-py: filtered to the other clinic, unfiltered, under another name.
+    # Through nats-py: as scheduling makes it, filtered to the other clinic, unfiltered, under
+    # another name, ephemeral.
     attempts = [
-        js.pull_subscribe(theirs, durable=name, stream=LINKS),
+        js.add_consumer(LINKS, ConsumerConfig(name=name, durable_name=name, filter_subject=own)),
+        js.pull_subscribe(theirs, durable="x", stream=LINKS),
         js.add_consumer(LINKS, ConsumerConfig(name=name, durable_name=name)),
         js.add_consumer(LINKS, ConsumerConfig(name=name, durable_name=name, filter_subject=">")),
         js.add_consumer(LINKS, ConsumerConfig(name="x", durable_name="x", filter_subject=own)),
         js.add_consumer(LINKS, ConsumerConfig(filter_subject=own)),  # ephemeral: a server name
+        js.delete_consumer(LINKS, name),
     ]
     for attempt in attempts:
         with pytest.raises(nats.errors.TimeoutError):  # nothing answers a refused request
@@ -455,39 +611,31 @@ async def test_a_credential_may_create_no_other_consumer(
     # Raw requests, every consumer-create subject shape the JetStream API has.
     named = {"durable_name": name, "name": name}
     raw = {
+        f"$JS.API.CONSUMER.CREATE.{LINKS}.{name}.{own}": {"filter_subject": own},
         f"$JS.API.CONSUMER.CREATE.{LINKS}.{name}.{theirs}": {"filter_subject": theirs},
         f"$JS.API.CONSUMER.CREATE.{LINKS}.{name}": {},
         f"$JS.API.CONSUMER.CREATE.{LINKS}.{name}.>": {"filter_subject": ">"},
         f"$JS.API.CONSUMER.CREATE.{LINKS}": {},
         f"$JS.API.CONSUMER.DURABLE.CREATE.{LINKS}.{name}": {"filter_subject": own},
         f"$JS.API.CONSUMER.CREATE.{LINKS}.x.{own}": {"filter_subject": own},
+        f"$JS.API.CONSUMER.DELETE.{LINKS}.{name}": None,
     }
     for subject, config in raw.items():
-        request = json.dumps({"stream_name": LINKS, "config": named | config}).encode()
+        request = {"stream_name": LINKS, "config": named | config} if config is not None else {}
         with pytest.raises(nats.errors.TimeoutError):
-            await connection.nc.request(subject, request, timeout=0.5)
+            await connection.nc.request(subject, json.dumps(request).encode(), timeout=0.5)
         assert await connection.refused(subject), (subject, connection.errors)
-    # Allowed subject, other filter in the body: the server answers an error (10131).
-    mismatch = {"stream_name": LINKS, "config": named | {"filter_subject": theirs}}
-    answer = await connection.nc.request(
-        f"$JS.API.CONSUMER.CREATE.{LINKS}.{name}.{own}", json.dumps(mismatch).encode(), timeout=2
-    )
-    assert json.loads(answer.data)["error"]["err_code"] == 10131, answer.data
-    await _no_consumer(nc, LINKS, name, "x")
-    # Nor can it reach another credential's consumer (its name is the other's).
+    await _no_consumer(nc, LINKS, "x")
+    assert (await consumers_of(nc, name))[LINKS].config == made  # untouched
+    # It may read its own consumer, but not reach another credential's (named as the other).
+    assert (await js.consumer_info(LINKS, name)).config.filter_subject == own
     theirs_issued = await issue(other)
-    await _no_consumer(nc, SCHEDULING, theirs_issued["consumer_name"])
     for verb in ("INFO", "DELETE", "MSG.NEXT"):
         subject = f"$JS.API.CONSUMER.{verb}.{SCHEDULING}.{theirs_issued['consumer_name']}"
         await connection.nc.publish(subject, b"")
         assert await connection.refused(subject), (subject, connection.errors)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="nats-server lets a push consumer deliver anywhere: the consumer-create subject "
-    "names its filter, not its deliver_subject, so the integrator template cannot limit it",
-)
 async def test_a_credential_may_not_deliver_its_events_to_another_clinics_subjects(
     api: httpx.AsyncClient,
     clinic: ClinicHandle,
@@ -495,30 +643,49 @@ async def test_a_credential_may_not_deliver_its_events_to_another_clinics_subjec
     nc: NATS,
 ) -> None:
     """A push consumer on links' stream, filtered to its own clinic, delivering into another
-    clinic's scheduling subjects: once anything subscribes there, the other clinic's
-    integrators get the messages and scheduling's stream stores them as that clinic's events
-    (the server refuses a deliver subject only when it is in the consumer's own stream)."""
+    clinic's scheduling subjects would have the other clinic's integrators receive its events,
+    and scheduling's stream store them as the other clinic's: integrators create no consumer,
+    push or pull, under any name."""
     issued, connection = integrator
     name = issued["consumer_name"]
     other = await register_clinic(api)
     own = f"antechamber.{clinic.clinic_id}.>"
     forged = f"antechamber.{other.clinic_id}.scheduling.SessionCancelled"
-    config = {
-        "name": name,
-        "durable_name": name,
-        "filter_subject": own,
-        "deliver_subject": forged,
-        "ack_policy": "none",
-    }
-    request = json.dumps({"stream_name": LINKS, "config": config}).encode()
-    subject = f"$JS.API.CONSUMER.CREATE.{LINKS}.{name}.{own}"
-    try:
-        answer = json.loads((await connection.nc.request(subject, request, timeout=1)).data)
-    except nats.errors.TimeoutError:
-        answer = {"error": "refused"}
-    if "error" not in answer:
-        await nc.jetstream().delete_consumer(LINKS, name)  # leave no pump behind
-    assert "error" in answer, answer
+    landed: list[str] = []
+
+    async def on_forged(msg: Any) -> None:
+        landed.append(msg.subject)
+
+    await nc.subscribe(forged, cb=on_forged)
+    await nc.flush()
+    for stream in (LINKS, SCHEDULING):
+        for consumer in (name, "pump"):
+            config = {
+                "name": consumer,
+                "durable_name": consumer,
+                "filter_subject": own,
+                "deliver_subject": forged,
+                "ack_policy": "none",
+            }
+            request = json.dumps({"stream_name": stream, "config": config}).encode()
+            subject = f"$JS.API.CONSUMER.CREATE.{stream}.{consumer}.{own}"
+            with pytest.raises(nats.errors.TimeoutError):
+                await connection.nc.request(subject, request, timeout=0.5)
+            assert await connection.refused(subject), (subject, connection.errors)
+    push = connection.nc.jetstream(timeout=1).subscribe(
+        own, durable="pump", stream=LINKS, config=ConsumerConfig(deliver_subject=forged)
+    )
+    with pytest.raises(nats.errors.TimeoutError):
+        await push
+    await _no_consumer(nc, LINKS, "pump")
+    await _no_consumer(nc, SCHEDULING, "pump")
+    for info in (await consumers_of(nc, name)).values():
+        assert info.config.deliver_subject is None  # still the pull consumer scheduling made
+    await clinic.practitioner()  # A's events flow; none of them into B's subjects
+    await asyncio.sleep(0.5)
+    assert landed == []
+    with pytest.raises(NotFoundError):
+        await nc.jetstream().get_last_msg(SCHEDULING, forged)
 
 
 # -- revocation, suspension, expiry ---------------------------------------------------------------
@@ -531,10 +698,14 @@ async def closed_within(connection: Integrator, seconds: float) -> float:
 
 
 async def test_revoking_closes_the_connection_at_once_and_refuses_it_after(
-    clinic: ClinicHandle, integrator: tuple[dict[str, Any], Integrator], nats_server: NatsServer
+    clinic: ClinicHandle,
+    integrator: tuple[dict[str, Any], Integrator],
+    nats_server: NatsServer,
+    nc: NATS,
 ) -> None:
     issued, connection = integrator
     path = f"/v1/integrator-credentials/{issued['credential_id']}"
+    assert SCHEDULING in await consumers_of(nc, issued["consumer_name"])
     started = time.monotonic()
     await clinic.ok("DELETE", path, 204)
     await asyncio.wait_for(connection.closed.wait(), 3)
@@ -542,6 +713,7 @@ async def test_revoking_closes_the_connection_at_once_and_refuses_it_after(
     assert "revoked" in str(connection.nc.last_error).lower(), connection.nc.last_error
     assert took < 3, f"revocation to close: {took:.3f}s"
     assert "authorization violation" in await refused_at_connect(nats_server.url, issued)
+    assert await consumers_of(nc, issued["consumer_name"]) == {}  # deleted before the answer
     shown = await clinic.ok("GET", path)
     assert shown["status"] == "revoked"
     await clinic.ok("DELETE", path, 204)  # again: nothing changes
@@ -549,7 +721,7 @@ async def test_revoking_closes_the_connection_at_once_and_refuses_it_after(
 
 
 async def test_suspending_the_clinic_cuts_every_credential_and_reinstating_restores_them(
-    api: httpx.AsyncClient, clinic: ClinicHandle, nats_server: NatsServer
+    api: httpx.AsyncClient, clinic: ClinicHandle, nats_server: NatsServer, nc: NATS
 ) -> None:
     kept, revoked = await issue(clinic, label="kept"), await issue(clinic, label="revoked")
     await clinic.ok("DELETE", f"/v1/integrator-credentials/{revoked['credential_id']}", 204)
@@ -557,6 +729,10 @@ async def test_suspending_the_clinic_cuts_every_credential_and_reinstating_resto
     bystander = await issue(other)
     connection = await connect(nats_server.url, kept)
     unrelated = await connect(nats_server.url, bystander)
+    name = kept["consumer_name"]
+    sub = await connection.nc.jetstream().pull_subscribe_bind(durable=name, stream=SCHEDULING)
+    await fetch_all(sub, until=".IntegratorCredentialRevoked")  # read so far, acknowledged
+    position = (await nc.jetstream().consumer_info(SCHEDULING, name)).ack_floor.stream_seq
 
     suspend = await api.post(
         f"/v1/clinics/{clinic.clinic_id}/suspend", headers=OPERATOR, json={"reason": "unpaid"}
@@ -566,12 +742,20 @@ async def test_suspending_the_clinic_cuts_every_credential_and_reinstating_resto
     assert "revoked" in str(connection.nc.last_error).lower()
     assert "authorization violation" in await refused_at_connect(nats_server.url, kept)
     assert unrelated.nc.is_connected  # another clinic's credential is untouched
+    kept_while_suspended = await consumers_of(nc, name)
+    assert SCHEDULING in kept_while_suspended
+    assert kept_while_suspended[SCHEDULING].ack_floor.stream_seq == position
 
     reinstate = await api.post(f"/v1/clinics/{clinic.clinic_id}/reinstate", headers=OPERATOR)
     assert reinstate.status_code == 200, reinstate.text
     again = await connect(nats_server.url, kept)
     assert again.nc.is_connected
     assert "authorization violation" in await refused_at_connect(nats_server.url, revoked)
+    # It goes on where it was: the suspension is the next of its clinic's events it reads.
+    sub = await again.nc.jetstream().pull_subscribe_bind(durable=name, stream=SCHEDULING)
+    after = await fetch_all(sub, until=".ClinicReinstated")
+    assert after[0].subject.endswith(".ClinicSuspended"), [m.subject for m in after]
+    assert after[0].metadata.sequence.stream > position
     for c in (again, unrelated):
         await c.nc.close()
 
@@ -591,6 +775,77 @@ async def test_an_expired_credential_is_disconnected_and_refused(
     assert "authorization violation" in await refused_at_connect(nats_server.url, issued)
     shown = await clinic.ok("GET", f"/v1/integrator-credentials/{issued['credential_id']}")
     assert shown["status"] == "expired"
+
+
+async def test_an_expired_credentials_consumers_are_deleted_at_the_next_sync(
+    postgres_dsn: str, nats_server: NatsServer, nc: NATS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = scheduling_app(postgres_dsn, nats_server.url, integrator_sync_interval_s=0.5)
+    async with serving(app) as api:
+        clinic = await register_clinic(api)
+        a_day_ago = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1, seconds=-2)
+        monkeypatch.setattr(integrators_api, "now", lambda: a_day_ago)
+        issued, lasting = await issue(clinic, expires_in_days=1), await issue(clinic)
+        monkeypatch.undo()
+        assert SCHEDULING in await consumers_of(nc, issued["consumer_name"])
+
+        async def deleted() -> bool:
+            return await consumers_of(nc, issued["consumer_name"]) == {}
+
+        await eventually(deleted, timeout=10, what="the expired credential's consumers deleted")
+        assert SCHEDULING in await consumers_of(nc, lasting["consumer_name"])
+
+
+async def test_a_stream_made_later_gets_the_consumers_and_an_integrators_own_is_replaced(
+    postgres_dsn: str, short_tmp: Path
+) -> None:
+    """A stream that did not exist at issuance (its service had not started) gets each
+    credential's consumer at the next sync, starting as the others do; a consumer an
+    integrator made itself before it lost the right, delivering somewhere, is replaced."""
+    server = NatsServer(short_tmp / f"nats-{uuid.uuid4().hex[:6]}", auth=harness_auth()).start()
+    admin = await nats.connect(
+        server.url, user_credentials=str(harness_auth().admin_creds), inbox_prefix="_INBOX_admin"
+    )
+    js = admin.jetstream()
+    try:
+        app = scheduling_app(postgres_dsn, server.url, integrator_sync_interval_s=0.5)
+        async with serving(app) as api:
+            clinic = await register_clinic(api)
+            issued = await issue(clinic, start="new")
+            name, own = issued["consumer_name"], f"antechamber.{clinic.clinic_id}.>"
+            made = await consumers_of(admin, name)
+            assert SCHEDULING in made
+            assert MEDIA not in made
+            await js.delete_consumer(LINKS, name)
+            pump = ConsumerConfig(
+                name=name, durable_name=name, filter_subject=own, deliver_subject="elsewhere"
+            )
+            await js.add_consumer(LINKS, pump)
+            await ensure_stream(js, service_stream("media"))
+
+            async def converged() -> bool:
+                now = await consumers_of(admin, name)
+                return MEDIA in now and now[LINKS].config.deliver_subject is None
+
+            await eventually(converged, timeout=10, what="the consumers in step")
+            now = await consumers_of(admin, name)
+            assert made[SCHEDULING].config.deliver_policy == DeliverPolicy.BY_START_TIME
+            for stream in (MEDIA, LINKS):
+                assert _shape(now[stream]) == _shape(made[SCHEDULING]), stream
+    finally:
+        await admin.close()
+        server.stop()
+
+
+def _shape(info: ConsumerInfo) -> tuple[Any, ...]:
+    config = info.config
+    return (
+        config.filter_subject,
+        config.deliver_subject,
+        config.ack_policy,
+        config.deliver_policy,
+        config.opt_start_time,
+    )
 
 
 # -- the seed is kept nowhere -------------------------------------------------------------------
@@ -751,6 +1006,7 @@ def test_a_credential_is_issued_once_and_revoked_once() -> None:
             public_key="UKEY",
             label="EHR",
             expires_at=now + timedelta(days=1),
+            start=ConsumerStart.ALL,
         )
     ]
     state = credentials.evolve_credential(None, issued[0])
