@@ -22,7 +22,7 @@ from pathlib import Path
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from runtime.nats_auth import (
+from runtime.nats_jwt import (
     NatsAuthError,
     decode_jwt,
     keypair,

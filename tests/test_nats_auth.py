@@ -15,13 +15,9 @@ from antechamber.catalog import definitions
 from antechamber.nats_setup import platform_auth, service_rights
 from contracts.media import record_subject
 from runtime.embedded import NatsServer
-from runtime.nats_auth import (
-    ADMIN_USER,
-    MAX_CONTROL_LINE,
-    Issuer,
+from runtime.nats_auth import ADMIN_USER, MAX_CONTROL_LINE, Issuer, ReservedKeyError, creds_inbox
+from runtime.nats_jwt import (
     NatsAuthError,
-    ReservedKeyError,
-    creds_inbox,
     decode_jwt,
     is_user_key,
     new_seed,

@@ -37,13 +37,8 @@ from nats.js.errors import APIError
 from contracts.scheduling import ConsumerStart, integrator_name, scheduling_events
 from runtime import commands
 from runtime.context import ServiceContext
-from runtime.nats_auth import (
-    IntegratorCredential,
-    Issuer,
-    NatsAuthError,
-    ReservedKeyError,
-    publish_account,
-)
+from runtime.nats_auth import IntegratorCredential, Issuer, ReservedKeyError, publish_account
+from runtime.nats_jwt import NatsAuthError
 from runtime.refusals import Conflict, Refused, not_found
 from runtime.service import DEPENDENCY_ERRORS
 from runtime.settings import nats_servers

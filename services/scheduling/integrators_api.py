@@ -9,7 +9,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from contracts.scheduling import ConsumerStart
 from runtime.http import problems
-from runtime.nats_auth import is_user_key
+from runtime.nats_jwt import is_user_key
 from runtime.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page, decode_cursor
 from services.scheduling import credential_views
 from services.scheduling.auth import CLINIC_PROBLEMS, Access, Clinic, Context, access_of

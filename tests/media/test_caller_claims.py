@@ -28,7 +28,8 @@ from contracts.media import (
 )
 from runtime.caller import MAX_SKEW_S, Identity, NotTheCaller
 from runtime.embedded import NatsServer
-from runtime.nats_auth import Issuer, creds_inbox
+from runtime.nats_auth import Issuer, creds_inbox, user_claims
+from runtime.nats_jwt import new_seed, public_key, sign_jwt
 from runtime.rpc import call
 from tests.media.conftest import Node, clinic, running, seat_request
 from tests.support import harness_auth
@@ -195,8 +196,6 @@ def test_a_claim_does_not_hold_when_altered_replayed_late_or_self_signed() -> No
     with pytest.raises(NotTheCaller):
         media.caller({}, "record", body)
     # A JWT naming "signaling" signed by a key of one's own is not signaling.
-    from runtime.nats_auth import new_seed, public_key, sign_jwt, user_claims
-
     forger_seed, account_seed = new_seed("user"), new_seed("account")
     forged = sign_jwt(
         user_claims(

@@ -33,7 +33,8 @@ from contracts.scheduling import (
     IntegratorCredentialRevoked,
 )
 from runtime.embedded import NatsServer
-from runtime.nats_auth import ADMIN_USER, Issuer, decode_jwt, public_key, read_creds
+from runtime.nats_auth import ADMIN_USER, Issuer
+from runtime.nats_jwt import decode_jwt, public_key, read_creds
 from runtime.refusals import Conflict, Invalid, NotFound
 from runtime.service import build_app
 from runtime.settings import RuntimeSettings
