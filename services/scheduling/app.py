@@ -116,6 +116,7 @@ def build(
                 UNSEAL_SUBJECT,
                 answering(SealedValues, handlers.unseal),
                 "Personal values sealed for one clinic's people, opened (or: erased).",
+                callers=frozenset({"notify"}),  # plain personal data: for the mails alone
             ),
         ],
         tasks=[keys.listen, integrators.keep_nats_in_step],

@@ -281,6 +281,13 @@ async def erase_client(store: EventStore, clinic_id: str, client_id: UUID) -> Er
             await execute(store, ROOM, room_id, clinic_id, domain.delete_room, conn=conn)
         history = await store.read_stream(CLIENT.stream(client_id), conn=conn)
         erased_at = await person_keys.erase(conn, clinic_id, client_id, datetime.now(UTC))
+        # Answers kept for Idempotency-Key replays (24 hours) hold the plain values that the
+        # caller was shown: those that name the client or their contacts' invitations go.
+        await conn.execute(
+            "DELETE FROM idempotency_keys WHERE body IS NOT NULL AND EXISTS (SELECT 1 FROM "
+            "unnest($1::text[]) AS id WHERE position(convert_to(id, 'UTF8') IN body) > 0)",
+            [str(i) for i in (client_id, *attendee_ids)],
+        )
     return Erasure(
         client_id=client_id,
         erased_at=erased_at,

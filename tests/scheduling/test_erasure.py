@@ -1,6 +1,10 @@
 """Personal data about clients rests and travels sealed, and an erasure request erases it."""
 
 import json
+import secrets
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -16,15 +20,39 @@ from contracts.scheduling import (
     SealedValues,
     scheduling_events,
 )
+from runtime.caller import Identity, signing_as
+from runtime.embedded import NatsServer
 from runtime.rpc import RpcError, call
+from runtime.service import connect_nats
 from services.scheduling.person_keys import PLAIN, SEALED
 from tests.scheduling.conftest import ClinicHandle, register_clinic
-from tests.support import assert_problem
+from tests.support import assert_problem, harness_auth
 
-NAME = "Ottoline Quarrington"
-EMAIL = "ottoline.q.7f3a@example.org"
-CONTACT = "ottoline.parent.7f3a@example.org"
-PHONE = "+44 20 7946 0713"
+
+@dataclass(frozen=True)
+class Person:
+    """A client with values found nowhere else, so a search for them means this client."""
+
+    tag: str = field(default_factory=lambda: secrets.token_hex(4))
+
+    @property
+    def name(self) -> str:
+        return f"Ottoline Quarrington-{self.tag}"
+
+    @property
+    def email(self) -> str:
+        return f"ottoline.{self.tag}@example.org"
+
+    @property
+    def contact(self) -> str:
+        return f"ottoline.parent.{self.tag}@example.org"
+
+    @property
+    def phone(self) -> str:
+        return f"+44 20 7946 {int(self.tag, 16) % 10_000:04d}"
+
+    def values(self) -> tuple[str, ...]:
+        return (self.name, self.email, self.contact, self.phone, self.tag)
 
 
 def pool_of(app: FastAPI) -> "asyncpg.Pool[Any]":
@@ -32,17 +60,26 @@ def pool_of(app: FastAPI) -> "asyncpg.Pool[Any]":
     return pool
 
 
-async def client_with_everything(clinic: ClinicHandle) -> dict[str, Any]:
+async def client_with_everything(clinic: ClinicHandle, person: Person) -> dict[str, Any]:
     """A client with a phone, a linked account, a room named after them, and a session to
-    which their linked account is invited."""
+    which their linked account is invited. The client is added with an Idempotency-Key, so
+    the answer is kept for replays."""
     practitioner = await clinic.practitioner()
-    client = await clinic.client(
-        NAME,
-        email=EMAIL,
-        phone=PHONE,
-        linked_accounts=[{"display_name": f"Parent of {NAME}", "email": CONTACT}],
+    client = await clinic.ok(
+        "POST",
+        "/v1/clients",
+        201,
+        json={
+            "display_name": person.name,
+            "email": person.email,
+            "phone": person.phone,
+            "linked_accounts": [
+                {"display_name": f"Parent of {person.name}", "email": person.contact}
+            ],
+        },
+        headers={"Idempotency-Key": f"add-{person.tag}"},
     )
-    room = await clinic.client_room(client, practitioner, title=f"{NAME}'s room")
+    room = await clinic.client_room(client, practitioner, title=f"{person.name}'s room")
     session = await clinic.session(practitioner, [client])
     contact_id = client["linked_accounts"][0]["contact_id"]
     invited = await clinic.ok(
@@ -67,29 +104,44 @@ async def stored_text(app: FastAPI, clinic_id: str) -> str:
     return " ".join(parts)
 
 
+async def kept_answers(app: FastAPI) -> str:
+    """The answers kept for Idempotency-Key replays, as text."""
+    text: str = await pool_of(app).fetchval(
+        "SELECT coalesce(string_agg(convert_from(body, 'UTF8'), ' '), '') "
+        "FROM idempotency_keys WHERE body IS NOT NULL"
+    )
+    return text
+
+
 async def test_personal_values_rest_sealed_and_read_plain_through_the_api(
     app: FastAPI, clinic: ClinicHandle
 ) -> None:
-    client = await client_with_everything(clinic)
+    person = Person()
+    client = await client_with_everything(clinic, person)
     stored = await stored_text(app, clinic.clinic_id)
-    for plain in (NAME, EMAIL, CONTACT, PHONE, "Ottoline"):
+    for plain in person.values():
         assert plain not in stored, f"{plain} is stored in clear"
     assert "pd1." in stored
     read = await clinic.ok("GET", f"/v1/clients/{client['client_id']}")
-    assert (read["display_name"], read["email"], read["phone"]) == (NAME, EMAIL, PHONE)
-    assert read["linked_accounts"][0]["email"] == CONTACT
-    listed = await clinic.ok("GET", "/v1/clients")
-    assert [c["email"] for c in listed["items"]] == [EMAIL]
-    assert (await clinic.ok("GET", f"/v1/rooms/{client['room']['room_id']}"))["title"] == (
-        f"{NAME}'s room"
+    assert (read["display_name"], read["email"], read["phone"]) == (
+        person.name,
+        person.email,
+        person.phone,
     )
+    assert read["linked_accounts"][0]["email"] == person.contact
+    listed = await clinic.ok("GET", "/v1/clients")
+    assert [c["email"] for c in listed["items"]] == [person.email]
+    room = await clinic.ok("GET", f"/v1/rooms/{client['room']['room_id']}")
+    assert room["title"] == f"{person.name}'s room"
     session = await clinic.ok("GET", f"/v1/sessions/{client['session']['session_id']}")
-    assert [a["email"] for a in session["attendees"]] == [CONTACT]
+    assert [a["email"] for a in session["attendees"]] == [person.contact]
     history = await clinic.ok("GET", f"/v1/sessions/{client['session']['session_id']}/history")
-    assert history[-1]["data"]["email"] == CONTACT
+    assert history[-1]["data"]["email"] == person.contact
     # A change decides on the plain values: the same name again changes nothing.
     await clinic.ok("PATCH", f"/v1/rooms/{client['room']['room_id']}", json={"title": "Weekly"})
-    await clinic.ok("PATCH", f"/v1/clients/{client['client_id']}", json={"display_name": NAME})
+    await clinic.ok(
+        "PATCH", f"/v1/clients/{client['client_id']}", json={"display_name": person.name}
+    )
     count = await pool_of(app).fetchval(
         "SELECT count(*) FROM events WHERE stream_id = $1", f"client-{client['client_id']}"
     )
@@ -98,9 +150,11 @@ async def test_personal_values_rest_sealed_and_read_plain_through_the_api(
 
 
 async def test_an_erased_client_is_gone_for_good(app: FastAPI, clinic: ClinicHandle) -> None:
-    client = await client_with_everything(clinic)
+    person = Person()
+    client = await client_with_everything(clinic, person)
     client_id = client["client_id"]
     attendee_id = client["session"]["attendees"][0]["attendee_id"]
+    assert person.email in await kept_answers(app)
     erased = await clinic.ok("POST", f"/v1/clients/{client_id}/erasure")
     assert erased["client_id"] == client_id
     assert erased["already_erased"] is False
@@ -142,9 +196,8 @@ async def test_an_erased_client_is_gone_for_good(app: FastAPI, clinic: ClinicHan
         clinic.clinic_id,
         client["client_id"],
     )
-    stored = await stored_text(app, clinic.clinic_id)
-    assert "Weekly" not in stored
-    for plain in (NAME, EMAIL, CONTACT, PHONE):
+    stored = await stored_text(app, clinic.clinic_id) + await kept_answers(app)
+    for plain in person.values():
         assert plain not in stored
 
     again = await clinic.ok("POST", f"/v1/clients/{client_id}/erasure")
@@ -159,45 +212,63 @@ async def test_an_erased_client_is_gone_for_good(app: FastAPI, clinic: ClinicHan
 async def test_erasure_answers_404_for_unknown_and_other_clinics_clients(
     clinic: ClinicHandle,
 ) -> None:
+    person = Person()
     other = await register_clinic(clinic.api)
-    theirs = await other.client(NAME, email=EMAIL)
+    theirs = await other.client(person.name, email=person.email)
     response = await clinic.call("POST", f"/v1/clients/{theirs['client_id']}/erasure")
     assert_problem(response, 404, "client_not_found")
-    assert (await other.ok("GET", f"/v1/clients/{theirs['client_id']}"))["email"] == EMAIL
+    assert (await other.ok("GET", f"/v1/clients/{theirs['client_id']}"))["email"] == person.email
+    unknown = await clinic.call("POST", f"/v1/clients/{uuid.uuid4()}/erasure")
+    assert_problem(unknown, 404, "client_not_found")
 
 
-async def test_other_services_open_values_for_one_clinic_only(
-    app: FastAPI, clinic: ClinicHandle, nc: NATS
+@pytest.fixture
+async def as_notify(nats_server: NatsServer) -> AsyncIterator[NATS]:
+    """A connection whose requests carry notify's signed claim."""
+    nc = signing_as(
+        await connect_nats(nats_server.url, "tests-as-notify"),
+        Identity.load(harness_auth().creds("notify")),
+    )
+    yield nc
+    await nc.drain()
+
+
+async def test_notify_opens_values_for_one_clinic_only(
+    app: FastAPI, clinic: ClinicHandle, as_notify: NATS, nc: NATS
 ) -> None:
-    client = await client_with_everything(clinic)
+    person = Person()
+    client = await client_with_everything(clinic, person)
     sealed = await pool_of(app).fetchrow(
         "SELECT display_name, email FROM clients WHERE client_id = $1", client["client_id"]
     )
     values = [sealed["display_name"], sealed["email"], "plain@example.org"]
-    answer = await call(
-        nc, UNSEAL_SUBJECT, SealedValues(clinic_id=clinic.clinic_id, values=values), OpenedValues
-    )
+    asked = SealedValues(clinic_id=clinic.clinic_id, values=values)
+    answer = await call(as_notify, UNSEAL_SUBJECT, asked, OpenedValues)
     assert [(v.outcome, v.value) for v in answer.values] == [
-        (Opening.opened, NAME),
-        (Opening.opened, EMAIL),
+        (Opening.opened, person.name),
+        (Opening.opened, person.email),
         (Opening.refused, None),
     ]
     other = await register_clinic(clinic.api)
     elsewhere = await call(
-        nc, UNSEAL_SUBJECT, SealedValues(clinic_id=other.clinic_id, values=values), OpenedValues
+        as_notify,
+        UNSEAL_SUBJECT,
+        SealedValues(clinic_id=other.clinic_id, values=values),
+        OpenedValues,
     )
     assert {v.outcome for v in elsewhere.values} == {Opening.refused}
     assert {v.value for v in elsewhere.values} == {None}
 
     await clinic.ok("POST", f"/v1/clients/{client['client_id']}/erasure")
-    after = await call(
-        nc, UNSEAL_SUBJECT, SealedValues(clinic_id=clinic.clinic_id, values=values), OpenedValues
-    )
+    after = await call(as_notify, UNSEAL_SUBJECT, asked, OpenedValues)
     assert [v.outcome for v in after.values] == [Opening.erased, Opening.erased, Opening.refused]
     assert {str(v.person_id) for v in after.values[:2]} == {client["client_id"]}
     too_many = SealedValues.model_construct(clinic_id=clinic.clinic_id, values=values * 200)
     with pytest.raises(RpcError, match="malformed request"):
-        await call(nc, UNSEAL_SUBJECT, too_many, OpenedValues)
+        await call(as_notify, UNSEAL_SUBJECT, too_many, OpenedValues)
+    # Any other service (here: a request signed as signaling) is refused.
+    with pytest.raises(RpcError, match="refused"):
+        await call(nc, UNSEAL_SUBJECT, asked, OpenedValues)
 
 
 def test_every_personal_field_scheduling_publishes_is_sealed_or_said_to_be_plain() -> None:
