@@ -7,8 +7,10 @@ The notify service runs as a process of its own (``antechamber serve notify``) o
 nats-server and Postgres, with ``ANTECHAMBER_NOTIFY_SMTP_CONNECTIONS`` set to ``CONNECTIONS``
 and the mail relay pointed at an aiosmtpd sink in this process. Neither scheduling nor links
 runs: ``tests.notify.feed.Feed`` publishes their events as their relays would, per session a
-ClientAdded, a SessionScheduled (video mode session_link, one client) and the client's
-LinkIssued, sealed with the link key notify was given.
+ClientAdded (name and address sealed for the client, as scheduling seals them), a
+SessionScheduled (video mode session_link, one client) and the client's LinkIssued, sealed
+with the link key notify was given; and it answers notify's requests to open the clients'
+addresses as scheduling would (``rpc.scheduling.unseal``, one per batch notify claims).
 
 1. Notify: after a warm-up, ``N`` sessions are fed; rate = N / (first publish -> the last
    recipient's invitation accepted by the sink). Every recipient must get exactly one mail,
@@ -125,6 +127,8 @@ class Delivered:
     started_at: datetime
     cpu: dict[str, float]
     invited: list[Invited]
+    unseal_requests: int
+    """Requests notify sent to open the measured recipients' addresses."""
 
     @property
     def rate(self) -> float:
@@ -136,6 +140,7 @@ async def deliver(sink: RawSink, feed: Feed, count: int, meter: CpuMeter) -> Del
     first_mail = len(sink.mails)
     meter.start()
     own = time.process_time()
+    asked_before = feed.unseal_requests
     started_at = datetime.now(UTC)
     started = time.perf_counter()
     invited = await feed.sessions(count)
@@ -155,6 +160,7 @@ async def deliver(sink: RawSink, feed: Feed, count: int, meter: CpuMeter) -> Del
         started_at=started_at,
         cpu=meter.used | {"bench (feed and sink)": bench_cpu},
         invited=invited,
+        unseal_requests=feed.unseal_requests - asked_before,
     )
 
 
@@ -348,6 +354,10 @@ def report(run: Delivered, checked: Checked, log: Log, raw: dict[str, float]) ->
             f"  planned -> sent:            p50 {ms(pct(log.sent_s, 50))}   "
             f"p99 {ms(pct(log.sent_s, 99))}   waited for their link: {log.waited_for_link}"
         )
+    print(
+        f"  addresses opened:           {run.unseal_requests} requests to scheduling "
+        f"({run.count / max(run.unseal_requests, 1):.0f} invitations per request)"
+    )
     print(
         f"  one message:                notify {checked.mean_size / 1000:.1f} kB, "
         f"raw {raw['mean_size'] / 1000:.1f} kB; building it as an EmailMessage "

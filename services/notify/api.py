@@ -285,7 +285,7 @@ async def copy_link(
         )
         if exists is None:
             raise Problem(404, NO_SESSION, code="session_not_found")
-        _, context, _, _ = await session_context(conn, notify, clinic_id, session_id, recipient_id)
+        _, context, _ = await session_context(conn, notify, clinic_id, session_id, recipient_id)
     if "join_url" not in context:
         raise Problem(
             409, "This session has no working link yet; try again in a moment.", code="no_link"

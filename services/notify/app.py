@@ -6,7 +6,7 @@ from fastapi import FastAPI
 
 from contracts.links import links_events
 from contracts.notify import notify_events
-from contracts.scheduling import AUTHENTICATE_SUBJECT, scheduling_events
+from contracts.scheduling import AUTHENTICATE_SUBJECT, UNSEAL_SUBJECT, scheduling_events
 from runtime.consumer import Consumer
 from runtime.nats_permissions import BusAccess
 from runtime.service import ServiceDefinition
@@ -20,6 +20,7 @@ SCHEDULING_EVENTS = (
     "PractitionerAdded",
     "ClientAdded",
     "ClientUpdated",
+    "ClientErased",
     "SessionScheduled",
     "SessionRescheduled",
     "SessionCancelled",
@@ -65,7 +66,8 @@ def build(notify: Notify | None = None) -> ServiceDefinition:
         routes=partial(routes, notify=notify),
         tasks=[sender.run],
         description="Invitations, reminders, clinic templates and the delivery log.",
-        bus=BusAccess(calls=(AUTHENTICATE_SUBJECT,)),
+        # Scheduling opens recipients' names and addresses for it (services/notify/details.py).
+        bus=BusAccess(calls=(AUTHENTICATE_SUBJECT, UNSEAL_SUBJECT)),
     )
 
 

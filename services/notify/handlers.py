@@ -4,6 +4,7 @@ Each handler runs in the consumer's transaction (with the inbox row), so a redel
 plans nothing twice; on top of that every planned message has its unique key (session,
 recipient, kind, revision, offset, ref) and is inserted with ``ON CONFLICT DO NOTHING``.
 Nothing here talks to a mail server: :mod:`services.notify.sender` sends what is due.
+Names and addresses are stored as the events carry them, sealed (:mod:`services.notify.details`).
 """
 
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from contracts.scheduling import (
     AttendeeInvited,
     AttendeeRemoved,
     ClientAdded,
+    ClientErased,
     ClientUpdated,
     ClinicRegistered,
     ClinicSettings,
@@ -39,6 +41,7 @@ from runtime.context import ServiceContext
 from runtime.db import Executor
 from runtime.sealing import Sealer, SealingSettings
 from services.notify.config import NotifySettings
+from services.notify.details import Details
 
 
 @dataclass
@@ -50,6 +53,8 @@ class Notify:
         default=lambda: SealingSettings().sealer()  # read at start, not at import
     )
     clock: Clock = system_clock
+    details: Details = field(default_factory=Details)
+    """Recipients' names and addresses opened by scheduling, for a short while."""
 
     @cached_property
     def sealer(self) -> Sealer:
@@ -216,12 +221,15 @@ async def on_scheduling(
             await conn.execute(
                 "INSERT INTO clients (client_id, clinic_id, display_name, email) "
                 "VALUES ($1, $2, $3, $4) ON CONFLICT (client_id) DO UPDATE "
-                "SET display_name = EXCLUDED.display_name, email = EXCLUDED.email",
+                "SET display_name = EXCLUDED.display_name, email = EXCLUDED.email "
+                "WHERE NOT clients.erased",
                 event.client_id,
                 clinic,
                 event.display_name,
                 event.email,
             )
+        case ClientErased():
+            await _client_erased(notify, conn, clinic, event, now)
         case SessionScheduled():
             await _scheduled(conn, clinic, event, now)
         case SessionRescheduled():
@@ -344,7 +352,7 @@ async def _attendee_invited(
         "INSERT INTO recipients (session_id, recipient_id, clinic_id, kind, email, display_name) "
         "VALUES ($1, $2, $3, 'attendee', $4, $5) ON CONFLICT (session_id, recipient_id) "
         "DO UPDATE SET email = EXCLUDED.email, display_name = EXCLUDED.display_name, "
-        "removed = false",
+        "removed = false WHERE NOT recipients.erased",
         event.session_id,
         event.attendee_id,
         clinic,
@@ -360,6 +368,40 @@ async def _attendee_invited(
         conn, clinic, event.session_id, recipient, MessageKind.invitation, revision, now, now
     )
     await plan_reminders(conn, session, [recipient], now)
+
+
+async def _client_erased(
+    notify: Notify, conn: Executor, clinic: str, event: ClientErased, now: datetime
+) -> None:
+    """The client and their contacts' invitations keep ids only; what was planned for them is
+    dropped with the reason, and nothing is planned for them again (as if removed)."""
+    people = [event.client_id, *event.attendee_ids]
+    await conn.execute(
+        "INSERT INTO clients (client_id, clinic_id, erased) VALUES ($1, $2, true) "
+        "ON CONFLICT (client_id) DO UPDATE SET display_name = NULL, email = NULL, erased = true",
+        event.client_id,
+        clinic,
+    )
+    await conn.execute(
+        "UPDATE recipients SET email = NULL, display_name = NULL, erased = true, removed = true "
+        "WHERE clinic_id = $1 AND recipient_id = ANY($2::uuid[])",
+        clinic,
+        people,
+    )
+    await conn.execute(
+        "UPDATE deliveries SET status = CASE WHEN status = 'pending' THEN 'dropped' "
+        "ELSE status END, detail = CASE WHEN status = 'pending' THEN $3 ELSE detail END, "
+        "address_masked = NULL, updated_at = $4 "
+        "WHERE clinic_id = $1 AND recipient_id = ANY($2::uuid[])",
+        clinic,
+        people,
+        ERASED,
+        now,
+    )
+    notify.details.forget(people)
+
+
+ERASED = "the recipient's personal data was erased at the clinic's request"
 
 
 async def _replan_clinic_reminders(conn: Executor, clinic: str, now: datetime) -> None:

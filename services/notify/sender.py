@@ -6,6 +6,10 @@ link and a calendar entry, and sends it through :class:`~services.notify.smtp.Ma
 records ``accepting`` just before the mail server is told to accept. A claim whose process
 died is taken over when its deadline passes: ``sending`` is sent again (the server never got
 the final dot), ``accepting`` is recorded as unconfirmed and not sent again.
+
+Recipients' names and addresses rest sealed; a claimed batch's are opened by scheduling in
+one request (:mod:`services.notify.details`) before its messages are written. A recipient
+scheduling says was erased fails at once with the reason ``erased`` and is not tried again.
 """
 
 import asyncio
@@ -32,10 +36,12 @@ from contracts.notify import (
     ReminderSkipped,
     SkippedBecause,
 )
+from contracts.scheduling import Opening
 from runtime.context import ServiceContext
 from runtime.db import Executor
 from services.notify import ical
-from services.notify.handlers import Notify
+from services.notify.details import DetailsUnavailable
+from services.notify.handlers import ERASED, Notify
 from services.notify.smtp import Mailer, Outcome
 from services.notify.templates import DEFAULT_TEMPLATES, RenderError, TemplateSet, render
 
@@ -65,6 +71,18 @@ class Written:
     address: str
 
 
+@dataclass(frozen=True)
+class Recipient:
+    """Whom a message is for, as stored: ``email`` and ``name`` may still be sealed."""
+
+    kind: str
+    email: str | None
+    name: str | None
+    client_unknown: bool = False
+    """A client notify has not heard of yet (their details may come after the session)."""
+    erased: bool = False
+
+
 def mask(address: str) -> str:
     """``g***@example.org``: enough to recognise, not enough to read."""
     local, _, domain = address.partition("@")
@@ -88,9 +106,9 @@ def starts_in(minutes: int) -> str:
 
 async def session_context(
     conn: Executor, notify: Notify, clinic_id: str, session_id: UUID, recipient_id: UUID | None
-) -> tuple[Any, dict[str, Any], str | None, bool]:
-    """The session row, its template variables for one recipient (``join_url`` included), the
-    recipient's address, and whether that recipient is a client notify has not heard of yet."""
+) -> tuple[Any, dict[str, Any], Recipient]:
+    """The session row, its template variables (``join_url`` included; ``recipient_name`` is
+    the writer's to add, once opened), and the recipient as stored."""
     session = await conn.fetchrow(
         "SELECT s.*, c.name AS clinic_name, c.early_join_minutes, p.display_name AS practitioner "
         "FROM sessions s JOIN clinics c USING (clinic_id) "
@@ -101,19 +119,15 @@ async def session_context(
     )
     if session is None:
         raise Refused(FailedBecause.no_link, "the session is unknown to notify")
-    recipient = None
+    found = None
     if recipient_id is not None:
-        recipient = await conn.fetchrow(
-            "SELECT r.kind, coalesce(r.email, c.email) AS email, "
-            "r.kind = 'client' AND c.client_id IS NULL AS client_unknown, "
-            "coalesce(r.display_name, c.display_name, '') AS name FROM recipients r "
-            "LEFT JOIN clients c ON c.client_id = r.recipient_id "
-            "WHERE r.session_id = $1 AND r.recipient_id = $2",
+        found = await conn.fetchrow(
+            f"{_RECIPIENT} WHERE r.session_id = $1 AND r.recipient_id = $2",
             session_id,
             recipient_id,
         )
-    if recipient is None:  # the session's clients' link, for the copy-link text
-        recipient = {"kind": "client", "email": None, "name": "", "client_unknown": False}
+    # Without one: the session's clients' link, for the copy-link text.
+    recipient = Recipient(**found) if found else Recipient("client", None, None)
     zone = session["time_zone"]
     date, start = local_parts(session["starts_at"], zone)
     _, end = local_parts(session["ends_at"], zone)
@@ -121,7 +135,6 @@ async def session_context(
     context: dict[str, Any] = {
         "clinic_name": session["clinic_name"],
         "practitioner_name": session["practitioner"] or "",
-        "recipient_name": recipient["name"] or "",
         "date": date,
         "start_time": start,
         "end_time": end,
@@ -133,10 +146,19 @@ async def session_context(
         context["previous_date"], context["previous_start_time"] = local_parts(
             session["previous_starts_at"], zone
         )
-    url = await link_for(conn, session, recipient_id, recipient["kind"])
+    url = await link_for(conn, session, recipient_id, recipient.kind)
     if url is not None:
         context["join_url"] = notify.sealer.unseal(url)
-    return session, context, recipient["email"], bool(recipient["client_unknown"])
+    return session, context, recipient
+
+
+_RECIPIENT = (
+    "SELECT r.kind, coalesce(r.email, c.email) AS email, "
+    "coalesce(r.display_name, c.display_name) AS name, "
+    "r.kind = 'client' AND c.client_id IS NULL AS client_unknown, "
+    "r.erased OR coalesce(c.erased, false) AS erased "
+    "FROM recipients r LEFT JOIN clients c ON c.client_id = r.recipient_id"
+)
 
 
 async def link_for(
@@ -206,9 +228,9 @@ class Sender:
                     claimed = []
                     if queue.qsize() < self.settings.smtp_connections:
                         claimed = await self._claim(ctx)
+                        await self._open_details(ctx, claimed)
                 except Exception as exc:  # Postgres away for a moment: the loop goes on
                     log.warning("cannot look for due messages", error=type(exc).__name__)
-                    claimed = []
                 for row in claimed:
                     queue.put_nowait(row)
                 if len(claimed) < self.settings.batch:
@@ -234,6 +256,30 @@ class Sender:
                 now + timedelta(seconds=self.settings.claim_s),
             )
         )
+
+    async def _open_details(self, ctx: ServiceContext, claimed: list[Any]) -> None:
+        """The claimed messages' recipients' names and addresses, opened ahead in one request
+        per clinic (usually one), so that writing each message asks nothing more. Without an
+        answer, each message asks again as it is written, and waits if it must."""
+        if not claimed:
+            return
+        rows = await ctx.pool.fetch(
+            "SELECT r.clinic_id, coalesce(r.email, c.email) AS email, "
+            "coalesce(r.display_name, c.display_name) AS name FROM recipients r "
+            "JOIN unnest($1::uuid[], $2::uuid[]) AS t(session_id, recipient_id) "
+            "ON r.session_id = t.session_id AND r.recipient_id = t.recipient_id "
+            "LEFT JOIN clients c ON c.client_id = r.recipient_id",
+            [row["session_id"] for row in claimed],
+            [row["recipient_id"] for row in claimed],
+        )
+        by_clinic: dict[str, list[str | None]] = {}
+        for row in rows:
+            by_clinic.setdefault(row["clinic_id"], []).extend((row["email"], row["name"]))
+        for clinic, values in by_clinic.items():
+            try:
+                await self.notify.details.open(ctx, clinic, values)
+            except DetailsUnavailable as exc:
+                log.warning("cannot open recipients' details ahead", error=str(exc))
 
     async def _take_over(self, ctx: ServiceContext) -> None:
         """Claims of processes that stopped: sent again, or recorded as unconfirmed."""
@@ -276,9 +322,12 @@ class Sender:
     async def deliver(self, ctx: ServiceContext, mailer: Mailer, row: Any) -> None:
         try:
             async with ctx.pool.acquire() as conn:
-                written = await self.write(conn, row)
+                written = await self.write(ctx, conn, row)
         except NotYet:
             await self._again(ctx, row, LINK_RETRY_S, attempt=False)
+            return
+        except DetailsUnavailable as exc:
+            await self._temporary(ctx, row, f"the recipient's details could not be read: {exc}")
             return
         except Refused as refused:
             await self._finish(
@@ -320,12 +369,22 @@ class Sender:
         )
         await self._outcome(ctx, row, written, outcome)
 
-    async def write(self, conn: Executor, row: Any) -> Written:
+    async def write(self, ctx: ServiceContext, conn: Executor, row: Any) -> Written:
         kind = MessageKind(row["kind"])
         now = self.notify.clock()
-        session, context, address, client_unknown = await session_context(
+        session, context, recipient = await session_context(
             conn, self.notify, row["clinic_id"], row["session_id"], row["recipient_id"]
         )
+        if recipient.erased:
+            raise Refused(FailedBecause.erased, ERASED)
+        opened = await self.notify.details.open(
+            ctx, row["clinic_id"], (recipient.email, recipient.name)
+        )
+        if any(o.outcome is Opening.erased for o in opened.values()):
+            raise Refused(FailedBecause.erased, ERASED)
+        address = opened[recipient.email].value if recipient.email else None
+        context["recipient_name"] = (opened[recipient.name].value if recipient.name else "") or ""
+        client_unknown = recipient.client_unknown
         if kind is MessageKind.reminder:
             if session["status"] != "scheduled" or session["starts_at"] <= now:
                 raise Skipped(SkippedBecause.session_started)
@@ -336,6 +395,10 @@ class Sender:
             waited = (now - row["created_at"]).total_seconds()
             if client_unknown and waited < self.settings.link_wait_s:
                 raise NotYet
+            if recipient.email:  # sealed, and scheduling would not open it for this clinic
+                raise Refused(
+                    FailedBecause.invalid_address, "the recipient's address could not be opened"
+                )
             raise Refused(FailedBecause.invalid_address, "the recipient has no email address")
         try:
             address = validate_email(address, check_deliverability=False).normalized
@@ -411,14 +474,19 @@ class Sender:
         elif outcome.status == "permanent":
             event = self._failed(row, FailedBecause.refused, outcome.detail)
             await self._finish(ctx, row, "failed", outcome.detail, event)
-        elif row["attempts"] + 1 >= self.settings.max_attempts:
-            detail = f"gave up after {row['attempts'] + 1} tries; the last: {outcome.detail}"
+        else:
+            await self._temporary(ctx, row, outcome.detail)
+
+    async def _temporary(self, ctx: ServiceContext, row: Any, detail: str) -> None:
+        """Tried again after a back-off, or given up after ``max_attempts``."""
+        if row["attempts"] + 1 >= self.settings.max_attempts:
+            detail = f"gave up after {row['attempts'] + 1} tries; the last: {detail}"
             await self._finish(
                 ctx, row, "failed", detail, self._failed(row, FailedBecause.gave_up, detail)
             )
         else:
             backoff = min(self.settings.retry_base_s * 2 ** row["attempts"], MAX_BACKOFF_S)
-            await self._again(ctx, row, backoff, attempt=True, detail=outcome.detail)
+            await self._again(ctx, row, backoff, attempt=True, detail=detail)
 
     async def _again(
         self,

@@ -5,6 +5,10 @@ and a session link (video mode ``session_link``), so notify plans and mails one 
 session. It publishes in batches of concurrent publishes, enough to feed a thousand sessions
 in a few seconds; each batch's clients are acknowledged before their sessions are published,
 so notify knows a client's address when it writes the client's invitation.
+
+Clients' names and addresses are sealed per client as scheduling seals them, and the feed
+answers notify's requests to open them (``UNSEAL_SUBJECT``) as scheduling would, from the
+keys it sealed with, for as long as its connection lives. ``erase`` forgets a client's key.
 """
 
 import asyncio
@@ -15,22 +19,28 @@ from datetime import UTC, datetime, timedelta
 from uuid import UUID, uuid4
 
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from contracts.events import Event
 from contracts.links import LinkIssued, LinkKind, Role
 from contracts.scheduling import (
+    UNSEAL_SUBJECT,
     ClientAdded,
     ClinicRegistered,
     ClinicSettings,
     GuestAdmission,
     Plan,
     PractitionerAdded,
+    SealedValues,
     SessionScheduled,
     SessionSource,
     VideoMode,
 )
+from runtime.personal_data import new_person_key, seal_model
 from runtime.sealing import Sealer
 from runtime.streams import ensure_stream, service_stream
+from services.scheduling.person_keys import answer
 from tests.support import envelope_for, publish_envelope
 
 BATCH = 100
@@ -59,6 +69,12 @@ class Feed:
     time_zone: str = field(default="UTC", init=False)
     _clients: int = field(default=0, init=False)
     _streams_ready: bool = field(default=False, init=False)
+    keys: dict[UUID, bytes] = field(default_factory=dict, init=False)
+    erased: set[UUID] = field(default_factory=set, init=False)
+    unseal_requests: int = field(default=0, init=False)
+    """Requests notify sent to open clients' details (one per claimed batch, not per mail)."""
+    _answering: Subscription | None = field(default=None, init=False)
+    _plain: dict[UUID, ClientAdded] = field(default_factory=dict, init=False)
 
     async def clinic(
         self,
@@ -68,6 +84,7 @@ class Feed:
         """ClinicRegistered (plan professional, which includes session links) and its
         practitioner's PractitionerAdded."""
         await self._ensure_streams()
+        await self._answer_unseal()
         settings = ClinicSettings(
             plan=Plan.professional,
             time_zone=time_zone,
@@ -116,19 +133,45 @@ class Feed:
     # -- events ----------------------------------------------------------------------------
 
     def _client(self) -> ClientAdded:
+        """A new client as scheduling publishes one, sealed; ``plain_client`` opens it."""
         self._clients += 1
         n = self._clients
-        return ClientAdded(
-            client_id=uuid4(),
+        client_id = uuid4()
+        self.keys[client_id] = new_person_key()
+        plain = ClientAdded(
+            client_id=client_id,
             display_name=f"Client {n}",
             email=f"client-{n}-{secrets.token_hex(3)}@example.org",
         )
+        self._plain[client_id] = plain
+        return seal_model(plain, self.keys[client_id], self.clinic_id, client_id)
+
+    def plain_client(self, client: ClientAdded) -> ClientAdded:
+        return self._plain[client.client_id]
+
+    def erase(self, client_id: UUID) -> None:
+        """As scheduling erases a client: their key is gone (no ClientErased is published)."""
+        del self.keys[client_id]
+        self.erased.add(client_id)
+
+    async def _answer_unseal(self) -> None:
+        if self._answering is not None:
+            return
+
+        async def on_request(msg: Msg) -> None:
+            self.unseal_requests += 1
+            request = SealedValues.model_validate_json(msg.data)
+            keys = self.keys if request.clinic_id == self.clinic_id else {}
+            await msg.respond(answer(request, keys, self.erased).model_dump_json().encode())
+
+        self._answering = await self.nc.subscribe(UNSEAL_SUBJECT, queue="scheduling", cb=on_request)
 
     def _session(
         self, client: ClientAdded, starts_at: datetime
     ) -> tuple[SessionScheduled, LinkIssued, Invited]:
         assert self.practitioner_id is not None
-        assert client.email is not None
+        email = self.plain_client(client).email
+        assert email is not None
         session_id = uuid4()
         scheduled = SessionScheduled(
             session_id=session_id,
@@ -151,7 +194,7 @@ class Feed:
             session_id=session_id,
             practitioner_id=self.practitioner_id,
         )
-        return scheduled, issued, Invited(session_id, client.client_id, client.email, url)
+        return scheduled, issued, Invited(session_id, client.client_id, email, url)
 
     # -- publishing ------------------------------------------------------------------------
 

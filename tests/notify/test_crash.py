@@ -1,13 +1,16 @@
 """Notify killed with SIGKILL in the middle of 1,000 invitations: none twice, none lost."""
 
 import asyncio
+import contextlib
 import os
 import signal
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
 import pytest
+from nats.aio.client import Client as NATS
 
 from bench.support import Process, servers, service_ready, start_service
 from runtime.embedded import free_port
@@ -18,6 +21,14 @@ from tests.notify.feed import Feed
 from tests.notify.smtp import SmtpSink
 
 COUNT = 1000
+
+
+@contextlib.asynccontextmanager
+async def drained(nc: NATS) -> AsyncIterator[NATS]:
+    try:
+        yield nc
+    finally:
+        await nc.drain()
 
 
 def notify_process(
@@ -51,16 +62,17 @@ async def test_notify_killed_mid_way_through_1000_invitations_sends_each_exactly
 
 async def killed_mid_way(tmp_path: Path, postgres_dsn: str, nats_url: str) -> None:
     key = new_key()
-    async with SmtpSink() as sink:
+    # The feed's connection answers for scheduling (it opens the clients' sealed addresses)
+    # until both processes are done.
+    nc = await connect_nats(nats_url, "crash-test")
+    async with SmtpSink() as sink, drained(nc):
         sink.accepting_delay = 0.002  # a relay that takes a moment: the kill lands mid-send
         first, port = notify_process(tmp_path, postgres_dsn, nats_url, sink, key, "n1")
         try:
             await service_ready(first, f"http://127.0.0.1:{port}")
-            nc = await connect_nats(nats_url, "crash-test")
             feed = Feed(nc, Sealer(key))
             await feed.clinic()
             invited = await feed.sessions(COUNT)
-            await nc.drain()
             await sink.wait_for(COUNT // 4, timeout=120)
             os.kill(first.pid, signal.SIGKILL)
             first.process.wait()
