@@ -17,7 +17,11 @@ Events of every Antechamber service, published to JetStream after they commit.
 Subjects are `antechamber.<clinic_id>.<service>.<EventType>`, one stream per service
 (`ANTECHAMBER_<SERVICE>`). Every message's body is an event envelope; the header `Nats-Msg-Id`
 equals `event_id`, and `traceparent` carries the W3C trace context. Delivery is at least once:
-de-duplicate by `event_id`. Fields marked `x-personal-data` identify a person.
+de-duplicate by `event_id`. Fields marked `x-personal-data` identify a person. Those also
+marked `x-sealed` carry the value sealed for that person (`pd1.<person id>.<...>`), which no
+integrator can open and which becomes unreadable everywhere when the person is erased
+(`ClientErased`): read the person through the clinic API (`GET /v1/clients/{id}`) when needed.
+See docs/architecture.md, "Personal data on the bus".
 
 Every connection authenticates. An integrator connects with a clinic's integrator credential
 (see `integrator-credentials`) and reads that clinic's events only: the core subjects
