@@ -40,7 +40,7 @@ from contracts.scheduling import Opening
 from runtime.context import ServiceContext
 from runtime.db import Executor
 from services.notify import ical
-from services.notify.details import DetailsUnavailable
+from services.notify.details import DetailsUnavailable, Opened
 from services.notify.handlers import ERASED, Notify
 from services.notify.smtp import Mailer, Outcome
 from services.notify.templates import DEFAULT_TEMPLATES, RenderError, TemplateSet, render
@@ -382,8 +382,9 @@ class Sender:
         )
         if any(o.outcome is Opening.erased for o in opened.values()):
             raise Refused(FailedBecause.erased, ERASED)
-        address = opened[recipient.email].value if recipient.email else None
-        context["recipient_name"] = (opened[recipient.name].value if recipient.name else "") or ""
+        # .get, not [...]: a KeyError would put the value in the log line of the failure.
+        address = opened.get(recipient.email or "", Opened(None)).value
+        context["recipient_name"] = opened.get(recipient.name or "", Opened(None)).value or ""
         client_unknown = recipient.client_unknown
         if kind is MessageKind.reminder:
             if session["status"] != "scheduled" or session["starts_at"] <= now:
