@@ -13,6 +13,7 @@ from contracts.scheduling import (
     ApiKeyRevoked,
     AttendeeInvited,
     AttendeeRemoved,
+    ClientErased,
     ClinicRegistered,
     ClinicSettings,
     ClinicSettingsChanged,
@@ -36,7 +37,7 @@ from contracts.scheduling import (
     VideoMode,
 )
 from contracts.signaling import EndedBecause
-from runtime.refusals import Conflict, Invalid, NotFound, Refused
+from runtime.refusals import Conflict, Gone, Invalid, NotFound, Refused
 from services.scheduling import domain, sessions
 from services.scheduling.domain import NotInPlan, Room
 from services.scheduling.sessions import Appointment, Attendee, Status
@@ -175,6 +176,21 @@ def test_client_rooms_are_renamed_and_deleted() -> None:
     refusal(
         "room_not_found", NotFound, lambda: domain.delete_room(given(domain.evolve_room, history))
     )
+
+
+def test_an_erased_client_is_erased_once_and_can_no_longer_change() -> None:
+    client = domain.Client(CLIENT, "Grace Hopper", "grace@example.org", None)
+    refusal("client_not_found", NotFound, lambda: domain.erase_client(None, []))
+    history = domain.add_client(None, client)
+    attendee = uuid4()
+    history += domain.erase_client(given(domain.evolve_client, history), [attendee])
+    assert history[-1] == ClientErased(client_id=CLIENT, attendee_ids=(attendee,))
+    erased = given(domain.evolve_client, history)
+    assert erased is not None
+    assert erased.erased
+    assert domain.erase_client(erased, [attendee]) == []
+    renamed = domain.Client(CLIENT, "Grace B. Hopper", "grace@example.org", None)
+    refusal("client_erased", Gone, lambda: domain.update_client(erased, renamed))
 
 
 # -- scheduling --------------------------------------------------------------------------------
