@@ -77,7 +77,13 @@ def servers(auth: bool = True) -> Iterator[tuple[Path, NatsServer, EmbeddedPostg
     NATS authenticates as the platform's does (``auth``; off only to measure what it costs):
     the services started after it connect as their own users, and the bench as admin."""
     folder = Path(tempfile.mkdtemp(prefix="ac-"))  # short: Postgres puts its socket in it
+    # The environment's NATS identity is this set's while the servers run, and whatever it
+    # was before (a test harness's) afterwards.
+    saved = {name: os.environ.get(name) for name in IDENTITY}
     credentials = authenticate(folder) if auth else None
+    if credentials is None:
+        for name in IDENTITY:
+            os.environ.pop(name, None)
     nats = NatsServer(folder / "nats", auth=credentials)
     postgres = EmbeddedPostgres(folder / "pg")
     try:
@@ -90,8 +96,11 @@ def servers(auth: bool = True) -> Iterator[tuple[Path, NatsServer, EmbeddedPostg
         with contextlib.suppress(Exception):
             postgres.stop()
         shutil.rmtree(folder, ignore_errors=True)
-        for name in IDENTITY:
-            os.environ.pop(name, None)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 IDENTITY = ("NATS_CREDS", "ANTECHAMBER_NATS_CREDS_DIR", "ANTECHAMBER_NATS_ISSUER_FILE")
