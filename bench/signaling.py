@@ -633,9 +633,12 @@ class Measured:
     floors: dict[str, list[float]]
 
 
-async def measure(rooms: int, rounds: int, rate: float, *, auth: bool, burst: bool) -> Measured:
+async def measure(
+    rooms: int, rounds: int, rate: float, *, auth: bool, burst: bool, floors: bool = True
+) -> Measured:
     """A platform of its own, its rooms live, and the modes measured (``burst``: all at once
-    as well as paced). ``auth``: NATS authenticates every connection, as deployed."""
+    as well as paced; ``floors``: with the bare NATS baseline). ``auth``: NATS authenticates
+    every connection, as deployed."""
     with servers(auth=auth) as (folder, nats, postgres):
         platform = start_platform(folder, postgres.dsn, nats.url, rooms)
         nc = await connect_nats(nats.url, "bench-signaling")
@@ -667,7 +670,10 @@ async def measure(rooms: int, rounds: int, rate: float, *, auth: bool, burst: bo
             modes = {f"paced, {rate:.0f} knocks/s": pace}
             if burst:
                 modes = {ALL_AT_ONCE: None} | modes
-            floors = {label: await baseline(nc, rooms, p, rounds) for label, p in modes.items()}
+            bare = {
+                label: await baseline(nc, rooms, p, rounds) if floors else []
+                for label, p in modes.items()
+            }
 
             # Warm-up: every room's first admission, which also mutes its knocks.
             await round_of_visits(live, replicas["signaling B"], pace)
@@ -676,7 +682,7 @@ async def measure(rooms: int, rounds: int, rate: float, *, auth: bool, burst: bo
                 await measure_visits(label, live, replicas, p, rounds, meter)
                 for label, p in modes.items()
             ]
-            return Measured(series, floors)
+            return Measured(series, bare)
         except BaseException:
             print(f"\n{platform.log_tails()}", file=sys.stderr)
             raise
@@ -691,10 +697,21 @@ AUTH_COST_GOAL = 1.05
 """Issue 21: knock latency with NATS authentication on, at most 5% above it off."""
 
 
-def auth_cost(without: Series, with_auth: Series) -> list[Figure]:
+async def auth_cost(rooms: int, rounds: int, rate: float) -> list[Figure]:
     """Paced knock latency with every NATS connection authenticated, against the same
-    platform with authentication off, measured in this run."""
-    print(f"\nNATS authentication's cost ({with_auth.label}, a platform of each, same run):")
+    platform with authentication off, measured in this run: four fresh platforms, off, on,
+    on, off (so neither side gains from going first), their samples pooled by side."""
+    each = max(1, rounds // 2)
+    pooled = {False: Series("off"), True: Series("on")}
+    for auth in (False, True, True, False):
+        print(f"NATS authentication {'on' if auth else 'off'}, paced, {each} round(s):")
+        measured = await measure(rooms, each, rate, auth=auth, burst=False, floors=False)
+        pooled[auth].visits += measured.series[-1].visits
+    without, with_auth = pooled[False], pooled[True]
+    print(
+        f"\nNATS authentication's cost (paced, {rate:.0f} knocks/s, four platforms: off, on, "
+        f"on, off; {len(with_auth.visits)} knocks a side):"
+    )
     print(f"   {'':<36} {'auth off':>10} {'auth on':>10}   {'ratio':>6}")
     records = []
     for p in (50, 99):
@@ -724,9 +741,8 @@ async def main(
     measured = await measure(rooms, rounds, rate, auth=True, burst=True)
     figures = report(rooms, rounds, measured.series, measured.floors)
     if measure_auth:
-        print("\nthe same platform with NATS authentication off, paced mode only:")
-        off = await measure(rooms, rounds, rate, auth=False, burst=False)
-        figures += auth_cost(off.series[-1], measured.series[-1])
+        print()
+        figures += await auth_cost(rooms, rounds, rate)
     write_results(results, figures)
     return 0
 
