@@ -34,8 +34,9 @@ class NotifySettings(BaseSettings):
     claim_s: float = Field(
         default=300.0,
         gt=0,
-        description="How long a claimed message belongs to one process; after that a process "
-        "that stopped is assumed dead and the message is taken over.",
+        description="How long a claimed message stays with its process after the process "
+        "stops renewing the claim (it renews every quarter of this while it runs); after that "
+        "the process is assumed dead and the message is taken over.",
     )
     link_wait_s: float = Field(
         default=600.0, gt=0, description="How long a message waits for its link from links."

@@ -5,7 +5,9 @@ LOCKED``, a claim id and a deadline), writes each with the clinic's template, it
 link and a calendar entry, and sends it through :class:`~services.notify.smtp.Mailer`, which
 records ``accepting`` just before the mail server is told to accept. A claim whose process
 died is taken over when its deadline passes: ``sending`` is sent again (the server never got
-the final dot), ``accepting`` is recorded as unconfirmed and not sent again.
+the final dot), ``accepting`` is recorded as unconfirmed and not sent again. A live process
+keeps pushing the deadlines of the messages it holds (queued or being sent) forward, so a
+claim lapses when its process stops, not because a batch took longer than ``claim_s``.
 
 Recipients' names and addresses rest sealed; a claimed batch's are opened by scheduling in
 one request (:mod:`services.notify.details`) before its messages are written. A recipient
@@ -206,15 +208,19 @@ class Sender:
         self.notify = notify
         self.settings = notify.settings
         self.domain = self.settings.sender_address.partition("@")[2] or "antechamber.invalid"
+        self.held: dict[UUID, UUID] = {}
+        """Claim of each message this process has claimed and not yet finished with."""
 
     # -- the loop ------------------------------------------------------------------------------
 
     async def run(self, ctx: ServiceContext) -> None:
         queue: asyncio.Queue[Any] = asyncio.Queue()
-        workers = [
+        tasks = [
             asyncio.create_task(self._worker(ctx, queue), name=f"notify-sender-{n}")
             for n in range(self.settings.smtp_connections)
         ]
+        # A task of its own: a slow claim or details request must not let the claims lapse.
+        tasks.append(asyncio.create_task(self._keep_claims(ctx), name="notify-claims"))
         # Claims lapse after claim_s: looking for lapsed ones a few times as often is enough,
         # not on every poll.
         take_over_every = self.settings.claim_s / 4
@@ -232,15 +238,16 @@ class Sender:
                 except Exception as exc:  # Postgres away for a moment: the loop goes on
                     log.warning("cannot look for due messages", error=type(exc).__name__)
                 for row in claimed:
+                    self.held[row["delivery_id"]] = row["claim"]
                     queue.put_nowait(row)
                 if len(claimed) < self.settings.batch:
                     await asyncio.sleep(self.settings.poll_s)
                 else:
                     await asyncio.sleep(0)
         finally:
-            for worker in workers:
-                worker.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _claim(self, ctx: ServiceContext) -> list[Any]:
         now = self.notify.clock()
@@ -281,21 +288,48 @@ class Sender:
             except DetailsUnavailable as exc:
                 log.warning("cannot open recipients' details ahead", error=str(exc))
 
+    async def _keep_claims(self, ctx: ServiceContext) -> None:
+        """Every quarter of ``claim_s``, the deadline of each message held moves ``claim_s``
+        ahead: others take a claim over only once its process has stopped renewing it."""
+        while True:
+            await asyncio.sleep(self.settings.claim_s / 4)
+            if not self.held:
+                continue
+            ids, claims = list(self.held), list(self.held.values())
+            try:
+                await ctx.pool.execute(
+                    "UPDATE deliveries d SET claimed_until = $3 "
+                    "FROM unnest($1::uuid[], $2::uuid[]) AS h(delivery_id, claim) "
+                    "WHERE d.delivery_id = h.delivery_id AND d.claim = h.claim "
+                    "AND d.status IN ('sending', 'accepting')",
+                    ids,
+                    claims,
+                    self.notify.clock() + timedelta(seconds=self.settings.claim_s),
+                )
+            except Exception as exc:  # Postgres away for a moment: renewed next time
+                log.warning("cannot renew claims", error=type(exc).__name__)
+
     async def _take_over(self, ctx: ServiceContext) -> None:
-        """Claims of processes that stopped: sent again, or recorded as unconfirmed."""
+        """Claims of processes that stopped: sent again, or recorded as unconfirmed. Never
+        this process's own (a renewal that came late must not make it mark its own)."""
         now = self.notify.clock()
+        own = list(self.held)
         async with ctx.pool.acquire() as conn, conn.transaction():
             await conn.execute(
                 "UPDATE deliveries SET status = 'pending', claim = NULL, updated_at = $1 "
-                "WHERE status = 'sending' AND claimed_until < $1",
+                "WHERE status = 'sending' AND claimed_until < $1 "
+                "AND delivery_id <> ALL($2::uuid[])",
                 now,
+                own,
             )
             lost = await conn.fetch(
                 "UPDATE deliveries SET status = 'unconfirmed', claim = NULL, updated_at = $1, "
                 "detail = 'notify stopped while the mail server was accepting this message; "
                 "it may have arrived, so it is not sent again' "
-                "WHERE status = 'accepting' AND claimed_until < $1 RETURNING *",
+                "WHERE status = 'accepting' AND claimed_until < $1 "
+                "AND delivery_id <> ALL($2::uuid[]) RETURNING *",
                 now,
+                own,
             )
             for row in lost:
                 await self._event(
@@ -310,10 +344,13 @@ class Sender:
                 try:
                     await self.deliver(ctx, mailer, row)
                 except Exception:
-                    # Left claimed: taken over when the claim lapses, never lost.
+                    # Left claimed, no longer renewed: taken over when the claim lapses.
                     log.exception(
                         "delivery failed unexpectedly", delivery_id=str(row["delivery_id"])
                     )
+                finally:
+                    if self.held.get(row["delivery_id"]) == row["claim"]:
+                        del self.held[row["delivery_id"]]
         finally:
             mailer.close()
 
@@ -351,13 +388,18 @@ class Sender:
             return
 
         async def point_of_no_return() -> bool:
+            # A whole claim period from here, however late the next renewal: the dot and the
+            # server's answer are on their way, and no one may call this message unconfirmed.
+            now = self.notify.clock()
             status = await ctx.pool.execute(
                 "UPDATE deliveries SET status = 'accepting', updated_at = $3, "
-                "address_masked = $4 WHERE delivery_id = $1 AND claim = $2 AND status = 'sending'",
+                "address_masked = $4, claimed_until = $5 "
+                "WHERE delivery_id = $1 AND claim = $2 AND status = 'sending'",
                 row["delivery_id"],
                 row["claim"],
-                self.notify.clock(),
+                now,
                 mask(written.address),
+                now + timedelta(seconds=self.settings.claim_s),
             )
             return bool(status == "UPDATE 1")
 

@@ -2,8 +2,10 @@
 return before the final dot; templates edited through the API."""
 
 import asyncio
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
 import pytest
 
 from runtime.embedded import NatsServer
@@ -22,7 +24,7 @@ from tests.notify.feed import Feed
 from tests.notify.smtp import SmtpSink
 from tests.notify.test_invitations import CLIENT, schedule
 from tests.scheduling.conftest import SEALER
-from tests.support import assert_problem, serving
+from tests.support import assert_problem, eventually, serving
 
 
 def mailer_for(sink: SmtpSink) -> Mailer:
@@ -266,4 +268,44 @@ async def test_a_client_whose_details_come_after_the_session_is_invited_once_the
             assert sink.messages[0].rcpt_tos == [invited.email]
             assert invited.url in body_of(sink.messages[0].message)
     finally:
+        await nc.drain()
+
+
+async def test_a_live_process_keeps_its_claims_while_a_batch_takes_longer_than_claim_s(
+    postgres_dsn: str, nats_server: NatsServer, sink: SmtpSink
+) -> None:
+    """A claim lapses when its process stops, not while the process is still working through
+    the batch: a batch that takes longer than ``claim_s`` to send (one connection, a slow
+    relay) is sent once each and recorded as sent, none taken over as unconfirmed."""
+    sink.accepting_delay = 0.1  # 20 messages one after another: 2 s, four claim periods
+    app = notify_service(
+        postgres_dsn, nats_server.url, sink, RunningClock(), claim_s=0.5, smtp_connections=1
+    )
+    nc = await connect_nats(nats_server.url, "feed")
+    conn = await asyncpg.connect(postgres_dsn)
+    try:
+        async with serving(app):
+            feed = Feed(nc, SEALER)
+            await feed.clinic()
+            invited = await feed.sessions(20)
+
+            async def statuses() -> Counter[str]:
+                rows = await conn.fetch(
+                    "SELECT status FROM notify.deliveries "
+                    "WHERE clinic_id = $1 AND kind = 'invitation'",
+                    feed.clinic_id,
+                )
+                return Counter(r["status"] for r in rows)
+
+            async def settled() -> bool:
+                found = await statuses()
+                return found.total() == 20 and found.keys() <= {"sent", "unconfirmed", "failed"}
+
+            await eventually(settled, timeout=30, what="every invitation settled")
+            await asyncio.sleep(0.5)  # a copy sent twice would arrive meanwhile
+        received = Counter(to for m in sink.messages for to in m.rcpt_tos)
+        assert received == Counter(i.email for i in invited)
+        assert await statuses() == Counter(sent=20)
+    finally:
+        await conn.close()
         await nc.drain()
