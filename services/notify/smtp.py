@@ -5,8 +5,9 @@ can be dropped without anything reaching anyone (closing the connection discards
 transaction), so :meth:`Mailer.send` writes the whole message, then asks ``point_of_no_return``
 (which records in Postgres that this message is now being accepted), and only then writes the
 ``.``. A process that dies before the record commits never sent the dot: its message is sent
-again by whoever takes it over. One that dies after has handed the dot to the kernel
-microseconds later: its message is recorded as unconfirmed and not sent again (at most once).
+again by whoever takes it over. One that dies after is recorded as unconfirmed and not sent
+again (at most once). It has usually written the dot, but not always: the commit's answer has
+to come back and the event loop reach this task first, a few milliseconds on a busy process.
 
 aiosmtplib has no public way to split DATA, so :func:`_data` mirrors its
 ``execute_data_command`` on the protocol object (``aiosmtplib>=5,<6``, tested in

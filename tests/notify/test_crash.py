@@ -1,4 +1,5 @@
-"""Notify killed with SIGKILL in the middle of 1,000 invitations: none twice, none lost."""
+"""Notify killed with SIGKILL in the middle of 1,000 invitations: none twice, none lost
+(but for those recorded as unconfirmed, which may or may not have reached the relay)."""
 
 import asyncio
 import contextlib
@@ -7,6 +8,7 @@ import signal
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
+from uuid import UUID
 
 import asyncpg
 import pytest
@@ -19,8 +21,10 @@ from runtime.service import connect_nats
 from tests.notify.conftest import body_of
 from tests.notify.feed import Feed
 from tests.notify.smtp import SmtpSink
+from tests.support import eventually
 
 COUNT = 1000
+UNSETTLED = {"pending", "sending", "accepting"}
 
 
 @contextlib.asynccontextmanager
@@ -81,33 +85,45 @@ async def killed_mid_way(tmp_path: Path, postgres_dsn: str, nats_url: str) -> No
             first.stop()
         assert at_kill < COUNT, "the kill came too late to test anything"
         second, port = notify_process(tmp_path, postgres_dsn, nats_url, sink, key, "n2")
+        conn = await asyncpg.connect(postgres_dsn)
         try:
             await service_ready(second, f"http://127.0.0.1:{port}")
-            await sink.wait_for(COUNT, timeout=180)
+
+            async def outcomes() -> dict[UUID, str]:
+                rows = await conn.fetch(
+                    "SELECT session_id, status FROM notify.deliveries "
+                    "WHERE clinic_id = $1 AND kind = 'invitation'",
+                    feed.clinic_id,
+                )
+                return {r["session_id"]: r["status"] for r in rows}
+
+            async def settled() -> bool:
+                found = await outcomes()
+                return len(found) == COUNT and not UNSETTLED & set(found.values())
+
+            await eventually(settled, timeout=180, what="every invitation sent or unconfirmed")
             await asyncio.sleep(3)  # anything sent twice would arrive by now
+            final = await outcomes()
         finally:
             second.stop()
+            await conn.close()
         received = Counter(to for m in sink.messages for to in m.rcpt_tos)
     expected = {i.email: i for i in invited}
+    status_of = {i.email: final[i.session_id] for i in invited}
     duplicates = {to: n for to, n in received.items() if n > 1}
-    lost = set(expected) - set(received)
     assert duplicates == {}, f"{len(duplicates)} recipients got their invitation twice"
-    assert lost == set(), f"{len(lost)} invitations lost"
     for message in sink.messages:
         (to,) = message.rcpt_tos
         assert expected[to].url in body_of(message.message)
-    conn = await asyncpg.connect(postgres_dsn)
-    try:
-        statuses = Counter(
-            r["status"]
-            for r in await conn.fetch(
-                "SELECT status FROM notify.deliveries WHERE clinic_id = $1 AND kind = 'invitation'",
-                feed.clinic_id,
-            )
-        )
-    finally:
-        await conn.close()
-    # Those in the relay's hands at the kill (at most one per connection) arrived, and are
-    # recorded as unconfirmed rather than sent again.
+    statuses = Counter(status_of.values())
     assert statuses["sent"] + statuses["unconfirmed"] == COUNT, statuses
+    # At the kill, each connection holds at most one message between recording `accepting`
+    # and recording how it ended: a worker commits one message's outcome before it takes the
+    # next, and a live process never takes its own claims over. Those are the unconfirmed.
     assert statuses["unconfirmed"] <= 4, statuses
+    # An unconfirmed message usually reached the relay, but not always: the kill can land
+    # after `accepting` committed and before the final dot left the process (the commit's
+    # answer comes back first, a few milliseconds under this load). At most once, it is not
+    # sent again, so it may be missing; any other invitation may not.
+    lost = {to for to in expected if to not in received and status_of[to] != "unconfirmed"}
+    assert lost == set(), f"{len(lost)} invitations lost"
