@@ -267,7 +267,7 @@ async def test_no_credential_can_do_more_than_its_rights(own_server: NatsServer)
         f"{matrix.count(ALLOWED)} allowed, {matrix.count(REFUSED)} refused, "
         f"{matrix.count(UNJUDGED)} not judged\n"
     )
-    print(summary + matrix.show())  # the goal's figure, with -s
+    print(summary + matrix.show())  # noqa: T201 - the goal's figure, with -s
     assert matrix.count(LEAK) == 0, summary + matrix.show()
     assert matrix.count(MISS) == 0, summary + matrix.show()
     # 2 per integrator, signaling's record, media's placement, scheduling's consumer
