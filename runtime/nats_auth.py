@@ -145,21 +145,7 @@ def account_claims(
         "name": PLATFORM_ACCOUNT,
         "sub": account_key,
         "nats": {
-            "limits": {
-                "subs": -1,
-                "data": -1,
-                "payload": -1,
-                "imports": -1,
-                "exports": -1,
-                "wildcards": True,
-                "conn": -1,
-                "leaf": -1,
-                "mem_storage": -1,
-                "disk_storage": -1,
-                "streams": -1,
-                "consumer": -1,
-                "max_ack_pending": -1,
-            },
+            "limits": _UNLIMITED | _JETSTREAM,
             "signing_keys": [
                 service_signer,
                 {
@@ -182,21 +168,33 @@ def account_claims(
     }
 
 
+_UNLIMITED: dict[str, Any] = {
+    "subs": -1,
+    "data": -1,
+    "payload": -1,
+    "imports": -1,
+    "exports": -1,
+    "wildcards": True,
+    "conn": -1,
+    "leaf": -1,
+}
+"""An account's limits: none (an account whose limit is left out may hold nothing)."""
+_JETSTREAM = {
+    "mem_storage": -1,
+    "disk_storage": -1,
+    "streams": -1,
+    "consumer": -1,
+    "max_ack_pending": -1,
+}
+"""JetStream on, with no limits of its own."""
+
+
 def system_account_claims(account_key: str) -> dict[str, Any]:
     return {
         "name": SYSTEM_ACCOUNT,
         "sub": account_key,
         "nats": {
-            "limits": {
-                "subs": -1,
-                "data": -1,
-                "payload": -1,
-                "imports": -1,
-                "exports": -1,
-                "conn": -1,
-                "leaf": -1,
-                "wildcards": True,
-            },
+            "limits": dict(_UNLIMITED),
             "default_permissions": {"pub": {}, "sub": {}},
             "type": "account",
             "version": 2,

@@ -43,6 +43,7 @@ from services.scheduling import domain, person_keys, sessions
 from services.scheduling.domain import Client, Room
 from services.scheduling.keys import ClinicKeys
 from services.scheduling.person_keys import KEYS
+from services.scheduling.queries import existing_client
 from services.scheduling.sessions import Appointment, Attendee
 
 S = TypeVar("S")
@@ -228,19 +229,6 @@ async def create_client_room(
     events = domain.create_client_room(None, room_id, practitioner_id, client_id, title)
     await append(store, ROOM.stream(room_id), 0, events, clinic_id)
     return room_id
-
-
-async def existing_client(conn: Queryable, clinic_id: str, client_id: UUID) -> None:
-    """Refuses an unknown client (404) and an erased one (410)."""
-    erased = await conn.fetchval(
-        "SELECT erased_at IS NOT NULL FROM clients WHERE clinic_id = $1 AND client_id = $2",
-        clinic_id,
-        client_id,
-    )
-    if erased is None:
-        raise not_found("client")
-    if erased:
-        raise domain.client_erased()
 
 
 @dataclass(frozen=True)

@@ -315,10 +315,8 @@ async def sessions(
     return Page(items=[_session(r, []) for r in items], next_cursor=cursor)
 
 
-async def upcoming_sessions(
-    conn: Queryable, clinic_id: str, client_id: UUID, now: datetime, sealer: Sealer
-) -> list[UpcomingSession]:
-    """What a client portal shows: the client's sessions still to come, each with its link."""
+async def existing_client(conn: Queryable, clinic_id: str, client_id: UUID) -> None:
+    """Refuses an unknown client (404) and an erased one (410)."""
     erased = await conn.fetchval(
         "SELECT erased_at IS NOT NULL FROM clients WHERE clinic_id = $1 AND client_id = $2",
         clinic_id,
@@ -328,6 +326,13 @@ async def upcoming_sessions(
         raise not_found("client")
     if erased:
         raise client_erased()
+
+
+async def upcoming_sessions(
+    conn: Queryable, clinic_id: str, client_id: UUID, now: datetime, sealer: Sealer
+) -> list[UpcomingSession]:
+    """What a client portal shows: the client's sessions still to come, each with its link."""
+    await existing_client(conn, clinic_id, client_id)
     rows = await conn.fetch(
         """
         SELECT s.session_id, s.practitioner_id, s.starts_at, s.ends_at, s.time_zone,
