@@ -9,7 +9,7 @@ from http import HTTPStatus
 from typing import Annotated, Any
 
 import structlog
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -87,6 +87,21 @@ PROBLEM_DESCRIPTIONS = {
 }
 
 
+REALM = "antechamber"
+"""One realm for every service: a clinic API key opens the same clinic on each of them."""
+CHALLENGE = f'Bearer realm="{REALM}"'
+"""``WWW-Authenticate`` when no credential was sent (RFC 6750 3.1: no error code then)."""
+REFUSED_CHALLENGE = f'{CHALLENGE}, error="invalid_token"'
+"""``WWW-Authenticate`` when the credential sent was refused: unknown, revoked, malformed."""
+_CHALLENGE_HEADER = {
+    "WWW-Authenticate": {
+        "description": f'`{CHALLENGE}`, with `error="invalid_token"` when the key sent '
+        "was refused (RFC 6750).",
+        "schema": {"type": "string"},
+    }
+}
+
+
 def problems(
     *statuses: int, described: Mapping[int, str] | None = None
 ) -> dict[int | str, dict[str, Any]]:
@@ -101,9 +116,21 @@ def problems(
             "content": {
                 PROBLEM_JSON: {"schema": {"$ref": f"#/components/schemas/{PROBLEM_SCHEMA}"}}
             },
+            **({"headers": _CHALLENGE_HEADER} if status == 401 else {}),
         }
         for status in (*statuses, *described)
     }
+
+
+async def _no_store(response: Response) -> None:
+    response.headers["Cache-Control"] = "no-store"
+
+
+NO_STORE = Depends(_no_store)
+"""``dependencies=[NO_STORE]`` on a route whose answer holds a join link, a signed URL or a
+secret: ``Cache-Control: no-store`` keeps it out of browser and proxy caches, and out of the
+answers kept for ``Idempotency-Key`` retries (``runtime.idempotency``). Error answers carry
+no such value and are not marked."""
 
 
 CLINIC_KEY = HTTPBearer(
@@ -127,7 +154,7 @@ def bearer_credential(credentials: HTTPAuthorizationCredentials | None, what: st
             401,
             f"Send your {what} as 'Authorization: Bearer <key>'.",
             code="unauthenticated",
-            headers={"WWW-Authenticate": "Bearer"},
+            headers={"WWW-Authenticate": CHALLENGE},
         )
     return credentials.credentials
 
@@ -140,6 +167,9 @@ def problem_response(
     headers: dict[str, str] | None = None,
     **extra: Any,
 ) -> JSONResponse:
+    """The problem body answered for every error; every 401 carries a Bearer challenge."""
+    if status == 401 and "WWW-Authenticate" not in (headers or {}):
+        headers = {**(headers or {}), "WWW-Authenticate": REFUSED_CHALLENGE}
     body = {
         "type": "about:blank",
         "title": title or HTTPStatus(status).phrase,
@@ -149,6 +179,24 @@ def problem_response(
         **extra,
     }
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def _malformed_json(exc: RequestValidationError) -> tuple[str, dict[str, Any]] | None:
+    """Where a body that is not JSON went wrong, as a line and column (FastAPI reports the
+    character offset in place of a field), or None for any other invalid request."""
+    errors = exc.errors()
+    if len(errors) != 1 or errors[0]["type"] != "json_invalid":
+        return None
+    at = errors[0]["loc"][-1]
+    document = exc.body if isinstance(exc.body, str) else ""
+    if not isinstance(at, int) or at > len(document):
+        return None
+    line = document.count("\n", 0, at) + 1
+    column = at - document.rfind("\n", 0, at)
+    reason = errors[0].get("ctx", {}).get("error") or "Malformed JSON"
+    message = f"{reason} at line {line}, column {column}"
+    detail = f"The body is not valid JSON: {message}."
+    return detail, {"field": "body", "message": message, "line": line, "column": column}
 
 
 def _describe_validation(exc: RequestValidationError) -> tuple[str, list[dict[str, Any]]]:
@@ -331,6 +379,10 @@ def create_http_app(
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        malformed = _malformed_json(exc)
+        if malformed is not None:
+            detail, error = malformed
+            return problem_response(request, 422, detail, code="malformed_json", errors=[error])
         detail, errors = _describe_validation(exc)
         return problem_response(request, 422, detail, errors=errors)
 

@@ -1,11 +1,22 @@
 """Every HTTP error is an RFC 9457 problem body with a reason a person understands."""
 
+from typing import Annotated
+
 import httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, Security
+from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, Field
 
-from runtime.http import PROBLEM_JSON, Problem, create_http_app
+from runtime.http import (
+    CLINIC_KEY,
+    NO_STORE,
+    PROBLEM_JSON,
+    Problem,
+    bearer_credential,
+    create_http_app,
+    problems,
+)
 
 
 class Booking(BaseModel):
@@ -27,6 +38,17 @@ def client() -> httpx.AsyncClient:
     @app.get("/crash")
     async def crash() -> None:
         raise RuntimeError("secret internals")
+
+    @app.get("/keyed", responses=problems(401))
+    async def keyed(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Security(CLINIC_KEY)],
+    ) -> None:
+        bearer_credential(credentials)
+        raise Problem(401, "This API key is unknown or was revoked.", code="unauthenticated")
+
+    @app.get("/join-link", dependencies=[NO_STORE])
+    async def join_link() -> dict[str, str]:
+        return {"url": "https://example.org/j/secret"}
 
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     return httpx.AsyncClient(transport=transport, base_url="http://test")
@@ -70,7 +92,55 @@ async def test_malformed_json_is_a_422_problem(client: httpx.AsyncClient) -> Non
     )
     assert response.status_code == 422
     assert response.headers["content-type"] == PROBLEM_JSON
-    assert response.json()["detail"].startswith("The request is not valid")
+    assert response.json()["detail"].startswith("The body is not valid JSON")
+
+
+async def test_malformed_json_says_where_not_which_field(client: httpx.AsyncClient) -> None:
+    """A decoding error is at a line and column of the body, not in a field named by an offset."""
+    body = b'{\n  "minutes": 30,\n  "note": "x" oops\n}'
+    response = await client.post(
+        "/bookings", content=body, headers={"content-type": "application/json"}
+    )
+    problem = response.json()
+    assert response.status_code == 422
+    assert problem["code"] == "malformed_json"
+    assert problem["detail"] == (
+        "The body is not valid JSON: Expecting ',' delimiter at line 3, column 15."
+    )
+    assert problem["errors"] == [
+        {
+            "field": "body",
+            "message": "Expecting ',' delimiter at line 3, column 15",
+            "line": 3,
+            "column": 15,
+        }
+    ]
+
+
+async def test_every_401_says_how_to_authenticate(client: httpx.AsyncClient) -> None:
+    """RFC 6750: no credential gets the scheme alone, a refused one ``invalid_token``."""
+    missing = await client.get("/keyed")
+    assert missing.status_code == 401
+    assert missing.headers["www-authenticate"] == 'Bearer realm="antechamber"'
+    wrong = await client.get("/keyed", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401
+    assert wrong.headers["www-authenticate"] == (
+        'Bearer realm="antechamber", error="invalid_token"'
+    )
+    assert wrong.json()["detail"] == "This API key is unknown or was revoked."
+
+
+async def test_the_openapi_documents_the_401_challenge(client: httpx.AsyncClient) -> None:
+    document = (await client.get("/openapi.json")).json()
+    answer = document["paths"]["/keyed"]["get"]["responses"]["401"]
+    assert "WWW-Authenticate" in answer["headers"]
+
+
+async def test_a_route_that_answers_a_link_forbids_caching_it(client: httpx.AsyncClient) -> None:
+    response = await client.get("/join-link")
+    assert response.status_code == 200
+    assert response.headers["cache-control"] == "no-store"
+    assert "cache-control" not in (await client.get("/full")).headers
 
 
 async def test_domain_problem_keeps_its_title_and_extras(client: httpx.AsyncClient) -> None:

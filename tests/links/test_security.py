@@ -210,7 +210,7 @@ async def test_a_missing_or_unknown_key_is_unauthenticated(
         problem = assert_problem(response, 401, "unauthenticated")
         assert "link_id" not in problem
         if not headers:
-            assert response.headers["www-authenticate"] == "Bearer"
+            assert response.headers["www-authenticate"] == 'Bearer realm="antechamber"'
     assert (await clinic.links_of(session_id=guest["session_id"], kind="guest")) == [link]
 
 

@@ -11,11 +11,21 @@ async def test_clinic_calls_need_the_operator_key(api: httpx.AsyncClient) -> Non
     missing = await api.post("/v1/clinics", json=body)
     assert missing.status_code == 401
     assert missing.headers["content-type"] == "application/problem+json"
-    assert missing.headers["www-authenticate"] == "Bearer"
+    assert missing.headers["www-authenticate"] == 'Bearer realm="antechamber"'
     assert "Authorization: Bearer" in missing.json()["detail"]
     wrong = await api.post("/v1/clinics", json=body, headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401
     assert wrong.json()["code"] == "unauthenticated"
+    assert wrong.headers["www-authenticate"] == 'Bearer realm="antechamber", error="invalid_token"'
+
+
+async def test_a_wrong_clinic_key_is_told_how_to_authenticate(api: httpx.AsyncClient) -> None:
+    for key in ("nope", "ac_unknown"):
+        wrong = await api.get("/v1/clinic", headers={"Authorization": f"Bearer {key}"})
+        assert wrong.status_code == 401
+        assert wrong.headers["www-authenticate"] == (
+            'Bearer realm="antechamber", error="invalid_token"'
+        )
 
 
 async def test_a_clinic_gets_default_settings_and_a_unique_slug(api: httpx.AsyncClient) -> None:
