@@ -198,8 +198,15 @@ async def regenerate(
 class Retirement(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    sunset_at: AwareDatetime = Field(description="Until then the old links work, with a warning.")
-    kind: LinkKind | None = Field(default=None, description="Only links of this kind.")
+    sunset_at: AwareDatetime = Field(
+        description="Until then the old links work, with a warning; must be in the future."
+    )
+    kind: LinkKind | None = Field(
+        default=None,
+        description="Only links of this kind. Without it, every kind but `host` (a "
+        "practitioner's own link is retired only when named) and `practitioner_room` (an "
+        "address, never retired).",
+    )
     issued_before: AwareDatetime | None = Field(default=None, description="Only older links.")
 
 
@@ -207,10 +214,19 @@ class Retired(BaseModel):
     retired: int = Field(description="How many links were retired (each got a successor).")
 
 
-@router.post("/retire", responses=CLINIC_KEY_PROBLEMS | problems(409))
+@router.post("/retire", responses=CLINIC_KEY_PROBLEMS | problems(409, 422))
 async def retire(body: Retirement, clinic_id: ClinicId, ctx: Context, links: LinksDep) -> Retired:
     """Retire the clinic's links in bulk: each gets a successor at once and keeps working with
     a warning until the sunset, after which it is refused with a hint to use the newest link."""
+    if body.sunset_at <= links.clock():
+        # A sunset already past would refuse every old link at once, with no time for anyone
+        # to receive its successor.
+        raise Problem(
+            422,
+            "The sunset must be in the future: until then the old links keep working, so "
+            "that the people who hold them can receive the new ones.",
+            code="sunset_not_ahead",
+        )
     count = await commands.retire(
         ctx, links, clinic_id, body.sunset_at, body.kind, body.issued_before
     )

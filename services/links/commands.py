@@ -57,9 +57,12 @@ async def retire(
     kind: LinkKind | None,
     issued_before: datetime | None,
 ) -> int:
+    # A host link is retired only when asked for by kind: it is the practitioner's own way
+    # in, mailed to nobody, so a successor made as a side effect would go unnoticed.
     rows = await ctx.pool.fetch(
         f"{_SUCCESSOR_FIELDS} WHERE clinic_id = $1 AND state = 'active' "
-        "AND kind <> 'practitioner_room' AND ($2::text IS NULL OR kind = $2) "
+        "AND kind <> 'practitioner_room' "
+        "AND ($2::text IS NULL AND kind <> 'host' OR kind = $2) "
         "AND ($3::timestamptz IS NULL OR issued_at < $3) ORDER BY issued_at",
         clinic_id,
         kind.value if kind else None,

@@ -407,6 +407,53 @@ async def test_retired_links_work_with_a_warning_until_the_sunset(
     assert lifecycle == ["LinkIssued", "LinkDeprecated", "LinkIssued"]
 
 
+async def retire(clinic: LinkedClinic, **body: Any) -> httpx.Response:
+    return await clinic.links.post("/v1/links/retire", headers=clinic.clinic.headers, json=body)
+
+
+async def test_a_sunset_that_is_not_in_the_future_retires_nothing(
+    clinic: LinkedClinic, clock: Clock
+) -> None:
+    session = await shared_session(clinic)
+    sid = session["session_id"]
+    before = await clinic.links_of(session_id=sid)
+    clock.set(moment(session))
+    for sunset in ("1970-01-01T00:00:00Z", clock.now.isoformat()):
+        problem = assert_problem(await retire(clinic, sunset_at=sunset), 422, "sunset_not_ahead")
+        assert "future" in problem["detail"]
+    assert await clinic.links_of(session_id=sid) == before
+    for link in before:
+        await allowed(clinic, link)
+
+
+async def test_retiring_every_kind_leaves_the_host_links_alone(
+    clinic: LinkedClinic, clock: Clock
+) -> None:
+    """A host link is the practitioner's own way in, mailed to nobody: retiring "everything"
+    must not replace it behind their back. Naming the kind retires it on purpose."""
+    session = await shared_session(clinic)
+    practitioner_id = session["practitioner"]["practitioner_id"]
+    host = await clinic.link("host", practitioner_id=practitioner_id)
+    clock.set(moment(session))
+    sunset = moment(session, minutes=20).isoformat()
+    response = await retire(clinic, sunset_at=sunset)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"retired": 3}  # session, guest and drop-in links
+    hosts = await clinic.links_of(practitioner_id=practitioner_id, kind="host")
+    assert [(x["link_id"], x["state"]) for x in hosts] == [(host["link_id"], "active")]
+    assert (await allowed(clinic, host, session_id=session["session_id"]))["warning"] is None
+
+    response = await retire(clinic, sunset_at=sunset, kind="host")
+    assert response.status_code == 200, response.text
+    assert response.json() == {"retired": 1}
+    states = {
+        x["link_id"]: x["state"]
+        for x in await clinic.links_of(practitioner_id=practitioner_id, kind="host")
+    }
+    assert states[host["link_id"]] == "deprecated"
+    assert len(states) == 2
+
+
 # -- calls -------------------------------------------------------------------------------------
 
 

@@ -159,12 +159,11 @@ async def test_another_clinics_key_sees_and_changes_nothing(
     known = await platform.links.get(f"/v1/links/{guest['link_id']}/audit", headers=b)
     assert unknown.json()["detail"] == known.json()["detail"]
 
-    sunset = moment(session, days=-1)  # would refuse A's links at once
-    response = await platform.links.post(
-        "/v1/links/retire", headers=b, json={"sunset_at": sunset.isoformat()}
-    )
-    assert response.status_code == 200, response.text
-    assert response.json() == {"retired": 0}
+    sunset = {"sunset_at": moment(session, minutes=20).isoformat()}
+    for kind in ({}, {"kind": "host"}):  # every kind B may retire: none of A's
+        response = await platform.links.post("/v1/links/retire", headers=b, json=sunset | kind)
+        assert response.status_code == 200, response.text
+        assert response.json() == {"retired": 0}
 
     clock.set(moment(session))
     after = await clinic.links_of(session_id=sid) + await clinic.links_of(
