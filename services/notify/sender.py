@@ -64,7 +64,14 @@ class Refused(Exception):
 
 @dataclass(frozen=True)
 class Skipped(Exception):
-    because: SkippedBecause
+    """Not sent, and not a failure: nothing to alert on."""
+
+    detail: str
+    because: SkippedBecause | None = None
+    """Reminders skipped for a reason integrators are told of (``ReminderSkipped``)."""
+
+
+NO_ADDRESS = "no address: the recipient has no email address, so nothing was sent"
 
 
 @dataclass(frozen=True)
@@ -376,15 +383,17 @@ class Sender:
             )
             return
         except Skipped as skipped:
-            event = ReminderSkipped(
-                delivery_id=row["delivery_id"],
-                session_id=row["session_id"],
-                recipient_id=row["recipient_id"],
-                recipient_kind=RecipientKind(row["recipient_kind"]),
-                offset_minutes=row["offset_minutes"],
-                because=skipped.because,
-            )
-            await self._finish(ctx, row, "skipped", "the session had started", event)
+            event = None
+            if skipped.because is not None:
+                event = ReminderSkipped(
+                    delivery_id=row["delivery_id"],
+                    session_id=row["session_id"],
+                    recipient_id=row["recipient_id"],
+                    recipient_kind=RecipientKind(row["recipient_kind"]),
+                    offset_minutes=row["offset_minutes"],
+                    because=skipped.because,
+                )
+            await self._finish(ctx, row, "skipped", skipped.detail, event)
             return
 
         async def point_of_no_return() -> bool:
@@ -430,7 +439,7 @@ class Sender:
         client_unknown = recipient.client_unknown
         if kind is MessageKind.reminder:
             if session["status"] != "scheduled" or session["starts_at"] <= now:
-                raise Skipped(SkippedBecause.session_started)
+                raise Skipped("the session had started", SkippedBecause.session_started)
             context["starts_in"] = starts_in(row["offset_minutes"])
         if not address:
             # A client's details come in an event of their own, which a redelivery (after a
@@ -442,7 +451,13 @@ class Sender:
                 raise Refused(
                     FailedBecause.invalid_address, "the recipient's address could not be opened"
                 )
-            raise Refused(FailedBecause.invalid_address, "the recipient has no email address")
+            if client_unknown:
+                raise Refused(
+                    FailedBecause.invalid_address,
+                    f"the client's details did not arrive within {waited:.0f} s",
+                )
+            # The clinic keeps no address for them: theirs to know, not a failure to alert on.
+            raise Skipped(NO_ADDRESS)
         try:
             address = validate_email(address, check_deliverability=False).normalized
         except EmailNotValidError as exc:
@@ -559,7 +574,7 @@ class Sender:
         row: Any,
         status: str,
         detail: str,
-        event: Event,
+        event: Event | None,
         message_id: str | None = None,
     ) -> None:
         async with ctx.pool.acquire() as conn, conn.transaction():
@@ -575,7 +590,7 @@ class Sender:
                 0 if status == "skipped" else 1,
                 self.notify.clock(),
             )
-            if updated == "UPDATE 1":
+            if updated == "UPDATE 1" and event is not None:
                 await self._event(ctx, conn, row, event)
 
     async def _event(self, ctx: ServiceContext, conn: Executor, row: Any, event: Event) -> None:

@@ -147,19 +147,38 @@ async def test_a_server_that_hangs_after_the_dot_gets_the_message_at_most_once(
     assert [d["status"] for d in log if d["kind"] == "invitation"] == ["unconfirmed"]
 
 
-async def test_a_client_without_an_address_is_a_recorded_failure(platform: Platform) -> None:
+async def test_a_client_without_an_address_is_skipped_without_a_failure_event(
+    platform: Platform, postgres_dsn: str
+) -> None:
+    """Not a failure to alert on: the clinic chose not to give an address. Every message for
+    the client is recorded ``skipped`` ("no address"), and no ``DeliveryFailed`` is emitted."""
     clinic = await clinic_of(platform)
     sched = clinic.scheduling
     practitioner = await sched.practitioner()
     response = await sched.call("POST", "/v1/clients", json={"display_name": "No Mail"})
     assert response.status_code == 201, response.text
+    client_id = response.json()["client_id"]
     session = await sched.session(practitioner, [response.json()])
     log = await clinic.wait_deliveries(
-        lambda found: any(d["status"] == "failed" for d in found),
-        "the invitation recorded as failed",
+        lambda found: any(d["kind"] == "invitation" and d["status"] != "pending" for d in found),
+        "the invitation settled",
         session_id=session["session_id"],
     )
-    assert "no email address" in next(d for d in log if d["status"] == "failed")["detail"]
+    (invitation,) = [d for d in log if d["kind"] == "invitation"]
+    assert invitation["status"] == "skipped", invitation
+    assert invitation["detail"].startswith("no address"), invitation["detail"]
+    assert invitation["attempts"] == 0
+    conn = await asyncpg.connect(postgres_dsn)
+    try:
+        reported = await conn.fetchval(
+            "SELECT count(*) FROM notify.events WHERE type = 'DeliveryFailed' "
+            "AND data->>'recipient_id' = $1",
+            client_id,
+        )
+    finally:
+        await conn.close()
+    assert reported == 0
+    assert platform.sink.messages == []
 
 
 # -- templates ---------------------------------------------------------------------------------
