@@ -6,7 +6,7 @@ include it, and only then the time window.
 """
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from uuid import UUID
 from zoneinfo import ZoneInfo
 
@@ -43,10 +43,23 @@ class SessionWindow:
     guest_admission: str
 
     def opens_at(self, settings: ClinicSettings) -> datetime:
-        return self.starts_at - timedelta(minutes=settings.early_join_minutes)
+        return _shifted(self.starts_at, -timedelta(minutes=settings.early_join_minutes))
 
     def closes_at(self, settings: ClinicSettings) -> datetime:
-        return self.ends_at + timedelta(minutes=settings.buffer_minutes)
+        return _shifted(self.ends_at, timedelta(minutes=settings.buffer_minutes))
+
+
+_FIRST = datetime.min.replace(tzinfo=UTC)
+_LAST = datetime.max.replace(tzinfo=UTC)
+
+
+def _shifted(moment: datetime, delta: timedelta) -> datetime:
+    """``moment + delta``, held at the first or last moment a datetime can hold: a session
+    stored near either end (year 9999) still gets a window, and an answer, not a crash."""
+    try:
+        return moment + delta
+    except OverflowError:
+        return _LAST if delta > timedelta(0) else _FIRST
 
 
 @dataclass(frozen=True)
@@ -90,7 +103,10 @@ UNKNOWN = refused(
 
 
 def _local(moment: datetime, time_zone: str) -> str:
-    local = moment.astimezone(ZoneInfo(time_zone))
+    try:
+        local = moment.astimezone(ZoneInfo(time_zone))
+    except OverflowError:  # the zone's date would fall outside what a datetime holds
+        local, time_zone = moment.astimezone(UTC), "UTC"
     return f"{local:%H:%M} on {local:%A %-d %B %Y} ({time_zone})"
 
 

@@ -3,7 +3,7 @@ decides where in the window we are."""
 
 import asyncio
 import re
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import uuid4
 
@@ -12,6 +12,7 @@ import httpx
 from nats.aio.client import Client as NATS
 
 from contracts.events import Event
+from contracts.scheduling import GuestAdmission, SessionScheduled, SessionSource, VideoMode
 from contracts.signaling import (
     CallRole,
     EndedBecause,
@@ -363,6 +364,37 @@ async def test_rescheduling_moves_the_window(clinic: LinkedClinic, clock: Clock)
     await allowed(clinic, link)
     clock.set(later + timedelta(hours=1, minutes=15))  # the new end + buffer
     await refused(clinic, link, 410, "ended")
+
+
+async def test_a_session_at_the_end_of_the_calendar_resolves_without_an_error(
+    clinic: LinkedClinic, nc: NATS
+) -> None:
+    """Whatever date scheduling announced, resolving its links answers in words (the report's
+    9999-12-31T23:00Z session answered 500: its close overflowed)."""
+    practitioner = await clinic.clinic.practitioner()
+    host = await clinic.link("host", practitioner_id=practitioner["practitioner_id"])
+    sid = uuid4()
+    starts = datetime(9999, 12, 31, 23, tzinfo=UTC)
+    event = SessionScheduled(
+        session_id=sid,
+        practitioner_id=practitioner["practitioner_id"],
+        client_ids=(),
+        starts_at=starts,
+        ends_at=starts + timedelta(minutes=50),
+        time_zone="Pacific/Kiritimati",
+        video_mode=VideoMode.session_link,
+        link_sharing=True,
+        guest_admission=GuestAdmission.waiting_room,
+        source=SessionSource.ad_hoc,
+    )
+    await report(nc, "scheduling", clinic.clinic.clinic_id, event)
+    await clinic.wait_links(2, session_id=str(sid))
+    for kind in ("session", "guest"):
+        problem = await refused(
+            clinic, await clinic.link(kind, session_id=str(sid)), 423, "not_yet_open"
+        )
+        assert "9999" in problem["detail"]
+    assert (await allowed(clinic, host, session_id=str(sid)))["session_id"] == str(sid)
 
 
 async def test_retired_links_work_with_a_warning_until_the_sunset(

@@ -176,6 +176,40 @@ def test_a_completed_session_has_ended_even_inside_its_window() -> None:
     assert_refused(decide(replace(completed, left_at=START), START + SECOND), Refusal.ended)
 
 
+LAST = datetime.max.replace(tzinfo=UTC)
+FIRST = datetime.min.replace(tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("starts_at", "ends_at"),
+    [
+        (datetime(9999, 12, 31, 23, tzinfo=UTC), LAST),  # the report's: + buffer overflowed
+        (LAST - timedelta(minutes=50), LAST),
+        (FIRST, FIRST + timedelta(minutes=50)),  # - early join overflowed
+    ],
+)
+@pytest.mark.parametrize("time_zone", ["Pacific/Kiritimati", "Pacific/Niue", "UTC"])
+@pytest.mark.parametrize("kind", [LinkKind.session, LinkKind.guest, LinkKind.host])
+def test_a_window_at_the_ends_of_time_is_decided_not_crashed(
+    starts_at: datetime, ends_at: datetime, time_zone: str, kind: LinkKind
+) -> None:
+    """Whatever date was stored, resolution answers (the window is clamped to what a
+    datetime holds), never raises."""
+    s = window(starts_at=starts_at, ends_at=ends_at, time_zone=time_zone)
+    settings = with_settings(time_zone=time_zone, early_join_minutes=60, buffer_minutes=60)
+    f = found(kind, session=s, settings=settings)
+    for now in (START, starts_at, ends_at):
+        decision = decide(f, now)
+        assert_sentence(decision.message)
+        decision.model_dump_json()
+    deprecated = replace(f, state=State.deprecated, sunset_at=ends_at)
+    assert_sentence(decide(deprecated, starts_at).message)
+    if starts_at.year == 9999:
+        refusal = decide(f, START)
+        if kind is not LinkKind.host:
+            assert_refused(refusal, Refusal.not_yet_open)
+
+
 def test_readable_and_room_links_have_no_window() -> None:
     for kind in (LinkKind.practitioner_room, LinkKind.client_room, LinkKind.host):
         assert_allowed(decide(found(kind), CLOSES + timedelta(days=3)))
