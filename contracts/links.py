@@ -7,6 +7,7 @@ keeps nothing but the token's SHA-256.
 
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 from uuid import UUID
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
@@ -68,11 +69,28 @@ class _Link(Event):
 
 @links_events.register
 class LinkIssued(_Link):
-    """A new link works (within its window, for session links)."""
+    """A new link works (within its window, for session links).
 
+    A retired link's successor names the link it replaces and until when that one still
+    works: the people who were sent the old link should be sent this one (``url_sealed``).
+
+    v2: ``replaces_link_sunset_at``."""
+
+    schema_version = 2
     replaces_link_id: UUID | None = Field(
         default=None, description="Set when a retired link gets its successor."
     )
+    replaces_link_sunset_at: AwareDatetime | None = Field(
+        default=None,
+        description="With ``replaces_link_id``: the replaced link works (with a warning) until "
+        "then, and is refused after.",
+    )
+
+
+@links_events.upcaster("LinkIssued", from_version=1)
+def _sunset_not_recorded(data: dict[str, Any]) -> dict[str, Any]:
+    """v1 successors did not say when the link they replaced stops working."""
+    return {**data, "replaces_link_sunset_at": None}
 
 
 @links_events.register

@@ -127,5 +127,5 @@ def retire(state: Slot | None, link_id: UUID, sunset_at: datetime, new: NewLink)
         return [LinkDeprecated(link_id=link_id, sunset_at=sunset_at)]
     return [
         LinkDeprecated(link_id=link_id, sunset_at=sunset_at, replaced_by=new.link_id),
-        LinkIssued(**new.fields(), replaces_link_id=link_id),
+        LinkIssued(**new.fields(), replaces_link_id=link_id, replaces_link_sunset_at=sunset_at),
     ]

@@ -137,6 +137,8 @@ def decide(found: Found | None, now: datetime) -> Decision:
         # A host link outlives any one session, but not into a cancelled one (the session's
         # own links were revoked with the cancellation).
         return refused(*_REVOKED[RevokedBecause.session_cancelled], f)
+    # A retired link in its grace period carries its warning on every answer, refusals too:
+    # one refused for now (not open yet) may no longer work by the time it would.
     warning = None
     if f.state is State.deprecated and f.sunset_at is not None:
         if now >= f.sunset_at:
@@ -145,6 +147,7 @@ def decide(found: Found | None, now: datetime) -> Decision:
             f"This link stops working at {_local(f.sunset_at, f.settings.time_zone)}; "
             "use the link in your latest invitation or reminder from then on."
         )
+    retiring = {"warning": warning, "replaced_by_hint": NEWEST_LINK_HINT} if warning else {}
     if (
         f.kind is LinkKind.session
         and VideoMode.session_link not in PLAN_VIDEO_MODES[f.settings.plan]
@@ -153,18 +156,21 @@ def decide(found: Found | None, now: datetime) -> Decision:
             Refusal.plan_not_included,
             "This clinic's plan does not include session links; ask the clinic for its room link.",
             f,
+            **retiring,
         )
     session = f.session
     if session is not None and f.kind in _WINDOWED:
-        refusal = _outside_window(f, session, now)
+        refusal = _outside_window(f, session, now, retiring)
         if refusal is not None:
             return refusal
     return _allowed(f, warning)
 
 
-def _outside_window(f: Found, s: SessionWindow, now: datetime) -> Decision | None:
+def _outside_window(
+    f: Found, s: SessionWindow, now: datetime, retiring: dict[str, str]
+) -> Decision | None:
     opens, closes = s.opens_at(f.settings), s.closes_at(f.settings)
-    window = {"opens_at": opens, "closes_at": closes, "session_id": s.session_id}
+    window = {"opens_at": opens, "closes_at": closes, "session_id": s.session_id, **retiring}
     if s.live:
         return None  # a call in progress is never cut off by its window
     ended = refused(Refusal.ended, "This session has ended.", f, **window)

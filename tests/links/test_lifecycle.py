@@ -426,6 +426,11 @@ async def test_retired_links_work_with_a_warning_until_the_sunset(
     assert_sentence(warned["warning"])
     assert f"{sunset:%H:%M}" in warned["warning"]
     assert (await allowed(clinic, successor))["warning"] is None
+    clock.set(moment(session, minutes=-11))  # not open yet: refused, and warned all the same
+    early = await refused(clinic, old, 423, "not_yet_open")
+    assert early["warning"] == warned["warning"]
+    assert_sentence(early["replaced_by_hint"])
+    assert (await refused(clinic, successor, 423, "not_yet_open")).get("warning") is None
 
     clock.set(sunset - timedelta(seconds=1))
     await allowed(clinic, old)
@@ -435,8 +440,12 @@ async def test_retired_links_work_with_a_warning_until_the_sunset(
     clock.advance(minutes=10)
     await refused(clinic, old, 410, "retired")
     await allowed(clinic, successor)
-    lifecycle = [e["type"] for e in (await audit(clinic, old["link_id"]))["lifecycle"]]
-    assert lifecycle == ["LinkIssued", "LinkDeprecated", "LinkIssued"]
+    lifecycle = (await audit(clinic, old["link_id"]))["lifecycle"]
+    assert [e["type"] for e in lifecycle] == ["LinkIssued", "LinkDeprecated", "LinkIssued"]
+    # The successor's event is what the people holding the old link are sent it for.
+    issued = lifecycle[-1]["data"]
+    assert (issued["link_id"], issued["replaces_link_id"]) == (successor_id, old["link_id"])
+    assert datetime.fromisoformat(issued["replaces_link_sunset_at"]) == sunset
 
 
 async def retire(clinic: LinkedClinic, **body: Any) -> httpx.Response:

@@ -21,6 +21,7 @@ from contracts.links import (
     REFUSAL_STATUS,
     Decision,
     LinkDeprecated,
+    LinkIssued,
     LinkKind,
     LinkRevoked,
     Refusal,
@@ -270,6 +271,30 @@ def test_a_deprecated_link_works_with_a_warning_until_its_sunset() -> None:
         assert after.replaced_by_hint == NEWEST_LINK_HINT
 
 
+@pytest.mark.parametrize(
+    ("now", "changes", "reason"),
+    [
+        (OPENS - SECOND, {}, Refusal.not_yet_open),
+        (CLOSES, {}, Refusal.ended),
+        (START, {"settings": with_settings(plan=Plan.basic)}, Refusal.plan_not_included),
+    ],
+)
+def test_a_deprecated_link_refused_before_its_sunset_still_warns(
+    now: datetime, changes: dict[str, object], reason: Refusal
+) -> None:
+    """Refused for now (not open yet, say), a retired link tells its holder to use the newer
+    one too: by the time the session opens, the old link may have stopped working."""
+    sunset = CLOSES + timedelta(days=1)
+    f = found(state=State.deprecated, sunset_at=sunset, **changes)  # type: ignore[arg-type]
+    decision = decide(f, now)
+    assert_refused(decision, reason)
+    assert decision.warning is not None
+    assert_sentence(decision.warning)
+    assert "stops working at" in decision.warning
+    assert decision.replaced_by_hint == NEWEST_LINK_HINT
+    assert decide(found(**changes), now).warning is None  # type: ignore[arg-type]
+
+
 def test_a_deprecated_link_past_its_sunset_is_refused_even_while_live() -> None:
     sunset = START + timedelta(minutes=20)
     f = found(LinkKind.guest, state=State.deprecated, sunset_at=sunset, session=window(live=True))
@@ -458,6 +483,12 @@ class SlotLifecycle(RuleBasedStateMachine):
         if events:
             assert self.slot.links[link_id].state is State.deprecated
             assert self.sunsets[link_id] == sunset
+            # The successor says whom it replaces and until when the old one works, so that
+            # notify can mail it to those who hold the old one in words that are true.
+            for successor in events[1:]:
+                assert isinstance(successor, LinkIssued)
+                assert successor.replaces_link_id == link_id
+                assert successor.replaces_link_sunset_at == sunset
 
     @rule(minutes=st.integers(min_value=1, max_value=24 * 60))
     def advance(self, minutes: int) -> None:
