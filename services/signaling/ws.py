@@ -27,7 +27,8 @@ from contracts.signaling_protocol import (
 )
 from runtime.client_address import client_address_of
 from runtime.ratelimit import RateLimiter
-from services.signaling.calls import Connection, Signaling
+from services.signaling.calls import Signaling
+from services.signaling.connection import Connection
 
 log = structlog.get_logger(__name__)
 router = APIRouter()

@@ -126,7 +126,7 @@ async def test_a_replica_still_follows_a_room_its_last_guest_just_left(
             "SELECT 1 FROM signaling.connections WHERE participant_id = $1",
             welcome["participant_id"],
         )
-        return not rows and not on_b._background
+        return not rows and not on_b.replica.background
 
     await eventually(forgotten, what="the first guest's connection forgotten")
     await host.latest("room", waiting=[])

@@ -1,0 +1,88 @@
+"""Seats on the media nodes: asked for when someone enters, given back when they leave.
+
+The media service places the room on a node and keeps a place there for each person let in;
+signaling asks for the seat before it records anyone in the call, and releases it when they
+are gone for good.
+"""
+
+from typing import TypeVar
+from uuid import UUID
+
+import structlog
+from pydantic import BaseModel
+
+from contracts.media import (
+    RELEASE_SUBJECT,
+    SEAT_SUBJECT,
+    SeatAnswer,
+    SeatRelease,
+    SeatReleased,
+    SeatRequest,
+)
+from contracts.signaling import CallRole
+from runtime import refusals
+from runtime.rpc import RpcError, call
+from services.signaling.connection import Connection
+from services.signaling.replica import Replica
+
+log = structlog.get_logger(__name__)
+A = TypeVar("A", bound=BaseModel)
+
+UNAVAILABLE = "The video service is not available right now; please try again in a minute."
+
+
+class Unavailable(refusals.Refused):
+    status = 503
+
+
+class MediaSeats:
+    def __init__(self, replica: Replica) -> None:
+        self.replica = replica
+
+    async def seat(self, conn: Connection, participant_id: UUID, role: CallRole) -> SeatAnswer:
+        _, room_id, clinic_id, _ = conn.place()
+        request = SeatRequest(
+            clinic_id=clinic_id,
+            room_id=room_id,
+            participant_id=participant_id,
+            role=role,
+            cap=conn.cap,
+            loudest_speakers=conn.loudest_speakers,
+        )
+        # Asking again for the same participant returns the same seat: safe to send twice.
+        return await self.ask(SEAT_SUBJECT, request, SeatAnswer, attempts=2)
+
+    async def ask(self, subject: str, request: BaseModel, answer: type[A], attempts: int = 1) -> A:
+        """A media request; a media service that does not answer is ``media_unavailable``."""
+        replica = self.replica
+        try:
+            return await call(
+                replica.ctx.nats,
+                subject,
+                request,
+                answer,
+                replica.settings.rpc_wait_s,
+                attempts=attempts,
+                identity=replica.ctx.identity,  # media serves signaling alone
+            )
+        except RpcError as exc:
+            log.warning("the media service did not answer", subject=subject, error=str(exc))
+            raise Unavailable("media_unavailable", UNAVAILABLE) from exc
+
+    async def release(self, clinic_id: str, room_id: UUID, participant_id: UUID | None) -> None:
+        request = SeatRelease(clinic_id=clinic_id, room_id=room_id, participant_id=participant_id)
+        replica = self.replica
+        try:
+            await call(
+                replica.ctx.nats,
+                RELEASE_SUBJECT,
+                request,
+                SeatReleased,
+                replica.settings.rpc_wait_s,
+                attempts=2,  # releasing twice frees nothing more
+                identity=replica.ctx.identity,
+            )
+        except RpcError as exc:
+            # The node lets an unclaimed reservation lapse on its own; a held seat is freed
+            # when the media connection goes.
+            log.warning("a seat could not be released", error=str(exc))

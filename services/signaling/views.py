@@ -1,0 +1,169 @@
+"""What each person connected here sees of their room, sent as it changes: every change of a
+room, made here or on another replica, becomes frames for that room's people."""
+
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from contracts.events import Event
+from contracts.signaling import (
+    CallRole,
+    EndedBecause,
+    GuestKnocked,
+    GuestPutOnHold,
+    ParticipantDenied,
+    ParticipantJoined,
+    ParticipantRemoved,
+    SessionEnded,
+)
+from contracts.signaling_protocol import (
+    Denied,
+    Ended,
+    Knock,
+    Participants,
+    Present,
+    Recording,
+    Removed,
+    RoomView,
+    SeatRefused,
+    Waiting,
+    WaitingGuest,
+    WaitingState,
+)
+from services.signaling.connection import Connection
+from services.signaling.domain import Person, Room, Status
+from services.signaling.negotiation import MediaNegotiation
+from services.signaling.replica import Replica
+
+HOLD_MESSAGE = "The host asked you to wait a little longer."
+DENIED_MESSAGE = "The host could not let you in this time."
+REMOVED_MESSAGE = "The host removed you from the call."
+ENDED_MESSAGE = "The host ended the meeting for everyone."
+RECORDING_ON = "This call is being recorded."
+RECORDING_OFF = "The recording has stopped."
+WAITING_MESSAGES = {
+    WaitingState.waiting_for_host: "Waiting for the host: you will be let in when they arrive.",
+    WaitingState.host_notified: "The host has been notified and will let you in shortly.",
+}
+
+
+class RoomViews:
+    def __init__(self, replica: Replica, negotiation: MediaNegotiation) -> None:
+        self.replica = replica
+        self.negotiation = negotiation
+
+    async def react(self, room_id: UUID, room: Room, events: list[Event]) -> None:
+        here = self.replica.local.get(room_id)
+        if not here:
+            return
+        for event in events:
+            pid = getattr(event, "participant_id", None)
+            conn = here.get(pid) if pid is not None else None
+            match event:
+                case GuestKnocked() if not event.muted:
+                    for host in _hosts(here, room):
+                        host.send(Knock(participant_id=pid, display_name=event.display_name))
+                case GuestPutOnHold() if conn is not None:
+                    conn.send_once(
+                        "waiting",
+                        Waiting(state=WaitingState.on_hold, message=event.message or HOLD_MESSAGE),
+                    )
+                case ParticipantJoined() if conn is not None and event.media_node:
+                    self.negotiation.send_admitted(conn, event.media_node, event.media_url)
+                case ParticipantDenied() if conn is not None:
+                    conn.send(Denied(message=event.message or DENIED_MESSAGE))
+                    conn.close()
+                case ParticipantRemoved() if conn is not None:
+                    conn.send(Removed(message=event.message or REMOVED_MESSAGE))
+                    conn.close()
+                case SessionEnded() if event.because is EndedBecause.ended_for_all:
+                    for other in list(here.values()):
+                        other.send(
+                            Ended(because=event.because, message=event.message or ENDED_MESSAGE)
+                        )
+                        other.close()
+        for conn in list(here.values()):
+            refresh(conn, room)
+
+    async def on_notice(self, room_id: UUID, notice: dict[str, Any]) -> None:
+        here = self.replica.local.get(room_id)
+        if not here:
+            return
+        pid = UUID(notice["participant_id"])
+        match notice.get("kind"):
+            case "seat_refused":
+                message = str(notice["message"])
+                if (guest := here.get(pid)) is not None:
+                    guest.send(Waiting(state=WaitingState.room_full, message=message))
+                    guest.last_sent.pop("waiting", None)
+                for conn in here.values():
+                    if conn.role is CallRole.host and conn is not guest:
+                        conn.send(
+                            SeatRefused(participant_id=pid, reason="room_full", message=message)
+                        )
+            case "superseded" if notice.get("by") != self.replica.replica_id:
+                if (stale := here.get(pid)) is not None:
+                    stale.close(4001, "replaced by a newer connection")
+
+
+def _hosts(here: dict[UUID, Connection], room: Room) -> list[Connection]:
+    out = []
+    for pid, conn in here.items():
+        person = room.people.get(pid)
+        if person is not None and person.role is CallRole.host and not person.waiting:
+            out.append(conn)
+    return out
+
+
+def refresh(conn: Connection, room: Room) -> None:
+    """Send what this person sees of the room, where it changed."""
+    person = room.people.get(conn.participant_id) if conn.participant_id else None
+    if person is None or conn.closing:
+        return
+    if room.recording is not None or "recording" in conn.last_sent:
+        # Everyone in the room, waiting or not, knows whether they are being recorded.
+        on = room.recording is not None
+        conn.send_once("recording", Recording(on=on, message=RECORDING_ON if on else RECORDING_OFF))
+    if person.waiting:
+        if person.status is Status.on_hold:
+            return  # the hold message stays until the host acts
+        state = (
+            WaitingState.host_notified if room.hosts_present() else WaitingState.waiting_for_host
+        )
+        conn.send_once("waiting", Waiting(state=state, message=WAITING_MESSAGES[state]))
+        return
+    present = [_present(p) for p in room.in_call()]
+    if person.role is CallRole.host:
+        conn.send_once(
+            "room",
+            RoomView(
+                live=room.live,
+                locked=room.locked,
+                knocks_muted=room.knocks_muted,
+                max_participants=conn.cap,
+                waiting=[_waiting(p) for p in room.waiting()],
+                participants=present,
+            ),
+        )
+    else:
+        conn.send_once("participants", Participants(participants=present))
+
+
+def _present(p: Person) -> Present:
+    return Present(
+        participant_id=p.participant_id,
+        display_name=p.display_name,
+        role=p.role,
+        disconnected=p.disconnected_until is not None,
+    )
+
+
+def _waiting(p: Person) -> WaitingGuest:
+    return WaitingGuest(
+        participant_id=p.participant_id,
+        display_name=p.display_name,
+        waiting_since=p.since or datetime.now(UTC),
+        muted=p.muted,
+        on_hold=p.status is Status.on_hold,
+        disconnected=p.disconnected_until is not None,
+    )
