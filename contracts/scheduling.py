@@ -10,7 +10,8 @@ scheduling to open it (:data:`UNSEAL_SUBJECT`); an integrator reads the person t
 clinic API. After ``ClientErased`` the client's sealed values open nowhere, ever again.
 """
 
-from datetime import datetime
+import re
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from functools import cache
 from typing import Annotated, Any
@@ -18,6 +19,7 @@ from uuid import UUID
 from zoneinfo import ZoneInfo, available_timezones
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 
 from contracts.events import Event, EventRegistry
 from contracts.personal import personal_data
@@ -103,6 +105,69 @@ TimeZoneName = Annotated[
 
 def zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
+
+
+_LINE_BREAKING = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+"""Unicode's control characters (category Cc: C0, DEL, C1) and its line and paragraph
+separators: each can end a mail header early, or start a forged one."""
+
+
+def _single_line(text: str) -> str:
+    if _LINE_BREAKING.search(text):
+        raise PydanticCustomError(
+            "control_character",
+            "Names may not contain line breaks, tabs or other control characters",
+        )
+    return text
+
+
+SingleLine = Annotated[str, AfterValidator(_single_line)]
+"""A name or title that is shown on one line: in a mail's From or Subject, a calendar entry, a
+join page. The API refuses control characters in it (422 naming the field). Events do not
+check it, so that an event recorded before the check still reads."""
+
+CALENDAR_STARTS = datetime(2000, 1, 1, tzinfo=UTC)
+YEARS_AHEAD = 5
+
+
+def calendar_ends(now: datetime) -> datetime:
+    """The latest time the API takes: ``YEARS_AHEAD`` years after ``now``."""
+    return now + timedelta(days=round(YEARS_AHEAD * 365.25))
+
+
+def outside_calendar(value: datetime, now: datetime) -> str | None:
+    """Why the API refuses ``value`` (an aware time), or None if it is in the calendar it keeps.
+
+    The bound keeps every time far from the ends of what Postgres and Python hold once moved
+    to UTC or to any time zone (year 1 and 9999), and catches a year typed wrong.
+    """
+    latest = calendar_ends(now)
+    if CALENDAR_STARTS <= value <= latest:
+        return None
+    return (
+        f"Give a time between {CALENDAR_STARTS:%Y-%m-%d} and {latest:%Y-%m-%d} "
+        f"(at most {YEARS_AHEAD} years ahead)"
+    )
+
+
+def _in_calendar(value: datetime) -> datetime:
+    reason = outside_calendar(value, datetime.now(UTC))
+    if reason is not None:
+        raise PydanticCustomError("date_out_of_range", reason)
+    return value
+
+
+CalendarTime = Annotated[
+    AwareDatetime,
+    AfterValidator(_in_calendar),
+    Field(
+        description="ISO 8601 with an offset, from 2000-01-01 to at most "
+        f"{YEARS_AHEAD} years ahead.",
+        examples=["2026-12-01T14:00:00+01:00"],
+    ),
+]
+"""A time the API schedules at: with an offset, from ``CALENDAR_STARTS`` to ``YEARS_AHEAD``
+years ahead of the moment of the request (422 ``date_out_of_range`` saying the range)."""
 
 
 def _distinct_offsets(offsets: tuple[int, ...]) -> tuple[int, ...]:

@@ -4,17 +4,19 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, EmailStr, Field, model_validator
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, model_validator
 
 from contracts.personal import personal_data
 from contracts.scheduling import (
     SLUG,
+    CalendarTime,
     ClinicSettings,
     CompletedBecause,
     GuestAdmission,
     Plan,
     RoomKind,
     SessionSource,
+    SingleLine,
     TimeZoneName,
     VideoMode,
 )
@@ -31,7 +33,7 @@ NAME: dict[str, Any] = {"min_length": 1, "max_length": 200}
 
 
 class ClinicCreate(Body):
-    name: str = Field(min_length=1, max_length=200, examples=["Riverside Therapy"])
+    name: SingleLine = Field(min_length=1, max_length=200, examples=["Riverside Therapy"])
     slug: str = Field(pattern=SLUG, description="For room links: /r/{slug}/...", examples=["rsd"])
     settings: ClinicSettings = Field(default_factory=ClinicSettings)
 
@@ -84,7 +86,7 @@ class SettingsPatch(Body):
 
 
 class PractitionerCreate(Body):
-    display_name: str = personal_data(description="Shown to clients.", **NAME)
+    display_name: SingleLine = personal_data(description="Shown to clients.", **NAME)
     room_slug: str = Field(pattern=SLUG, description="The room link: /r/{clinic}/{room_slug}.")
 
 
@@ -99,7 +101,7 @@ class PractitionerView(BaseModel):
 
 class ContactIn(Body):
     contact_id: UUID | None = Field(default=None, description="Generated when absent.")
-    display_name: str = personal_data(description="The contact's name.", **NAME)
+    display_name: SingleLine = personal_data(description="The contact's name.", **NAME)
     email: EmailStr = personal_data(description="Where invitations go.")
 
 
@@ -110,7 +112,7 @@ class ContactView(BaseModel):
 
 
 class ClientCreate(Body):
-    display_name: str = personal_data(description="The client's name.", **NAME)
+    display_name: SingleLine = personal_data(description="The client's name.", **NAME)
     email: EmailStr | None = personal_data(description="The client's email.", default=None)
     phone: str | None = personal_data(
         description="The client's phone.", default=None, max_length=40
@@ -122,7 +124,7 @@ class ClientCreate(Body):
 class ClientPatch(Body):
     """Fields given replace the stored ones; contact lists are replaced whole."""
 
-    display_name: str | None = personal_data(description="The client's name.", default=None)
+    display_name: SingleLine | None = personal_data(description="The client's name.", default=None)
     email: EmailStr | None = personal_data(description="The client's email.", default=None)
     phone: str | None = personal_data(description="The client's phone.", default=None)
     linked_accounts: list[ContactIn] | None = Field(default=None, max_length=20)
@@ -161,11 +163,11 @@ class ErasureView(BaseModel):
 
 class RoomCreate(Body):
     practitioner_id: UUID
-    title: str = personal_data(description="Chosen by the practitioner.", **NAME)
+    title: SingleLine = personal_data(description="Chosen by the practitioner.", **NAME)
 
 
 class RoomPatch(Body):
-    title: str = personal_data(description="The room's new title.", **NAME)
+    title: SingleLine = personal_data(description="The room's new title.", **NAME)
 
 
 class RoomView(BaseModel):
@@ -184,8 +186,8 @@ class RoomView(BaseModel):
 class SessionCreate(Body):
     practitioner_id: UUID
     client_ids: list[UUID] = Field(min_length=1, max_length=15)
-    starts_at: AwareDatetime = Field(examples=["2026-12-01T14:00:00+01:00"])
-    ends_at: AwareDatetime = Field(examples=["2026-12-01T14:50:00+01:00"])
+    starts_at: CalendarTime = Field(examples=["2026-12-01T14:00:00+01:00"])
+    ends_at: CalendarTime = Field(examples=["2026-12-01T14:50:00+01:00"])
     time_zone: TimeZoneName | None = Field(default=None, description="Default: the clinic's.")
     video_mode: VideoMode | None = Field(
         default=None,
@@ -209,8 +211,8 @@ class AdHocCreate(Body):
 
 
 class Reschedule(Body):
-    starts_at: AwareDatetime
-    ends_at: AwareDatetime
+    starts_at: CalendarTime
+    ends_at: CalendarTime
     time_zone: TimeZoneName | None = Field(default=None, description="Default: unchanged.")
 
 
@@ -224,7 +226,7 @@ class AttendeeCreate(Body):
     """Either an email address (anyone), or a client's linked account or alternate contact."""
 
     email: EmailStr | None = personal_data(description="Anyone's email.", default=None)
-    display_name: str | None = personal_data(
+    display_name: SingleLine | None = personal_data(
         description="Their name, if known.", default=None, max_length=200
     )
     client_id: UUID | None = None
@@ -302,9 +304,9 @@ class HistoryEntry(BaseModel):
 
 class BookingCreate(Body):
     practitioner: str = Field(pattern=SLUG, description="The practitioner's room slug.")
-    starts_at: AwareDatetime
-    ends_at: AwareDatetime
-    display_name: str = personal_data(description="Who books.", **NAME)
+    starts_at: CalendarTime
+    ends_at: CalendarTime
+    display_name: SingleLine = personal_data(description="Who books.", **NAME)
     email: EmailStr = personal_data(description="Where the invitation goes.")
     phone: str | None = personal_data(description="Optional.", default=None, max_length=40)
 

@@ -43,18 +43,30 @@ def _page(items: list[Any], limit: int, *key: str) -> tuple[list[Any], str | Non
     return items, encode_cursor(*(last[k] for k in key))
 
 
+INVALID_CURSOR = "The cursor is not one this API returned; start again without it."
+
+
+def _cursor_time(text: str) -> datetime:
+    """A cursor's time, refused (400) unless Postgres can hold it: with an offset, and in
+    Python's range once in UTC (a cursor is opaque, but a caller can still forge one)."""
+    try:
+        value = datetime.fromisoformat(text)
+        if value.tzinfo is None:
+            raise ValueError("no offset")
+        value.astimezone(UTC)
+    except (ValueError, OverflowError) as exc:
+        raise Problem(400, INVALID_CURSOR, code="invalid_cursor") from exc
+    return value
+
+
 def _after(cursor: list[str] | None) -> tuple[datetime | None, UUID]:
     """A page cursor's (time, id) as query arguments; no cursor starts at the beginning."""
     if cursor is None:
         return None, UUID(int=0)
     try:
-        return datetime.fromisoformat(cursor[0]), UUID(cursor[1])
+        return _cursor_time(cursor[0]), UUID(cursor[1])
     except ValueError as exc:
-        raise Problem(
-            400,
-            "The cursor is not one this API returned; start again without it.",
-            code="invalid_cursor",
-        ) from exc
+        raise Problem(400, INVALID_CURSOR, code="invalid_cursor") from exc
 
 
 async def clinic(conn: Queryable, clinic_id: str) -> ClinicView:
@@ -68,7 +80,7 @@ async def clinics(conn: Queryable, after: list[str] | None, limit: int) -> Page[
     rows = await conn.fetch(
         "SELECT * FROM clinics WHERE ($1::timestamptz IS NULL OR (registered_at, clinic_id) > "
         "($1, $2)) ORDER BY registered_at, clinic_id LIMIT $3",
-        datetime.fromisoformat(after[0]) if after else None,
+        _cursor_time(after[0]) if after else None,
         after[1] if after else "",
         limit + 1,
     )
@@ -219,12 +231,20 @@ _SESSION = (
 )
 
 
+def _local(value: datetime, time_zone: str) -> datetime:
+    """``value`` in the session's zone; in UTC when that is past what Python holds (a session
+    stored at the end of 9999, before the API bounded times, in a zone ahead of UTC)."""
+    try:
+        return value.astimezone(ZoneInfo(time_zone))
+    except OverflowError:
+        return value
+
+
 def _session(row: Mapping[str, Any], attendees: list[AttendeeView]) -> SessionView:
-    tz = ZoneInfo(row["time_zone"])
     return SessionView(
         **dict(row),
-        local_starts_at=row["starts_at"].astimezone(tz),
-        local_ends_at=row["ends_at"].astimezone(tz),
+        local_starts_at=_local(row["starts_at"], row["time_zone"]),
+        local_ends_at=_local(row["ends_at"], row["time_zone"]),
         attendees=attendees,
     )
 
@@ -360,7 +380,7 @@ async def upcoming_sessions(
         UpcomingSession(
             **{k: v for k, v in dict(r).items() if k != "join_url"},
             join_url=sealer.unseal(r["join_url"]) if r["join_url"] else None,
-            local_starts_at=r["starts_at"].astimezone(ZoneInfo(r["time_zone"])),
+            local_starts_at=_local(r["starts_at"], r["time_zone"]),
         )
         for r in rows
     ]

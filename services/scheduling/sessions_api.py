@@ -7,7 +7,7 @@ from uuid import UUID, uuid4
 from fastapi import APIRouter, Depends, Query, Response
 
 from contracts.events import Event
-from contracts.scheduling import PLAN_VIDEO_MODES, SessionSource, VideoMode
+from contracts.scheduling import PLAN_VIDEO_MODES, SessionSource, VideoMode, outside_calendar
 from runtime.commands import Decide
 from runtime.eventstore import RecordedEvent
 from runtime.http import Problem, problems
@@ -113,22 +113,28 @@ async def list_sessions(
     ctx: Context,
     practitioner_id: UUID | None = None,
     starts_from: Annotated[
-        datetime | None, Query(alias="from", description="Start at or after (ISO 8601).")
+        datetime | None,
+        Query(alias="from", description="Start at or after (ISO 8601 with an offset)."),
     ] = None,
     starts_before: Annotated[
-        datetime | None, Query(alias="to", description="Start before (ISO 8601).")
+        datetime | None,
+        Query(alias="to", description="Start before (ISO 8601 with an offset)."),
     ] = None,
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
 ) -> Page[SessionView]:
     """Sessions by start time, e.g. one practitioner's day or week."""
     for value, name in ((starts_from, "from"), (starts_before, "to")):
-        if value is not None and value.tzinfo is None:
+        if value is None:
+            continue
+        if value.tzinfo is None:
             raise Problem(
                 422,
                 f"'{name}' needs a UTC offset, e.g. 2026-12-01T00:00:00+01:00.",
                 code="offset_required",
             )
+        if (reason := outside_calendar(value, now())) is not None:
+            raise Problem(422, f"'{name}' is out of range: {reason}.", code="date_out_of_range")
     return await queries.sessions(
         ctx.pool,
         caller.clinic_id,
