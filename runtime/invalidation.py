@@ -13,12 +13,16 @@ Two races are closed here rather than by the callers:
   before the read and stores nothing when any notice arrived since.
 - While the listening connection is down, notices are lost. A cache is only used while its
   listener is connected; on a loss it is emptied and bypassed until the listener is back.
+
+The same notices wake a reader that waits for a row to appear (``Invalidations.noticing``),
+e.g. a session another replica's consumer is about to record.
 """
 
 import asyncio
+import contextlib
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator, Sequence
 from typing import Any, Generic, TypeVar
 
 import asyncpg
@@ -127,6 +131,7 @@ class Invalidations:
         self.listening = asyncio.Event()
         self._conn: asyncpg.Connection | None = None
         self._syncs: dict[str, asyncio.Future[None]] = {}
+        self._noticing: dict[str, set[asyncio.Event]] = {}
         self._sending = asyncio.Lock()  # one statement at a time on the listening connection
 
     async def run(self) -> None:
@@ -158,6 +163,9 @@ class Invalidations:
                 if not waiting.done():  # nothing is cached now, so nothing is stale
                     waiting.set_result(None)
             self._syncs.clear()
+            for events in self._noticing.values():
+                for event in events:
+                    event.set()  # a notice may have been lost: read again
             conn.terminate()
 
     def _on_notice(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
@@ -169,6 +177,24 @@ class Invalidations:
             return
         for cache in self.caches:
             cache.drop(payload)
+        for event in self._noticing.get(payload, ()):
+            event.set()
+
+    @contextlib.contextmanager
+    def noticing(self, tag: str) -> Iterator[asyncio.Event]:
+        """An event set, while the block runs, when a change tagged ``tag`` commits (whichever
+        replica or consumer made it) or when the listener is lost: a reader waiting for a row
+        to appear clears it, reads, and waits for it before reading again."""
+        event = asyncio.Event()
+        self._noticing.setdefault(tag, set()).add(event)
+        try:
+            yield event
+        finally:
+            events = self._noticing.get(tag)
+            if events is not None:
+                events.discard(event)
+                if not events:
+                    del self._noticing[tag]
 
     async def synced(self) -> None:
         """Return once every change committed before this call has been applied here.

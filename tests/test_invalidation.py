@@ -126,6 +126,34 @@ async def test_a_lost_listener_empties_and_bypasses_the_cache_until_it_is_back(
     assert cache.get("a") == "A"
 
 
+async def test_a_reader_waiting_for_a_row_is_woken_when_it_commits(
+    listening: tuple[Invalidations, TaggedCache[str, str]], things: "asyncpg.Pool[Any]"
+) -> None:
+    invalidations, _ = listening
+    with invalidations.noticing("thing:c") as other, invalidations.noticing("thing:d") as mine:
+        async with things.acquire() as conn, conn.transaction():
+            await conn.execute("INSERT INTO things VALUES ('d', 'c1', 'D')")
+            await asyncio.sleep(0.1)
+            assert not mine.is_set()  # not before it commits
+        await asyncio.wait_for(mine.wait(), 5)
+        await invalidations.synced()
+        assert not other.is_set()
+    assert invalidations._noticing == {}  # nothing left behind by readers gone
+
+
+async def test_a_lost_listener_wakes_every_waiting_reader(
+    listening: tuple[Invalidations, TaggedCache[str, str]], things: "asyncpg.Pool[Any]"
+) -> None:
+    """A notice sent while the listener was away is lost: a waiting reader must read again."""
+    invalidations, _ = listening
+    with invalidations.noticing("thing:z") as waiting:
+        await things.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE pid <> pg_backend_pid() AND query LIKE 'LISTEN%'"
+        )
+        await asyncio.wait_for(waiting.wait(), 10)
+
+
 def test_the_least_recently_used_entry_goes_first() -> None:
     cache: TaggedCache[int, int] = TaggedCache("t", "lru", max_entries=2)
     cache.reset(live=True)

@@ -8,6 +8,9 @@ listener drops the entries at once (``runtime.invalidation``). Only what exists 
 unknown token or room costs a query each time, so nobody can fill the cache with guesses.
 """
 
+import asyncio
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -85,6 +88,16 @@ class ResolutionCache:
         """Listen for the links schema's change notices until cancelled (a service task)."""
         self._changes = Invalidations(dsn, SERVICE, self.caches)
         await self._changes.run()
+
+    @contextlib.contextmanager
+    def noticing(self, tag: str) -> Iterator[asyncio.Event]:
+        """Set when a change tagged ``tag`` commits (``Invalidations.noticing``); never set
+        before the listener has started, so a waiter also reads again on a timer."""
+        if self._changes is None:
+            yield asyncio.Event()
+            return
+        with self._changes.noticing(tag) as event:
+            yield event
 
     async def synced(self) -> None:
         """Return once every change committed before the call is applied on this replica: a

@@ -22,4 +22,12 @@ class LinksSettings(BaseSettings):
         ge=0,
         description="Links (and as many rooms' sessions) each replica keeps for resolution.",
     )
+    resolve_new_session_wait_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="How long a host link naming a session this service has not heard of yet "
+        "waits for scheduling's event before it is refused. Keep it below signaling's wait "
+        "for one answer (ANTECHAMBER_SIGNALING_RPC_WAIT_S / 2: 1.5 s), so that signaling "
+        "hears the refusal.",
+    )
     audit_flush_s: float = Field(default=1.0, gt=0, description="How often counts are saved.")

@@ -80,6 +80,8 @@ class Found:
     session: SessionWindow | None
     left_at: datetime | None
     """When someone who came in with this link last left (for the rejoin grace)."""
+    session_not_theirs: bool = False
+    """A host link naming a session that is not one of its practitioner's (or none at all)."""
 
 
 def refused(reason: Refusal, message: str, found: Found | None = None, **extra: object) -> Decision:
@@ -99,6 +101,10 @@ def refused(reason: Refusal, message: str, found: Found | None = None, **extra: 
 UNKNOWN = refused(
     Refusal.unknown,
     "This link is not valid. Check that you copied all of it, or ask for a new one.",
+)
+NOT_THEIR_SESSION = (
+    "Your host link is valid, but that session is not one of yours or does not exist; "
+    "join it from your own schedule."
 )
 
 
@@ -133,6 +139,8 @@ def decide(found: Found | None, now: datetime) -> Decision:
             (Refusal.revoked, "This link no longer works."),
         )
         return refused(reason, message, f)
+    if f.session_not_theirs:
+        return refused(Refusal.unknown, NOT_THEIR_SESSION, f)
     if f.session is not None and f.session.status == "cancelled":
         # A host link outlives any one session, but not into a cancelled one (the session's
         # own links were revoked with the cancellation).

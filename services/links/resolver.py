@@ -1,6 +1,9 @@
 """Answering a resolve request (over HTTP or NATS): look the link up (in the replica's cache,
 else in Postgres), decide with the current time, count."""
 
+import asyncio
+import contextlib
+import time
 from dataclasses import replace
 from datetime import datetime
 from functools import lru_cache
@@ -55,6 +58,8 @@ ROOM_SESSIONS = (
 )
 """A room's appointments whose window is open at some moment from $2 to $3."""
 _ROOMS = frozenset({LinkKind.practitioner_room, LinkKind.client_room})
+RECHECK_S = 0.25
+"""While waiting for a new session: how often it is read again without a notice."""
 
 
 @lru_cache(maxsize=4096)
@@ -98,20 +103,24 @@ def _found(row: asyncpg.Record, session: SessionWindow | None) -> Found:
 
 
 async def find(
-    db: Queryable, cache: ResolutionCache, request: ResolveRequest, now: datetime
+    db: Queryable,
+    cache: ResolutionCache,
+    request: ResolveRequest,
+    now: datetime,
+    new_session_wait_s: float,
 ) -> Found | None:
     found = await _link(db, cache, request)
     if found is None:
         return None
     if found.kind is LinkKind.host and request.session_id is not None:
         # A host joins one of their sessions: it must be theirs, in their clinic.
-        host = await _host_session(db, cache, request.session_id)
+        host = await _host_session_soon(db, cache, request.session_id, new_session_wait_s)
         if (
             host is None
             or host.clinic_id != found.clinic_id
             or host.window.practitioner_id != found.practitioner_id
         ):
-            return None
+            return replace(found, session=None, session_not_theirs=True)
         return replace(found, session=host.window)
     if found.kind in _ROOMS and found.room_id is not None:
         # The appointment being held in this room now, if any, so the call is tied to it.
@@ -161,6 +170,27 @@ async def _host_session(
     return await cache.host_sessions.read_through(session_id, read)
 
 
+async def _host_session_soon(
+    db: Queryable, cache: ResolutionCache, session_id: UUID, wait_s: float
+) -> HostSession | None:
+    """The session a host token names. One this service has not heard of is waited for, up
+    to ``wait_s``: the API that created it may have answered before its event reached here,
+    and the link it handed out must work at once. Woken by the session's change notice
+    (whichever replica records it), and reading again every ``RECHECK_S`` in case the
+    notice is lost."""
+    deadline = time.monotonic() + wait_s
+    with cache.noticing(f"session:{session_id}") as recorded:
+        while True:
+            recorded.clear()  # before the read: a notice during it wakes the wait at once
+            host = await _host_session(db, cache, session_id)
+            left = deadline - time.monotonic()
+            if host is not None or left <= 0:
+                return host
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(left, RECHECK_S)):
+                    await recorded.wait()
+
+
 async def _room_sessions(
     db: Queryable, cache: ResolutionCache, found: Found, now: datetime
 ) -> RoomSessions:
@@ -193,7 +223,7 @@ async def resolve(links: Links, db: Queryable, request: ResolveRequest) -> Decis
             retry_after_s=wait,
         )
     now = links.clock()
-    found = await find(db, links.cache, request, now)
+    found = await find(db, links.cache, request, now, links.settings.resolve_new_session_wait_s)
     decision = decide(found, now) if found is not None else UNKNOWN
     if decision.link_id is not None:
         outcome = "allowed" if decision.allowed else str(decision.reason)

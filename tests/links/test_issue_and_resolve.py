@@ -1,7 +1,8 @@
 """Links issued in reaction to scheduling, resolved over HTTP and NATS."""
 
+import time
 from datetime import timedelta
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from nats.aio.client import Client as NATS
 
@@ -56,3 +57,53 @@ async def test_an_unknown_token_is_refused_in_words(clinic: LinkedClinic) -> Non
     assert problem["code"] == "unknown"
     assert "not valid" in problem["detail"]
     assert response.headers["content-type"] == "application/problem+json"
+
+
+# -- a host link, and a session that links has only just heard of, or never will ----------------
+
+
+async def test_a_host_link_opens_a_session_the_moment_the_api_has_created_it(
+    clinic: LinkedClinic, nc: NATS
+) -> None:
+    """The report: for 60-90 ms after `POST /v1/sessions` answered 201, the host link was
+    refused as unknown for the new session (links had not yet consumed SessionScheduled)."""
+    c = clinic.clinic
+    practitioner = await c.practitioner()
+    client = await c.client()
+    host = await clinic.link("host", practitioner_id=practitioner["practitioner_id"])
+    token = host["url"].rsplit("/", 1)[1]
+    for attempt in range(6):
+        session = await c.session(practitioner, [client])
+        sid = session["session_id"]
+        if attempt % 2:
+            response = await clinic.resolve(host["url"], session_id=sid)
+            assert response.status_code == 200, response.text
+            decision = Decision.model_validate(response.json())
+        else:
+            request = ResolveRequest(token=token, session_id=UUID(sid))
+            decision = await call(nc, RESOLVE_SUBJECT, request, Decision, 3.0)
+        assert decision.allowed, decision
+        assert (decision.role, str(decision.session_id)) == ("host", sid)
+
+
+async def test_a_host_link_naming_a_session_not_its_own_says_so_in_bounded_time(
+    clinic: LinkedClinic,
+) -> None:
+    c = clinic.clinic
+    mine, theirs = await c.practitioner(), await c.practitioner("Dr Mary Somerville")
+    host = await clinic.link("host", practitioner_id=mine["practitioner_id"])
+    other = await c.session(theirs, [await c.client()])
+    await clinic.wait_links(1, session_id=other["session_id"])  # links knows the session
+
+    for session_id, within in ((other["session_id"], 0.5), (str(uuid4()), 1.5)):
+        started = time.monotonic()
+        response = await clinic.resolve(host["url"], session_id=session_id)
+        took = time.monotonic() - started
+        assert response.status_code == 404, response.text
+        problem = response.json()
+        assert problem["code"] == "unknown"
+        # The link is fine: saying "check that you copied all of it" would send them astray.
+        assert "copied" not in problem["detail"]
+        assert "session" in problem["detail"]
+        assert problem["link_id"] == host["link_id"]
+        assert took < within, (session_id, took)

@@ -328,6 +328,16 @@ def test_a_suspended_clinic_is_refused_before_anything_else(changes: dict[str, o
     assert decision.status == 403
 
 
+def test_a_host_link_naming_a_session_not_its_own_is_unknown_but_not_miscopied() -> None:
+    f = found(LinkKind.host, session=None, session_not_theirs=True)
+    decision = decide(f, START)
+    assert_refused(decision, Refusal.unknown)
+    assert "copied" not in decision.message
+    assert decision.link_id == LINK  # counted for the link, not against the address
+    # The link's own state still comes first.
+    assert_refused(decide(replace(f, state=State.replaced), START), Refusal.regenerated)
+
+
 def test_no_link_is_unknown() -> None:
     decision = decide(None, START)
     assert_refused(decision, Refusal.unknown)
