@@ -11,7 +11,7 @@ from pydantic import AwareDatetime, BaseModel, Field
 
 from runtime.clinic_keys import CLINIC_KEY_PROBLEMS, ClinicId
 from runtime.context import ServiceContext
-from runtime.http import Problem, problems
+from runtime.http import NO_STORE, Problem, problems
 from runtime.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page, decode_cursor, encode_cursor
 from runtime.service import context_of
 from services.media import recordings
@@ -105,6 +105,7 @@ async def get_recording(ctx: Context, clinic_id: ClinicId, recording_id: UUID) -
 @router.post(
     "/{recording_id}/download",
     summary="A signed URL that downloads the MP4",
+    dependencies=[NO_STORE],
     responses=CLINIC_KEY_PROBLEMS
     | problems(
         404,

@@ -8,7 +8,7 @@ the links service issues its link like any other, and notify mails the invitatio
 from typing import Annotated
 from uuid import uuid4
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Request
 
 from contracts.scheduling import ClinicSettings, SessionSource
 from runtime.client_address import client_address_of
@@ -79,18 +79,22 @@ async def booking_page(clinic_slug: str, ctx: Context) -> PublicClinicView:
         },
     ),
 )
-async def book(
-    clinic_slug: str, body: BookingCreate, ctx: Context, response: Response
-) -> BookingView:
-    """Book a session; the invitation with the join link is emailed."""
+async def book(clinic_slug: str, body: BookingCreate, ctx: Context) -> BookingView:
+    """Book a session; the invitation with the join link is emailed.
+
+    The answer is the booking's confirmation, without ``Location``: the session itself is
+    the clinic's, read with its key. Quote ``session_id`` to the clinic about this booking.
+    """
     clinic = await _bookable(ctx, clinic_slug)
-    practitioner_id = await ctx.pool.fetchval(
-        "SELECT practitioner_id FROM practitioners WHERE clinic_id = $1 AND room_slug = $2",
+    practitioner = await ctx.pool.fetchrow(
+        "SELECT practitioner_id, display_name FROM practitioners "
+        "WHERE clinic_id = $1 AND room_slug = $2",
         clinic.clinic_id,
         body.practitioner,
     )
-    if practitioner_id is None:
+    if practitioner is None:
         raise Problem(404, "This clinic has no practitioner by that name.", code="not_found")
+    practitioner_id = practitioner["practitioner_id"]
     client = Client(uuid4(), body.display_name, str(body.email), body.phone)
     request = ScheduleRequest(
         practitioner_id=practitioner_id,
@@ -124,10 +128,11 @@ async def book(
             now(),
             conn=conn,
         )
+    # No Location: the session is read with the clinic's key, which the booker has not.
     session = queries.scheduled_session(scheduled)
-    response.headers["Location"] = f"/v1/sessions/{session.session_id}"
     return BookingView(
         session_id=session.session_id,
+        practitioner={"name": practitioner["display_name"], "slug": body.practitioner},
         starts_at=session.starts_at,
         ends_at=session.ends_at,
         local_starts_at=session.local_starts_at,

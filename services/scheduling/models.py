@@ -312,7 +312,13 @@ class BookingCreate(Body):
 
 
 class BookingView(BaseModel):
-    session_id: UUID
+    """A booking's confirmation: everything the booker is told (the join link follows by
+    email)."""
+
+    session_id: UUID = Field(description="The booking's reference, to quote to the clinic.")
+    practitioner: dict[str, str] = Field(
+        description="Whom the session is with: `name` and `slug`, as on the booking page."
+    )
     starts_at: datetime
     ends_at: datetime
     local_starts_at: datetime

@@ -308,6 +308,33 @@ async def session(conn: Queryable, clinic_id: str, session_id: UUID) -> SessionV
     return _session(fields, attendees)
 
 
+async def attendee(
+    conn: Queryable, clinic_id: str, session_id: UUID, attendee_id: UUID
+) -> AttendeeView:
+    """One attendee of a session (404 for an unknown session, then an unknown attendee)."""
+    row = await conn.fetchrow(
+        """
+        SELECT (SELECT to_jsonb(a) - 'session_id' - 'clinic_id'
+                       || jsonb_build_object('key', encode(k.key, 'hex'))
+                  FROM attendees a
+                  LEFT JOIN person_keys k ON k.clinic_id = a.clinic_id
+                                         AND k.person_id = coalesce(a.client_id, a.attendee_id)
+                 WHERE a.clinic_id = s.clinic_id AND a.session_id = s.session_id
+                   AND a.attendee_id = $3) AS found
+          FROM sessions s
+         WHERE s.clinic_id = $1 AND s.session_id = $2
+        """,
+        clinic_id,
+        session_id,
+        attendee_id,
+    )
+    if row is None:
+        raise not_found("session")
+    if row["found"] is None:
+        raise not_found("attendee")
+    return _attendee(row["found"], clinic_id)
+
+
 async def sessions(
     conn: Queryable,
     clinic_id: str,

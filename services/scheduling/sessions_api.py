@@ -10,7 +10,7 @@ from contracts.events import Event
 from contracts.scheduling import PLAN_VIDEO_MODES, SessionSource, VideoMode, outside_calendar
 from runtime.commands import Decide
 from runtime.eventstore import RecordedEvent
-from runtime.http import Problem, problems
+from runtime.http import NO_STORE, Problem, problems
 from runtime.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page, decode_cursor
 from runtime.refusals import not_found
 from services.scheduling import handlers, queries, sessions
@@ -26,6 +26,7 @@ from services.scheduling.handlers import SESSION, ScheduleRequest, execute
 from services.scheduling.models import (
     AdHocCreate,
     AttendeeCreate,
+    AttendeeView,
     Cancel,
     HistoryEntry,
     LinkSharing,
@@ -207,11 +208,12 @@ async def cancel_session(
     responses=problems(404, 409, described=ERASED),
 )
 async def invite_attendee(
-    session_id: UUID, body: AttendeeCreate, caller: Clinic, ctx: Context
-) -> SessionView:
+    session_id: UUID, body: AttendeeCreate, caller: Clinic, ctx: Context, response: Response
+) -> AttendeeView:
     """Invite a client's contact or anyone by email; they get their own drop-in link.
 
-    While the session is live, the invitation is mailed at once.
+    Answers the attendee; ``Location`` is where it reads. While the session is live, the
+    invitation is mailed at once.
     """
     if body.client_id is not None and body.contact_id is not None:
         attendee = await handlers.attendee_from_contact(
@@ -219,9 +221,24 @@ async def invite_attendee(
         )
     else:
         attendee = Attendee(uuid4(), str(body.email), body.display_name, None, None)
-    return await _change(
-        ctx, caller, session_id, lambda s: sessions.invite_attendee(s, attendee, caller.settings)
+    await execute(
+        ctx.store,
+        SESSION,
+        session_id,
+        caller.clinic_id,
+        lambda s: sessions.invite_attendee(s, attendee, caller.settings),
     )
+    path = f"/v1/sessions/{session_id}/attendees/{attendee.attendee_id}"
+    response.headers["Location"] = path
+    return await queries.attendee(ctx.pool, caller.clinic_id, session_id, attendee.attendee_id)
+
+
+@router.get("/sessions/{session_id}/attendees/{attendee_id}", responses=problems(404))
+async def get_attendee(
+    session_id: UUID, attendee_id: UUID, caller: Clinic, ctx: Context
+) -> AttendeeView:
+    """One attendee of the session (``email`` is null once erased with their client)."""
+    return await queries.attendee(ctx.pool, caller.clinic_id, session_id, attendee_id)
 
 
 @router.delete(
@@ -261,11 +278,13 @@ async def mark_complete(session_id: UUID, caller: Clinic, ctx: Context) -> Sessi
     "/clients/{client_id}/sessions/upcoming",
     tags=["clients"],
     responses=problems(404, described=ERASED),
+    dependencies=[NO_STORE],
 )
 async def upcoming_sessions(
     client_id: UUID, caller: Clinic, ctx: Context, access: Annotated[Access, Depends(access_of)]
 ) -> list[UpcomingSession]:
-    """What a client portal shows: the client's coming sessions, each with its join link."""
+    """What a client portal shows: the client's coming sessions, each with its join link
+    (so the answer is sent ``Cache-Control: no-store``)."""
     return await queries.upcoming_sessions(
         ctx.pool, caller.clinic_id, client_id, now(), access.sealer
     )

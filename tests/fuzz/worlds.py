@@ -106,7 +106,7 @@ def furnish(platform: Platform, world: World) -> World:
         }
         sid = ok(sched.post("/v1/sessions", headers=h, json=appointment), 201)["session_id"]
         guest = {"email": "guest@example.org"}
-        session = ok(sched.post(f"/v1/sessions/{sid}/attendees", headers=h, json=guest), 201)
+        attendee = ok(sched.post(f"/v1/sessions/{sid}/attendees", headers=h, json=guest), 201)
         path = f"/v1/clinics/{world.clinic_id}/api-keys"
         [key] = ok(sched.get(path, headers=OPERATOR))
         integrator = {"label": "records system"}
@@ -120,7 +120,7 @@ def furnish(platform: Platform, world: World) -> World:
         "contact_id": client["linked_accounts"][0]["contact_id"],
         "room_id": room["room_id"],
         "session_id": sid,
-        "attendee_id": session["attendees"][0]["attendee_id"],
+        "attendee_id": attendee["attendee_id"],
         "recipient_id": cid,
         "credential_id": credential["credential_id"],
     }
@@ -141,7 +141,7 @@ def _guest_link(platform: Platform, world: World) -> str:
             response = links.get(
                 "/v1/links", params={"session_id": world.ids["session_id"]}, headers=world.headers
             )
-        found = [x["link_id"] for x in ok(response) if x["kind"] == "guest"]
+        found = [x["link_id"] for x in ok(response)["items"] if x["kind"] == "guest"]
         return str(found[0]) if found else None
 
     return until(issued, "the session's guest link")

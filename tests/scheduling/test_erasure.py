@@ -88,7 +88,9 @@ async def client_with_everything(clinic: ClinicHandle, person: Person) -> dict[s
         201,
         json={"client_id": client["client_id"], "contact_id": contact_id},
     )
-    return client | {"room": room, "session": invited, "practitioner": practitioner}
+    session = await clinic.ok("GET", f"/v1/sessions/{session['session_id']}")
+    assert session["attendees"] == [invited]
+    return client | {"room": room, "session": session, "practitioner": practitioner}
 
 
 async def stored_text(app: FastAPI, clinic_id: str) -> str:

@@ -118,7 +118,7 @@ async def test_a_refusal_is_stored_and_replayed(
     refused = await clinic.call("POST", invite, json=guest, headers=headers)
     assert_problem(refused, 409, "already_invited")
     # The reason goes away; the key still answers what happened when it was first used.
-    attendee_id = invited["attendees"][0]["attendee_id"]
+    attendee_id = invited["attendee_id"]
     await clinic.ok("DELETE", f"{invite}/{attendee_id}", 204)
     again = await clinic.call("POST", invite, json=guest, headers=headers)
     assert_replay(refused, again)

@@ -10,7 +10,7 @@ from nats.aio.client import Client as NATS
 from contracts.links import LinkIssued, LinkKind, LinkRegenerated, Role
 from contracts.signaling import EndedBecause, SessionEnded, SessionStarted
 from tests.scheduling.conftest import SEALER, ClinicHandle, register_clinic, report
-from tests.support import eventually
+from tests.support import assert_problem, eventually
 
 
 def at(days: float = 1, minutes: int = 0) -> datetime:
@@ -177,17 +177,25 @@ async def test_attendees_and_link_sharing(clinic: ClinicHandle) -> None:
     session = await clinic.session(practitioner, [client], link_sharing=True)
     path = f"/v1/sessions/{session['session_id']}"
     contact = client["linked_accounts"][0]
-    with_contact = await clinic.ok(
+    invited = await clinic.call(
         "POST",
         f"{path}/attendees",
-        201,
         json={"client_id": client["client_id"], "contact_id": contact["contact_id"]},
     )
-    assert with_contact["attendees"][0]["email"] == "dad@example.org"
+    assert invited.status_code == 201, invited.text
+    with_contact = invited.json()  # the attendee, not the whole session
+    assert (with_contact["email"], with_contact["display_name"]) == ("dad@example.org", "Dad")
+    assert (with_contact["client_id"], with_contact["contact_id"]) == (
+        client["client_id"],
+        contact["contact_id"],
+    )
+    assert invited.headers["location"] == f"{path}/attendees/{with_contact['attendee_id']}"
+    assert await clinic.ok("GET", invited.headers["location"]) == with_contact
     anyone = await clinic.ok(
         "POST", f"{path}/attendees", 201, json={"email": "aunt@example.org", "display_name": "A"}
     )
-    assert len(anyone["attendees"]) == 2
+    assert (anyone["email"], anyone["client_id"]) == ("aunt@example.org", None)
+    assert (await clinic.ok("GET", path))["attendees"] == [with_contact, anyone]
     twice = await clinic.call("POST", f"{path}/attendees", json={"email": "AUNT@example.org"})
     assert twice.json()["code"] == "already_invited"
     not_theirs = await clinic.call(
@@ -198,8 +206,9 @@ async def test_attendees_and_link_sharing(clinic: ClinicHandle) -> None:
     assert not_theirs.json()["code"] == "contact_not_found"
     neither = await clinic.call("POST", f"{path}/attendees", json={"display_name": "?"})
     assert neither.status_code == 422
-    aunt = next(a for a in anyone["attendees"] if a["email"] == "aunt@example.org")
-    await clinic.ok("DELETE", f"{path}/attendees/{aunt['attendee_id']}", 204)
+    aunt = f"{path}/attendees/{anyone['attendee_id']}"
+    await clinic.ok("DELETE", aunt, 204)
+    assert_problem(await clinic.call("GET", aunt), 404, "attendee_not_found")
     off = await clinic.ok("PUT", f"{path}/link-sharing", json={"enabled": False})
     assert off["link_sharing"] is False
     assert await history(clinic, session["session_id"]) == [
@@ -385,7 +394,9 @@ async def test_a_client_portal_shows_upcoming_sessions_with_their_links(
         return all(s["join_url"] for s in upcoming)
 
     await eventually(linked, what="both links projected")
-    upcoming = await clinic.ok("GET", path)
+    answer = await clinic.call("GET", path)
+    assert answer.headers["cache-control"] == "no-store"  # it holds join links
+    upcoming = answer.json()
     assert [(s["session_id"], s["join_url"]) for s in upcoming] == [
         (by_link["session_id"], "https://example.test/j/first"),
         (in_room["session_id"], room_url),

@@ -176,6 +176,7 @@ async def snapshot(a: ClinicA) -> dict[str, Any]:
         f"/v1/rooms/{ids['room_id']}",
         f"/v1/sessions/{ids['session_id']}",
         f"/v1/sessions/{ids['session_id']}/history",
+        f"/v1/sessions/{ids['session_id']}/attendees/{ids['attendee_id']}",
         "/v1/practitioners",
         "/v1/clients",
         "/v1/rooms",
@@ -202,12 +203,13 @@ async def clinic_a(api: httpx.AsyncClient) -> ClinicA:
         json={"practitioner_id": practitioner["practitioner_id"], "title": "Alan's room"},
     )
     session = await a.session(practitioner, [client, linked])
-    session = await a.ok(
+    await a.ok(
         "POST",
         f"/v1/sessions/{session['session_id']}/attendees",
         201,
         json={"email": "guest@example.org"},
     )
+    session = await a.ok("GET", f"/v1/sessions/{session['session_id']}")
     credential = await a.ok(
         "POST", "/v1/integrator-credentials", 201, json={"label": "A's records system"}
     )
@@ -339,6 +341,12 @@ async def test_b_cannot_reference_as_objects_from_its_own(
         ),
         (
             "DELETE",
+            f"/v1/sessions/{session['session_id']}/attendees/{a['attendee_id']}",
+            None,
+            "attendee_not_found",
+        ),
+        (
+            "GET",
             f"/v1/sessions/{session['session_id']}/attendees/{a['attendee_id']}",
             None,
             "attendee_not_found",

@@ -120,9 +120,11 @@ async def test_download_urls_are_signed_expire_and_stay_in_their_clinic(
     assert (await calls.media.get("/v1/recordings", headers=other.headers)).json()["items"] == []
     assert_problem(await calls.media.get("/v1/recordings"), 401)
 
-    link = (
-        await calls.media.post(f"/v1/recordings/{recording_id}/download", headers=clinic.headers)
-    ).json()
+    answer = await calls.media.post(
+        f"/v1/recordings/{recording_id}/download", headers=clinic.headers
+    )
+    assert answer.headers["cache-control"] == "no-store"  # no cache keeps the signed URL
+    link = answer.json()
     url = urlsplit(link["url"])
     query = {k: v[0] for k, v in parse_qs(url.query).items()}
     forged = f"{url.path}?expires={int(query['expires']) + 3600}&signature={query['signature']}"
