@@ -135,7 +135,8 @@ def join_links(links_url: str, demo: dict[str, Any], wait_s: float = 20.0) -> di
             f"practitioner_id={demo.get('practitioner_id', '')}",
         ):
             try:
-                for link in _call(f"{links_url}/v1/links?{filters}", "GET", demo["api_key"]):
+                page = _call(f"{links_url}/v1/links?{filters}", "GET", demo["api_key"])
+                for link in page["items"]:
                     found.setdefault(link["kind"], link["url"])
             except ApiError:
                 pass

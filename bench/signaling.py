@@ -217,7 +217,8 @@ async def issued_links(
             "/v1/links", params={"practitioner_id": practitioner_id}, headers=headers
         )
         if response.status_code == 200:  # else the links service has not heard of the key yet
-            by_kind = {link["kind"]: urlsplit(link["url"]).path for link in response.json()}
+            listed = response.json()["items"]
+            by_kind = {link["kind"]: urlsplit(link["url"]).path for link in listed}
             if "host" in by_kind and "practitioner_room" in by_kind:
                 _, _, clinic_slug, room_slug = by_kind["practitioner_room"].split("/")
                 return RoomLinks(by_kind["host"].rsplit("/", 1)[1], clinic_slug, room_slug)

@@ -93,9 +93,10 @@ class DemoConsole:
                 params={"practitioner_id": demo["practitioner_id"]},
             ),
         )
-        host = next((x["url"] for x in practitioner_links if x["kind"] == "host"), None)
+        host = next((x["url"] for x in practitioner_links["items"] if x["kind"] == "host"), None)
         room = next(
-            (x["url"] for x in practitioner_links if x["kind"] == "practitioner_room"), None
+            (x["url"] for x in practitioner_links["items"] if x["kind"] == "practitioner_room"),
+            None,
         )
         shown = sorted(page["items"], key=lambda s: s["starts_at"], reverse=True)[:SESSIONS_SHOWN]
         # Guest and drop-in links name no practitioner: one question per session, all at once.
@@ -113,7 +114,7 @@ class DemoConsole:
                 "host_url": f"{host}?session={session['session_id']}" if host else None,
                 "links": [
                     {k: x[k] for k in ("kind", "role", "url", "state")}
-                    for x in links
+                    for x in links["items"]
                     if x["kind"] != "host"
                 ],
             }

@@ -4,7 +4,7 @@ from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 from starlette.types import Scope
@@ -14,6 +14,7 @@ from runtime.client_address import client_address_of
 from runtime.clinic_keys import CLINIC_KEY_PROBLEMS, ClinicId, clinic_of
 from runtime.context import ServiceContext
 from runtime.http import CLINIC_KEY, Problem, problem_response, problems
+from runtime.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page, decode_cursor, encode_cursor
 from runtime.service import context_of
 from services.links import commands
 from services.links.handlers import Links
@@ -147,6 +148,21 @@ def view(links: Links, row: Any) -> LinkView:
     return LinkView(**fields, url=links.sealer.unseal(row["url_sealed"]))
 
 
+def _after(cursor: str | None) -> tuple[datetime | None, UUID]:
+    """Where a page starts: after the (issued_at, link_id) of the cursor's last link."""
+    values = decode_cursor(cursor, 2)
+    if values is None:
+        return None, UUID(int=0)
+    try:
+        return datetime.fromisoformat(values[0]), UUID(values[1])
+    except ValueError:
+        raise Problem(
+            400,
+            "The cursor is not one this API returned; start again without it.",
+            code="invalid_cursor",
+        ) from None
+
+
 @router.get("", responses=CLINIC_KEY_PROBLEMS | problems(400))
 async def list_links(
     clinic_id: ClinicId,
@@ -158,26 +174,40 @@ async def list_links(
     practitioner_id: UUID | None = None,
     kind: LinkKind | None = None,
     include_inactive: bool = False,
-) -> list[LinkView]:
-    """The clinic's links for a session, a room or a practitioner (e.g. to copy one)."""
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+) -> Page[LinkView]:
+    """The clinic's links for a session, a room or a practitioner (e.g. to copy one), in the
+    order they were issued."""
     response.headers["Cache-Control"] = "no-store"
     if session_id is None and room_id is None and practitioner_id is None:
         raise Problem(
             400, "Filter by session_id, room_id or practitioner_id.", code="filter_required"
         )
+    issued_after, link_after = _after(cursor)
     rows = await ctx.pool.fetch(
         "SELECT * FROM links WHERE clinic_id = $1 "
         "AND ($2::uuid IS NULL OR session_id = $2) AND ($3::uuid IS NULL OR room_id = $3) "
         "AND ($4::uuid IS NULL OR practitioner_id = $4) AND ($5::text IS NULL OR kind = $5) "
-        "AND ($6 OR state IN ('active', 'deprecated')) ORDER BY issued_at, link_id LIMIT 500",
+        "AND ($6 OR state IN ('active', 'deprecated')) "
+        "AND ($7::timestamptz IS NULL OR (issued_at, link_id) > ($7, $8)) "
+        "ORDER BY issued_at, link_id LIMIT $9",
         clinic_id,
         session_id,
         room_id,
         practitioner_id,
         kind.value if kind else None,
         include_inactive,
+        issued_after,
+        link_after,
+        limit + 1,  # one more, to learn whether another page follows
     )
-    return [view(links, r) for r in rows]
+    page, more = rows[:limit], len(rows) > limit
+    last = page[-1] if more else None
+    return Page(
+        items=[view(links, r) for r in page],
+        next_cursor=encode_cursor(last["issued_at"].isoformat(), last["link_id"]) if last else None,
+    )
 
 
 @router.post(

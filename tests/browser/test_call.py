@@ -114,7 +114,8 @@ async def test_a_link_not_open_yet_shows_when_it_opens_in_local_time(
     session_id = created.json()["session_id"]
     async with platform.api(platform.links) as links:
         for _ in range(100):
-            found = (await links.get("/v1/links", params={"session_id": session_id})).json()
+            response = await links.get("/v1/links", params={"session_id": session_id})
+            found = response.json()["items"]
             if found:
                 break
             await asyncio.sleep(0.2)
@@ -133,7 +134,8 @@ async def test_a_regenerated_guest_link_says_it_was_replaced(
     session = await new_session(platform.web)
     old = link_of(session, "guest")
     async with platform.api(platform.links) as links:
-        listed = (await links.get("/v1/links", params={"session_id": session["session_id"]})).json()
+        response = await links.get("/v1/links", params={"session_id": session["session_id"]})
+        listed = response.json()["items"]
         guest_link = next(x for x in listed if x["kind"] == "guest")
         regenerated = await links.post(f"/v1/links/{guest_link['link_id']}/regenerate")
         assert regenerated.status_code == 201, regenerated.text

@@ -307,7 +307,7 @@ class Workload:
             listed = await self.links.call(
                 "GET", "/v1/links", clinic.key, params=params, expect=(200, 404)
             )
-            by_kind = {link["kind"]: link for link in listed or []}
+            by_kind = {link["kind"]: link for link in (listed or {}).get("items", [])}
             if kinds <= set(by_kind):
                 return by_kind
             await asyncio.sleep(0.2)

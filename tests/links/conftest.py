@@ -84,10 +84,19 @@ class LinkedClinic:
     links: httpx.AsyncClient
 
     async def links_of(self, **filters: Any) -> list[dict[str, Any]]:
-        response = await self.links.get("/v1/links", params=filters, headers=self.clinic.headers)
-        assert response.status_code == 200, response.text
-        found: list[dict[str, Any]] = response.json()
-        return found
+        """Every link matching ``filters``, page after page."""
+        found: list[dict[str, Any]] = []
+        cursor: dict[str, str] = {}
+        while True:
+            response = await self.links.get(
+                "/v1/links", params=filters | cursor, headers=self.clinic.headers
+            )
+            assert response.status_code == 200, response.text
+            page = response.json()
+            found += page["items"]
+            if page["next_cursor"] is None:
+                return found
+            cursor = {"cursor": page["next_cursor"]}
 
     async def wait_links(self, count: int = 1, **filters: Any) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = []

@@ -107,3 +107,46 @@ async def test_a_host_link_naming_a_session_not_its_own_says_so_in_bounded_time(
         assert "session" in problem["detail"]
         assert problem["link_id"] == host["link_id"]
         assert took < within, (session_id, took)
+
+
+# -- a clinic's links ----------------------------------------------------------------------------
+
+
+async def test_a_clinics_links_are_listed_a_page_at_a_time(clinic: LinkedClinic) -> None:
+    """Like every other list of the API: `{items, next_cursor}`, `cursor` and `limit`."""
+    c = clinic.clinic
+    session = await c.session(await c.practitioner(), [await c.client()], link_sharing=True)
+    sid = session["session_id"]
+    for email in ("a@example.org", "b@example.org"):
+        await c.ok("POST", f"/v1/sessions/{sid}/attendees", 201, json={"email": email})
+    await clinic.wait_links(4, session_id=sid)  # session, guest, two drop-ins
+
+    async def page(**params: object) -> dict[str, object]:
+        response = await clinic.links.get(
+            "/v1/links", params={"session_id": sid, **params}, headers=c.headers
+        )
+        assert response.status_code == 200, response.text
+        found: dict[str, object] = response.json()
+        assert set(found) == {"items", "next_cursor"}
+        return found
+
+    everything = await page()
+    assert everything["next_cursor"] is None
+    assert isinstance(everything["items"], list)
+    assert len(everything["items"]) == 4
+    walked, cursor = [], None
+    while True:
+        found = await page(limit=3, **({"cursor": cursor} if cursor else {}))
+        assert isinstance(found["items"], list)
+        walked += found["items"]
+        cursor = found["next_cursor"]
+        if cursor is None:
+            break
+    assert walked == everything["items"]  # by issue, each once
+
+    for bad in ({"cursor": "not-a-cursor"}, {"limit": 0}, {"limit": 201}):
+        response = await clinic.links.get(
+            "/v1/links", params={"session_id": sid, **bad}, headers=c.headers
+        )
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.status_code in (400, 422), response.text

@@ -148,7 +148,7 @@ async def test_another_clinics_key_sees_and_changes_nothing(
     ):
         response = await platform.links.get("/v1/links", params=filters, headers=b)
         assert response.status_code == 200, response.text
-        assert response.json() == []
+        assert response.json() == {"items": [], "next_cursor": None}
     for link in mine:
         response = await platform.links.post(f"/v1/links/{link['link_id']}/regenerate", headers=b)
         assert_problem(response, 404, "link_not_found")
