@@ -5,7 +5,7 @@ SEQUENCE, so a calendar moves the entry on an update and removes it on a CANCEL 
 adding a second one.
 """
 
-from datetime import UTC, date, datetime
+from datetime import MAXYEAR, MINYEAR, UTC, date, datetime
 from functools import lru_cache
 from typing import Literal
 from uuid import UUID
@@ -38,7 +38,8 @@ def calendar(
     """One VEVENT, its times in ``time_zone`` with the VTIMEZONE that defines it.
 
     ``organizer`` and ``attendee`` are (name, email). Times must be aware; a zone of UTC is
-    written as UTC (``Z``), which needs no VTIMEZONE.
+    written as UTC (``Z``), which needs no VTIMEZONE, and so is a time that has no local form
+    (the last hours of year 9999 east of UTC fall in year 10000, which no datetime holds).
     """
     if any(moment.tzinfo is None for moment in (starts_at, ends_at, stamp)):
         raise ValueError("starts_at, ends_at and stamp must carry a time zone")
@@ -47,8 +48,8 @@ def calendar(
     event.add("uid", uid)
     event.add("sequence", sequence)
     event.add("dtstamp", stamp.astimezone(UTC))
-    event.add("dtstart", starts_at.astimezone(zone))
-    event.add("dtend", ends_at.astimezone(zone))
+    event.add("dtstart", _in_zone(starts_at, zone))
+    event.add("dtend", _in_zone(ends_at, zone))
     event.add("summary", summary)
     event.add("description", description)
     if url:
@@ -66,11 +67,20 @@ def calendar(
     entry.add("prodid", PRODID)
     entry.add("version", "2.0")
     entry.add("method", method)
-    for definition in _vtimezones(time_zone, starts_at.year - 1, ends_at.year + 2):
+    first_year = max(MINYEAR, starts_at.year - 1)
+    last_year = min(MAXYEAR - 1, ends_at.year + 2)  # the probe below needs the year after
+    for definition in _vtimezones(time_zone, first_year, last_year):
         entry.add_component(definition)
     entry.add_component(event)
     content: bytes = entry.to_ical()
     return content
+
+
+def _in_zone(moment: datetime, zone: ZoneInfo) -> datetime:
+    try:
+        return moment.astimezone(zone)
+    except OverflowError:
+        return moment.astimezone(UTC)
 
 
 @lru_cache(maxsize=128)

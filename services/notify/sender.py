@@ -15,9 +15,11 @@ scheduling says was erased fails at once with the reason ``erased`` and is not t
 """
 
 import asyncio
+import re
 import time
+import traceback
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr
 from typing import Any, Literal
@@ -78,6 +80,8 @@ NO_ADDRESS = "no address: the recipient has no email address, so nothing was sen
 class Written:
     message: EmailMessage
     address: str
+    content: bytes
+    """The message as the mail server gets it (made while writing, so it fails there)."""
 
 
 @dataclass(frozen=True)
@@ -99,8 +103,31 @@ def mask(address: str) -> str:
 
 
 def local_parts(moment: datetime, zone: str) -> tuple[str, str]:
-    local = moment.astimezone(ZoneInfo(zone))
+    """The date and the time of day in ``zone``; in UTC if they have no local form."""
+    try:
+        local = moment.astimezone(ZoneInfo(zone))
+    except OverflowError:  # past the end of year 9999 there
+        local = moment.astimezone(UTC)
     return f"{local:%A} {local.day} {local:%B %Y}", f"{local:%H:%M}"
+
+
+def display_zone(session: Any) -> str:
+    """The session's zone, or UTC when its end has no local form (year 10000 east of UTC)."""
+    try:
+        session["ends_at"].astimezone(ZoneInfo(session["time_zone"]))
+    except OverflowError:
+        return "UTC"
+    zone: str = session["time_zone"]
+    return zone
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+
+
+def header_text(value: str) -> str:
+    """``value`` on one line: a header cannot hold control characters, and a line break in a
+    name (the clinic's, in From; any in Subject) would otherwise start a header of its own."""
+    return " ".join(_CONTROL.sub(" ", value).split())
 
 
 def starts_in(minutes: int) -> str:
@@ -137,7 +164,7 @@ async def session_context(
         )
     # Without one: the session's clients' link, for the copy-link text.
     recipient = Recipient(**found) if found else Recipient("client", None, None)
-    zone = session["time_zone"]
+    zone = display_zone(session)
     date, start = local_parts(session["starts_at"], zone)
     _, end = local_parts(session["ends_at"], zone)
     opens = session["starts_at"] - timedelta(minutes=session["early_join_minutes"])
@@ -351,7 +378,9 @@ class Sender:
                 try:
                     await self.deliver(ctx, mailer, row)
                 except Exception:
-                    # Left claimed, no longer renewed: taken over when the claim lapses.
+                    # Not while writing (deliver counts those) but while recording or sending,
+                    # Postgres away: left claimed, no longer renewed, taken over when the claim
+                    # lapses (sent again from `sending`, unconfirmed from `accepting`).
                     log.exception(
                         "delivery failed unexpectedly", delivery_id=str(row["delivery_id"])
                     )
@@ -395,6 +424,21 @@ class Sender:
                 )
             await self._finish(ctx, row, "skipped", skipped.detail, event)
             return
+        except Exception as exc:
+            # A value or a case nobody foresaw: counted as an attempt, so that it ends as
+            # failed (gave_up) after MAX_ATTEMPTS rather than coming back every claim period.
+            # Its message is left out: it may quote a recipient's name or address.
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            log.error(
+                "cannot write a message",
+                delivery_id=str(row["delivery_id"]),
+                error=type(exc).__name__,
+                at=f"{where.filename}:{where.lineno}",
+            )
+            await self._temporary(
+                ctx, row, f"an unexpected error while writing the message ({type(exc).__name__})"
+            )
+            return
 
         async def point_of_no_return() -> bool:
             # A whole claim period from here, however late the next renewal: the dot and the
@@ -415,7 +459,7 @@ class Sender:
         outcome = await mailer.send(
             self.settings.sender_address,
             written.address,
-            written.message.as_bytes(),
+            written.content,
             point_of_no_return,
         )
         await self._outcome(ctx, row, written, outcome)
@@ -479,9 +523,10 @@ class Sender:
         except RenderError as exc:
             raise Refused(FailedBecause.template, str(exc)) from exc
         message = EmailMessage()
-        message["From"] = formataddr((session["clinic_name"], self.settings.sender_address))
+        sender = (header_text(session["clinic_name"]), self.settings.sender_address)
+        message["From"] = formataddr(sender)
         message["To"] = address
-        message["Subject"] = rendered.subject
+        message["Subject"] = header_text(rendered.subject)
         message["Date"] = format_datetime(now)
         message["Message-ID"] = f"<{row['delivery_id']}@{self.domain}>"
         message["Auto-Submitted"] = "auto-generated"
@@ -501,7 +546,7 @@ class Sender:
                 summary=f"Video session with {context['practitioner_name']}".strip(),
                 description=rendered.text,
                 url=context.get("join_url"),
-                organizer=(session["clinic_name"], self.settings.sender_address),
+                organizer=sender,
                 attendee=None,
                 stamp=now,
             )
@@ -512,7 +557,7 @@ class Sender:
                 filename="invite.ics",
                 params={"method": method},
             )
-        return Written(message, address)
+        return Written(message, address, message.as_bytes())
 
     # -- recording -----------------------------------------------------------------------------
 

@@ -80,6 +80,7 @@ class Feed:
         self,
         time_zone: str = "Europe/Berlin",
         reminder_offsets_minutes: tuple[int, ...] = (1440, 60),
+        name: str = "Riverside Therapy",
     ) -> None:
         """ClinicRegistered (plan professional, which includes session links) and its
         practitioner's PractitionerAdded."""
@@ -93,11 +94,7 @@ class Feed:
         practitioner_id = uuid4()
         await self._publish(
             "scheduling",
-            [
-                ClinicRegistered(
-                    name="Riverside Therapy", slug=f"c{secrets.token_hex(6)}", settings=settings
-                )
-            ],
+            [ClinicRegistered(name=name, slug=f"c{secrets.token_hex(6)}", settings=settings)],
         )
         await self._publish(
             "scheduling",
@@ -113,12 +110,18 @@ class Feed:
         self.practitioner_id = practitioner_id
         self.time_zone = settings.time_zone
 
-    async def sessions(self, count: int, starts_in: timedelta = timedelta(days=3)) -> list[Invited]:
-        """``count`` sessions ``starts_in`` from now, each with a client of its own and the
-        client's session link; returns who should get which URL."""
+    async def sessions(
+        self,
+        count: int,
+        starts_in: timedelta = timedelta(days=3),
+        starts_at: datetime | None = None,
+    ) -> list[Invited]:
+        """``count`` sessions ``starts_in`` from now (or at ``starts_at``), each with a client
+        of its own and the client's session link; returns who should get which URL."""
         if self.practitioner_id is None:
             raise RuntimeError("call Feed.clinic() before Feed.sessions()")
-        starts_at = datetime.now(UTC).replace(second=0, microsecond=0) + starts_in
+        if starts_at is None:
+            starts_at = datetime.now(UTC).replace(second=0, microsecond=0) + starts_in
         invited: list[Invited] = []
         for first in range(0, count, BATCH):
             size = min(BATCH, count - first)

@@ -120,3 +120,19 @@ def test_lines_end_with_crlf() -> None:
 def test_naive_times_are_refused() -> None:
     with pytest.raises(ValueError, match="time zone"):
         entry(starts_at=datetime(2026, 11, 24, 14, 0))
+
+
+@pytest.mark.parametrize("time_zone", ["UTC", "Europe/Berlin", "Pacific/Kiritimati"])
+def test_a_session_at_the_end_of_year_9999_has_an_entry(time_zone: str) -> None:
+    """Its local times may fall in year 10000, which no datetime holds: written in UTC."""
+    starts = datetime(9999, 12, 31, 22, 0, tzinfo=UTC)
+    ends = starts + timedelta(minutes=50)
+    event = event_of(entry(starts_at=starts, ends_at=ends, time_zone=time_zone))
+    assert event.decoded("DTSTART") == starts
+    assert event.decoded("DTEND") == ends
+
+
+def test_a_session_in_year_1_has_an_entry() -> None:
+    starts = datetime(1, 1, 1, 9, 0, tzinfo=UTC)
+    event = event_of(entry(starts_at=starts, ends_at=starts + timedelta(minutes=50)))
+    assert event.decoded("DTSTART") == starts
