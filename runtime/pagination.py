@@ -2,6 +2,7 @@
 
 import base64
 import json
+from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, Field
@@ -26,6 +27,9 @@ def encode_cursor(*values: Any) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+INVALID_CURSOR = "The cursor is not one this API returned; start again without it."
+
+
 def decode_cursor(cursor: str | None, parts: int) -> list[str] | None:
     if cursor is None:
         return None
@@ -35,9 +39,19 @@ def decode_cursor(cursor: str | None, parts: int) -> list[str] | None:
     except (ValueError, UnicodeDecodeError):
         values = None
     if not isinstance(values, list) or len(values) != parts:
-        raise Problem(
-            400,
-            "The cursor is not one this API returned; start again without it.",
-            code="invalid_cursor",
-        )
+        raise Problem(400, INVALID_CURSOR, code="invalid_cursor")
     return [str(v) for v in values]
+
+
+def cursor_time(text: str) -> datetime:
+    """A time from a decoded cursor, as a query argument; 400 ``invalid_cursor`` unless
+    Postgres can take it: with an offset, and within Python's years once in UTC. A cursor is
+    opaque, but a caller can forge one (``9999-12-31T22:00:00-14:00`` fails asyncpg)."""
+    try:
+        value = datetime.fromisoformat(text)
+        if value.tzinfo is None:
+            raise ValueError("a cursor's time has an offset")
+        value.astimezone(UTC)
+    except (ValueError, OverflowError) as exc:
+        raise Problem(400, INVALID_CURSOR, code="invalid_cursor") from exc
+    return value

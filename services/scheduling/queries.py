@@ -16,7 +16,7 @@ from contracts.scheduling import SessionScheduled, scheduling_events
 from runtime.db import Queryable
 from runtime.eventstore import RecordedEvent
 from runtime.http import Problem
-from runtime.pagination import Page, encode_cursor
+from runtime.pagination import INVALID_CURSOR, Page, cursor_time, encode_cursor
 from runtime.personal_data import open_data
 from runtime.refusals import not_found
 from runtime.sealing import Sealer
@@ -43,28 +43,12 @@ def _page(items: list[Any], limit: int, *key: str) -> tuple[list[Any], str | Non
     return items, encode_cursor(*(last[k] for k in key))
 
 
-INVALID_CURSOR = "The cursor is not one this API returned; start again without it."
-
-
-def _cursor_time(text: str) -> datetime:
-    """A cursor's time, refused (400) unless Postgres can hold it: with an offset, and in
-    Python's range once in UTC (a cursor is opaque, but a caller can still forge one)."""
-    try:
-        value = datetime.fromisoformat(text)
-        if value.tzinfo is None:
-            raise ValueError("no offset")
-        value.astimezone(UTC)
-    except (ValueError, OverflowError) as exc:
-        raise Problem(400, INVALID_CURSOR, code="invalid_cursor") from exc
-    return value
-
-
 def _after(cursor: list[str] | None) -> tuple[datetime | None, UUID]:
     """A page cursor's (time, id) as query arguments; no cursor starts at the beginning."""
     if cursor is None:
         return None, UUID(int=0)
     try:
-        return _cursor_time(cursor[0]), UUID(cursor[1])
+        return cursor_time(cursor[0]), UUID(cursor[1])
     except ValueError as exc:
         raise Problem(400, INVALID_CURSOR, code="invalid_cursor") from exc
 
@@ -80,7 +64,7 @@ async def clinics(conn: Queryable, after: list[str] | None, limit: int) -> Page[
     rows = await conn.fetch(
         "SELECT * FROM clinics WHERE ($1::timestamptz IS NULL OR (registered_at, clinic_id) > "
         "($1, $2)) ORDER BY registered_at, clinic_id LIMIT $3",
-        _cursor_time(after[0]) if after else None,
+        cursor_time(after[0]) if after else None,
         after[1] if after else "",
         limit + 1,
     )
