@@ -14,6 +14,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from contracts.events import Event, EventRegistry
 from contracts.personal import secret
+from contracts.signaling import CallRole
 
 links_events = EventRegistry("links")
 
@@ -171,7 +172,11 @@ class Decision(BaseModel):
     reason: Refusal | None = None
     message: str = Field(description="A sentence for the person holding the link.")
     warning: str | None = Field(default=None, description="E.g. a retired link's sunset.")
-    role: Role | None = None
+    role: CallRole | None = Field(
+        default=None,
+        description="Allowed: the role the call gives (a client's session and client room "
+        "links join as guests); ``kind`` says whose link it is.",
+    )
     kind: LinkKind | None = None
     link_id: UUID | None = None
     clinic_id: str | None = None

@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 
 from contracts.links import REFUSAL_STATUS, Decision, LinkKind, Refusal, RevokedBecause, Role
 from contracts.scheduling import PLAN_VIDEO_MODES, ClinicSettings, VideoMode
+from contracts.signaling import CallRole
 from services.links.domain import State
 
 NEWEST_LINK_HINT = "This link was replaced; use the link in your latest invitation or reminder."
@@ -214,7 +215,7 @@ def _allowed(f: Found, warning: str | None) -> Decision:
         status=200,
         message="You may join.",
         warning=warning,
-        role=f.role,
+        role=CallRole.host if f.role is Role.host else CallRole.guest,
         kind=f.kind,
         link_id=f.link_id,
         clinic_id=f.clinic_id,

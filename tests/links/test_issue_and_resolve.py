@@ -30,11 +30,13 @@ async def test_every_kind_is_issued_and_resolves(
     assert set(by_kind) == {"session", "guest", "drop_in"}
 
     clock.set(clock.now.replace(microsecond=0) + timedelta(days=1))  # the session's start
-    for kind, role in (("session", "client"), ("guest", "guest"), ("drop_in", "guest")):
+    # The role is the one the call will give (a client joins as a guest); `kind` says whose
+    # link it is.
+    for kind, role in (("session", "guest"), ("guest", "guest"), ("drop_in", "guest")):
         response = await clinic.resolve(by_kind[kind]["url"])
         assert response.status_code == 200, response.text
         decision = response.json()
-        assert decision["role"] == role
+        assert (decision["role"], decision["kind"]) == (role, kind)
         assert decision["session_id"] == session["session_id"]
         assert decision["admission"] == "waiting_room"
         assert response.headers["referrer-policy"] == "no-referrer"

@@ -260,7 +260,7 @@ async def test_a_client_room_link_is_stable_across_sessions_until_regenerated(
 
     clock.set(moment(first))
     decision = await allowed(clinic, link)
-    assert (decision["kind"], decision["role"]) == ("client_room", "client")
+    assert (decision["kind"], decision["role"]) == ("client_room", "guest")
     assert decision["session_id"] == first["session_id"]
     assert decision["room_id"] == room_id
     clock.set(moment(second))

@@ -53,11 +53,12 @@ REGENERABLE = frozenset({"guest", "client_room"})
 ROLE = {
     "host": "host",
     "practitioner_room": "guest",
-    "client_room": "client",
-    "session": "client",
+    "client_room": "guest",
+    "session": "guest",
     "guest": "guest",
     "drop_in": "guest",
 }
+"""The role a resolved link joins the call as (signaling's): a client's links join as guests."""
 ID_OF_SLOT = {
     "host": "practitioner_id",
     "practitioner_room": "room_id",

@@ -29,6 +29,7 @@ from contracts.links import (
     Role,
 )
 from contracts.scheduling import ClinicSettings, Plan
+from contracts.signaling import CallRole
 from runtime.refusals import Refused
 from services.links import domain
 from services.links.domain import NewLink, Slot, State
@@ -361,6 +362,16 @@ def test_admission_follows_the_kind(guest_admission: str) -> None:
         decision = decide(found(kind, session=s), START)
         assert decision.admission == guest_admission, kind
         assert decision.room_id == ROOM
+
+
+@pytest.mark.parametrize("kind", list(LinkKind))
+def test_a_link_joins_as_the_role_the_call_gives_it(kind: LinkKind) -> None:
+    """A client's links (session, client room) join as guests, as signaling will seat them;
+    the kind still says whose link it is."""
+    decision = decide(found(kind, session=window(room_id=ROOM)), START)
+    assert_allowed(decision)
+    assert decision.role == (CallRole.host if kind is LinkKind.host else CallRole.guest)
+    assert decision.kind is kind
 
 
 def test_admission_without_a_session_is_the_clinics_default() -> None:
