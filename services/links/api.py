@@ -14,7 +14,15 @@ from runtime.client_address import client_address_of
 from runtime.clinic_keys import CLINIC_KEY_PROBLEMS, ClinicId, clinic_of
 from runtime.context import ServiceContext
 from runtime.http import CLINIC_KEY, Problem, problem_response, problems
-from runtime.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page, decode_cursor, encode_cursor
+from runtime.pagination import (
+    DEFAULT_LIMIT,
+    INVALID_CURSOR,
+    MAX_LIMIT,
+    Page,
+    cursor_time,
+    decode_cursor,
+    encode_cursor,
+)
 from runtime.service import context_of
 from services.links import commands
 from services.links.handlers import Links
@@ -153,14 +161,11 @@ def _after(cursor: str | None) -> tuple[datetime | None, UUID]:
     values = decode_cursor(cursor, 2)
     if values is None:
         return None, UUID(int=0)
+    issued_at = cursor_time(values[0])
     try:
-        return datetime.fromisoformat(values[0]), UUID(values[1])
+        return issued_at, UUID(values[1])
     except ValueError:
-        raise Problem(
-            400,
-            "The cursor is not one this API returned; start again without it.",
-            code="invalid_cursor",
-        ) from None
+        raise Problem(400, INVALID_CURSOR, code="invalid_cursor") from None
 
 
 @router.get("", responses=CLINIC_KEY_PROBLEMS | problems(400))

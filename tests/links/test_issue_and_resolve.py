@@ -7,6 +7,7 @@ from uuid import UUID, uuid4
 from nats.aio.client import Client as NATS
 
 from contracts.links import RESOLVE_SUBJECT, Decision, ResolveRequest
+from runtime.pagination import encode_cursor
 from runtime.rpc import call
 from tests.links.conftest import PUBLIC_URL, Clock, LinkedClinic
 
@@ -146,7 +147,12 @@ async def test_a_clinics_links_are_listed_a_page_at_a_time(clinic: LinkedClinic)
             break
     assert walked == everything["items"]  # by issue, each once
 
-    for bad in ({"cursor": "not-a-cursor"}, {"limit": 0}, {"limit": 201}):
+    forged = [
+        encode_cursor(moment, uuid4())
+        for moment in ("9999-12-31T22:00:00-14:00", "2026-01-01T00:00:00", "yesterday")
+    ]
+    bad_pages = [{"cursor": "not-a-cursor"}, {"limit": 0}, {"limit": 201}]
+    for bad in bad_pages + [{"cursor": cursor} for cursor in forged]:
         response = await clinic.links.get(
             "/v1/links", params={"session_id": sid, **bad}, headers=c.headers
         )
