@@ -443,10 +443,11 @@ async def on_links(
         case LinkIssued() | LinkRegenerated():
             if event.kind not in HELD_BY_RECIPIENTS:
                 return
+            sunset = event.replaces_link_sunset_at if isinstance(event, LinkIssued) else None
             await conn.execute(
                 "INSERT INTO links (link_id, clinic_id, kind, url_sealed, session_id, room_id, "
-                "client_id, attendee_id, issued_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
-                "ON CONFLICT DO NOTHING",
+                "client_id, attendee_id, issued_at, replaces_link_id, replaces_link_sunset_at) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING",
                 event.link_id,
                 clinic,
                 event.kind.value,
@@ -456,33 +457,38 @@ async def on_links(
                 event.client_id,
                 event.attendee_id,
                 envelope.occurred_at,
+                event.replaces_link_id,
+                sunset,
             )
             if event.replaces_link_id is not None:
+                # Regenerated (stopped at once) or retired (works until its sunset): either
+                # way every message from now on carries the new link, and those who were
+                # mailed the old one are sent the new one.
                 await conn.execute(
                     "UPDATE links SET active = false WHERE link_id = $1", event.replaces_link_id
                 )
-            if isinstance(event, LinkRegenerated):
                 await _tell_new_link(conn, clinic, event, now)
         case LinkRevoked():
             await conn.execute("UPDATE links SET active = false WHERE link_id = $1", event.link_id)
 
 
 async def _tell_new_link(
-    conn: Executor, clinic: str, event: LinkRegenerated, now: datetime
+    conn: Executor, clinic: str, event: LinkIssued | LinkRegenerated, now: datetime
 ) -> None:
     """The people who were mailed the old link, for the sessions still ahead, get the new one.
     Those whose invitation is still planned get the new link in it."""
+    # Attendees hold the session's own link (or its room's) unless they have one of their own.
+    no_drop_in = (
+        "(r.kind = 'client' OR NOT EXISTS (SELECT 1 FROM links l "
+        "WHERE l.attendee_id = r.recipient_id AND l.active))"
+    )
     match event.kind:
         case LinkKind.session:
-            where, arg = "s.session_id = $2 AND r.kind = 'client'", event.session_id
+            where, arg = f"s.session_id = $2 AND {no_drop_in}", event.session_id
         case LinkKind.drop_in:
             where, arg = "r.recipient_id = $2 AND r.kind = 'attendee'", event.attendee_id
         case _:  # a room: every session held in it, for those without a link of their own
-            where = (
-                "s.room_id = $2 AND s.video_mode <> 'session_link' AND (r.kind = 'client' OR "
-                "NOT EXISTS (SELECT 1 FROM links l WHERE l.attendee_id = r.recipient_id "
-                "AND l.active))"
-            )
+            where = f"s.room_id = $2 AND s.video_mode <> 'session_link' AND {no_drop_in}"
             arg = event.room_id
     rows = await conn.fetch(
         "SELECT s.session_id, s.revision, r.recipient_id, r.kind FROM sessions s "

@@ -226,6 +226,18 @@ async def link_for(
     return sealed
 
 
+async def previous_link_until(conn: Executor, link_ref: str, now: datetime, zone: str) -> str:
+    """For a new-link message: until when the link it replaces still works ('15:30 on Monday
+    23 November 2026'), or '' if it no longer does (regenerated, or retired and past)."""
+    sunset: datetime | None = await conn.fetchval(
+        "SELECT replaces_link_sunset_at FROM links WHERE link_id = $1", UUID(link_ref)
+    )
+    if sunset is None or sunset <= now:
+        return ""
+    date, time_of_day = local_parts(sunset, zone)
+    return f"{time_of_day} on {date}"
+
+
 async def templates_of(conn: Executor, clinic_id: str, kind: MessageKind) -> TemplateSet:
     row = await conn.fetchrow(
         "SELECT subject, text_body, html_body FROM templates WHERE clinic_id = $1 AND kind = $2",
@@ -508,6 +520,10 @@ class Sender:
             raise Refused(
                 FailedBecause.invalid_address, f"the recipient's address is not valid: {exc}"
             ) from exc
+        if kind is MessageKind.new_link:
+            context["previous_link_until"] = await previous_link_until(
+                conn, row["ref"], now, context["time_zone"]
+            )
         if kind is MessageKind.cancellation:
             context.pop("join_url", None)
         elif "join_url" not in context:

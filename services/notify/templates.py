@@ -48,7 +48,12 @@ VARIABLES: dict[MessageKind, dict[str, str]] = {
         "previous_start_time": "The time the session started at before it moved.",
     },
     MessageKind.cancellation: dict(_SESSION),
-    MessageKind.new_link: _SESSION | _JOIN,
+    MessageKind.new_link: _SESSION
+    | _JOIN
+    | {
+        "previous_link_until": "A retired link: until when the previous link still works, "
+        "e.g. '15:30 on Monday 23 November 2026'; empty when it stopped at once (regenerated)."
+    },
     MessageKind.reminder: _SESSION
     | _JOIN
     | {"starts_in": "How soon the session starts: 'in 24 hours', 'in 1 hour', 'in 30 minutes'."},
@@ -89,7 +94,7 @@ SAMPLE_CONTEXT: dict[MessageKind, dict[str, object]] = {
     | _SAMPLE_JOIN
     | {"previous_date": "Monday 23 November 2026", "previous_start_time": "09:30"},
     MessageKind.cancellation: dict(_SAMPLE_SESSION),
-    MessageKind.new_link: _SAMPLE_SESSION | _SAMPLE_JOIN,
+    MessageKind.new_link: _SAMPLE_SESSION | _SAMPLE_JOIN | {"previous_link_until": ""},
     MessageKind.reminder: _SAMPLE_SESSION | _SAMPLE_JOIN | {"starts_in": "in 1 hour"},
 }
 """Values every template is test-rendered with before it is accepted."""
@@ -448,7 +453,9 @@ DEFAULT_TEMPLATES: dict[MessageKind, TemplateSet] = {
     MessageKind.new_link: _defaults(
         "A new link for your video session with {{ practitioner_name }} on {{ date }}",
         "Your link to the video session with {{ practitioner_name }} at {{ clinic_name }} has "
-        "been replaced: the previous link no longer works. Please use the new link below.",
+        "been replaced{% if previous_link_until %}: the previous link works until "
+        "{{ previous_link_until }}, then stops{% else %}: the previous link no longer works"
+        "{% endif %}. Please use the new link below from now on.",
         f"When: {_WHEN}",
     ),
     MessageKind.reminder: _defaults(

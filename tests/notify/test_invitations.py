@@ -184,6 +184,51 @@ async def test_a_regenerated_link_is_mailed_to_the_people_who_hold_the_old_one(
     )
 
 
+async def test_a_retired_links_successor_is_mailed_to_the_people_who_hold_the_old_one(
+    platform: Platform,
+) -> None:
+    """Retiring keeps the old link working until the sunset: the message says until when, and
+    from then on every message (a re-sent invitation too) carries the successor."""
+    clinic = await clinic_of(platform, time_zone="Europe/Berlin")
+    session = await schedule(clinic, timedelta(days=2))
+    sid = session["session_id"]
+    old = await clinic.linked.link("session", session_id=sid)
+    first = (await platform.sink.wait_for(1, timeout=20))[0].message
+    assert old["url"] in body_of(first)
+    sunset = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=30)
+    response = await platform.links.post(
+        "/v1/links/retire",
+        headers=clinic.headers,
+        json={"sunset_at": sunset.isoformat(), "kind": "session"},
+    )
+    assert response.status_code == 200, response.text
+    assert response.json() == {"retired": 1}
+    mail = (await platform.sink.wait_for(2, timeout=20))[1].message
+    successor = next(
+        link
+        for link in await clinic.linked.links_of(session_id=sid)
+        if link["kind"] == "session" and link["state"] == "active"
+    )
+    text = body_of(mail)
+    assert successor["url"] in text
+    assert old["url"] not in text
+    local = sunset.astimezone(ZoneInfo("Europe/Berlin"))
+    assert f"works until {local:%H:%M}" in text, text
+    assert "no longer works" not in text
+    await clinic.wait_deliveries(
+        lambda found: (
+            [d["kind"] for d in found if d["status"] == "sent"] == ["invitation", "new_link"]
+        ),
+        "the new link recorded as sent",
+        session_id=sid,
+    )
+    response = await clinic.notify_call("POST", f"/v1/sessions/{sid}/resend", json={})
+    assert response.status_code == 202, response.text
+    resent = (await platform.sink.wait_for(3, timeout=20))[2].message
+    assert successor["url"] in body_of(resent)
+    assert old["url"] not in body_of(resent)
+
+
 async def test_reminders_fall_due_and_one_due_during_downtime_is_sent_late_or_skipped(
     platform: Platform,
 ) -> None:

@@ -81,6 +81,19 @@ def test_a_cancellation_says_so_and_has_no_link() -> None:
     assert "href" not in message.html
 
 
+def test_a_new_link_message_says_whether_the_old_link_still_works() -> None:
+    kind = MessageKind.new_link
+    retired = SAMPLE_CONTEXT[kind] | {"previous_link_until": "15:30 on Monday 23 November 2026"}
+    regenerated = SAMPLE_CONTEXT[kind] | {"previous_link_until": ""}
+
+    for part in ("text", "html"):
+        told = getattr(render(kind, DEFAULT_TEMPLATES[kind], retired), part)
+        assert "works until 15:30 on Monday 23 November 2026" in told
+        assert "no longer works" not in told
+        stopped = getattr(render(kind, DEFAULT_TEMPLATES[kind], regenerated), part)
+        assert "no longer works" in stopped
+
+
 def test_an_empty_recipient_name_reads_well() -> None:
     context = SAMPLE_CONTEXT[MessageKind.invitation] | {"recipient_name": ""}
     message = render(MessageKind.invitation, INVITATION, context)
