@@ -12,8 +12,8 @@ from runtime.context import ServiceContext
 from runtime.http import Problem, problems
 from runtime.service import context_of
 from services.notify import templates as tmpl
+from services.notify.contents import session_context, templates_of
 from services.notify.handlers import Notify, plan
-from services.notify.sender import session_context, templates_of
 
 router = APIRouter(prefix="/v1", tags=["notify"], responses=CLINIC_KEY_PROBLEMS)
 REFUSED_TEMPLATE = problems(
