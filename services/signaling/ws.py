@@ -113,6 +113,9 @@ async def _read(signaling: Signaling, conn: Connection) -> None:
         except ValidationError as exc:
             strike("invalid_message", _explain(exc))
             continue
+        except ValueError:  # valid JSON Python will not read: an integer of over 4300 digits
+            strike("invalid_message", "That message holds a number too long to read.")
+            continue
         if isinstance(message, Ping):
             conn.send(Pong())
             continue

@@ -79,6 +79,8 @@ BEFORE_JOIN: list[tuple[str | bytes, str]] = [
     ('{"type": "join", "name": "' + "n" * 200 + '"}', "invalid_message"),
     ("[" * 50_000 + "]" * 50_000, "frame_too_large"),
     ("[" * 30_000 + "]" * 30_000, "malformed_json"),  # too deep to decode
+    ('{"type": "join", "token": ' + "9" * 5000 + "}", "invalid_message"),  # int too long
+    ('{"type": "ping", "n": ' + "1" * 4400 + "}", "invalid_message"),
 ]
 
 
