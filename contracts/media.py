@@ -88,6 +88,14 @@ class SeatAnswer(BaseModel):
     reserved_until: AwareDatetime | None = None
     taken: int = Field(description="Seats held in the room after this answer.")
     cap: int
+    holders: list[UUID] = Field(
+        default_factory=list,
+        description=(
+            "Who holds or has reserved a seat in the room after a grant (lapsed reservations "
+            "left out). Signaling ends the places of guests it had in the call before it asked "
+            "who are not among them (their media never connected) when it needs the room."
+        ),
+    )
 
 
 class SeatRelease(BaseModel):

@@ -38,6 +38,9 @@ class LeftBecause(StrEnum):
     """Their connection dropped and they did not come back within the rejoin grace."""
     ended = "ended"
     """A host ended the meeting for everyone."""
+    seat_lapsed = "seat_lapsed"
+    """Their media never connected and their seat on the media node lapsed; their place went
+    to someone else (or could not be renewed), and they were told to join again."""
 
 
 class _InRoom(Event):
@@ -68,6 +71,13 @@ class GuestKnocked(_Person):
         description="True when knocks are muted: listed for the host, without an alert."
     )
     knocked_at: AwareDatetime
+    direct: bool = Field(
+        default=False,
+        description=(
+            "True for a guest of a direct-admission link who arrived before any host: they "
+            "wait, and are let in without an admit when the first host enters."
+        ),
+    )
 
 
 @signaling_events.register

@@ -218,6 +218,10 @@ class Refused(_Message):
     closes_at: datetime | None = None
     retry_after_s: float | None = None
     replaced_by_hint: str | None = None
+    warning: str | None = Field(
+        default=None,
+        description="What the person should know beyond the refusal (a link being retired).",
+    )
 
 
 class Denied(_Message):

@@ -259,6 +259,7 @@ class Media:
                 reserved_until=outcome.reserved_until,
                 taken=outcome.taken,
                 cap=outcome.cap,
+                holders=self.ledger.holders(request.room_id, now),
             )
         self._refused(request, SeatRefusal.room_full, outcome.taken, outcome.cap)
         return SeatAnswer(

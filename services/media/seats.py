@@ -113,6 +113,13 @@ class SeatLedger:
             del self._rooms[room_id]
         return freed
 
+    def holders(self, room_id: UUID, now: datetime) -> list[UUID]:
+        """Who holds or has reserved a seat in the room (lapsed reservations left out)."""
+        room = self._rooms.get(room_id)
+        if room is None:
+            return []
+        return [p for p, seat in room.seats.items() if not seat.lapsed(now)]
+
     def taken(self, room_id: UUID, now: datetime) -> int:
         """Seats held or reserved (and not lapsed) in the room."""
         room = self._rooms.get(room_id)

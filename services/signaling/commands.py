@@ -33,7 +33,7 @@ from services.signaling.negotiation import MediaNegotiation
 from services.signaling.recording import RecordingControl
 from services.signaling.replica import Replica
 from services.signaling.rooms import Decide
-from services.signaling.seats import MediaSeats
+from services.signaling.seats import MediaSeats, announce_seat_refused
 
 
 class Commands:
@@ -97,20 +97,29 @@ class Commands:
             conn.send(Error(code=exc.code, message=exc.detail))
 
     async def _admit(self, conn: Connection, guest: UUID) -> None:
-        rooms = self.replica.rooms
+        rooms, now = self.replica.rooms, self.replica.clock()
         me, room_id, clinic_id, _ = conn.place()
+        full: domain.RoomFull | None = None
+        before = await rooms.state(room_id, clinic_id)
         try:
             await rooms.check(
                 room_id, clinic_id, lambda r: domain.check_admit(r, me, guest, conn.cap)
             )
         except domain.RoomFull as exc:
-            # Full by the room's own count (the usual case: the seats are all in use), not
-            # only by the media node's: the guest keeps their place and both sides are told.
-            await self._seat_refused(room_id, guest, exc.detail)
-            return
+            full = exc  # by the room's own count; the media node may know of lapsed seats
         seat = await self.seats.seat(conn, guest, CallRole.guest)
+        freed = full is not None and await self.seats.free_lapsed(
+            room_id, clinic_id, before, seat, now
+        )
+        if full is not None and not freed:
+            # Full indeed (the usual case: the seats are all in use): the guest keeps their
+            # place and both sides are told.
+            if seat.granted:
+                await self.seats.release(clinic_id, room_id, guest)
+            await announce_seat_refused(rooms, room_id, guest, full.detail)
+            return
         if not seat.granted:
-            await self._seat_refused(room_id, guest, seat.message)
+            await announce_seat_refused(rooms, room_id, guest, seat.message)
             return
         try:
             await rooms.run(
@@ -126,9 +135,4 @@ class Commands:
                 await self.seats.release(clinic_id, room_id, guest)
             if not isinstance(exc, domain.RoomFull):
                 raise
-            await self._seat_refused(room_id, guest, exc.detail)
-
-    async def _seat_refused(self, room_id: UUID, guest: UUID, message: str) -> None:
-        await self.replica.rooms.announce_notice(
-            room_id, {"kind": "seat_refused", "participant_id": str(guest), "message": message}
-        )
+            await announce_seat_refused(rooms, room_id, guest, exc.detail)

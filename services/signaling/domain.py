@@ -58,6 +58,8 @@ class Person:
     hold_message: str = ""
     disconnected_until: datetime | None = None
     media_node: str | None = None
+    direct: bool = False
+    """Came by a direct-admission link before any host: let in when the first host enters."""
 
     @property
     def waiting(self) -> bool:
@@ -86,6 +88,15 @@ class Room:
     def hosts_present(self) -> bool:
         return any(p.role is CallRole.host and p.disconnected_until is None for p in self.in_call())
 
+    def host_in_call(self) -> bool:
+        """A host holds a place in the call (connected or within their rejoin grace)."""
+        return any(p.role is CallRole.host for p in self.in_call())
+
+    def let_in_on_arrival(self) -> list["Person"]:
+        """Direct-admission guests who arrived before any host, in the order they came."""
+        early = [p for p in self.people.values() if p.direct and p.status is Status.waiting]
+        return sorted(early, key=lambda p: (p.since is None, p.since))
+
 
 class RoomFull(Refused):
     status = 409
@@ -93,6 +104,20 @@ class RoomFull(Refused):
 
 class Locked(Refused):
     status = 423
+
+
+class HostArrived(Refused):
+    """A direct-admission guest decided to wait while no host was in, and meanwhile one came:
+    the guest takes a seat instead (never sent to anyone)."""
+
+    status = 409
+
+
+class NoHostYet(Refused):
+    """A direct-admission guest decided to enter while a host was in, and meanwhile the last
+    host left: the guest waits instead (never sent to anyone)."""
+
+    status = 409
 
 
 ONLY_HOSTS = Forbidden("only_hosts", "Only a host can do that.")
@@ -131,9 +156,18 @@ def _waiting(room: Room, participant_id: UUID) -> Person:
     return person
 
 
-def _check_seat(room: Room, cap: int) -> None:
-    if len(room.in_call()) >= cap:
+def _check_seat(room: Room, cap: int, role: CallRole) -> None:
+    """The cap counts everyone; its last place is kept for a host, so guests hold at most
+    ``cap - 1`` places and the practitioner can always enter their own call."""
+    in_call = room.in_call()
+    if len(in_call) >= cap:
         raise room_full(cap)
+    guests = sum(p.role is CallRole.guest for p in in_call)
+    if role is CallRole.guest and cap > 1 and guests >= cap - 1:
+        raise RoomFull(
+            "room_full",
+            f"This call is full: it has {guests} guests, and its last place is kept for the host.",
+        )
 
 
 # --- arriving -------------------------------------------------------------------------------
@@ -146,11 +180,17 @@ def knock(
     link_id: UUID | None,
     session_id: UUID | None,
     now: datetime,
+    *,
+    direct: bool = False,
 ) -> list[Event]:
+    """A guest waits: always by a waiting-room link, and by a direct-admission link while no
+    host is in the call (``direct``: they are let in when the first host enters)."""
     if participant_id in room.people:
         return []
     if room.locked:
         raise ROOM_LOCKED
+    if direct and room.host_in_call():
+        raise HostArrived("host_arrived", "A host is in: take a seat instead of waiting.")
     return [
         GuestKnocked(
             room_id=room.room_id,
@@ -160,6 +200,7 @@ def knock(
             link_id=link_id,
             muted=room.knocks_muted,
             knocked_at=now,
+            direct=direct,
         )
     ]
 
@@ -176,12 +217,15 @@ def enter(
     cap: int,
     now: datetime,
 ) -> list[Event]:
-    """A host enters (the first one starts the call), or a guest of a direct-admission room."""
+    """A host enters (the first one starts the call), or a guest of a direct-admission room
+    while a host is in the call."""
     if participant_id in room.people:
         return []
     if role is CallRole.guest and room.locked:
         raise ROOM_LOCKED
-    _check_seat(room, cap)
+    if role is CallRole.guest and not room.host_in_call():
+        raise NoHostYet("no_host_yet", "No host is in the call yet: wait for one.")
+    _check_seat(room, cap, role)
     events: list[Event] = []
     session_id = session_id or room.session_id
     if role is CallRole.host and not room.live:
@@ -217,7 +261,7 @@ def admit(
 ) -> list[Event]:
     _host(room, by)
     guest = _waiting(room, participant_id)
-    _check_seat(room, cap)
+    _check_seat(room, cap, guest.role)
     ids = {**_ids(room, guest), "participant_id": participant_id}
     events: list[Event] = [
         ParticipantAdmitted(**ids, by=by, media_node=media_node, media_url=media_url),
@@ -238,8 +282,47 @@ def admit(
 def check_admit(room: Room, by: UUID, participant_id: UUID, cap: int) -> None:
     """What ``admit`` would refuse, before a seat is asked for."""
     _host(room, by)
-    _waiting(room, participant_id)
-    _check_seat(room, cap)
+    guest = _waiting(room, participant_id)
+    _check_seat(room, cap, guest.role)
+
+
+def let_in(
+    room: Room, participant_id: UUID, media_node: str, media_url: str | None, cap: int
+) -> list[Event]:
+    """A direct-admission guest who waited for the first host takes their seat (no ``by``)."""
+    if not room.host_in_call():
+        raise NoHostYet("no_host_yet", "No host is in the call yet: wait for one.")
+    guest = _waiting(room, participant_id)
+    if not guest.direct:
+        raise NOT_WAITING
+    _check_seat(room, cap, guest.role)
+    ids = {**_ids(room, guest), "participant_id": participant_id}
+    return [
+        ParticipantAdmitted(**ids, by=None, media_node=media_node, media_url=media_url),
+        ParticipantJoined(
+            **ids,
+            role=guest.role,
+            display_name=guest.display_name,
+            link_id=guest.link_id,
+            media_node=media_node,
+            media_url=media_url,
+        ),
+    ]
+
+
+def seat_lapsed(room: Room, participant_ids: list[UUID], now: datetime) -> list[Event]:
+    """The media node no longer holds a seat for these people in the call (their media never
+    connected and the reservation lapsed): their places end, so the call and the seats agree."""
+    events: list[Event] = []
+    for participant_id in participant_ids:
+        person = room.people.get(participant_id)
+        if person is None or person.waiting:
+            continue
+        left = leave(room, participant_id, LeftBecause.seat_lapsed, now)
+        for event in left:
+            room = evolve(room, event)
+        events += left
+    return events
 
 
 def deny(room: Room, by: UUID, participant_id: UUID, message: str) -> list[Event]:
@@ -441,6 +524,7 @@ def evolve(room: Room | None, event: Event) -> Room:
                     since=event.knocked_at,
                     session_id=event.session_id,
                     muted=event.muted,
+                    direct=event.direct,
                 ),
             )
         case GuestPutOnHold():

@@ -3,10 +3,13 @@
 the resume token after a dropped connection."""
 
 import secrets
-from uuid import uuid4
+from dataclasses import dataclass
+from functools import partial
+from uuid import UUID, uuid4
 
 import structlog
 
+from contracts.events import Event
 from contracts.links import RESOLVE_SUBJECT, Decision, ResolveRequest
 from contracts.signaling import CallRole
 from contracts.signaling_protocol import Check, Join, LinkReady, Refused, Welcome
@@ -20,7 +23,7 @@ from services.signaling.connections import Connections
 from services.signaling.domain import Status
 from services.signaling.negotiation import MediaNegotiation
 from services.signaling.replica import Replica
-from services.signaling.seats import MediaSeats, Unavailable
+from services.signaling.seats import MediaSeats, Unavailable, announce_seat_refused
 from services.signaling.views import refresh
 
 log = structlog.get_logger(__name__)
@@ -32,6 +35,17 @@ RESUME_LAPSED = Refused(
 )
 
 
+@dataclass(frozen=True)
+class Arrival:
+    """Someone joining with a link, before they wait or enter."""
+
+    participant_id: UUID
+    role: CallRole
+    name: str
+    link_id: UUID | None
+    session_id: UUID | None
+
+
 def refused_frame(decision: Decision) -> Refused:
     return Refused(
         reason=decision.reason.value if decision.reason else "refused",
@@ -41,6 +55,7 @@ def refused_frame(decision: Decision) -> Refused:
         closes_at=decision.closes_at,
         retry_after_s=decision.retry_after_s,
         replaced_by_hint=decision.replaced_by_hint,
+        warning=decision.warning,
     )
 
 
@@ -104,41 +119,114 @@ class Joining:
                 warning=decision.warning,
             )
         )
-        pid, clinic_id, now = conn.participant_id, decision.clinic_id, self.replica.clock()
-        rooms = self.replica.rooms
+        pid, clinic_id = conn.participant_id, decision.clinic_id
+        arrival = Arrival(pid, role, name, decision.link_id, decision.session_id)
         try:
-            if direct:
-                seat = await self.seats.seat(conn, pid, role)
-                if not seat.granted:
-                    raise domain.RoomFull(seat.reason or "room_full", seat.message)
-                await rooms.run(
-                    room_id,
-                    clinic_id,
-                    lambda r: domain.enter(
-                        r,
-                        pid,
-                        role,
-                        name,
-                        decision.link_id,
-                        decision.session_id,
-                        seat.node_id or "",
-                        seat.media_url,
-                        conn.cap,
-                        now,
-                    ),
-                )
+            if role is CallRole.host:
+                await self._enter(conn, arrival)
+                try:
+                    await self.let_in_early_guests(conn)
+                except refusals.Refused as exc:  # the host is in; the guests keep waiting
+                    log.warning("early guests not let in", reason=exc.code)
+            elif direct:
+                await self._arrive_direct(conn, arrival)
             else:
-                await rooms.run(
-                    room_id,
-                    clinic_id,
-                    lambda r: domain.knock(
-                        r, pid, name, decision.link_id, decision.session_id, now
-                    ),
-                )
+                await self._knock(conn, arrival, direct=False)
         except refusals.Refused as exc:
             self.replica.spawn(self.seats.release(clinic_id, room_id, pid))
             conn.send(refusal_frame(exc))
             conn.close()
+
+    async def _enter(self, conn: Connection, who: "Arrival") -> None:
+        """A seat from the media node, then a place in the call. When the call is full only by
+        signaling's count (people whose reservation lapsed before their media connected), their
+        places end and this entry goes ahead."""
+        _, room_id, clinic_id, _ = conn.place()
+        rooms, now = self.replica.rooms, self.replica.clock()
+        before = await rooms.state(room_id, clinic_id)
+        seat = await self.seats.seat(conn, who.participant_id, who.role)
+        if not seat.granted:
+            raise domain.RoomFull(seat.reason or "room_full", seat.message)
+
+        def enter(room: domain.Room) -> list[Event]:
+            return domain.enter(
+                room,
+                who.participant_id,
+                who.role,
+                who.name,
+                who.link_id,
+                who.session_id,
+                seat.node_id or "",
+                seat.media_url,
+                conn.cap,
+                now,
+            )
+
+        try:
+            await rooms.run(room_id, clinic_id, enter)
+        except domain.RoomFull:
+            if not await self.seats.free_lapsed(room_id, clinic_id, before, seat, now):
+                raise
+            await rooms.run(room_id, clinic_id, enter)
+
+    async def _knock(self, conn: Connection, who: "Arrival", *, direct: bool) -> None:
+        _, room_id, clinic_id, _ = conn.place()
+        now = self.replica.clock()
+        await self.replica.rooms.run(
+            room_id,
+            clinic_id,
+            lambda r: domain.knock(
+                r, who.participant_id, who.name, who.link_id, who.session_id, now, direct=direct
+            ),
+        )
+
+    async def _arrive_direct(self, conn: Connection, who: "Arrival") -> None:
+        """A guest of a direct-admission link goes straight into the call while a host is in
+        it; before any host has arrived they wait, and the first host lets them in."""
+        _, room_id, clinic_id, _ = conn.place()
+        room = await self.replica.rooms.state(room_id, clinic_id)
+        if room.host_in_call():
+            try:
+                await self._enter(conn, who)
+                return
+            except domain.NoHostYet:
+                self.replica.spawn(self.seats.release(clinic_id, room_id, who.participant_id))
+        try:
+            await self._knock(conn, who, direct=True)
+        except domain.HostArrived:
+            await self._enter(conn, who)
+
+    async def let_in_early_guests(self, conn: Connection) -> None:
+        """A host entered: whoever came by a direct-admission link before them is let in, in
+        the order they came, while seats last (the rest keep waiting, as for a full call)."""
+        _, room_id, clinic_id, _ = conn.place()
+        rooms = self.replica.rooms
+        early = (await rooms.state(room_id, clinic_id)).let_in_on_arrival()
+        for n, guest in enumerate(early):
+            gid = guest.participant_id
+            seat = await self.seats.seat(conn, gid, CallRole.guest)
+            full = None if seat.granted else seat.message
+            if seat.granted:
+                try:
+                    await rooms.run(
+                        room_id,
+                        clinic_id,
+                        partial(
+                            domain.let_in,
+                            participant_id=gid,
+                            media_node=seat.node_id or "",
+                            media_url=seat.media_url,
+                            cap=conn.cap,
+                        ),
+                    )
+                except refusals.Refused as exc:
+                    await self.seats.release(clinic_id, room_id, gid)
+                    if isinstance(exc, domain.RoomFull):
+                        full = exc.detail
+            if full is not None:  # they and everyone after them keep waiting, and are told
+                for rest in early[n:]:
+                    await announce_seat_refused(rooms, room_id, rest.participant_id, full)
+                return
 
     async def check(self, conn: Connection, message: Check) -> None:
         """Whether a link may join now, without a knock; the socket closes after the answer.

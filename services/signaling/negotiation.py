@@ -2,15 +2,23 @@
 offers, answers and candidates relayed between the browser and that node."""
 
 from datetime import UTC, datetime
+from functools import partial
 
 import structlog
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
-from contracts.media import MediaSignal, MediaSignalReply, Negotiation, signal_subject
+from contracts.media import (
+    MediaSignal,
+    MediaSignalReply,
+    Negotiation,
+    SignalKind,
+    signal_subject,
+)
 from contracts.signaling_protocol import Admitted, Signal
 from runtime import refusals
 from runtime.participant_tokens import mint
+from services.signaling import domain
 from services.signaling.connection import Connection
 from services.signaling.domain import Status
 from services.signaling.replica import Replica
@@ -18,6 +26,9 @@ from services.signaling.seats import MediaSeats
 
 log = structlog.get_logger(__name__)
 NEGOTIATION = set(Negotiation.model_fields)
+SEAT_GONE = {"no_seat", "not_owner"}
+"""A media node's refusals that mean it holds no seat for the person: never sent to a
+browser (signaling asks for the seat again, or ends the place and says so)."""
 
 
 class MediaNegotiation:
@@ -50,23 +61,45 @@ class MediaNegotiation:
         )
 
     async def signal(self, conn: Connection, message: Signal) -> None:
-        pid, room_id, clinic_id, _ = conn.place()
+        pid, room_id, clinic_id, role = conn.place()
         room = await self.replica.rooms.state(room_id, clinic_id)
         me = room.people.get(pid)
         if me is None or me.status is not Status.in_call or not me.media_node:
             raise refusals.Conflict("not_in_call", "Media can only be set up once you are in.")
-        token, _ = self.token(conn, me.media_node)
+        reply = await self._relay(conn, me.media_node, message)
+        if not reply.ok and reply.reason in SEAT_GONE and message.kind is SignalKind.offer:
+            # The node holds no seat for them: their reservation lapsed before their media
+            # connected, or the node gave the room up meanwhile. Ask again (that places the
+            # room again if need be); on the same node the offer goes through, otherwise
+            # their place ends and they are told to join again.
+            seat = await self.seats.seat(conn, pid, role)
+            if seat.granted and seat.node_id == me.media_node:
+                reply = await self._relay(conn, me.media_node, message)
+            else:
+                if seat.granted:
+                    await self.seats.release(clinic_id, room_id, pid)
+                now = self.replica.clock()
+                await self.replica.rooms.run(
+                    room_id,
+                    clinic_id,
+                    partial(domain.seat_lapsed, participant_ids=[pid], now=now),
+                )
+                return
+        if not reply.ok:
+            raise refusals.Invalid(reply.reason or "media_refused", reply.message)
+        if reply.answer is not None:
+            conn.send(_signal_frame(reply.answer))
+
+    async def _relay(self, conn: Connection, node: str, message: Signal) -> MediaSignalReply:
+        pid, room_id, _, _ = conn.place()
+        token, _ = self.token(conn, node)
         request = MediaSignal(
             participant_token=token,
             participant_id=pid,
             room_id=room_id,
             **message.model_dump(include=NEGOTIATION),
         )
-        reply = await self.seats.ask(signal_subject(me.media_node), request, MediaSignalReply)
-        if not reply.ok:
-            raise refusals.Invalid(reply.reason or "media_refused", reply.message)
-        if reply.answer is not None:
-            conn.send(_signal_frame(reply.answer))
+        return await self.seats.ask(signal_subject(node), request, MediaSignalReply)
 
     async def from_media(self, conn: Connection, msg: Msg) -> None:
         try:

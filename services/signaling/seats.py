@@ -5,6 +5,8 @@ signaling asks for the seat before it records anyone in the call, and releases i
 are gone for good.
 """
 
+from datetime import datetime
+from functools import partial
 from typing import TypeVar
 from uuid import UUID
 
@@ -22,8 +24,10 @@ from contracts.media import (
 from contracts.signaling import CallRole
 from runtime import refusals
 from runtime.rpc import RpcError, call
+from services.signaling import domain
 from services.signaling.connection import Connection
 from services.signaling.replica import Replica
+from services.signaling.rooms import Rooms
 
 log = structlog.get_logger(__name__)
 A = TypeVar("A", bound=BaseModel)
@@ -33,6 +37,14 @@ UNAVAILABLE = "The video service is not available right now; please try again in
 
 class Unavailable(refusals.Refused):
     status = 503
+
+
+async def announce_seat_refused(rooms: Rooms, room_id: UUID, guest: UUID, message: str) -> None:
+    """The guest keeps waiting (the call is full); they and the hosts are told, on every
+    replica."""
+    await rooms.announce_notice(
+        room_id, {"kind": "seat_refused", "participant_id": str(guest), "message": message}
+    )
 
 
 class MediaSeats:
@@ -86,3 +98,39 @@ class MediaSeats:
             # The node lets an unclaimed reservation lapse on its own; a held seat is freed
             # when the media connection goes.
             log.warning("a seat could not be released", error=str(exc))
+
+    async def free_lapsed(
+        self,
+        room_id: UUID,
+        clinic_id: str,
+        before: domain.Room,
+        answer: SeatAnswer,
+        now: datetime,
+    ) -> bool:
+        """The call is full by signaling's count, yet the media node granted a seat: guests who
+        were in the call ``before`` the seat was asked for and hold none now lost it (their
+        reservation lapsed before their media connected, or the node gave the empty room up).
+        End their places, so the call and the seats agree again and whoever needs the place
+        gets it; True if anyone's place ended.
+
+        Only people already in the call before the request count: anyone seated later may
+        have been granted after this answer was made, and holds a seat it does not list."""
+        if not answer.granted or not answer.holders:
+            return False
+        holding = set(answer.holders)
+        # Guests only: a host's place is kept for them whatever the node says (the cap keeps
+        # one), and the call manager must not lose its host to a camera prompt left open.
+        candidates = [
+            p.participant_id
+            for p in before.in_call()
+            if p.role is CallRole.guest and p.participant_id not in holding
+        ]
+        if not candidates:
+            return False
+        rooms = self.replica.rooms
+        events = await rooms.run(
+            room_id, clinic_id, partial(domain.seat_lapsed, participant_ids=candidates, now=now)
+        )
+        if events:
+            log.info("places of lapsed seats ended", room_id=str(room_id), count=len(candidates))
+        return bool(events)

@@ -11,8 +11,10 @@ from contracts.signaling import (
     EndedBecause,
     GuestKnocked,
     GuestPutOnHold,
+    LeftBecause,
     ParticipantDenied,
     ParticipantJoined,
+    ParticipantLeft,
     ParticipantRemoved,
     SessionEnded,
 )
@@ -23,6 +25,7 @@ from contracts.signaling_protocol import (
     Participants,
     Present,
     Recording,
+    Refused,
     Removed,
     RoomView,
     SeatRefused,
@@ -39,6 +42,14 @@ HOLD_MESSAGE = "The host asked you to wait a little longer."
 DENIED_MESSAGE = "The host could not let you in this time."
 REMOVED_MESSAGE = "The host removed you from the call."
 ENDED_MESSAGE = "The host ended the meeting for everyone."
+SEAT_LAPSED = Refused(
+    reason="seat_lapsed",
+    status=409,
+    message=(
+        "Your video did not connect in time, so your place in this call lapsed; "
+        "open your link again to join."
+    ),
+)
 RECORDING_ON = "This call is being recorded."
 RECORDING_OFF = "The recording has stopped."
 WAITING_MESSAGES = {
@@ -75,6 +86,11 @@ class RoomViews:
                     conn.close()
                 case ParticipantRemoved() if conn is not None:
                     conn.send(Removed(message=event.message or REMOVED_MESSAGE))
+                    conn.close()
+                case ParticipantLeft() if conn is not None and (
+                    event.reason is LeftBecause.seat_lapsed
+                ):
+                    conn.send(SEAT_LAPSED)
                     conn.close()
                 case SessionEnded() if event.because is EndedBecause.ended_for_all:
                     for other in list(here.values()):

@@ -125,3 +125,12 @@ def test_no_sequence_seats_more_than_the_cap_and_asking_twice_changes_nothing(
             if isinstance(first, RoomFull):
                 assert first.taken == limit
         assert ledger.taken(ROOM, now) <= limit
+
+
+def test_the_holders_are_who_holds_or_has_reserved_a_seat(ledger: SeatLedger) -> None:
+    ledger.request(ROOM, person(1), CallRole.guest, 3, NOW)
+    ledger.request(ROOM, person(2), CallRole.guest, 3, NOW)
+    assert ledger.claim(ROOM, person(2), NOW)
+    assert ledger.holders(ROOM, NOW) == [person(1), person(2)]
+    assert ledger.holders(ROOM, NOW + RESERVATION) == [person(2)]  # 1's lapsed unclaimed
+    assert ledger.holders(OTHER_ROOM, NOW) == []

@@ -300,13 +300,18 @@ async def signaling_calls(
 
 @contextlib.asynccontextmanager
 async def calls_platform(
-    dsn: str, nats_url: str, clock: Clock, **signaling_overrides: Any
+    dsn: str,
+    nats_url: str,
+    clock: Clock,
+    media_overrides: dict[str, Any] | None = None,
+    **signaling_overrides: Any,
 ) -> AsyncIterator[Calls]:
     recordings = Path(tempfile.mkdtemp(prefix="antechamber-recordings-"))
+    media_settings = {"node_id": "mtest", "reservation_s": 60} | (media_overrides or {})
     media = build_app(
         media_app.build(
             media_app.Media(
-                MediaSettings(node_id="mtest", reservation_s=60, recordings_dir=recordings),
+                MediaSettings(**media_settings, recordings_dir=recordings),
                 key_source=lambda: PARTICIPANT_KEY,
             )
         ),

@@ -405,10 +405,56 @@ def test_the_last_one_out_ends_the_call_and_waiting_guests_keep_waiting() -> Non
     assert host_admits(OTHER_GUEST)(fold(history))[-1] == KnocksMuted(**IDS, by=None)
 
 
-def test_a_guest_only_call_ends_nothing_when_it_empties() -> None:
-    room = fold(given(guest_enters()))
-    assert not room.live
-    assert domain.leave(room, GUEST, LeftBecause.left, T0) == [left(GUEST, LeftBecause.left)]
+def test_a_direct_guest_waits_for_the_first_host_and_is_let_in_by_no_one() -> None:
+    room = fold([])
+    refusal("no_host_yet", domain.NoHostYet, lambda: guest_enters()(room))
+    early = given(lambda r: domain.knock(r, GUEST, "Sam", LINK, SESSION, T0, direct=True))
+    assert fold(early).let_in_on_arrival() == [fold(early).people[GUEST]]
+    assert not fold(early).live
+    refusal(
+        "no_host_yet", domain.NoHostYet, lambda: domain.let_in(fold(early), GUEST, NODE, URL, 3)
+    )
+    history = [*early, *host_enters()(fold(early))]
+    room = fold(history)
+    assert domain.let_in(room, GUEST, NODE, URL, CAP) == admitted(by=None)
+    # A guest who decided to wait while no host was in, after one came, enters instead.
+    refusal(
+        "host_arrived",
+        domain.HostArrived,
+        lambda: domain.knock(room, OTHER_GUEST, "Al", LINK, SESSION, T0, direct=True),
+    )
+    # Someone who knocked on a waiting-room link is never let in without an admit.
+    knocked = fold([*history, *guest_knocks(OTHER_GUEST)(room)])
+    assert [p.participant_id for p in knocked.let_in_on_arrival()] == [GUEST]
+    refusal("not_waiting", Conflict, lambda: domain.let_in(knocked, OTHER_GUEST, NODE, URL, CAP))
+
+
+def test_the_last_place_is_kept_for_a_host() -> None:
+    history = given(host_enters(), guest_enters(GUEST))
+    room = fold([*history, *guest_enters(THIRD_GUEST)(fold(history))])
+    assert len(room.in_call()) == CAP  # a host and two guests
+    room = fold([*history, *host_enters(OTHER_HOST)(fold(history))])
+    refusal("room_full", RoomFull, lambda: guest_enters(THIRD_GUEST)(room))  # full anyway
+    # Two guests of three places, and the host gone: the third place stays the host's.
+    only_guests = given(host_enters(), guest_enters(GUEST), guest_enters(THIRD_GUEST))
+    only_guests += domain.leave(fold(only_guests), HOST, LeftBecause.left, T0)
+    room = fold(only_guests)
+    assert [p.role for p in room.in_call()] == [CallRole.guest, CallRole.guest]
+    history = [*only_guests, *guest_knocks(OTHER_GUEST)(room), *host_enters()(room)]
+    room = fold(history)
+    assert room.people[HOST].status is Status.in_call
+    refusal("room_full", RoomFull, lambda: domain.check_admit(room, HOST, OTHER_GUEST, CAP))
+
+
+def test_people_whose_seat_lapsed_leave_the_call() -> None:
+    history = given(host_enters(), guest_enters(GUEST), guest_knocks(OTHER_GUEST))
+    room = fold(history)
+    assert domain.seat_lapsed(room, [GUEST, OTHER_GUEST, THIRD_GUEST], T0) == [
+        left(GUEST, LeftBecause.seat_lapsed)  # not those waiting, nor strangers
+    ]
+    # The last one out ends the call, as any leaving does.
+    ended = domain.seat_lapsed(room, [GUEST, HOST], T0)
+    assert [type(e) for e in ended] == [ParticipantLeft, ParticipantLeft, SessionEnded]
 
 
 # -- dropping, coming back, and the rejoin grace -----------------------------------------------
@@ -561,8 +607,10 @@ class WaitingRoom(RuleBasedStateMachine):
         assert result.code == code
         return []
 
-    def full(self) -> bool:
-        return len(self.room.in_call()) >= CAP
+    def full(self, role: CallRole) -> bool:
+        """The cap, with its last place kept for a host."""
+        guests = sum(p.role is CallRole.guest for p in self.room.in_call())
+        return len(self.room.in_call()) >= CAP or (role is CallRole.guest and guests >= CAP - 1)
 
     def waiting_code(self, pid: UUID) -> str | None:
         person = self.room.people.get(pid)
@@ -610,7 +658,7 @@ class WaitingRoom(RuleBasedStateMachine):
             "room_locked"
             if role is CallRole.guest and before.locked
             else "room_full"
-            if self.full()
+            if self.full(role)
             else None
         )
         result = self.run(
@@ -637,7 +685,7 @@ class WaitingRoom(RuleBasedStateMachine):
         code = (
             "only_hosts"
             if not self.is_host(by)
-            else self.waiting_code(pid) or ("room_full" if self.full() else None)
+            else self.waiting_code(pid) or ("room_full" if self.full(CallRole.guest) else None)
         )
         try:
             domain.check_admit(before, by, pid, CAP)

@@ -31,6 +31,7 @@ const REFUSAL_TITLES = {
   room_locked: "The room is locked",
   room_full: "The call is full",
   resume_expired: "Your place has lapsed",
+  seat_lapsed: "Your place has lapsed",
   links_unavailable: "Please try again shortly",
   media_unavailable: "Please try again shortly",
 };
@@ -90,7 +91,9 @@ let reopenTimer = null;
 
 function refuse(frame) {
   $("refusal-title").textContent = REFUSAL_TITLES[frame.reason] || "You cannot join right now";
-  $("refusal-message").textContent = frame.message;
+  $("refusal-message").textContent = frame.warning
+    ? `${frame.message} ${frame.warning}`
+    : frame.message;
   $("refusal-local").textContent = "";
   $("refusal-next").textContent = "";
   $("refusal-retry").hidden = true;
@@ -104,7 +107,8 @@ function refuse(frame) {
   } else if (frame.replaced_by_hint) {
     $("refusal-next").textContent = frame.replaced_by_hint;
   }
-  if (["rate_limited", "links_unavailable", "media_unavailable"].includes(frame.reason)) {
+  const retryable = ["rate_limited", "links_unavailable", "media_unavailable", "seat_lapsed"];
+  if (retryable.includes(frame.reason)) {
     $("refusal-retry").hidden = false;
   }
   show("refusal");
