@@ -3,16 +3,23 @@
 from typing import Annotated, Any, Literal
 from uuid import UUID, uuid4
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import AwareDatetime, BaseModel, Field
 
+from contracts.links import LinkKind
 from contracts.notify import MessageKind, RecipientKind
 from runtime.clinic_keys import CLINIC_KEY_PROBLEMS, ClinicId
 from runtime.context import ServiceContext
 from runtime.http import Problem, problems
 from runtime.service import context_of
 from services.notify import templates as tmpl
-from services.notify.contents import session_context, templates_of
+from services.notify.contents import (
+    UnknownRecipient,
+    UnknownSession,
+    session_context,
+    templates_of,
+)
+from services.notify.details import DetailsUnavailable, Opened
 from services.notify.handlers import Notify, plan
 
 router = APIRouter(prefix="/v1", tags=["notify"], responses=CLINIC_KEY_PROBLEMS)
@@ -265,37 +272,122 @@ async def resend(
 class CopyText(BaseModel):
     text: str = Field(description="The link and the session's details, ready to paste.")
     join_url: str = Field(description="Do not log it: it lets its holder in.")
+    kind: LinkKind = Field(
+        description="session, client_room, practitioner_room, drop_in (an attendee's own), or "
+        "guest (the session's shareable link)."
+    )
+    personal: bool = Field(
+        description="False for a link meant to be passed on: a practitioner's room (public) "
+        "or a session's guest link."
+    )
+
+
+COPY_PROBLEMS = problems(
+    400,
+    described={
+        404: "There is no such session in this clinic, or no such recipient in it.",
+        409: "The link has not arrived yet, or (link=guest) the session does not share links.",
+    },
+)
 
 
 @router.get(
     "/sessions/{session_id}/copy-link",
-    summary="The link with the session's details",
-    responses=problems(404, described={409: "The session has no working link yet."}),
+    summary="The link with the session's details, ready to paste",
+    responses=COPY_PROBLEMS,
 )
 async def copy_link(
     ctx: Context,
     notify: NotifyDep,
     clinic_id: ClinicId,
     session_id: UUID,
-    recipient_id: UUID | None = None,
+    response: Response,
+    recipient_id: Annotated[
+        UUID | None,
+        Query(description="A client or attendee: the link they join with. None: the clients'."),
+    ] = None,
+    link: Annotated[
+        Literal["recipient", "guest"],
+        Query(
+            description="recipient (default): the recipient's own link; guest: the session's "
+            "shareable guest link (link sharing on)."
+        ),
+    ] = "recipient",
 ) -> CopyText:
-    async with ctx.pool.acquire() as conn:
-        exists = await conn.fetchval(
-            "SELECT 1 FROM sessions WHERE session_id = $1 AND clinic_id = $2", session_id, clinic_id
+    # The answer lets its holder in: no cache, shared or private, may keep it.
+    response.headers["Cache-Control"] = "no-store"
+    guest = link == "guest"
+    if guest and recipient_id is not None:
+        raise Problem(
+            400,
+            "The guest link is the session's, not a recipient's: leave out recipient_id.",
+            code="guest_link_has_no_recipient",
         )
-        if exists is None:
-            raise Problem(404, NO_SESSION, code="session_not_found")
-        _, context, _ = await session_context(conn, notify, clinic_id, session_id, recipient_id)
+    async with ctx.pool.acquire() as conn:
+        try:
+            contents = await session_context(
+                conn, notify, clinic_id, session_id, recipient_id, guest=guest
+            )
+        except UnknownSession as exc:
+            raise Problem(404, NO_SESSION, code="session_not_found") from exc
+        except UnknownRecipient as exc:
+            raise Problem(
+                404, "There is no such recipient in this session.", code="recipient_not_found"
+            ) from exc
+    if guest and not contents.session["link_sharing"]:
+        raise Problem(
+            409,
+            "This session has no guest link: link sharing is off. Turn it on to get one.",
+            code="link_sharing_off",
+        )
+    context = contents.context
     if "join_url" not in context:
         raise Problem(
             409, "This session has no working link yet; try again in a moment.", code="no_link"
         )
-    who = f" with {context['practitioner_name']}" if context["practitioner_name"] else ""
-    text = (
-        f"Video session{who} ({context['clinic_name']})\n"
+    title = await _room_title(ctx, notify, clinic_id, contents.room_title)
+    return CopyText(
+        text=copy_text(context, contents.link, title),
+        join_url=context["join_url"],
+        kind=contents.link,
+        personal=context["link_personal"],
+    )
+
+
+async def _room_title(
+    ctx: ServiceContext, notify: Notify, clinic_id: str, stored: str | None
+) -> str:
+    """The room's title opened (a client room's is sealed); without scheduling's answer, the
+    text goes without it rather than failing."""
+    if stored is None:
+        return ""
+    try:
+        opened = await notify.details.open(ctx, clinic_id, [stored])
+    except DetailsUnavailable:
+        return ""
+    return opened.get(stored, Opened(None)).value or ""
+
+
+def copy_text(context: dict[str, Any], kind: LinkKind, room_title: str) -> str:
+    practitioner = context["practitioner_name"]
+    who = f" with {practitioner}" if practitioner else ""
+    where = f" in the room \u201c{room_title}\u201d" if room_title else ""
+    opens = f"The link opens at {context['opens_at']}. " if context["opens_at"] else ""
+    match kind:
+        case LinkKind.guest:
+            note = (
+                f"{opens}Anyone with this link can join: share it only with the people you "
+                "want in the session."
+            )
+        case LinkKind.practitioner_room:
+            host = practitioner or "the practitioner"
+            note = f"This is {host}'s room: you wait there until {host} lets you in."
+        case _:
+            note = f"{opens}It is personal: please do not share it."
+    return (
+        f"Video session{who}{where} ({context['clinic_name']})\n"
         f"{context['date']}, {context['start_time']} to {context['end_time']} "
         f"({context['time_zone']})\n"
         f"Join: {context['join_url']}\n"
-        f"The link opens at {context['opens_at']}. It is personal: please do not share it."
+        f"{note}"
     )
-    return CopyText(text=text, join_url=context["join_url"])

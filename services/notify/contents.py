@@ -10,7 +10,9 @@ from typing import Any
 from uuid import UUID
 from zoneinfo import ZoneInfo
 
+from contracts.links import LinkKind
 from contracts.notify import MessageKind, RecipientKind
+from contracts.scheduling import VideoMode
 from runtime.db import Executor
 from services.notify.handlers import Notify
 from services.notify.templates import DEFAULT_TEMPLATES, TemplateSet
@@ -18,6 +20,16 @@ from services.notify.templates import DEFAULT_TEMPLATES, TemplateSet
 
 class UnknownSession(Exception):
     """Notify has not heard of the session (or it is another clinic's)."""
+
+
+class UnknownRecipient(Exception):
+    """The session has no such client or attendee."""
+
+
+WINDOWED = frozenset({LinkKind.session, LinkKind.drop_in, LinkKind.guest})
+"""Links that open ``early_join`` minutes before the start; a room's link is always open."""
+SHAREABLE = frozenset({LinkKind.practitioner_room, LinkKind.guest})
+"""Links that are not one person's: a practitioner's room is public, a guest link is passed on."""
 
 
 @dataclass(frozen=True)
@@ -61,30 +73,56 @@ def starts_in(minutes: int) -> str:
     return f"in {minutes} minutes"
 
 
+@dataclass(frozen=True)
+class Contents:
+    """What a message about a session is written from."""
+
+    session: Any
+    """The session's row, with its clinic's name and its practitioner's."""
+    context: dict[str, Any]
+    """Its template variables: ``join_url`` once the link has arrived; ``recipient_name`` and
+    ``room_title`` empty, for the writer to fill in once opened."""
+    recipient: Recipient
+    link: LinkKind
+    """The kind of link the recipient joins with (or is to, before it arrives)."""
+    room_title: str | None
+    """The title of the room the session is held in, as stored (a client room's is sealed)."""
+
+
 async def session_context(
-    conn: Executor, notify: Notify, clinic_id: str, session_id: UUID, recipient_id: UUID | None
-) -> tuple[Any, dict[str, Any], Recipient]:
-    """The session row, its template variables (``join_url`` included; ``recipient_name`` is
-    the writer's to add, once opened), and the recipient as stored."""
+    conn: Executor,
+    notify: Notify,
+    clinic_id: str,
+    session_id: UUID,
+    recipient_id: UUID | None,
+    *,
+    guest: bool = False,
+) -> Contents:
+    """The session as ``recipient_id`` (else its clients) is told of it; with ``guest``, with
+    the session's shareable guest link instead. Raises :class:`UnknownSession`,
+    :class:`UnknownRecipient`."""
     session = await conn.fetchrow(
-        "SELECT s.*, c.name AS clinic_name, c.early_join_minutes, p.display_name AS practitioner "
-        "FROM sessions s JOIN clinics c USING (clinic_id) "
+        "SELECT s.*, c.name AS clinic_name, c.early_join_minutes, p.display_name AS practitioner, "
+        "room.title AS room_title FROM sessions s JOIN clinics c USING (clinic_id) "
         "LEFT JOIN practitioners p USING (practitioner_id) "
+        "LEFT JOIN rooms room ON room.room_id = s.room_id AND s.video_mode <> 'session_link' "
         "WHERE s.session_id = $1 AND s.clinic_id = $2",
         session_id,
         clinic_id,
     )
     if session is None:
         raise UnknownSession
-    found = None
+    recipient = Recipient("client", None, None)  # none named: the session's clients
     if recipient_id is not None:
         found = await conn.fetchrow(
             f"{_RECIPIENT} WHERE r.session_id = $1 AND r.recipient_id = $2",
             session_id,
             recipient_id,
         )
-    # Without one: the session's clients' link, for the copy-link text.
-    recipient = Recipient(**found) if found else Recipient("client", None, None)
+        if found is None:
+            raise UnknownRecipient
+        recipient = Recipient(**found)
+    link = LinkKind.guest if guest else link_kind_for(session, recipient.kind)
     zone = display_zone(session)
     date, start = local_parts(session["starts_at"], zone)
     _, end = local_parts(session["ends_at"], zone)
@@ -97,16 +135,19 @@ async def session_context(
         "end_time": end,
         "time_zone": zone,
         "duration_minutes": int((session["ends_at"] - session["starts_at"]).total_seconds() // 60),
-        "opens_at": local_parts(opens, zone)[1],
+        "opens_at": local_parts(opens, zone)[1] if link in WINDOWED else "",
+        "link_personal": link not in SHAREABLE,
+        "room_title": "",
+        "recipient_name": "",
     }
     if session["previous_starts_at"] is not None:
         context["previous_date"], context["previous_start_time"] = local_parts(
             session["previous_starts_at"], zone
         )
-    url = await link_for(conn, session, recipient_id, recipient.kind)
+    url = await link_for(conn, session, recipient_id, link)
     if url is not None:
         context["join_url"] = notify.sealer.unseal(url)
-    return session, context, recipient
+    return Contents(session, context, recipient, link, session["room_title"])
 
 
 _RECIPIENT = (
@@ -118,31 +159,40 @@ _RECIPIENT = (
 )
 
 
+def link_kind_for(session: Any, recipient_kind: str) -> LinkKind:
+    """An attendee's own drop-in link while link sharing is on, else the session's own link
+    or the room the session is held in."""
+    if recipient_kind == RecipientKind.attendee.value and session["link_sharing"]:
+        return LinkKind.drop_in
+    if session["video_mode"] == VideoMode.session_link.value:
+        return LinkKind.session
+    return LinkKind(session["video_mode"])  # practitioner_room or client_room
+
+
 async def link_for(
-    conn: Executor, session: Any, recipient_id: UUID | None, kind: str
+    conn: Executor, session: Any, recipient_id: UUID | None, kind: LinkKind
 ) -> str | None:
-    """The sealed link this recipient joins with: an attendee's own drop-in link while link
-    sharing is on (None until links has issued it), else the session's own link or the room
-    the session is held in."""
-    if kind == RecipientKind.attendee.value and session["link_sharing"]:
+    """The sealed link of ``kind`` this recipient joins with; None until links has issued it."""
+    if kind is LinkKind.drop_in:
         drop_in: str | None = await conn.fetchval(
             "SELECT url_sealed FROM links WHERE attendee_id = $1 AND active "
             "ORDER BY issued_at DESC LIMIT 1",
             recipient_id,
         )
         return drop_in
-    if session["video_mode"] == "session_link":
+    if kind in (LinkKind.session, LinkKind.guest):
         sealed: str | None = await conn.fetchval(
-            "SELECT url_sealed FROM links WHERE session_id = $1 AND kind = 'session' AND active "
+            "SELECT url_sealed FROM links WHERE session_id = $1 AND kind = $2 AND active "
             "ORDER BY issued_at DESC LIMIT 1",
             session["session_id"],
+            kind.value,
         )
     else:
         sealed = await conn.fetchval(
             "SELECT url_sealed FROM links WHERE room_id = $1 AND kind = $2 AND active "
             "ORDER BY issued_at DESC LIMIT 1",
             session["room_id"],
-            session["video_mode"],
+            kind.value,
         )
     return sealed
 

@@ -30,6 +30,9 @@ from contracts.scheduling import (
     LinkSharingDisabled,
     LinkSharingEnabled,
     PractitionerAdded,
+    RoomCreated,
+    RoomDeleted,
+    RoomRenamed,
     SessionCancelled,
     SessionCompleted,
     SessionRescheduled,
@@ -230,6 +233,32 @@ async def on_scheduling(
             )
         case ClientErased():
             await _client_erased(notify, conn, clinic, event, now)
+        case RoomCreated():
+            await conn.execute(
+                "INSERT INTO rooms (room_id, clinic_id, kind, client_id, title) "
+                "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (room_id) DO NOTHING",
+                event.room_id,
+                clinic,
+                event.kind.value,
+                event.client_id,
+                event.title,
+            )
+        case RoomRenamed():
+            # A room created before notify kept rooms is learnt of here.
+            await conn.execute(
+                "INSERT INTO rooms (room_id, clinic_id, kind, client_id, title) "
+                "VALUES ($1, $2, CASE WHEN $3::uuid IS NULL THEN 'practitioner' "
+                "ELSE 'client' END, $3, $4) ON CONFLICT (room_id) DO UPDATE "
+                "SET title = EXCLUDED.title",
+                event.room_id,
+                clinic,
+                event.client_id,
+                event.title,
+            )
+        case RoomDeleted():
+            await conn.execute(
+                "DELETE FROM rooms WHERE room_id = $1 AND clinic_id = $2", event.room_id, clinic
+            )
         case SessionScheduled():
             await _scheduled(conn, clinic, event, now)
         case SessionRescheduled():
@@ -389,6 +418,11 @@ async def _client_erased(
         people,
     )
     await conn.execute(
+        "UPDATE rooms SET title = NULL WHERE clinic_id = $1 AND client_id = $2",
+        clinic,
+        event.client_id,
+    )
+    await conn.execute(
         "UPDATE deliveries SET status = CASE WHEN status = 'pending' THEN 'dropped' "
         "ELSE status END, detail = CASE WHEN status = 'pending' THEN $3 ELSE detail END, "
         "address_masked = NULL, updated_at = $4 "
@@ -432,6 +466,8 @@ HELD_BY_RECIPIENTS = {
     LinkKind.drop_in,
 }
 """Links notify mails (guest links are passed on by the people who have them)."""
+KEPT = HELD_BY_RECIPIENTS | {LinkKind.guest}
+"""Links notify keeps: those it mails, and guest links for the copy-link text."""
 
 
 async def on_links(
@@ -441,7 +477,7 @@ async def on_links(
     now = notify.clock()
     match event:
         case LinkIssued() | LinkRegenerated():
-            if event.kind not in HELD_BY_RECIPIENTS:
+            if event.kind not in KEPT:
                 return
             sunset = event.replaces_link_sunset_at if isinstance(event, LinkIssued) else None
             await conn.execute(
@@ -467,7 +503,8 @@ async def on_links(
                 await conn.execute(
                     "UPDATE links SET active = false WHERE link_id = $1", event.replaces_link_id
                 )
-                await _tell_new_link(conn, clinic, event, now)
+                if event.kind in HELD_BY_RECIPIENTS:
+                    await _tell_new_link(conn, clinic, event, now)
         case LinkRevoked():
             await conn.execute("UPDATE links SET active = false WHERE link_id = $1", event.link_id)
 

@@ -167,23 +167,27 @@ class Sender:
         )
 
     async def _open_details(self, ctx: ServiceContext, claimed: list[Any]) -> None:
-        """The claimed messages' recipients' names and addresses, opened ahead in one request
-        per clinic (usually one), so that writing each message asks nothing more. Without an
-        answer, each message asks again as it is written, and waits if it must."""
+        """The claimed messages' recipients' names and addresses (and their rooms' titles),
+        opened ahead in one request per clinic (usually one), so that writing each message asks
+        nothing more. Without an answer, each message asks again as it is written, and waits if
+        it must."""
         if not claimed:
             return
         rows = await ctx.pool.fetch(
             "SELECT r.clinic_id, coalesce(r.email, c.email) AS email, "
-            "coalesce(r.display_name, c.display_name) AS name FROM recipients r "
+            "coalesce(r.display_name, c.display_name) AS name, room.title FROM recipients r "
             "JOIN unnest($1::uuid[], $2::uuid[]) AS t(session_id, recipient_id) "
             "ON r.session_id = t.session_id AND r.recipient_id = t.recipient_id "
-            "LEFT JOIN clients c ON c.client_id = r.recipient_id",
+            "LEFT JOIN clients c ON c.client_id = r.recipient_id "
+            "JOIN sessions s ON s.session_id = r.session_id "
+            "LEFT JOIN rooms room ON room.room_id = s.room_id AND s.video_mode <> 'session_link'",
             [row["session_id"] for row in claimed],
             [row["recipient_id"] for row in claimed],
         )
         by_clinic: dict[str, list[str | None]] = {}
         for row in rows:
-            by_clinic.setdefault(row["clinic_id"], []).extend((row["email"], row["name"]))
+            wanted = (row["email"], row["name"], row["title"])
+            by_clinic.setdefault(row["clinic_id"], []).extend(wanted)
         for clinic, values in by_clinic.items():
             try:
                 await self.notify.details.open(ctx, clinic, values)
@@ -336,21 +340,25 @@ class Sender:
         kind = MessageKind(row["kind"])
         now = self.notify.clock()
         try:
-            session, context, recipient = await session_context(
+            contents = await session_context(
                 conn, self.notify, row["clinic_id"], row["session_id"], row["recipient_id"]
             )
         except UnknownSession as exc:
             raise Refused(FailedBecause.no_link, "the session is unknown to notify") from exc
+        session, context, recipient = contents.session, contents.context, contents.recipient
         if recipient.erased:
             raise Refused(FailedBecause.erased, ERASED)
+        values = (recipient.email, recipient.name)
         opened = await self.notify.details.open(
-            ctx, row["clinic_id"], (recipient.email, recipient.name)
+            ctx, row["clinic_id"], (*values, contents.room_title)
         )
-        if any(o.outcome is Opening.erased for o in opened.values()):
+        if any(opened.get(v or "", Opened(None)).outcome is Opening.erased for v in values):
             raise Refused(FailedBecause.erased, ERASED)
         # .get, not [...]: a KeyError would put the value in the log line of the failure.
         address = opened.get(recipient.email or "", Opened(None)).value
         context["recipient_name"] = opened.get(recipient.name or "", Opened(None)).value or ""
+        # A room's title erased with its client (a contact's message) is simply not shown.
+        context["room_title"] = opened.get(contents.room_title or "", Opened(None)).value or ""
         client_unknown = recipient.client_unknown
         if kind is MessageKind.reminder:
             if session["status"] != "scheduled" or session["starts_at"] <= now:

@@ -35,9 +35,17 @@ _SESSION = {
     "end_time": "When the session ends, e.g. '14:50'.",
     "time_zone": "The clinic's time zone, e.g. 'Europe/Berlin'.",
     "duration_minutes": "How long the session lasts, in minutes (a number).",
-    "opens_at": "When the link starts to work, e.g. '13:50' (the start minus early join).",
+    "opens_at": "When the link starts to work, e.g. '13:50' (the start minus early join); "
+    "empty for a room's link, which is always open.",
+    "room_title": "The title the practitioner gave the room the session is held in; empty for "
+    "a session with a link of its own (may name the client: not allowed in the subject).",
 }
-_JOIN = {"join_url": "The recipient's own link to the session; personal, not to be shared."}
+_JOIN = {
+    "join_url": "The recipient's link to the session.",
+    "link_personal": "True when the link is the recipient's own, not to be shared (a "
+    "session's, a client room's, a drop-in link); false for a practitioner's room, whose "
+    "link is public: anyone may knock, the practitioner lets them in.",
+}
 
 VARIABLES: dict[MessageKind, dict[str, str]] = {
     MessageKind.invitation: _SESSION | _JOIN,
@@ -60,7 +68,7 @@ VARIABLES: dict[MessageKind, dict[str, str]] = {
 }
 """What each kind's templates can use (a cancellation has no link to join)."""
 
-PERSONAL_VARIABLES = frozenset({"recipient_name"})
+PERSONAL_VARIABLES = frozenset({"recipient_name", "room_title"})
 """Refused in subjects: a subject shows on lock screens and in shared inboxes."""
 
 FILTERS: dict[str, str] = {
@@ -86,8 +94,12 @@ _SAMPLE_SESSION: dict[str, object] = {
     "time_zone": "Europe/Berlin",
     "duration_minutes": 50,
     "opens_at": "13:50",
+    "room_title": "",
 }
-_SAMPLE_JOIN = {"join_url": "https://video.example.org/s/7Hq2xkP9aZ?lang=en&via=mail"}
+_SAMPLE_JOIN = {
+    "join_url": "https://video.example.org/s/7Hq2xkP9aZ?lang=en&via=mail",
+    "link_personal": True,
+}
 SAMPLE_CONTEXT: dict[MessageKind, dict[str, object]] = {
     MessageKind.invitation: _SAMPLE_SESSION | _SAMPLE_JOIN,
     MessageKind.update: _SAMPLE_SESSION
@@ -392,9 +404,13 @@ def _sentence(text: str) -> str:
 _HELLO = "Hello{% if recipient_name %} {{ recipient_name }}{% endif %},"
 _WHEN = "{{ date }}, {{ start_time }} to {{ end_time }} ({{ time_zone }})"
 _LINK_NOTE = (
-    "The link opens at {{ opens_at }}. It is personal to you: please do not share it or "
-    "forward this email. Open it in a web browser on a device with a camera and microphone."
+    "{% if opens_at %}The link opens at {{ opens_at }}. {% endif %}"
+    "{% if link_personal %}This link is personal to you: please do not share it or forward "
+    "this email.{% else %}This is {{ practitioner_name }}'s room: you wait there until you "
+    "are let in.{% endif %} "
+    "Open it in a web browser on a device with a camera and microphone."
 )
+_IN_ROOM = "{% if room_title %} in the room “{{ room_title }}”{% endif %}"
 
 
 def _text(*paragraphs: str) -> str:
@@ -435,33 +451,41 @@ def _defaults(subject: str, *paragraphs: str, join: bool = True) -> TemplateSet:
 DEFAULT_TEMPLATES: dict[MessageKind, TemplateSet] = {
     MessageKind.invitation: _defaults(
         "Your video session with {{ practitioner_name }} on {{ date }}",
-        "{{ practitioner_name }} at {{ clinic_name }} has invited you to a video session.",
+        "{{ practitioner_name }} at {{ clinic_name }} has invited you to a video session"
+        + _IN_ROOM
+        + ".",
         f"When: {_WHEN}",
     ),
     MessageKind.update: _defaults(
         "Your video session with {{ practitioner_name }} has moved to {{ date }}",
-        "Your video session with {{ practitioner_name }} at {{ clinic_name }} has moved.",
+        "Your video session with {{ practitioner_name }} at {{ clinic_name }}"
+        + _IN_ROOM
+        + " has moved.",
         "New time: " + _WHEN + "\nPreviously: {{ previous_date }}, {{ previous_start_time }}",
     ),
     MessageKind.cancellation: _defaults(
         "Cancelled: your video session with {{ practitioner_name }} on {{ date }}",
-        "Your video session with {{ practitioner_name }} at {{ clinic_name }} on {{ date }} "
-        "at {{ start_time }} ({{ time_zone }}) has been cancelled and will not take place.",
+        "Your video session with {{ practitioner_name }} at {{ clinic_name }}"
+        + _IN_ROOM
+        + " on {{ date }} at {{ start_time }} ({{ time_zone }}) has been cancelled and will "
+        "not take place.",
         "If you would like a new appointment, please get in touch with {{ clinic_name }}.",
         join=False,
     ),
     MessageKind.new_link: _defaults(
         "A new link for your video session with {{ practitioner_name }} on {{ date }}",
-        "Your link to the video session with {{ practitioner_name }} at {{ clinic_name }} has "
-        "been replaced{% if previous_link_until %}: the previous link works until "
+        "Your link to the video session with {{ practitioner_name }} at {{ clinic_name }}"
+        + _IN_ROOM
+        + " has been replaced{% if previous_link_until %}: the previous link works until "
         "{{ previous_link_until }}, then stops{% else %}: the previous link no longer works"
         "{% endif %}. Please use the new link below from now on.",
         f"When: {_WHEN}",
     ),
     MessageKind.reminder: _defaults(
         "Reminder: your video session with {{ practitioner_name }} starts {{ starts_in }}",
-        "Your video session with {{ practitioner_name }} at {{ clinic_name }} starts "
-        "{{ starts_in }}.",
+        "Your video session with {{ practitioner_name }} at {{ clinic_name }}"
+        + _IN_ROOM
+        + " starts {{ starts_in }}.",
         f"When: {_WHEN}",
     ),
 }

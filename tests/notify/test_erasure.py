@@ -11,6 +11,7 @@ import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import asyncpg
 import pytest
 from nats.js.errors import NotFoundError
 
@@ -158,6 +159,15 @@ async def test_an_erased_client_leaves_nothing_readable_in_postgres_or_on_the_bu
     }
     invitation = next(d for d in log if d["kind"] == "invitation")
     assert invitation["status"] == "sent"
+    conn = await asyncpg.connect(postgres_dsn)
+    try:
+        titles = await conn.fetchval(
+            "SELECT count(*) FROM notify.rooms WHERE client_id = $1 AND title IS NOT NULL",
+            client["client_id"],
+        )
+    finally:
+        await conn.close()
+    assert titles == 0, "a title of the client's rooms is kept, even sealed"
 
     dump = pg_dump(postgres_dsn)
     assert client["client_id"] in dump, "the dump holds the client's (anonymous) rows"

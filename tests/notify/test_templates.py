@@ -71,6 +71,30 @@ def test_link_messages_show_the_link_and_say_it_is_personal(kind: MessageKind) -
         assert "do not share" in part
 
 
+@pytest.mark.parametrize("kind", [k for k in MessageKind if k is not MessageKind.cancellation])
+def test_a_practitioners_room_is_neither_personal_nor_opening_at_a_time(kind: MessageKind) -> None:
+    context = SAMPLE_CONTEXT[kind] | {"opens_at": "", "link_personal": False}
+    message = render(kind, DEFAULT_TEMPLATES[kind], context)
+
+    for part in (message.text, message.html):
+        assert "opens at" not in part
+        assert "personal" not in part
+        assert "Dr. Maria Keller's room" in part
+
+
+@pytest.mark.parametrize("kind", list(MessageKind))
+def test_a_rooms_title_is_in_the_body_and_never_in_the_subject(kind: MessageKind) -> None:
+    context = SAMPLE_CONTEXT[kind] | {"room_title": "Alex's Tuesday check-ins"}
+    message = render(kind, DEFAULT_TEMPLATES[kind], context)
+
+    assert "in the room \u201cAlex's Tuesday check-ins\u201d" in message.text
+    assert "in the room \u201cAlex&#39;s Tuesday check-ins\u201d" in message.html
+    assert "Alex" not in message.subject
+    assert "in the room" not in render(kind, DEFAULT_TEMPLATES[kind], SAMPLE_CONTEXT[kind]).text
+    reason = problems(kind, subject="{{ room_title }}")[0][2]
+    assert "may not contain 'room_title'" in reason
+
+
 def test_a_cancellation_says_so_and_has_no_link() -> None:
     kind = MessageKind.cancellation
     message = render(kind, DEFAULT_TEMPLATES[kind], SAMPLE_CONTEXT[kind])
