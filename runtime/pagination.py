@@ -4,6 +4,7 @@ import base64
 import json
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
+from uuid import UUID
 
 from pydantic import BaseModel, Field
 
@@ -55,3 +56,15 @@ def cursor_time(text: str) -> datetime:
     except (ValueError, OverflowError) as exc:
         raise Problem(400, INVALID_CURSOR, code="invalid_cursor") from exc
     return value
+
+
+def time_and_id(values: list[str] | None) -> tuple[datetime | None, UUID]:
+    """A decoded ``(time, id)`` cursor as query arguments, the way most lists page; no cursor
+    is ``(None, nil)``, before everything. A forged one is a 400 ``invalid_cursor``."""
+    if values is None:
+        return None, UUID(int=0)
+    at = cursor_time(values[0])
+    try:
+        return at, UUID(values[1])
+    except ValueError as exc:
+        raise Problem(400, INVALID_CURSOR, code="invalid_cursor") from exc

@@ -16,12 +16,11 @@ from runtime.context import ServiceContext
 from runtime.http import CLINIC_KEY, Problem, problem_response, problems
 from runtime.pagination import (
     DEFAULT_LIMIT,
-    INVALID_CURSOR,
     MAX_LIMIT,
     Page,
-    cursor_time,
     decode_cursor,
     encode_cursor,
+    time_and_id,
 )
 from runtime.service import context_of
 from services.links import commands
@@ -156,18 +155,6 @@ def view(links: Links, row: Any) -> LinkView:
     return LinkView(**fields, url=links.sealer.unseal(row["url_sealed"]))
 
 
-def _after(cursor: str | None) -> tuple[datetime | None, UUID]:
-    """Where a page starts: after the (issued_at, link_id) of the cursor's last link."""
-    values = decode_cursor(cursor, 2)
-    if values is None:
-        return None, UUID(int=0)
-    issued_at = cursor_time(values[0])
-    try:
-        return issued_at, UUID(values[1])
-    except ValueError:
-        raise Problem(400, INVALID_CURSOR, code="invalid_cursor") from None
-
-
 @router.get("", responses=CLINIC_KEY_PROBLEMS | problems(400))
 async def list_links(
     clinic_id: ClinicId,
@@ -189,7 +176,7 @@ async def list_links(
         raise Problem(
             400, "Filter by session_id, room_id or practitioner_id.", code="filter_required"
         )
-    issued_after, link_after = _after(cursor)
+    issued_after, link_after = time_and_id(decode_cursor(cursor, 2))
     rows = await ctx.pool.fetch(
         "SELECT * FROM links WHERE clinic_id = $1 "
         "AND ($2::uuid IS NULL OR session_id = $2) AND ($3::uuid IS NULL OR room_id = $3) "

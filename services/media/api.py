@@ -12,7 +12,14 @@ from pydantic import AwareDatetime, BaseModel, Field
 from runtime.clinic_keys import CLINIC_KEY_PROBLEMS, ClinicId
 from runtime.context import ServiceContext
 from runtime.http import NO_STORE, Problem, problems
-from runtime.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page, decode_cursor, encode_cursor
+from runtime.pagination import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    Page,
+    decode_cursor,
+    encode_cursor,
+    time_and_id,
+)
 from runtime.service import context_of
 from services.media import recordings
 from services.media.node import Media
@@ -73,8 +80,7 @@ async def list_recordings(
         "ORDER BY started_at DESC, recording_id DESC LIMIT $5",
         clinic_id,
         room_id,
-        datetime.fromisoformat(after[0]) if after else None,
-        UUID(after[1]) if after else None,
+        *time_and_id(after),
         limit + 1,
     )
     items = [_view(r) for r in rows[:limit]]

@@ -18,11 +18,11 @@ from contracts.scheduling import (
 from runtime.db import Executor, Queryable
 from runtime.eventstore import RecordedEvent
 from runtime.nats_permissions import inbox_prefix
-from runtime.pagination import Page
+from runtime.pagination import Page, time_and_id
 from runtime.refusals import not_found
 from runtime.streams import EVENT_STREAMS
 from services.scheduling.integrator_consumers import ConsumerOwner
-from services.scheduling.queries import _after, _page
+from services.scheduling.queries import _page
 
 
 class CredentialView(BaseModel):
@@ -108,7 +108,7 @@ async def credentials(
         "AND ($2::timestamptz IS NULL OR (issued_at, credential_id) > ($2, $3::uuid)) "
         "ORDER BY issued_at, credential_id LIMIT $4",
         clinic_id,
-        *_after(after),
+        *time_and_id(after),
         limit + 1,
     )
     items, cursor = _page(list(rows), limit, "issued_at", "credential_id")

@@ -15,8 +15,7 @@ import asyncpg
 from contracts.scheduling import SessionScheduled, scheduling_events
 from runtime.db import Queryable
 from runtime.eventstore import RecordedEvent
-from runtime.http import Problem
-from runtime.pagination import INVALID_CURSOR, Page, cursor_time, encode_cursor
+from runtime.pagination import Page, cursor_time, encode_cursor, time_and_id
 from runtime.personal_data import open_data
 from runtime.refusals import not_found
 from runtime.sealing import Sealer
@@ -41,16 +40,6 @@ def _page(items: list[Any], limit: int, *key: str) -> tuple[list[Any], str | Non
     items = items[:limit]
     last = items[-1]
     return items, encode_cursor(*(last[k] for k in key))
-
-
-def _after(cursor: list[str] | None) -> tuple[datetime | None, UUID]:
-    """A page cursor's (time, id) as query arguments; no cursor starts at the beginning."""
-    if cursor is None:
-        return None, UUID(int=0)
-    try:
-        return cursor_time(cursor[0]), UUID(cursor[1])
-    except ValueError as exc:
-        raise Problem(400, INVALID_CURSOR, code="invalid_cursor") from exc
 
 
 async def clinic(conn: Queryable, clinic_id: str) -> ClinicView:
@@ -108,7 +97,7 @@ async def practitioners(
         "WHERE clinic_id = $1 AND ($2::timestamptz IS NULL OR (added_at, practitioner_id) > "
         "($2, $3::uuid)) ORDER BY added_at, practitioner_id LIMIT $4",
         clinic_id,
-        *_after(after),
+        *time_and_id(after),
         limit + 1,
     )
     items, cursor = _page(list(rows), limit, "added_at", "practitioner_id")
@@ -152,7 +141,7 @@ async def clients(
         f"{_CLIENT} WHERE c.clinic_id = $1 AND c.erased_at IS NULL AND ($2::timestamptz IS NULL "
         "OR (c.added_at, c.client_id) > ($2, $3::uuid)) ORDER BY c.added_at, c.client_id LIMIT $4",
         clinic_id,
-        *_after(after),
+        *time_and_id(after),
         limit + 1,
     )
     items, cursor = _page(list(rows), limit, "added_at", "client_id")
@@ -201,7 +190,7 @@ async def rooms(
         clinic_id,
         client_id,
         practitioner_id,
-        *_after(after),
+        *time_and_id(after),
         limit + 1,
     )
     items, cursor = _page(list(rows), limit, "created_at", "room_id")
@@ -339,7 +328,7 @@ async def sessions(
         practitioner_id,
         starts_from,
         starts_before,
-        *_after(after),
+        *time_and_id(after),
         limit + 1,
     )
     items, cursor = _page(list(rows), limit, "starts_at", "session_id")

@@ -10,6 +10,7 @@ from uuid import UUID
 
 import av
 
+from runtime.pagination import encode_cursor
 from services.media import recordings
 from tests.signaling.conftest import (
     PARTICIPANT_KEY,
@@ -78,6 +79,13 @@ async def test_a_host_records_everyone_is_told_and_the_clinic_downloads_the_mp4(
     assert listed.status_code == 200
     assert [r["recording_id"] for r in listed.json()["items"]] == [recording_id]
     assert listed.json()["items"][0]["room_id"] == room_id
+    for forged in (["9999-12-31T22:00:00-14:00", recording_id], ["2026-01-01T00:00Z", "x"]):
+        cursor = encode_cursor(*forged)
+        refused = await calls.media.get(
+            "/v1/recordings", params={"cursor": cursor}, headers=clinic.headers
+        )
+        assert refused.status_code == 400, refused.text  # it was a 500
+        assert refused.json()["code"] == "invalid_cursor"
 
     link = await calls.media.post(f"/v1/recordings/{recording_id}/download", headers=clinic.headers)
     assert link.status_code == 200, link.text
