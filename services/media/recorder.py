@@ -379,6 +379,7 @@ def _record(
     answer: multiprocessing.connection.Connection,
 ) -> None:
     """The child: compose until told to stop (or orphaned), then close the file and answer."""
+    os.umask(0o077)  # a recording is the clinic's: its file is this user's alone (0600)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent, which stops us
     ending = _Ending()
     signal.signal(signal.SIGTERM, ending.now)

@@ -48,6 +48,14 @@ class Active:
     started_at: datetime
 
 
+def private_folder(root: Path, folder: Path) -> None:
+    """``folder`` (a clinic's, in ``root``) made or kept 0700: recordings are the clinic's.
+    ``root`` is made 0700 if it does not exist; one that does (an operator's volume) is left."""
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    folder.mkdir(mode=0o700, exist_ok=True)
+    folder.chmod(0o700)  # made 0755 by an earlier release
+
+
 @dataclass
 class Recordings:
     settings: MediaSettings
@@ -89,7 +97,7 @@ class Recordings:
             want_keyframe=partial(self.sfu.keyframe_for_recording, command.room_id),
         )
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            private_folder(self.settings.recordings_dir, path.parent)
             recorder.start()
         except (OSError, RecordingError) as exc:
             log.error(
