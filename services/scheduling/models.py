@@ -124,9 +124,13 @@ class ClientCreate(Body):
 class ClientPatch(Body):
     """Fields given replace the stored ones; contact lists are replaced whole."""
 
-    display_name: SingleLine | None = personal_data(description="The client's name.", default=None)
+    display_name: SingleLine | None = personal_data(
+        description="The client's name.", default=None, **NAME
+    )
     email: EmailStr | None = personal_data(description="The client's email.", default=None)
-    phone: str | None = personal_data(description="The client's phone.", default=None)
+    phone: str | None = personal_data(
+        description="The client's phone.", default=None, max_length=40
+    )
     linked_accounts: list[ContactIn] | None = Field(default=None, max_length=20)
     alternate_contacts: list[ContactIn] | None = Field(default=None, max_length=20)
 

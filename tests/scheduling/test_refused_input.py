@@ -103,6 +103,13 @@ async def test_people_and_room_names_with_control_characters_are_refused(
             "display_name",
         ),
     ]
+    # An edit holds to the same bounds as a creation.
+    patch = f"/v1/clients/{client['client_id']}"
+    calls += [
+        ("PATCH", patch, {"display_name": "x" * 201}, "display_name"),
+        ("PATCH", patch, {"display_name": ""}, "display_name"),
+        ("PATCH", patch, {"phone": "1" * 41}, "phone"),
+    ]
     for method, path, body, field in calls:
         invalid_field(await clinic.call(method, path, json=body), field)
     assert (await clinic.ok("GET", f"/v1/clients/{client['client_id']}"))["display_name"] == (
