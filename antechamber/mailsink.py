@@ -3,7 +3,8 @@ and a read-only page to read them. Nothing is relayed anywhere.
 
 Each message is kept as ``<dir>/<UTC time>-<n>.eml``: the raw bytes, with an
 ``X-Antechamber-Envelope-To`` header on top saying whom it was sent to, so the folder also
-opens in any mail client. Run it as::
+opens in any mail client. Mails hold join links, so the folder is 0700 and each file 0600.
+Run it as::
 
     python -m antechamber.mailsink --dir DIR --smtp-port P --http-port H [--host 127.0.0.1]
 """
@@ -44,6 +45,8 @@ from runtime.http import problem_response
 ENVELOPE_TO = "X-Antechamber-Envelope-To"
 MAIL_NAME = re.compile(r"\d{8}T\d{6}\.\d{6}Z-\d{6,}\.eml")
 """``20250301T091500.123456Z-000001.eml``: sorting the names sorts the mails by arrival."""
+PRIVATE_FOLDER = 0o700
+PRIVATE_FILE = 0o600
 SECURITY_HEADERS = {
     # A mail's HTML is shown in a sandboxed srcdoc frame, which inherits this policy: no
     # scripts, no remote images (which would tell a tracker that the mail was read).
@@ -60,15 +63,22 @@ class Mailbox:
     """The folder of kept mails: written by the SMTP side, read by the page."""
 
     def __init__(self, folder: Path) -> None:
+        """Makes the folder (0700), and closes one an earlier release left open to others."""
         self.folder = folder
         self._numbers = itertools.count(1)
+        folder.mkdir(mode=PRIVATE_FOLDER, parents=True, exist_ok=True)
+        folder.chmod(PRIVATE_FOLDER)
+        for name in self.names():
+            (folder / name).chmod(PRIVATE_FILE)
 
     def keep(self, envelope_to: Sequence[str], raw: bytes) -> str:
         name = f"{datetime.now(UTC):%Y%m%dT%H%M%S.%fZ}-{next(self._numbers):06d}.eml"
         header = f"{ENVELOPE_TO}: {', '.join(envelope_to)}\r\n".encode()
         # Written aside, then renamed: the page never reads half a mail.
         partial = self.folder / f".{name}.partial"
-        partial.write_bytes(header + raw)
+        descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
+        with open(descriptor, "wb") as file:
+            file.write(header + raw)
         os.replace(partial, self.folder / name)
         return name
 
@@ -412,7 +422,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--http-port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1", help="the address both servers bind")
     args = parser.parse_args(argv)
-    args.dir.mkdir(parents=True, exist_ok=True)
     asyncio.run(serve(args.dir, args.host, args.smtp_port, args.http_port))
     return 0
 

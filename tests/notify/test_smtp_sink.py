@@ -3,6 +3,7 @@
 import asyncio
 import re
 import signal
+import stat
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ import aiosmtplib
 import httpx
 import pytest
 
+from antechamber.mailsink import Mailbox
 from runtime.embedded import free_port
 from tests.notify.smtp import SmtpSink
 
@@ -131,6 +133,26 @@ async def test_a_closed_sink_restarts_on_its_port() -> None:
         await second.wait_for(1)
 
 
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_mails_kept_by_an_earlier_release_are_closed_to_others(tmp_path: Path) -> None:
+    folder = tmp_path / "mail"
+    folder.mkdir(mode=0o755)
+    folder.chmod(0o755)
+    old = folder / "20250101T000000.000000Z-000001.eml"
+    old.write_bytes(b"Subject: old\r\n\r\nhttps://video.example.test/j/abc\r\n")
+    old.chmod(0o644)
+    mailbox = Mailbox(folder)
+    assert (mode(folder), mode(old)) == (0o700, 0o600)
+    new = folder / mailbox.keep(["guest@example.test"], b"Subject: new\r\n\r\nhi\r\n")
+    assert mode(new) == 0o600
+    fresh = tmp_path / "fresh" / "mail"
+    Mailbox(fresh)
+    assert mode(fresh) == 0o700
+
+
 @dataclass
 class MailSink:
     smtp_port: int
@@ -173,6 +195,7 @@ async def test_the_mail_sink_keeps_and_shows_every_mail(mailsink: MailSink) -> N
     await aiosmtplib.send(invitation(), hostname="127.0.0.1", port=mailsink.smtp_port)
     [kept] = list(mailsink.folder.iterdir())
     assert re.fullmatch(r"\d{8}T\d{6}\.\d{6}Z-\d{6}\.eml", kept.name)
+    assert (mode(mailsink.folder), mode(kept)) == (0o700, 0o600), "mails hold join links"
     assert kept.read_bytes().startswith(b"X-Antechamber-Envelope-To: guest@example.test\r\n")
     name = kept.name
 
