@@ -22,6 +22,7 @@ MAIL_SINK_SMTP_DEFAULT_PORT = 1025
 MAIL_SINK_HTTP_DEFAULT_PORT = 8025
 WEB_DEFAULT_PORT = 8100
 READY_TIMEOUT_S = 90.0
+LOOPBACK = "127.0.0.1"
 
 
 @dataclass
@@ -160,6 +161,8 @@ class Platform:
                 str(smtp_port),
                 "--http-port",
                 str(http_port),
+                "--host",
+                LOOPBACK,  # its page shows every mail, join links included
             ],
             stdout=subprocess.DEVNULL,  # its "ready" line; the URL is printed with the others
             start_new_session=True,
@@ -184,8 +187,20 @@ class Platform:
         }
         if self.mail_sink is not None:
             env["ANTECHAMBER_WEB_MAIL_URL"] = self.mail_sink.url
+        # Loopback whatever ANTECHAMBER_HTTP_HOST says: the demo console holds the clinic's
+        # key. A phone reaches the pages through a proxy on this machine (docs/web.md).
         process = subprocess.Popen(
-            [sys.executable, "-m", "antechamber", "serve", "web", "--port", str(port)],
+            [
+                sys.executable,
+                "-m",
+                "antechamber",
+                "serve",
+                "web",
+                "--port",
+                str(port),
+                "--host",
+                LOOPBACK,
+            ],
             env=env
             | os.environ
             | {"ANTECHAMBER_LOG_FORMAT": os.environ.get("ANTECHAMBER_LOG_FORMAT", "console")},

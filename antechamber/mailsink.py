@@ -45,6 +45,7 @@ from runtime.http import problem_response
 ENVELOPE_TO = "X-Antechamber-Envelope-To"
 MAIL_NAME = re.compile(r"\d{8}T\d{6}\.\d{6}Z-\d{6,}\.eml")
 """``20250301T091500.123456Z-000001.eml``: sorting the names sorts the mails by arrival."""
+MAX_LISTED = 10_000
 PRIVATE_FOLDER = 0o700
 PRIVATE_FILE = 0o600
 SECURITY_HEADERS = {
@@ -87,9 +88,10 @@ class Mailbox:
         found = (p.name for p in self.folder.iterdir() if MAIL_NAME.fullmatch(p.name))
         return sorted(found, reverse=True)
 
-    def mails(self) -> list["Mail"]:
-        """Newest first."""
-        return [mail for mail in map(self.open, self.names()) if mail is not None]
+    def mails(self, limit: int | None = None) -> list["Mail"]:
+        """Newest first; the newest ``limit`` only (each is read and parsed)."""
+        names = self.names()[:limit]
+        return [mail for mail in map(self.open, names) if mail is not None]
 
     def open(self, name: str) -> "Mail | None":
         if not MAIL_NAME.fullmatch(name):
@@ -223,7 +225,15 @@ def build_app(mailbox: Mailbox, smtp_address: str) -> ASGIApp:
         return HTMLResponse(_index_page(mailbox.mails(), smtp_address))
 
     def api_mails(request: Request) -> Response:
-        return JSONResponse([mail.summary() for mail in mailbox.mails()])
+        given = request.query_params.get("limit")
+        limit = None
+        if given is not None:
+            limit = int(given) if given.isdigit() else 0
+            if not 1 <= limit <= MAX_LISTED:
+                raise HTTPException(
+                    400, f"limit is how many of the newest mails to list: 1 to {MAX_LISTED}."
+                )
+        return JSONResponse([mail.summary() for mail in mailbox.mails(limit)])
 
     def show(request: Request) -> Response:
         return HTMLResponse(_mail_page(_mail(request)))

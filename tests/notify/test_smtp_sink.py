@@ -268,3 +268,20 @@ async def test_the_mail_sink_lists_the_newest_first(mailsink: MailSink) -> None:
     async with httpx.AsyncClient(base_url=mailsink.url) as client:
         listed = (await client.get("/api/mails")).json()
     assert [mail["to"] for mail in listed] == [["second@example.test"], ["first@example.test"]]
+
+
+async def test_the_mail_sink_lists_only_the_newest_when_asked(mailsink: MailSink) -> None:
+    """Each listed mail is parsed: a console that polls asks for a page, not a flood's worth."""
+    for n in range(3):
+        await aiosmtplib.send(
+            invitation(f"m{n}@example.test"), hostname="127.0.0.1", port=mailsink.smtp_port
+        )
+    async with httpx.AsyncClient(base_url=mailsink.url) as client:
+        listed = (await client.get("/api/mails", params={"limit": 2})).json()
+        assert [mail["to"] for mail in listed] == [["m2@example.test"], ["m1@example.test"]]
+        assert len((await client.get("/api/mails")).json()) == 3
+        for bad in ("0", "-1", "many", "100001"):
+            refused = await client.get("/api/mails", params={"limit": bad})
+            assert refused.status_code == 400, bad
+            assert refused.headers["content-type"] == "application/problem+json"
+            assert "limit" in refused.json()["detail"]
