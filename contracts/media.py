@@ -24,6 +24,9 @@ SEAT_SUBJECT = "rpc.media.seat"
 """Request/reply: a :class:`SeatRequest` in, a :class:`SeatAnswer` out."""
 RELEASE_SUBJECT = "rpc.media.release"
 """Request/reply: a :class:`SeatRelease` in, a :class:`SeatReleased` out."""
+LIVE_NODES_SUBJECT = "rpc.media.live"
+"""Request/reply: a :class:`NodesQuery` in, a :class:`LiveNodes` out. Signaling asks it for
+the nodes its calls are on, to move a call whose node died (docs/media.md, failover)."""
 PARTICIPANT_TOKEN_AUDIENCE = "antechamber-media"  # noqa: S105 - a name, not a secret
 PARTICIPANT_TOKEN_ISSUER = "antechamber-signaling"  # noqa: S105
 PARTICIPANT_TOKEN_ALGORITHM = "HS256"  # noqa: S105
@@ -109,6 +112,21 @@ class SeatRelease(BaseModel):
 class SeatReleased(BaseModel):
     released: int
     taken: int
+
+
+class NodesQuery(BaseModel):
+    node_ids: list[str] = Field(
+        max_length=1000, description="The media nodes whose liveness is asked about."
+    )
+
+
+class LiveNodes(BaseModel):
+    live: list[str] = Field(
+        description=(
+            "Those of the nodes asked about that live: their heartbeat is younger than the "
+            "media service's node_ttl_s. Any other has died or left the cluster."
+        )
+    )
 
 
 class SignalKind(StrEnum):

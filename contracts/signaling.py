@@ -152,6 +152,20 @@ class ParticipantLeft(_Person):
 
 
 @signaling_events.register
+class MediaMoved(_InRoom):
+    """The media node that held the call died (its heartbeat is older than the media
+    service's ``node_ttl_s``), and the call moved to a live node: everyone in the call keeps
+    their place, and each one connected is sent a fresh ``admitted`` for the new node."""
+
+    from_node: str = Field(description="The media node that died.")
+    media_node: str = Field(description="The media node that holds the call now.")
+    media_url: str | None = Field(default=None, description="That node's public address.")
+    participant_ids: list[UUID] = Field(
+        description="Whose seats moved: everyone in the call who was on the dead node."
+    )
+
+
+@signaling_events.register
 class RoomLocked(_InRoom):
     """A host locked the room: new knocks are refused until it is unlocked."""
 
@@ -180,6 +194,8 @@ class KnocksUnmuted(_InRoom):
 class RecordingStoppedBecause(StrEnum):
     host_stopped = "host_stopped"
     session_ended = "session_ended"
+    media_node_lost = "media_node_lost"
+    """The media node that recorded died; the call moved on (``MediaMoved``) unrecorded."""
 
 
 @signaling_events.register

@@ -6,9 +6,11 @@ from fastapi import FastAPI
 
 from contracts.media import (
     ALL_PARTICIPANT_SUBJECTS,
+    LIVE_NODES_SUBJECT,
     RELEASE_SUBJECT,
     SEAT_SUBJECT,
     MediaSignal,
+    NodesQuery,
     RecordingCommand,
     SeatRelease,
     SeatRequest,
@@ -57,6 +59,12 @@ def build(media: Media | None = None) -> ServiceDefinition:
                 RELEASE_SUBJECT,
                 answering(SeatRelease, media.release),
                 "Free a participant's seat, or every seat of a room.",
+                callers=SIGNALING,
+            ),
+            Endpoint(
+                LIVE_NODES_SUBJECT,
+                answering(NodesQuery, media.live_nodes),
+                "Which of some media nodes live (heartbeat younger than node_ttl_s).",
                 callers=SIGNALING,
             ),
             Endpoint(

@@ -22,8 +22,10 @@ from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 
 from contracts.media import (
+    LiveNodes,
     MediaSignal,
     MediaSignalReply,
+    NodesQuery,
     RecordingCommand,
     RecordingReply,
     RoomPlaced,
@@ -165,6 +167,19 @@ class Media:
             if answer is not None:
                 return answer if isinstance(answer, bytes) else answer.model_dump_json().encode()
         return error_reply("the room's placement kept changing; try again")
+
+    async def live_nodes(self, ctx: ServiceContext, query: NodesQuery) -> bytes:
+        """Answer a :class:`NodesQuery`: which of those nodes live. A node this view holds
+        for dead is read again from the bucket before it is said so (the view may lag)."""
+        placement = await self.placement(ctx)
+        now, ttl = self.clock(), placement.ttl
+        live = []
+        for node_id in dict.fromkeys(query.node_ids):
+            card = placement.cards.get(node_id)
+            seen = node_id == self.node_id or (card is not None and card.live(now, ttl))
+            if seen or await placement.is_live(node_id):
+                live.append(node_id)
+        return LiveNodes(live=live).model_dump_json().encode()
 
     async def release(self, ctx: ServiceContext, request: SeatRelease) -> bytes:
         """Answer a :class:`SeatRelease`; a room nobody (live) owns has no seats to free."""

@@ -8,6 +8,7 @@ from contracts.links import RESOLVE_SUBJECT
 from contracts.media import (
     ALL_NODE_SUBJECTS,
     ALL_PARTICIPANT_SUBJECTS,
+    LIVE_NODES_SUBJECT,
     RELEASE_SUBJECT,
     SEAT_SUBJECT,
 )
@@ -36,8 +37,15 @@ def build(signaling: Signaling | None = None) -> ServiceDefinition:
         routes=partial(routes, signaling=signaling),
         tasks=[signaling.run],
         bus=BusAccess(
-            # The only service that may call the media nodes, and links' resolution.
-            calls=(RESOLVE_SUBJECT, SEAT_SUBJECT, RELEASE_SUBJECT, ALL_NODE_SUBJECTS),
+            # The only service that may call the media nodes, and links' resolution. Which
+            # nodes live is media's to say (its own node TTL), not read from its buckets.
+            calls=(
+                RESOLVE_SUBJECT,
+                SEAT_SUBJECT,
+                RELEASE_SUBJECT,
+                LIVE_NODES_SUBJECT,
+                ALL_NODE_SUBJECTS,
+            ),
             publishes=(ALL_ROOM_SUBJECTS,),
             subscribes=(ALL_ROOM_SUBJECTS, ALL_PARTICIPANT_SUBJECTS),
         ),

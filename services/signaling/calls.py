@@ -5,7 +5,8 @@ asked of the media node), runs what joined people ask for (``commands``), and tu
 change of a room, made here or on another replica, into frames for the people of that room
 connected here (``views``). A background loop keeps this replica's heartbeat and ends the
 places of people whose connection dropped and who did not come back within the rejoin grace
-(also for a replica that died: its heartbeat stops; ``connections``).
+(also for a replica that died: its heartbeat stops; ``connections``), and moves the calls of
+its people off a media node that died (``failover``).
 """
 
 import asyncio
@@ -32,6 +33,7 @@ from services.signaling.commands import Commands
 from services.signaling.config import SignalingSettings
 from services.signaling.connection import Connection
 from services.signaling.connections import Connections
+from services.signaling.failover import MediaFailover
 from services.signaling.joining import Joining
 from services.signaling.negotiation import MediaNegotiation
 from services.signaling.recording import RecordingControl
@@ -57,6 +59,7 @@ class Signaling:
         self.recording = RecordingControl(self.replica, self.seats)
         self.views = RoomViews(self.replica, self.negotiation)
         self.connections = Connections(self.replica, self.negotiation)
+        self.failover = MediaFailover(self.replica, self.seats)
         self.joining = Joining(self.replica, self.connections, self.seats, self.negotiation)
         self.commands = Commands(
             self.replica, self.connections, self.seats, self.negotiation, self.recording
@@ -103,6 +106,12 @@ class Signaling:
                 raise
             except Exception:
                 log.exception("sweeping lapsed places failed; trying again")
+            try:
+                await self.failover.check()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("moving calls off dead media nodes failed; trying again")
 
     def _after_append(self, room_id: UUID, clinic_id: str, events: list[Event]) -> None:
         """Free the seats and resume tokens of whoever is gone for good."""

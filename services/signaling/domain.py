@@ -21,6 +21,7 @@ from contracts.signaling import (
     KnocksUnmuted,
     KnockWithdrawn,
     LeftBecause,
+    MediaMoved,
     ParticipantAdmitted,
     ParticipantDenied,
     ParticipantDisconnected,
@@ -325,6 +326,39 @@ def seat_lapsed(room: Room, participant_ids: list[UUID], now: datetime) -> list[
     return events
 
 
+def on_dead_nodes(room: Room, live: set[str]) -> set[str]:
+    """The media nodes people in the call hold seats on that are not among ``live``."""
+    return {p.media_node for p in room.in_call() if p.media_node and p.media_node not in live}
+
+
+def move_media(room: Room, from_node: str, media_node: str, media_url: str | None) -> list[Event]:
+    """The call's node ``from_node`` died and the media service placed the room on
+    ``media_node``: everyone in the call on the dead node moves there, keeping their place.
+    Nothing when nobody is on ``from_node`` any more (another replica moved them first)."""
+    moved = [p.participant_id for p in room.in_call() if p.media_node == from_node]
+    if not moved or media_node == from_node:
+        return []
+    events: list[Event] = [
+        MediaMoved(
+            **_ids(room),
+            from_node=from_node,
+            media_node=media_node,
+            media_url=media_url,
+            participant_ids=moved,
+        )
+    ]
+    if room.recording is not None and room.recording_node == from_node:
+        events.append(
+            RecordingStopped(
+                **_ids(room),
+                recording_id=room.recording,
+                media_node=from_node,
+                because=RecordingStoppedBecause.media_node_lost,
+            )
+        )
+    return events
+
+
 def deny(room: Room, by: UUID, participant_id: UUID, message: str) -> list[Event]:
     _host(room, by)
     guest = _waiting(room, participant_id)
@@ -563,6 +597,10 @@ def evolve(room: Room | None, event: Event) -> Room:
             return _changed(
                 room, event.participant_id, lambda p: replace(p, disconnected_until=None)
             )
+        case MediaMoved():
+            for pid in event.participant_ids:
+                room = _changed(room, pid, lambda p: replace(p, media_node=event.media_node))
+            return room
         case ParticipantDenied() | KnockWithdrawn() | ParticipantLeft():
             return _without(room, event.participant_id)
         case ParticipantRemoved():

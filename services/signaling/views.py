@@ -12,6 +12,7 @@ from contracts.signaling import (
     GuestKnocked,
     GuestPutOnHold,
     LeftBecause,
+    MediaMoved,
     ParticipantDenied,
     ParticipantJoined,
     ParticipantLeft,
@@ -81,6 +82,11 @@ class RoomViews:
                     )
                 case ParticipantJoined() if conn is not None and event.media_node:
                     self.negotiation.send_admitted(conn, event.media_node, event.media_url)
+                case MediaMoved():
+                    # Everyone connected here whose call moved: media again, on the new node.
+                    for moved in event.participant_ids:
+                        if (mover := here.get(moved)) is not None:
+                            self.negotiation.send_admitted(mover, event.media_node, event.media_url)
                 case ParticipantDenied() if conn is not None:
                     conn.send(Denied(message=event.message or DENIED_MESSAGE))
                     conn.close()
