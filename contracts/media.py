@@ -62,6 +62,15 @@ def participant_subject(participant_id: UUID) -> str:
     return f"media.participant.{participant_id}"
 
 
+ALL_QUALITY_SUBJECTS = "media.quality.*"
+"""Where nodes publish each room's :class:`RoomQuality` (core NATS): signaling's to follow."""
+
+
+def quality_subject(room_id: UUID) -> str:
+    """Where the node holding a room publishes its :class:`RoomQuality` every few seconds."""
+    return f"media.quality.{room_id.hex}"
+
+
 class SeatRequest(BaseModel):
     clinic_id: str
     room_id: UUID
@@ -183,6 +192,50 @@ class MediaSignalReply(BaseModel):
     reason: str | None = None
     message: str = ""
     answer: MediaSignal | None = None
+
+
+class DirectionQuality(BaseModel):
+    """One direction of a participant's link to the media node; null: not measured (nothing
+    flowed that way since the last measurement)."""
+
+    loss_pct: float | None = Field(
+        default=None, ge=0, le=100, description="Packets lost, in percent, before repair."
+    )
+    jitter_ms: float | None = Field(
+        default=None, ge=0, description="Interarrival jitter (RFC 3550), audio where there is."
+    )
+
+
+class ParticipantQuality(BaseModel):
+    """One participant's network quality as their media node measures it (docs/media.md)."""
+
+    participant_id: UUID
+    grade: int | None = Field(
+        default=None,
+        ge=1,
+        le=5,
+        description="5 excellent, 4 good, 3 fair, 2 poor, 1 bad: the worst of loss, round "
+        "trip and jitter against published limits; null until something was measured.",
+    )
+    rtt_ms: float | None = Field(
+        default=None, ge=0, description="Round trip between the participant and the node."
+    )
+    sending: DirectionQuality = Field(description="What the node receives from them.")
+    receiving: DirectionQuality = Field(description="What they receive from the node.")
+    available_kbps: int | None = Field(
+        default=None, ge=0, description="What they estimate they can receive (their REMB)."
+    )
+
+
+class RoomQuality(BaseModel):
+    """Published by the node that holds a room on :func:`quality_subject`, every
+    ``quality_interval_s``: everyone connected to it in the room."""
+
+    room_id: UUID
+    clinic_id: str
+    node_id: str
+    measured_at: AwareDatetime
+    participants: list[ParticipantQuality] = Field(max_length=64)
 
 
 class RecordingAction(StrEnum):

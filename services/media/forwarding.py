@@ -98,6 +98,8 @@ class Upstream:
     stats: ReceiveStats = field(init=False)
     history: list[RtpView | None] = field(init=False)
     received: int = 0
+    repaired: int = 0
+    """Of ``received``: retransmissions (RTX) that filled a gap."""
     last_packet_at: float = field(default_factory=time.monotonic)
     sender_report: tuple[int, int, float] | None = None
     """The publisher's latest SR: (NTP time, RTP timestamp, our monotonic arrival)."""
