@@ -75,6 +75,10 @@ own arrival time, so held frames would only be lost after a stall and at the end
 KEYFRAME_HELD = 8
 """Packets of a video kept while it waits for a keyframe: the keyframe's own packets that
 arrive before its first one (out of order) are sent after it instead of being lost."""
+FRAGMENT_S = 0.5
+"""The longest stretch the file holds in memory: it is written as fragmented MP4, a fragment
+(with its own index) at every keyframe and at least this often, so a child killed outright
+leaves a file that plays up to its last fragment."""
 STOP_TIMEOUT_S = 30.0
 """How long ``stop`` waits for the child to finish the file."""
 KEYFRAME_REQUEST_S = 1.0
@@ -104,6 +108,11 @@ class RecordingOutcome:
     """Packets and frames that could not be decoded (unknown codec, malformed, corrupt data)."""
     dropped: int
     """Packets the child was too far behind to take, and frames that came too late."""
+    partial: bool = False
+    """The child did not finish the file (it died, or failed or hung while writing): it plays
+    up to its last whole fragment, and ``duration_s`` is measured from what is there."""
+    failure: str | None = None
+    """Why a partial recording ended early."""
 
 
 # What the parent sends the child: plain values, no aiortc objects. A packet is a bare tuple
@@ -299,7 +308,11 @@ class Recorder:
         self._inbox.put_nowait(_Left(source, time.monotonic()))
 
     async def stop(self) -> RecordingOutcome:
-        """Finish and close the file; raise :class:`RecordingError` if it could not be written."""
+        """Finish and close the file.
+
+        A file the child did not finish (it died, failed or hung while writing) is kept as
+        ``partial`` if any of it plays; :class:`RecordingError` if none of it does.
+        """
         if self._state == "new" or self._process is None:
             raise RecordingError("This recording was never started.")
         if self._state != "recording":
@@ -308,6 +321,16 @@ class Recorder:
         self._inbox.put_nowait(_Stop(time.monotonic()))
         try:
             answer = await asyncio.to_thread(self._wait_for_child, self._process)
+            if isinstance(answer, _Failed):
+                outcome = await asyncio.to_thread(self._salvage, answer.reason)
+            else:
+                outcome = RecordingOutcome(
+                    path=self.path,
+                    duration_s=answer.duration_s,
+                    size_bytes=self.path.stat().st_size,
+                    decode_errors=answer.decode_errors + self._undecodable,
+                    dropped=answer.late + self._dropped,
+                )
         except RecordingError as error:
             log.warning("recording failed", path=str(self.path), reason=str(error))
             raise
@@ -315,23 +338,49 @@ class Recorder:
             self._state = "stopped"
             self._inbox.close()
             self._from_child.close()
-        outcome = RecordingOutcome(
-            path=self.path,
-            duration_s=answer.duration_s,
-            size_bytes=self.path.stat().st_size,
-            decode_errors=answer.decode_errors + self._undecodable,
-            dropped=answer.late + self._dropped,
-        )
         log.info(
-            "recording finished",
+            "recording partial" if outcome.partial else "recording finished",
             path=str(self.path),
             duration_s=round(outcome.duration_s, 2),
             size_bytes=outcome.size_bytes,
             decode_errors=outcome.decode_errors,
             dropped=outcome.dropped,
-            cpu_s=round(answer.cpu_s, 2),
+            cpu_s=None if isinstance(answer, _Failed) else round(answer.cpu_s, 2),
+            failure=outcome.failure,
         )
         return outcome
+
+    async def ended(self) -> int | None:
+        """Wait until the child has exited, for whatever reason (stopped, crashed, killed);
+        its exit code."""
+        process = self._process
+        if process is None:
+            raise RecordingError("This recording was never started.")
+        loop = asyncio.get_running_loop()
+        exited = loop.create_future()
+        # The sentinel is readable once the child is gone: no thread is held for hours.
+        loop.add_reader(process.sentinel, _settle, exited)
+        try:
+            await exited
+        finally:
+            loop.remove_reader(process.sentinel)
+        process.join(1)
+        return process.exitcode
+
+    def _salvage(self, reason: str) -> RecordingOutcome:
+        """What is left of a file the child did not finish (in a worker thread: it reads it)."""
+        duration_s = playable_duration(self.path)
+        if duration_s <= 0:
+            raise RecordingError(reason)
+        return RecordingOutcome(
+            path=self.path,
+            duration_s=duration_s,
+            size_bytes=self.path.stat().st_size,
+            decode_errors=self._undecodable,
+            dropped=self._dropped,
+            partial=True,
+            failure=reason,
+        )
 
     def _ask_keyframe(self, source: str, now: float) -> None:
         if self._want_keyframe is None:
@@ -341,8 +390,8 @@ class Recorder:
         self._keyframe_asked[source] = now
         self._want_keyframe(source)
 
-    def _wait_for_child(self, process: multiprocessing.process.BaseProcess) -> _Finished:
-        """The child's answer (in a worker thread: this blocks)."""
+    def _wait_for_child(self, process: multiprocessing.process.BaseProcess) -> _Finished | _Failed:
+        """The child's answer, or why there is none (in a worker thread: this blocks)."""
         multiprocessing.connection.wait([self._from_child, process.sentinel], STOP_TIMEOUT_S)
         answer: _Finished | _Failed | None = None
         with contextlib.suppress(EOFError, OSError):
@@ -351,19 +400,42 @@ class Recorder:
         if answer is None and process.is_alive():
             process.kill()
             process.join()
-            raise RecordingError(
-                f"The recording did not finish within {STOP_TIMEOUT_S:g} s and was abandoned; "
-                f"{self.path} is probably unreadable."
+            return _Failed(
+                f"The recording did not finish within {STOP_TIMEOUT_S:g} s and was abandoned."
             )
         process.join(5)
         if answer is None:
-            raise RecordingError(
-                f"The recording process stopped unexpectedly (exit code {process.exitcode}); "
-                f"{self.path} is probably unreadable."
+            return _Failed(
+                f"The recording process stopped unexpectedly (exit code {process.exitcode})."
             )
-        if isinstance(answer, _Failed):
-            raise RecordingError(answer.reason)
         return answer
+
+
+def _settle(future: "asyncio.Future[None]") -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def playable_duration(path: Path) -> float:
+    """How long the MP4 at ``path`` plays with both sound and picture: to the end of the
+    last whole packet of its shorter stream, demuxed to the end (its header may not say, when
+    it was never finished). 0 if nothing in it plays or it cannot be read."""
+    size = path.stat().st_size if path.is_file() else 0
+    ends: dict[int, float] = {}
+    try:
+        with av.open(str(path)) as container:
+            streams = [s for s in container.streams if s.type in ("video", "audio")]
+            ends = dict.fromkeys((s.index for s in streams), 0.0)
+            for packet in container.demux(streams):
+                if packet.pts is None or packet.time_base is None:
+                    continue  # the demuxer's end-of-stream marker
+                if packet.pos is not None and packet.pos + packet.size > size:
+                    break  # cut off by the end of the file
+                end = float((packet.pts + (packet.duration or 0)) * packet.time_base)
+                ends[packet.stream.index] = max(ends[packet.stream.index], end)
+    except (OSError, av.FFmpegError):  # nothing more can be read from here on
+        pass
+    return min(ends.values()) if ends else 0.0
 
 
 # Everything below runs in the child process.
@@ -429,9 +501,22 @@ class _Composition:
     def __init__(self, path: str, width: int, height: int, fps: int, started: float) -> None:
         self.started = started
         self.fps = fps
-        self.container = av.open(path, mode="w", format="mp4")
+        fragment_us = str(round(FRAGMENT_S * 1_000_000))
+        self.container = av.open(
+            path,
+            mode="w",
+            format="mp4",
+            options={
+                "movflags": "frag_keyframe+empty_moov+default_base_moof",
+                "frag_duration": fragment_us,
+                # Each fragment goes to the file when it is complete, not when a buffer fills.
+                "flush_packets": "1",
+            },
+        )
+        # zerolatency: a picture is encoded when it is composed (no lookahead, no B-frames),
+        # so the last fragment before a crash is as recent as can be.
         self.video = self.container.add_stream(
-            "libx264", rate=fps, options={"preset": "veryfast", "crf": "23"}
+            "libx264", rate=fps, options={"preset": "veryfast", "crf": "23", "tune": "zerolatency"}
         )
         self.video.width, self.video.height, self.video.pix_fmt = width, height, "yuv420p"
         self.video.codec_context.gop_size = 2 * fps

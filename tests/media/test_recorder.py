@@ -211,11 +211,13 @@ def lit(luma: npt.NDArray[np.uint8]) -> set[str]:
             for name, half in (("left", luma[:, :640]), ("right", luma[:, 640:]))
             if not is_black(half)
         }
+    # Less 8 pixels along the cells' edges, where the encoder's blocks (16x16, across them)
+    # may smear a neighbour's picture by a few levels.
     quarters = {
-        "top left": luma[:360, :640],
-        "top right": luma[:360, 640:],
-        "bottom left": luma[360:, :640],
-        "bottom right": luma[360:, 640:],
+        "top left": luma[:352, :632],
+        "top right": luma[:352, 648:],
+        "bottom left": luma[368:, :632],
+        "bottom right": luma[368:, 648:],
     }
     return {name for name, quarter in quarters.items() if not is_black(quarter)}
 
@@ -551,3 +553,45 @@ async def test_a_recording_that_does_not_finish_in_time_is_abandoned(
     with pytest.raises(RecordingError, match=r"did not finish within 0\.5 s"):
         await asyncio.wait_for(recorder.stop(), timeout=5)
     assert not child.is_alive()
+
+
+def playable_s(written: Written) -> tuple[float, float]:
+    """How long the pictures and the sound that decode last, read to the last frame."""
+    video_s = written.pictures[-1][0] + 1 / FPS if written.pictures else 0.0
+    return video_s, written.sound.size / 48_000
+
+
+async def test_a_recorder_killed_midway_leaves_a_playable_partial_file(tmp_path: Path) -> None:
+    # SIGKILL gives the child no chance to finish the file: what was written by then must play.
+    schedule: list[Packet | Leaves] = [
+        *packetized(camera("ivy", 0.0, 10.0, (200, 80, 80))),
+        *packetized(voice("ivy", 0.0, 10.0, 440)),
+    ]
+    path = tmp_path / "killed.mp4"
+    recorder = Recorder(path)
+    started = time.monotonic()
+    recorder.start()
+    (child,) = multiprocessing.active_children()
+    await play(recorder, started, schedule)
+    child.kill()
+    recorded_s = time.monotonic() - started
+    child.join()
+    assert not recorder.running
+    outcome = await recorder.stop()
+
+    written = read(path)
+    assert written.decode_errors == 0
+    assert written.codecs == [("video", "h264"), ("audio", "aac")]
+    video_s, audio_s = playable_s(written)
+    kept = min(video_s, audio_s) / recorded_s
+    print(  # noqa: T201 - the issue's goal (>= 90% kept), with -s
+        f"after SIGKILL at {recorded_s:.2f} s: {video_s:.2f} s of video and "
+        f"{audio_s:.2f} s of sound play ({kept:.1%} kept)"
+    )
+    assert kept >= 0.9
+    assert abs(video_s - audio_s) <= 2 / FPS
+    assert outcome.partial
+    assert outcome.duration_s == pytest.approx(min(video_s, audio_s), abs=2 / FPS)
+    assert outcome.size_bytes == path.stat().st_size
+    assert lit(written.pictures[-1][1]) == {"top left", "top right", "bottom left", "bottom right"}
+    assert heard(written.sound, 440, 0.2, audio_s - 0.2).within(18, 32)
