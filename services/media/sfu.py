@@ -13,7 +13,9 @@ connection is up and no offer of its is pending, and applies the answer that com
 Keyframe requests from subscribers reach the publisher, at most one per
 ``keyframe_interval_s`` per track; a new subscriber gets no video until a keyframe. A
 subscriber's m-line for a person's audio or video stays the same stream when that person
-reconnects: it is bound to their new track without a new offer.
+reconnects: it is bound to their new track without a new offer. A connection lost while its
+seat is still the person's (a page reload, a network change) leaves their m-lines on the
+others' connections, silent (``MediaRoom.away``), until they come back or the seat is released.
 """
 
 import asyncio
@@ -45,6 +47,7 @@ from aiortc.rtp import (
     RTCP_RTPFB_NACK,
     AnyRtcpPacket,
     RtcpPsfbPacket,
+    RtcpRrPacket,
     RtcpRtpfbPacket,
     RtcpSrPacket,
     unpack_remb_fci,
@@ -56,9 +59,10 @@ from contracts.signaling import CallRole
 from services.media import aiortc_hooks, metrics
 from services.media.aiortc_hooks import RtcpHandler, Wire
 from services.media.config import MediaSettings
-from services.media.forwarding import NTP_EPOCH_OFFSET, Downstream, Upstream
+from services.media.forwarding import NTP_EPOCH_OFFSET, Downstream, Upstream, ntp_now
 from services.media.keyframes import keyframe_test
 from services.media.offers import Terms, with_opus_dtx
+from services.media.quality import LinkMeter
 from services.media.reports import send_reports
 from services.media.rtp import AUDIO_LEVEL, HEADER, MalformedRtp, RtpView, parse
 from services.media.speakers import LoudestSpeakers, Voice
@@ -187,6 +191,8 @@ class Member:
     """Retransmissions (RTX) that came back from this publisher."""
     over_since: float | None = None
     closed: bool = False
+    link: LinkMeter = field(default_factory=LinkMeter)
+    """What their RTCP and packets say of their network (see ``quality.py``)."""
 
     def rate_kbps(self, now: float) -> float:
         """What arrived since the last call, per second."""
@@ -206,6 +212,9 @@ class MediaRoom:
     speakers: LoudestSpeakers
     members: dict[UUID, Member] = field(default_factory=dict)
     recorder: "Recorder | None" = None
+    away: set[UUID] = field(default_factory=set)
+    """People whose connection was lost while their seat is theirs: the others keep their
+    m-lines (silent) for when they come back, with no offer either way."""
 
     def publications(self) -> list[Publication]:
         return [p for m in self.members.values() for p in m.publications]
@@ -262,8 +271,10 @@ class Sfu:
     ) -> MediaSignal:
         """A participant's first offer (or a fresh start): a new connection, and its answer.
 
-        A fresh start replaces the participant's connection; the others keep receiving
-        them on the same m-lines (bound to the new tracks, no new offer)."""
+        A fresh start replaces the participant's connection, also while an offer of the node's
+        to the old one is pending (it goes with the old connection); the others keep receiving
+        them on the same m-lines (bound to the new tracks, no new offer), also when the old
+        connection was lost before."""
         try:
             terms = Terms(sdp)
         except Exception as exc:  # aiortc's parser raises many kinds for text it cannot read
@@ -271,10 +282,6 @@ class Sfu:
                 "sdp_invalid", f"The media offer could not be used: {_sentence(exc)}"
             ) from exc
         old = self.member(participant_id)
-        if old is not None and old.offering:
-            raise SignalRefused(
-                "renegotiating", "Answer the server's offer first, then offer again."
-            )
         room = self.room(room_id, clinic_id)
         pc = RTCPeerConnection(self.configuration())
         member = Member(participant_id, room, role, pc, terms)
@@ -301,6 +308,9 @@ class Sfu:
         if old is not None:
             await self.close_member(old, reason=None, successor=member)
         room.members[participant_id] = member
+        if participant_id in room.away:
+            room.away.discard(participant_id)
+            self._come_back(member)
         member.stale = any(p.owner is not member for p in room.publications())
         self._spawn(self._connect_deadline(member))
         for publication in member.publications:
@@ -323,7 +333,9 @@ class Sfu:
             await member.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
         except Exception as exc:
             log.info("answer refused", participant_id=str(participant_id), error=repr(exc))
-            await self.close_member(member, "sdp_invalid", "The media answer could not be used.")
+            await self.close_member(
+                member, "sdp_invalid", "The media answer could not be used.", away=True
+            )
             raise SignalRefused(
                 "sdp_invalid", f"The media answer could not be used: {_sentence(exc)}"
             ) from exc
@@ -378,7 +390,9 @@ class Sfu:
                 )
             except Exception:
                 log.warning("offer not made", participant_id=str(member.participant_id))
-                await self.close_member(member, "server_error", "The media connection failed.")
+                await self.close_member(
+                    member, "server_error", "The media connection failed.", away=True
+                )
                 return
             member.offering = True
             offer = MediaSignal(
@@ -403,6 +417,8 @@ class Sfu:
         wanted = {p.key: p for p in member.room.publications() if p.owner is not member}
         for outgoing in list(member.outgoing):
             publication = wanted.get(outgoing.key)
+            if publication is None and outgoing.key[0] in member.room.away:
+                continue  # kept, silent, for when they come back
             if publication is None:
                 outgoing.transceiver.direction = "inactive"
                 self._stop_outgoing(member, outgoing)
@@ -454,7 +470,7 @@ class Sfu:
                     wire=member.wire,
                 )
                 outgoing.downstream = downstream
-                aiortc_hooks.on_sender_rtcp(sender, self._feedback_handler(outgoing))
+                aiortc_hooks.on_sender_rtcp(sender, self._feedback_handler(member, outgoing))
             rtx = terms.rtx_for(payload_type)
             downstream.terms(terms.mid, payload_type, rtx, terms.extensions)
             downstream.bind(outgoing.publication.upstream)
@@ -558,6 +574,7 @@ class Sfu:
             view.payload_type = upstream.payload_type
             view.ssrc = upstream.ssrc
             member.repaired += 1
+            upstream.repaired += 1
             if upstream.record is not None:
                 data = _unwrapped(view)
         elif view.payload_type != upstream.payload_type:
@@ -591,16 +608,27 @@ class Sfu:
 
         return handle
 
-    def _feedback_handler(self, outgoing: Outgoing) -> RtcpHandler:
-        """RTCP from a subscriber about one m-line: NACK, PLI/FIR, REMB (receiver reports
-        need nothing)."""
+    def _feedback_handler(self, member: Member, outgoing: Outgoing) -> RtcpHandler:
+        """RTCP from a subscriber about one m-line: NACK, PLI/FIR, REMB, and receiver reports
+        (for ``member``'s network quality)."""
         interval = self.settings.keyframe_interval_s
 
         async def handle(packet: AnyRtcpPacket) -> None:
             downstream = outgoing.downstream
             if downstream is None:
                 return
-            if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
+            if isinstance(packet, RtcpRrPacket | RtcpSrPacket):
+                for block in packet.reports:
+                    if block.ssrc == downstream.ssrc:
+                        member.link.receiver_report(
+                            block,
+                            downstream.kind,
+                            downstream.clock_rate,
+                            downstream.upstream,
+                            ntp_now(),
+                            time.monotonic(),
+                        )
+            elif isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
                 downstream.resend(packet.lost, time.monotonic())
             elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (
                 RTCP_PSFB_PLI,
@@ -610,6 +638,7 @@ class Sfu:
             elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
                 with contextlib.suppress(ValueError):
                     downstream.remb = unpack_remb_fci(packet.fci)[0]
+                    member.link.bitrate_estimate(downstream.remb, time.monotonic())
 
         return handle
 
@@ -632,9 +661,14 @@ class Sfu:
                 member.wire.refresh()
             member.connected.set()
             self._spawn(self._renegotiate(member))
-        elif state in ("failed", "closed") and not member.closed:
+        elif state == "closed" and not member.closed:
+            # The browser closed it (a reload, a fresh start): it knows, and is not told.
+            self._spawn(self.close_member(member, None, away=True))
+        elif state == "failed" and not member.closed:
             self._spawn(
-                self.close_member(member, "connection_lost", "The media connection was lost.")
+                self.close_member(
+                    member, "connection_lost", "The media connection was lost.", away=True
+                )
             )
 
     async def _connect_deadline(self, member: Member) -> None:
@@ -643,7 +677,10 @@ class Sfu:
                 await member.connected.wait()
         except TimeoutError:
             await self.close_member(
-                member, "connect_timeout", "The media connection could not be established."
+                member,
+                "connect_timeout",
+                "The media connection could not be established.",
+                away=True,
             )
 
     # -- leaving ------------------------------------------------------------------------------
@@ -654,9 +691,13 @@ class Sfu:
         reason: str | None,
         message: str = "",
         successor: Member | None = None,
+        *,
+        away: bool = False,
     ) -> None:
         """Close one participant's connection; the others stop receiving it, or receive
-        ``successor`` (the same person's new connection) on the same m-lines. ``reason`` is
+        ``successor`` (the same person's new connection) on the same m-lines, or, when the
+        person is only ``away`` (the connection was lost, the seat is still theirs), keep
+        those m-lines, silent, until they come back or the seat is released. ``reason`` is
         told to the participant (none when they asked for it themselves)."""
         if member.closed:
             return
@@ -667,7 +708,9 @@ class Sfu:
             del room.members[member.participant_id]
         for outgoing in member.outgoing:
             self._stop_outgoing(member, outgoing)
-        if room.recorder is not None and successor is None:
+        if successor is None and away:
+            room.away.add(member.participant_id)
+        elif room.recorder is not None and successor is None:
             room.recorder.remove(str(member.participant_id))
         with contextlib.suppress(Exception):
             await member.pc.close()
@@ -689,10 +732,26 @@ class Sfu:
             )
             with contextlib.suppress(Exception):
                 await self.send(member.participant_id, bye)
-        successors = {p.key: p for p in successor.publications} if successor else {}
-        for other in list(room.members.values()):
+        if successor is not None:
+            self._come_back(successor, member)
+        elif not away:
+            self._gone(room, member.participant_id)
+        if not room.members and room.recorder is None and successor is None:
+            self.rooms.pop(room.room_id, None)
+
+    def _come_back(self, member: Member, old: Member | None = None) -> None:
+        """``member`` is the same person's new connection: the others receive it on the
+        m-lines they had for the old one (or, while they were away, for the lost one); an
+        m-line for something they no longer publish is offered away."""
+        pid = member.participant_id
+        successors = {p.key: p for p in member.publications}
+        for other in list(member.room.members.values()):
+            if other is member:
+                continue
             for outgoing in other.outgoing:
-                if outgoing.publication.owner is not member:
+                owner = outgoing.publication.owner
+                was_theirs = owner is old if old is not None else owner.participant_id == pid
+                if not was_theirs or owner is member:
                     continue
                 successor_publication = successors.get(outgoing.key)
                 if successor_publication is not None:
@@ -701,8 +760,15 @@ class Sfu:
                     other.stale = True
             if other.stale:
                 self._spawn(self._renegotiate(other))
-        if not room.members and room.recorder is None and successor is None:
-            self.rooms.pop(room.room_id, None)
+
+    def _gone(self, room: MediaRoom, participant_id: UUID) -> None:
+        """The person is gone from this node: everyone else is offered the room without them."""
+        room.away.discard(participant_id)
+        for other in list(room.members.values()):
+            if any(o.key[0] == participant_id for o in other.outgoing):
+                other.stale = True
+            if other.stale:
+                self._spawn(self._renegotiate(other))
 
     def _unplug(self, member: Member) -> None:
         """Take ``member``'s connection off the packet path: its sockets first (nothing is
@@ -725,6 +791,13 @@ class Sfu:
         for member in members:
             if participant_id is None or member.participant_id == participant_id:
                 await self.close_member(member, reason, "You are no longer in this call.")
+        for gone in list(room.away):
+            if participant_id is None or gone == participant_id:
+                if room.recorder is not None:
+                    room.recorder.remove(str(gone))
+                self._gone(room, gone)
+        if not room.members and room.recorder is None:
+            self.rooms.pop(room.room_id, None)
 
     # -- the watchdog -------------------------------------------------------------------------
 
@@ -761,6 +834,7 @@ class Sfu:
                     "bitrate_exceeded",
                     f"Your connection sent far more than {limit} kbit/s; lower your video "
                     "quality and join again.",
+                    away=True,
                 )
                 return
         else:
@@ -770,7 +844,7 @@ class Sfu:
             latest = max(u.last_packet_at for u in upstreams)
             if now - latest > self.settings.silence_timeout_s:
                 await self.close_member(
-                    member, "media_timeout", "No media arrived from you for too long."
+                    member, "media_timeout", "No media arrived from you for too long.", away=True
                 )
 
     # -- recording ----------------------------------------------------------------------------

@@ -165,6 +165,18 @@ async def test_a_publisher_that_vanishes_without_bye_is_cleaned_up(node: Node) -
         await eventually(cleaned, timeout=20, what="the vanished publisher's connection closed")
         staying = node.media.sfu.member(uuid.UUID(stays.config["participant_id"]))
         assert staying is not None
+        # Its seat stays until signaling releases it (the rejoin grace): the other keeps its
+        # m-lines, silent, for when it comes back, and is offered nothing.
+        await asyncio.sleep(2)
+        assert stays.latest_stats()["renegotiations"] == before
+        assert uuid.UUID(gone) in {o.publication.owner.participant_id for o in staying.outgoing}
+        assert node.media.sfu.counters()["forwards"] == 0  # nothing left to forward
+
+        release = SeatRelease(
+            clinic_id=CLINIC, room_id=room.room_id, participant_id=uuid.UUID(gone)
+        )
+        assert (await node.release(release)).released == 1
+        assert node.media.ledger.taken(room.room_id, node.media.clock()) == 1
 
         async def told() -> bool:
             sent = [o.publication.owner.participant_id for o in staying.outgoing]
@@ -172,12 +184,6 @@ async def test_a_publisher_that_vanishes_without_bye_is_cleaned_up(node: Node) -
             return answered and uuid.UUID(gone) not in sent
 
         await eventually(told, what="the other participant answered an offer without its tracks")
-        # Its seat stays until signaling releases it (the rejoin grace); then it is free.
-        release = SeatRelease(
-            clinic_id=CLINIC, room_id=room.room_id, participant_id=uuid.UUID(gone)
-        )
-        assert (await node.release(release)).released == 1
-        assert node.media.ledger.taken(room.room_id, node.media.clock()) == 1
 
 
 async def test_a_publisher_far_above_the_bitrate_is_cut_with_a_reason(

@@ -252,3 +252,44 @@ async def test_a_publisher_who_reconnects_stays_one_stream_for_the_others(node: 
         track = report["tracks"][mid]
         assert track["gaps"] == 0, track  # the same SSRC, its numbering unbroken
     assert report["decode_errors"] == 0
+
+
+async def test_a_publisher_whose_connection_was_lost_comes_back_on_the_same_m_lines(
+    node: Node,
+) -> None:
+    room = Room(node, nats_url_of(node))
+    pid = uuid.uuid4()
+    assert await room.seat(pid)
+    config = room.config(pid, source="loop")
+    async with room.peer(publish=[]) as viewer:
+        async with peer_process(config | {"vanish": True}) as first:
+            await first.wait_for("ready", timeout=20)
+            await receiving(viewer, [str(pid)], frames=15)
+            renegotiations = viewer.latest_stats()["renegotiations"]
+            mids = {
+                m
+                for m, t in viewer.latest_stats()["tracks"].items()
+                if t["participant_id"] == str(pid)
+            }
+            first.kill()  # the network went: no bye, no DTLS close
+
+        async def lost() -> bool:
+            return node.media.sfu.member(pid) is None
+
+        await eventually(lost, timeout=30, what="the node to notice the lost connection")
+        # Back within their seat: a new connection, the same m-lines for the viewer.
+        async with peer_process(config) as second:
+            await second.wait_for("ready", timeout=20)
+            before = frames_from(viewer, str(pid), "video")
+
+            async def continues() -> bool:
+                return frames_from(viewer, str(pid), "video") >= before + 30
+
+            await eventually(continues, timeout=20, what="the publisher's video again")
+            report = await viewer.stop()
+    assert report["renegotiations"] == renegotiations  # no offer when it went, none when back
+    assert {m for m, t in report["tracks"].items() if t["participant_id"] == str(pid)} == mids
+    for mid in mids:
+        track = report["tracks"][mid]
+        assert track["gaps"] == 0, track  # the same SSRC, its numbering unbroken
+    assert report["decode_errors"] == 0
