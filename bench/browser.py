@@ -94,6 +94,8 @@ class Up:
     links: str
     demo: dict[str, Any]
     log: Path
+    data: Path
+    """Its data folder: the embedded Postgres (``pg``) and NATS."""
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.demo['api_key']}"}
@@ -142,6 +144,7 @@ def platform_up(log: Path) -> Iterator[Up]:
             links=url("links"),
             demo=json.loads((data / "demo.json").read_text()),
             log=log,
+            data=data,
         )
         with urllib.request.urlopen(f"{up.web}/readyz", timeout=5) as response:
             if response.status != 200:

@@ -101,6 +101,9 @@ PRINTED = {
         "baseline: a direct browser-to-browser call",
         "ratio:",
         "goal <= 1500 ms:",
+        "page reload -> remote video playing again (a guest in the call, same place, no knock):",
+        "next to the first join's",
+        "goal <= 3000 ms:",
     ),
 }
 
@@ -147,7 +150,7 @@ RECORDED = {
         "decode errors",
         "lowest video frame rate",
     ),
-    "web": ("guest link -> first remote frame",),
+    "web": ("guest link -> first remote frame", "page reload -> remote video playing again"),
 }
 CHECKS = (
     "decode errors",

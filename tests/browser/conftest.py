@@ -6,6 +6,7 @@ step go to ``test-artifacts/browser/<test>/``.
 """
 
 import asyncio
+import json
 import shutil
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -13,8 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
+from pgserver.utils import PostmasterInfo
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
 from bench.browser import ROOT, Missing, Up, chromium, platform_up, speaking_args
@@ -25,6 +28,23 @@ ARTIFACTS = ROOT / "test-artifacts" / "browser"
 class Platform(Up):
     def api(self, base: str) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=base, headers=self.headers(), timeout=10)
+
+    async def room_events(self, room_id: str, event_type: str) -> list[dict[str, Any]]:
+        """The signaling service's recorded events of one type in a room (a session-link
+        call's room id is the session's id), read from the platform's own Postgres."""
+        info = PostmasterInfo.read_from_pgdata(self.data / "pg")
+        assert info is not None, "the platform's Postgres is not running"
+        db = await asyncpg.connect(info.get_uri())
+        try:
+            rows = await db.fetch(
+                "SELECT data FROM signaling.events WHERE stream_id = $1 AND type = $2 "
+                "ORDER BY version",
+                f"room-{room_id}",
+                event_type,
+            )
+        finally:
+            await db.close()
+        return [json.loads(row["data"]) for row in rows]
 
 
 @pytest.fixture(scope="package")

@@ -6,7 +6,7 @@ import { Devices } from "./devices.js";
 
 const config = readConfig();
 const $ = (id) => document.getElementById(id);
-const SCREENS = ["checking", "refusal", "prejoin", "waiting", "call", "ended"];
+const SCREENS = ["checking", "rejoining", "refusal", "prejoin", "waiting", "call", "ended"];
 
 // What a test or a curious developer can read; nothing personal.
 const observed = (window.antechamber = {
@@ -15,6 +15,8 @@ const observed = (window.antechamber = {
   joinClickedMs: null,
   firstRemoteFrameMs: null,
   participantId: null, // random, per call
+  rejoinedAfterReload: false, // this page took its place back with a kept resume token
+  reconnecting: false, // "Reconnecting…" is shown: signaling or media is being brought back
 });
 
 const REFUSAL_TITLES = {
@@ -87,6 +89,38 @@ function confirmWithMessage(title, text, okLabel, defaultMessage = "") {
 
 const link = linkOfPage(window.location);
 let role = null;
+
+// This person's place in the call, kept in the tab's sessionStorage (gone when the tab closes)
+// under the link's address, so that a reload comes back with the resume token instead of
+// joining (and knocking) again. `until`: when the rejoin grace would run out had the page gone
+// now; renewed while the page lives.
+const PLACE_KEY = `antechamber.place:${window.location.pathname}${window.location.search}`;
+const PLACE_RENEW_MS = 15000;
+const place = {
+  read() {
+    try {
+      const kept = JSON.parse(sessionStorage.getItem(PLACE_KEY) || "null");
+      return kept && typeof kept.resume === "string" && kept.until > Date.now() ? kept : null;
+    } catch {
+      return null;
+    }
+  },
+  keep(fields) {
+    try {
+      const kept = JSON.parse(sessionStorage.getItem(PLACE_KEY) || "null") || {};
+      sessionStorage.setItem(PLACE_KEY, JSON.stringify({ ...kept, ...fields }));
+    } catch {
+      // storage switched off or full: a reload joins from the link again
+    }
+  },
+  forget() {
+    try {
+      sessionStorage.removeItem(PLACE_KEY);
+    } catch {
+      // nothing was kept
+    }
+  },
+};
 let reopenTimer = null;
 
 function refuse(frame) {
@@ -114,7 +148,16 @@ function refuse(frame) {
   show("refusal");
 }
 
-async function check() {
+// The room's title as the practitioner chose it, above every screen from the join page on.
+// Not in document.title: that would keep it in the browser's history.
+function showRoomTitle(title) {
+  if (!title) return;
+  $("room-title").textContent = title;
+  $("room-title").hidden = false;
+}
+
+// `note`: a sentence for the join page, e.g. why a kept place could not be taken back.
+async function check(note = "") {
   if (!link) {
     refuse({ reason: "unknown", message: "This address is not a link to a video session." });
     return;
@@ -136,11 +179,13 @@ async function check() {
   }
   role = answer.role;
   observed.role = role;
+  showRoomTitle(answer.room_title);
   $("prejoin-title").textContent =
     role === "host" ? "Join as the host" : "Join the video session";
   $("join-button").textContent = role === "host" ? "Join as host" : "Join";
-  $("prejoin-note").hidden = !answer.warning;
-  $("prejoin-note").textContent = answer.warning || "";
+  const notes = [note, answer.warning].filter(Boolean).join(" ");
+  $("prejoin-note").hidden = !notes;
+  $("prejoin-note").textContent = notes;
   show("prejoin");
   devices.start();
 }
@@ -153,7 +198,7 @@ const devices = new Devices({
   microphone: $("microphone"),
 });
 
-$("refusal-retry").addEventListener("click", check);
+$("refusal-retry").addEventListener("click", () => check());
 
 $("join-form").addEventListener("submit", (event) => {
   event.preventDefault();
@@ -179,8 +224,11 @@ class Call {
     this.me = null; // participant_id
     this.resume = null;
     this.graceMs = 0;
-    this.droppedAt = null;
+    this.deadline = null; // while the connection is down: when the place lapses (ms)
+    this.retrying = false;
+    this.renewTimer = null;
     this.names = new Map();
+    this.away = new Set(); // participant_ids whose connection dropped (signaling's `disconnected`)
     this.tiles = new Map();
     this.recording = false;
     this.room = null;
@@ -194,16 +242,7 @@ class Call {
       for (const t of this.stream.getAudioTracks()) t.enabled = !$("join-muted").checked;
       for (const t of this.stream.getVideoTracks()) t.enabled = !$("join-camera-off").checked;
     }
-    this.media = new Media({
-      iceServers: config.ice_servers,
-      send: (fields) => this.connection.send("signal", fields),
-      onRemote: (people) => this.showRemote(people),
-      onFailed: (sentence) => toast(sentence),
-    });
-    this.connection = new Connection(config.signaling_url, {
-      onFrame: (frame) => this.on(frame),
-      onDrop: () => this.dropped(),
-    });
+    this.prepare();
     try {
       await this.connection.open({ type: "join", ...link, name });
     } catch {
@@ -211,6 +250,57 @@ class Call {
       $("join-error").textContent =
         "The video service cannot be reached right now. Check your connection and try again.";
     }
+  }
+
+  prepare() {
+    this.media = new Media({
+      iceServers: config.ice_servers,
+      send: (fields) => this.connection.send("signal", fields),
+      onRemote: (people) => this.showRemote(people),
+      onFailed: (sentence) => {
+        this.reconnecting(false);
+        toast(sentence);
+      },
+      onState: (state) => this.reconnecting(state === "reconnecting"),
+    });
+    this.connection = new Connection(config.signaling_url, {
+      onFrame: (frame) => this.on(frame),
+      onDrop: () => this.dropped(),
+    });
+  }
+
+  // The page was reloaded (or opened again in the same tab) during a call: take the kept
+  // place back with its resume token, with the same camera and microphone, without the join
+  // page. The browser remembers the camera permission, so nothing needs a click.
+  async rejoin(kept) {
+    show("rejoining");
+    observed.rejoinedAfterReload = true;
+    this.resume = kept.resume;
+    this.graceMs = kept.grace_ms || 0;
+    this.deadline = kept.until;
+    devices.prefer(kept.camera, kept.microphone);
+    await devices.acquire().catch(() => {});
+    this.stream = await devices.handOver();
+    if (this.stream) {
+      for (const t of this.stream.getAudioTracks()) t.enabled = !kept.muted;
+      for (const t of this.stream.getVideoTracks()) t.enabled = !kept.camera_off;
+    }
+    this.prepare();
+    this.dropped(0);
+  }
+
+  // "Reconnecting…" on the page while signaling or media is being brought back.
+  reconnecting(on) {
+    const state = on || this.deadline !== null;
+    observed.reconnecting = state;
+    $("call-state").hidden = !state;
+    $("call-state").textContent = state ? "Reconnecting… your place in the call is kept." : "";
+  }
+
+  // What a reload needs to take this place back, renewed while the page lives.
+  keepPlace(fields = {}) {
+    if (!this.resume || this.graceMs <= 0) return;
+    place.keep({ resume: this.resume, grace_ms: this.graceMs, until: Date.now() + this.graceMs, ...fields });
   }
 
   on(frame) {
@@ -223,7 +313,14 @@ class Call {
     observed.participantId = frame.participant_id;
     this.resume = frame.resume_token;
     this.graceMs = frame.rejoin_grace_s * 1000;
+    this.deadline = null;
+    this.reconnecting(false);
+    const devicesInUse = this.stream ? streamDevices(this.stream) : {};
+    this.keepPlace({ participant_id: frame.participant_id, ...devicesInUse });
+    clearInterval(this.renewTimer);
+    this.renewTimer = setInterval(() => this.keepPlace(), PLACE_RENEW_MS);
     $("manager").hidden = frame.role !== "host";
+    showRoomTitle(frame.room_title);
     if (frame.warning) toast(frame.warning);
   }
 
@@ -248,10 +345,20 @@ class Call {
   }
 
   on_participants(frame) {
-    for (const p of frame.participants) this.names.set(p.participant_id, p.display_name);
-    for (const [pid, tile] of this.tiles) {
-      tile.querySelector("figcaption").textContent = this.names.get(pid) || "Guest";
+    this.away.clear();
+    for (const p of frame.participants) {
+      this.names.set(p.participant_id, p.display_name);
+      if (p.disconnected) this.away.add(p.participant_id);
     }
+    for (const [pid, tile] of this.tiles) this.label(pid, tile);
+  }
+
+  // A tile's caption: the person's name, and "reconnecting…" while their connection is down.
+  label(pid, tile) {
+    tile.querySelector("figcaption .name").textContent = this.names.get(pid) || "Guest";
+    const away = this.away.has(pid);
+    tile.classList.toggle("away", away);
+    tile.querySelector("figcaption .state").textContent = away ? "reconnecting…" : "";
   }
 
   on_room(frame) {
@@ -284,6 +391,11 @@ class Call {
 
   on_refused(frame) {
     this.finish();
+    if (frame.reason === "resume_expired") {
+      // The kept place is gone (the grace ran out, or the call ended): the join page again.
+      check("Your place in the call has lapsed; join again.");
+      return;
+    }
     refuse(frame);
   }
 
@@ -313,31 +425,49 @@ class Call {
     show("ended");
   }
 
+  // The place is over (left, ended, denied, removed, refused): nothing of it is kept.
   finish() {
+    place.forget();
+    clearInterval(this.renewTimer);
+    this.resume = null;
+    this.deadline = null;
+    this.reconnecting(false);
     if (this.connection) this.connection.finish();
     if (this.media) this.media.stop();
     if (this.stream) for (const t of this.stream.getTracks()) t.stop();
+    this.stream = null;
+    for (const tile of this.tiles.values()) tile.remove();
+    this.tiles.clear();
+    if ($("tile-me")) $("tile-me").remove();
+    $("join-button").disabled = false;
     devices.stop();
   }
 
-  // A drop that was not an ending: come back with the resume token within the grace.
-  async dropped() {
-    if (!this.resume) {
+  // A drop that was not an ending: come back with the resume token, with back-off, until the
+  // place would lapse (one loop at a time: a failed attempt's own close lands here too).
+  async dropped(firstDelay = 500) {
+    if (this.retrying) return;
+    if (!this.resume || this.graceMs <= 0) {
+      if (this.me === null) return; // never joined: the join page says what went wrong
       this.end("The connection was lost", "Open your link again to rejoin.");
       return;
     }
-    this.droppedAt = this.droppedAt || Date.now();
-    toast("Connection lost; reconnecting…");
+    this.deadline = this.deadline || Date.now() + this.graceMs;
+    this.reconnecting(true);
     if (this.media) this.media.stop();
-    for (let delay = 500; Date.now() - this.droppedAt < this.graceMs; delay = Math.min(delay * 2, 8000)) {
-      await new Promise((r) => setTimeout(r, delay));
-      try {
-        await this.connection.open({ type: "join", resume: this.resume });
-        this.droppedAt = null;
-        return;
-      } catch {
-        // not back yet
+    this.retrying = true;
+    try {
+      for (let delay = firstDelay; Date.now() < this.deadline; delay = Math.min(Math.max(delay * 2, 500), 8000)) {
+        await new Promise((r) => setTimeout(r, delay));
+        try {
+          await this.connection.open({ type: "join", resume: this.resume });
+          return; // `welcome` ends the drop; a close before it comes back here
+        } catch {
+          // not back yet
+        }
       }
+    } finally {
+      this.retrying = false;
     }
     this.end("The connection was lost", "Your place has lapsed; open your link again to rejoin.");
   }
@@ -355,6 +485,7 @@ class Call {
       if (!tile) {
         tile = makeTile(`tile-${pid}`, this.names.get(pid) || "Guest", false);
         this.tiles.set(pid, tile);
+        this.label(pid, tile);
         $("grid").append(tile);
         watchFirstFrame(tile.querySelector("video"));
       }
@@ -382,7 +513,10 @@ function makeTile(id, name, local) {
   video.playsInline = true;
   video.muted = local; // our own sound never plays back
   const caption = document.createElement("figcaption");
-  caption.textContent = name;
+  const who = span("name", name);
+  const state = span("state", ""); // "reconnecting…" while their connection is down
+  state.setAttribute("role", "status");
+  caption.append(who, state);
   video.setAttribute("aria-label", local ? "Your video" : `Video of ${name}`);
   tile.append(video, caption);
   return tile;
@@ -540,6 +674,17 @@ function syncControls(stream) {
   $("camera-toggle").setAttribute("aria-pressed", String(off));
   $("camera-toggle").textContent = off ? "Start camera" : "Stop camera";
   $("camera-toggle").disabled = video.length === 0;
+  call.keepPlace({ muted, camera_off: off }); // a reload comes back as it was
+}
+
+// The camera and microphone a stream uses, for a reload to ask for the same.
+function streamDevices(stream) {
+  const [video] = stream.getVideoTracks();
+  const [audio] = stream.getAudioTracks();
+  return {
+    camera: video ? video.getSettings().deviceId || "" : "",
+    microphone: audio ? audio.getSettings().deviceId || "" : "",
+  };
 }
 
 $("mute").addEventListener("click", () => {
@@ -555,8 +700,8 @@ $("camera-toggle").addEventListener("click", () => {
   syncControls(call.stream);
 });
 
-window.addEventListener("pagehide", () => {
-  if (call.connection && !call.connection.finished) call.connection.send("leave");
-});
-
-check();
+// Closing or reloading the page is a drop, not a leave (a page cannot tell the two apart):
+// the place is kept for the rejoin grace, and a reload takes it back. Leave is the button.
+const kept = link ? place.read() : null;
+if (kept) call.rejoin(kept);
+else check();

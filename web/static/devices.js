@@ -20,8 +20,15 @@ export class Devices {
     this.stream = null;
     this.audio = null;
     this.settled = Promise.resolve();
+    this.preferred = { camera: "", microphone: "" };
     camera.addEventListener("change", () => this.acquire());
     microphone.addEventListener("change", () => this.acquire());
+  }
+
+  // Devices to ask for when none is chosen on the page (a reload asks for those it had); if
+  // they are gone, the browser's own choice.
+  prefer(camera, microphone) {
+    this.preferred = { camera: camera || "", microphone: microphone || "" };
   }
 
   start() {
@@ -44,9 +51,11 @@ export class Devices {
     this.release();
     const camera = this.camera.value;
     const microphone = this.microphone.value;
+    const device = (chosen, preferred) =>
+      chosen ? { deviceId: { exact: chosen } } : preferred ? { deviceId: { ideal: preferred } } : {};
     const constraints = {
-      video: { ...(camera ? { deviceId: { exact: camera } } : {}), width: { ideal: 640 }, height: { ideal: 360 } },
-      audio: { ...(microphone ? { deviceId: { exact: microphone } } : {}), echoCancellation: true, noiseSuppression: true },
+      video: { ...device(camera, this.preferred.camera), width: { ideal: 640 }, height: { ideal: 360 } },
+      audio: { ...device(microphone, this.preferred.microphone), echoCancellation: true, noiseSuppression: true },
     };
     try {
       this.stream = await navigator.mediaDevices.getUserMedia(constraints);

@@ -4,23 +4,70 @@
 // what we should receive changes, with `streams` saying whose media each of its mids
 // carries, and we answer. Candidates trickle to the node as `signal` frames; the node's
 // descriptions carry all of its own.
+//
+// A connection that ICE reports disconnected for DISCONNECTED_WAIT_MS, or failed, or that the
+// node says it lost, is replaced by a new one (a fresh offer: the node keeps the seat, and the
+// others keep receiving this person on the same m-lines), with back-off, at most
+// RESTART_DELAYS_MS.length times in a row.
+
+const DISCONNECTED_WAIT_MS = 3000; // ICE often comes back by itself within this
+const CONNECT_WAIT_MS = 10000; // a new connection not up by then counts as failed
+const RESTART_DELAYS_MS = [0, 1000, 2000, 4000, 8000, 8000];
+// The node's reasons for a `bye` that a new connection can mend (docs/media.md).
+const RECOVERABLE = ["connection_lost", "connect_timeout", "media_timeout", "server_error", "sdp_invalid"];
 
 export class Media {
-  constructor({ iceServers, send, onRemote, onFailed }) {
+  constructor({ iceServers, send, onRemote, onFailed, onState = () => {} }) {
     this.iceServers = iceServers;
     this.send = send; // (fields) => a `signal` frame to signaling
     this.onRemote = onRemote; // (Map participant_id -> MediaStreamTrack[]) on every change
     this.onFailed = onFailed; // (sentence) when the connection cannot go on
+    this.onState = onState; // ("connecting" | "connected" | "reconnecting") on every change
     this.pc = null;
     this.owners = new Map(); // mid -> participant_id
     this.queue = Promise.resolve();
+    this.localStream = null;
+    this.restarts = 0; // in a row, since the last time the connection was up
+    this.timer = null;
+    this.active = false; // between start() and stop()
   }
 
-  async start(localStream) {
-    this.stop();
+  // A new connection for the call (after `admitted`): the count of restarts starts again.
+  start(localStream) {
+    this.localStream = localStream;
+    this.restarts = 0;
+    this.active = true;
+    this.onState("connecting");
+    return this.connect();
+  }
+
+  // The connection is gone or going: a new one after the next delay, or the end of trying.
+  restart() {
+    if (!this.active) return;
+    clearTimeout(this.timer);
+    if (this.restarts >= RESTART_DELAYS_MS.length) {
+      this.stop();
+      this.onFailed("The video connection could not be restored. Check your network, then rejoin.");
+      return;
+    }
+    const delay = RESTART_DELAYS_MS[this.restarts];
+    this.restarts += 1;
+    this.onState("reconnecting");
+    this.timer = setTimeout(() => {
+      this.connect().catch((error) => {
+        console.warn("the media connection could not start again", error);
+        this.restart();
+      });
+    }, delay);
+  }
+
+  async connect() {
+    this.close();
+    const localStream = this.localStream;
     const pc = new RTCPeerConnection({ iceServers: this.iceServers, bundlePolicy: "max-bundle" });
     this.pc = pc;
     this.owners.clear();
+    this.learned = false; // until the node says whose media its mids carry, tiles stay as they are
     const tracks = localStream ? localStream.getTracks() : [];
     for (const track of tracks) pc.addTrack(track, localStream);
     for (const kind of ["audio", "video"]) {
@@ -37,10 +84,21 @@ export class Media {
     };
     pc.ontrack = () => this.report();
     pc.onconnectionstatechange = () => {
-      if (pc === this.pc && pc.connectionState === "failed") {
-        this.onFailed("The video connection failed. Check your network, then rejoin.");
+      if (pc !== this.pc) return;
+      const state = pc.connectionState;
+      if (state === "connected") {
+        clearTimeout(this.timer);
+        this.restarts = 0;
+        this.onState("connected");
+      } else if (state === "failed") {
+        this.restart();
+      } else if (state === "disconnected") {
+        clearTimeout(this.timer);
+        this.onState("reconnecting");
+        this.timer = setTimeout(() => pc === this.pc && this.restart(), DISCONNECTED_WAIT_MS);
       }
     };
+    this.timer = setTimeout(() => pc === this.pc && this.restart(), CONNECT_WAIT_MS);
     await pc.setLocalDescription(await pc.createOffer());
     this.send({ kind: "offer", sdp: pc.localDescription.sdp });
   }
@@ -57,6 +115,10 @@ export class Media {
     const pc = this.pc;
     if (!pc) return;
     if (frame.kind === "bye") {
+      if (RECOVERABLE.includes(frame.reason)) {
+        this.restart();
+        return;
+      }
       this.stop();
       this.onFailed(frame.message || "The video connection was closed.");
       return;
@@ -75,11 +137,12 @@ export class Media {
 
   learn(streams) {
     this.owners = new Map(streams.map((s) => [s.mid, s.participant_id]));
+    this.learned = true;
   }
 
   // Whose tracks arrive now, by participant: only mids the node says it sends.
   report() {
-    if (!this.pc) return;
+    if (!this.pc || !this.learned) return;
     const people = new Map();
     for (const transceiver of this.pc.getTransceivers()) {
       const owner = this.owners.get(transceiver.mid);
@@ -112,6 +175,12 @@ export class Media {
   }
 
   stop() {
+    this.active = false;
+    this.close();
+  }
+
+  close() {
+    clearTimeout(this.timer);
     if (this.pc) {
       this.pc.onconnectionstatechange = null;
       this.pc.close();
