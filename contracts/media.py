@@ -300,15 +300,27 @@ def recording_stream(recording_id: UUID) -> str:
 
 @media_events.register
 class RecordingAvailable(Event):
-    """A recording's MP4 is written and can be downloaded (through the media API)."""
+    """A recording's MP4 is written and can be downloaded (through the media API).
+
+    With ``partial``, the recorder died before the recording was stopped (killed, crashed, or
+    its media node restarted): the file plays up to where it was cut off, ``duration_s`` long.
+    """
 
     recording_id: UUID
     room_id: UUID
     node_id: str
-    duration_s: float
+    duration_s: float = Field(description="How long the file plays, measured from it.")
     size_bytes: int
     started_at: AwareDatetime
     stopped_at: AwareDatetime
+    partial: bool = Field(
+        default=False,
+        description=(
+            "The recorder died before the recording was stopped: the file holds what was "
+            "recorded until then (up to about a second before), and ``reason`` says why."
+        ),
+    )
+    reason: str | None = Field(default=None, description="With ``partial``: why it ended early.")
 
 
 @media_events.register

@@ -40,12 +40,19 @@ MediaDep = Annotated[Media, Depends(media_of)]
 class RecordingView(BaseModel):
     recording_id: UUID
     room_id: UUID
-    status: Literal["recording", "available", "failed"]
+    status: Literal["recording", "available", "partial", "failed"] = Field(
+        description=(
+            "partial: the recorder died before the recording was stopped (killed, crashed, or "
+            "the video server restarted); the file plays up to where it was cut off."
+        )
+    )
     started_at: AwareDatetime
     stopped_at: AwareDatetime | None = None
-    duration_s: float | None = None
+    duration_s: float | None = Field(default=None, description="How long the file plays.")
     size_bytes: int | None = None
-    failure: str | None = Field(default=None, description="Why it failed, when it did.")
+    failure: str | None = Field(
+        default=None, description="Why it failed, or ended early (partial), when it did."
+    )
 
 
 class DownloadLink(BaseModel):
@@ -178,7 +185,8 @@ async def download(
             ) from exc
         raise Problem(403, "This download link is not valid.", code="bad_signature") from exc
     row = await ctx.pool.fetchrow(
-        "SELECT clinic_id FROM recordings WHERE recording_id = $1 AND status = 'available'",
+        "SELECT clinic_id FROM recordings WHERE recording_id = $1 "
+        "AND status IN ('available', 'partial')",
         recording_id,
     )
     if row is None:

@@ -367,6 +367,7 @@ class Media:
         _ = self.key  # no key: fail at start, with the way to set one
         check_aiortc()
         ice.install(self.settings)
+        await self.recordings.recover(ctx)  # under way when this node last stopped
         try:
             await self.sfu.watch()
         finally:

@@ -307,11 +307,16 @@ async def calls_platform(
     **signaling_overrides: Any,
 ) -> AsyncIterator[Calls]:
     recordings = Path(tempfile.mkdtemp(prefix="antechamber-recordings-"))
-    media_settings = {"node_id": "mtest", "reservation_s": 60} | (media_overrides or {})
+    media_settings: dict[str, Any] = {
+        "node_id": "mtest",
+        "reservation_s": 60,
+        "recordings_dir": recordings,
+    }
+    media_settings |= media_overrides or {}
     media = build_app(
         media_app.build(
             media_app.Media(
-                MediaSettings(**media_settings, recordings_dir=recordings),
+                MediaSettings(**media_settings),
                 key_source=lambda: PARTICIPANT_KEY,
             )
         ),

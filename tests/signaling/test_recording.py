@@ -4,17 +4,27 @@ expiring URL, and ending the call stops the recording."""
 
 import asyncio
 import io
+import json
+import multiprocessing
 import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import av
+import pytest
 
+from runtime.embedded import NatsServer
 from runtime.pagination import encode_cursor
 from services.media import recordings
+from services.media.recorder import Recorder, playable_duration
+from tests.links.conftest import Clock
 from tests.signaling.conftest import (
     PARTICIPANT_KEY,
     Calls,
+    calls_platform,
     host_and_admitted_guest,
     knocking_guest,
     query,
@@ -23,25 +33,35 @@ from tests.signaling.conftest import (
 from tests.support import assert_problem, eventually
 
 
-async def recording_available(dsn: str, recording_id: str) -> None:
-    """Wait until the node has written the recording's file."""
+async def recording_available(dsn: str, recording_id: str, status: str = "available") -> None:
+    """Wait until the node has written the recording's file (and it is ``status``)."""
 
     async def available() -> bool:
         rows = await query(
             dsn, "SELECT status FROM media.recordings WHERE recording_id = $1", recording_id
         )
-        return bool(rows) and rows[0]["status"] == "available"
+        return bool(rows) and rows[0]["status"] == status
 
-    await eventually(available, timeout=30, what="the recording's file")
+    await eventually(available, timeout=30, what=f"the recording {status}")
 
 
 async def media_events(dsn: str, recording_id: str) -> list[str]:
+    return [kind for kind, _ in await media_events_with_data(dsn, recording_id)]
+
+
+async def media_events_with_data(dsn: str, recording_id: str) -> list[tuple[str, dict[str, Any]]]:
     rows = await query(
         dsn,
-        "SELECT type FROM media.events WHERE stream_id = $1 ORDER BY version",
+        "SELECT type, data FROM media.events WHERE stream_id = $1 ORDER BY version",
         f"recording-{recording_id}",
     )
-    return [r["type"] for r in rows]
+    return [(r["type"], json.loads(r["data"])) for r in rows]
+
+
+def recorder_of(recording_id: str) -> multiprocessing.process.BaseProcess:
+    """The child process that writes the recording."""
+    (child,) = [p for p in multiprocessing.active_children() if recording_id in p.name]
+    return child
 
 
 async def test_a_host_records_everyone_is_told_and_the_clinic_downloads_the_mp4(
@@ -158,3 +178,95 @@ async def test_ending_the_call_stops_the_recording(calls: Calls, postgres_dsn: s
     assert stopped["because"] == "session_ended"
 
     await recording_available(postgres_dsn, stopped["recording_id"])
+
+
+async def test_a_recording_whose_recorder_is_killed_is_kept_as_partial(
+    calls: Calls, postgres_dsn: str
+) -> None:
+    call = await host_and_admitted_guest(calls)
+    await call.host.send("start_recording")
+    await call.host.next("recording", on=True)
+    events = await room_events(postgres_dsn, call.welcome["room_id"])
+    recording_id = next(d for t, d in events if t == "RecordingStarted")["recording_id"]
+    child = recorder_of(recording_id)
+    await asyncio.sleep(3.0)  # a black, silent picture: nobody sends media
+    child.kill()
+
+    await recording_available(postgres_dsn, recording_id, status="partial")
+    ((kind, event),) = await media_events_with_data(postgres_dsn, recording_id)
+    assert kind == "RecordingAvailable"
+    assert event["partial"] is True
+    assert "stopped unexpectedly" in event["reason"]
+    clinic = call.room.clinic.clinic
+    view = (await calls.media.get(f"/v1/recordings/{recording_id}", headers=clinic.headers)).json()
+    assert view["status"] == "partial"
+    assert 2.0 <= view["duration_s"] <= 3.2
+    assert view["duration_s"] == pytest.approx(event["duration_s"])
+    assert view["failure"] == event["reason"]
+
+    link = await calls.media.post(f"/v1/recordings/{recording_id}/download", headers=clinic.headers)
+    assert link.status_code == 200, link.text
+    url = urlsplit(link.json()["url"])
+    got = await calls.media.get(f"{url.path}?{url.query}")
+    assert got.status_code == 200
+    with av.open(io.BytesIO(got.content)) as container:
+        pictures = sum(1 for _ in container.decode(video=0))
+    assert pictures >= 2.0 * 15
+
+    # The host's stop, later, finds nothing to stop: the recording stays as it was.
+    await call.host.send("stop_recording")
+    await call.host.next("recording", on=False)
+    await asyncio.sleep(0.5)
+    assert await media_events(postgres_dsn, recording_id) == ["RecordingAvailable"]
+    again = await calls.media.get(f"/v1/recordings/{recording_id}", headers=clinic.headers)
+    assert again.json() == view
+
+
+async def test_a_node_that_restarts_finishes_what_its_earlier_life_was_recording(
+    postgres_dsn: str, nats_server: NatsServer, clock: Clock, tmp_path: Path
+) -> None:
+    node = {"node_id": f"mrestart{uuid4().hex[:6]}", "recordings_dir": tmp_path}
+    async with calls_platform(postgres_dsn, nats_server.url, clock, media_overrides=node):
+        pass  # the node's tables, as its earlier life left them
+    # That life was killed with two recordings under way: one had written 3 s, the other
+    # nothing that plays.
+    clinic_id, kept, lost = "clinic-of-a-crash", uuid4(), uuid4()
+    folder = tmp_path / clinic_id
+    folder.mkdir(mode=0o700)
+    recorder = Recorder(folder / f"{kept}.mp4", width=320, height=240)
+    recorder.start()
+    await asyncio.sleep(3.0)
+    recorder_of(str(kept)).kill()
+    (folder / f"{lost}.mp4").write_bytes(b"")
+    started = datetime.now(UTC) - timedelta(minutes=1)
+    for recording_id in (kept, lost):
+        await query(
+            postgres_dsn,
+            "INSERT INTO media.recordings (recording_id, clinic_id, room_id, node_id, "
+            "media_url, status, started_at) VALUES ($1, $2, $3, $4, '', 'recording', $5)",
+            recording_id,
+            clinic_id,
+            uuid4(),
+            node["node_id"],
+            started,
+        )
+
+    async with calls_platform(postgres_dsn, nats_server.url, clock, media_overrides=node):
+        await recording_available(postgres_dsn, str(kept), status="partial")
+        await recording_available(postgres_dsn, str(lost), status="failed")
+        (row,) = await query(
+            postgres_dsn,
+            "SELECT duration_s, size_bytes, stopped_at, failure FROM media.recordings "
+            "WHERE recording_id = $1",
+            kept,
+        )
+        assert 2.0 <= row["duration_s"] <= 3.2
+        assert row["duration_s"] == pytest.approx(playable_duration(folder / f"{kept}.mp4"))
+        assert row["size_bytes"] == (folder / f"{kept}.mp4").stat().st_size
+        assert row["stopped_at"] == started + timedelta(seconds=row["duration_s"])
+        assert "video server stopped" in row["failure"]
+        ((kind, event),) = await media_events_with_data(postgres_dsn, str(kept))
+        assert (kind, event["partial"]) == ("RecordingAvailable", True)
+        assert [k for k, _ in await media_events_with_data(postgres_dsn, str(lost))] == [
+            "RecordingFailed"
+        ]
