@@ -13,7 +13,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from contracts.media import Negotiation
+from contracts.media import Negotiation, ParticipantQuality
 from contracts.signaling import CallRole, EndedBecause
 
 PROTOCOL_VERSION = 1
@@ -300,6 +300,14 @@ class Recording(_Message):
     message: str
 
 
+class Quality(_Message):
+    """Network quality as the media node measures it, every few seconds while it changes:
+    hosts get everyone in the call, a guest only themselves (docs/media.md)."""
+
+    type: Literal["quality"] = "quality"
+    participants: list[ParticipantQuality]
+
+
 class Error(_Message):
     """The last frame could not be done; the connection stays (until abuse closes it, 1008)."""
 
@@ -326,6 +334,7 @@ ServerMessage = Annotated[
     | Knock
     | SeatRefused
     | Recording
+    | Quality
     | Signal
     | Error
     | Pong,

@@ -6,6 +6,7 @@ from fastapi import FastAPI
 
 from contracts.media import (
     ALL_PARTICIPANT_SUBJECTS,
+    ALL_QUALITY_SUBJECTS,
     LIVE_NODES_SUBJECT,
     RELEASE_SUBJECT,
     SEAT_SUBJECT,
@@ -93,7 +94,7 @@ def build(media: Media | None = None) -> ServiceDefinition:
         ],
         migrations_package="services.media.sql",
         routes=partial(routes, media=media),
-        tasks=[media.keep_alive, media.journal.run, media.run_sfu],
+        tasks=[media.keep_alive, media.journal.run, media.run_sfu, media.publish_quality],
         bus=BusAccess(
             # A node forwards a seat or a release to the node that owns the room; recording
             # and negotiation come from signaling alone.
@@ -102,7 +103,7 @@ def build(media: Media | None = None) -> ServiceDefinition:
                 node_subject("*", "seat"),
                 node_subject("*", "release"),
             ),
-            publishes=(ALL_PARTICIPANT_SUBJECTS,),
+            publishes=(ALL_PARTICIPANT_SUBJECTS, ALL_QUALITY_SUBJECTS),
             kv_buckets=(NODES_BUCKET, ROOMS_BUCKET),
         ),
         description="SFU nodes, room placement, the seat cap and recordings.",

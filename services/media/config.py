@@ -95,6 +95,11 @@ class MediaSettings(BaseSettings):
     report_interval_s: float = Field(
         default=1.0, gt=0, description="How often sender and receiver reports go out."
     )
+    quality_interval_s: float = Field(
+        default=3.0,
+        ge=0.5,
+        description="How often each room's network quality is measured and told to signaling.",
+    )
     max_forward_kbps: int = Field(
         default=1500,
         ge=64,

@@ -1,17 +1,21 @@
 """The packet path's counters as Prometheus metrics.
 
 The forwarding path counts in plain integers (a ``Counter.inc`` per packet would cost more
-than the rest of a copy); this collector reads them when ``/metrics`` is scraped.
+than the rest of a copy); this collector reads them when ``/metrics`` is scraped. Network
+quality is observed once per participant per measurement (``quality.py``), labelled by node,
+never by participant.
 """
 
 import weakref
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from prometheus_client import Gauge, Histogram
 from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from services.media.quality import LinkQuality
     from services.media.sfu import Sfu
 
 COUNTERS = {
@@ -47,3 +51,47 @@ class PacketPath(Collector):
 
 packet_path = PacketPath()
 REGISTRY.register(packet_path)
+
+
+quality_rtt = Histogram(
+    "antechamber_media_quality_rtt_seconds",
+    "Round trips between participants and the node, one per participant per measurement.",
+    ["node"],
+    buckets=(0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.6, 1.0, 2.0),
+)
+quality_loss = Histogram(
+    "antechamber_media_quality_loss_ratio",
+    "Packet loss (0-1, before repair) per participant per measurement; direction: sending "
+    "(participant to node) or receiving (node to participant).",
+    ["node", "direction"],
+    buckets=(0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.5, 1.0),
+)
+quality_jitter = Histogram(
+    "antechamber_media_quality_jitter_seconds",
+    "Interarrival jitter per participant per measurement, by direction.",
+    ["node", "direction"],
+    buckets=(0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.5),
+)
+quality_grades = Gauge(
+    "antechamber_media_quality_participants",
+    "Participants connected to the node by their latest quality grade (1-5; unmeasured: "
+    "nothing measured yet).",
+    ["node", "grade"],
+)
+GRADE_LABELS = ("1", "2", "3", "4", "5", "unmeasured")
+
+
+def observe_quality(node: str, links: "list[LinkQuality]") -> None:
+    """One measurement of every participant connected to ``node``."""
+    grades = dict.fromkeys(GRADE_LABELS, 0)
+    for link in links:
+        grades[str(link.grade) if link.grade is not None else "unmeasured"] += 1
+        if link.rtt_s is not None:
+            quality_rtt.labels(node).observe(link.rtt_s)
+        for direction, measured in (("sending", link.sending), ("receiving", link.receiving)):
+            if measured.loss is not None:
+                quality_loss.labels(node, direction).observe(measured.loss)
+            if measured.jitter_s is not None:
+                quality_jitter.labels(node, direction).observe(measured.jitter_s)
+    for grade, count in grades.items():
+        quality_grades.labels(node, grade).set(count)

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -29,6 +30,7 @@ from contracts.media import (
     RecordingCommand,
     RecordingReply,
     RoomPlaced,
+    RoomQuality,
     SeatAnswer,
     SeatRefusal,
     SeatRefused,
@@ -38,13 +40,14 @@ from contracts.media import (
     SignalKind,
     node_subject,
     participant_subject,
+    quality_subject,
 )
 from runtime.clock import Clock, system_clock
 from runtime.context import ServiceContext
 from runtime.participant_tokens import ParticipantKeySettings, ParticipantTokenError, verify
 from runtime.retry import retry
 from runtime.rpc import error_reply
-from services.media import ice
+from services.media import ice, metrics, quality
 from services.media.aiortc_hooks import check_aiortc
 from services.media.config import MediaSettings
 from services.media.journal import Journal
@@ -373,6 +376,34 @@ class Media:
         finally:
             await self.recordings.stop_all(ctx)
             await self.sfu.close()
+
+    async def publish_quality(self, ctx: ServiceContext) -> None:
+        """Background task: every ``quality_interval_s``, each room's network quality to
+        signaling (``quality_subject``, for the people of the room) and to the metrics."""
+        while True:
+            await asyncio.sleep(self.settings.quality_interval_s)
+            now, at = time.monotonic(), self.clock()
+            measured: list[quality.LinkQuality] = []
+            for room in list(self.sfu.rooms.values()):
+                links = quality.measure_room(room, now)
+                if not links:
+                    continue
+                measured.extend(links.values())
+                report = RoomQuality(
+                    room_id=room.room_id,
+                    clinic_id=room.clinic_id,
+                    node_id=self.node_id,
+                    measured_at=at,
+                    participants=[quality.participant_quality(p, q) for p, q in links.items()],
+                )
+                try:
+                    await ctx.nats.publish(
+                        quality_subject(room.room_id), report.model_dump_json().encode()
+                    )
+                except NatsError:
+                    # The next measurement goes out in a few seconds; nothing to catch up.
+                    log.warning("network quality not published", room_id=str(room.room_id))
+            metrics.observe_quality(self.node_id, measured)
 
     async def _owns(self, placement: Placement, room: UUID) -> bool:
         while True:

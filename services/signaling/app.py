@@ -8,6 +8,7 @@ from contracts.links import RESOLVE_SUBJECT
 from contracts.media import (
     ALL_NODE_SUBJECTS,
     ALL_PARTICIPANT_SUBJECTS,
+    ALL_QUALITY_SUBJECTS,
     LIVE_NODES_SUBJECT,
     RELEASE_SUBJECT,
     SEAT_SUBJECT,
@@ -47,7 +48,7 @@ def build(signaling: Signaling | None = None) -> ServiceDefinition:
                 ALL_NODE_SUBJECTS,
             ),
             publishes=(ALL_ROOM_SUBJECTS,),
-            subscribes=(ALL_ROOM_SUBJECTS, ALL_PARTICIPANT_SUBJECTS),
+            subscribes=(ALL_ROOM_SUBJECTS, ALL_PARTICIPANT_SUBJECTS, ALL_QUALITY_SUBJECTS),
         ),
         description=(
             "WebSocket endpoint for browsers: waiting rooms, admissions, presence, host controls."

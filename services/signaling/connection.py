@@ -36,6 +36,8 @@ class Connection:
     """Gone for good (left, denied, removed, ended, replaced): no rejoin grace on close."""
     last_sent: dict[str, str] = field(default_factory=dict)
     media: Subscription | None = None
+    quality: Subscription | None = None
+    """The room's network quality from its media node (``quality.py``)."""
 
     def place(self) -> tuple[UUID, UUID, str, CallRole]:
         """(participant, room, clinic, role) of a joined connection."""

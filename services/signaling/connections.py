@@ -10,12 +10,13 @@ from uuid import UUID
 
 from nats.aio.msg import Msg
 
-from contracts.media import participant_subject
+from contracts.media import participant_subject, quality_subject
 from contracts.signaling import LeftBecause
 from runtime.sealing import secret_digest
 from services.signaling import domain
 from services.signaling.connection import Connection
 from services.signaling.negotiation import MediaNegotiation
+from services.signaling.quality import relay_quality
 from services.signaling.replica import Replica
 from services.signaling.rooms import Decide
 
@@ -135,6 +136,11 @@ class Connections:
 
         conn.media = await replica.ctx.nats.subscribe(participant_subject(pid), cb=from_media)
 
+        async def from_quality(msg: Msg) -> None:
+            relay_quality(conn, msg)
+
+        conn.quality = await replica.ctx.nats.subscribe(quality_subject(room_id), cb=from_quality)
+
     async def leave(self, conn: Connection) -> None:
         pid, room_id, clinic_id, _ = conn.place()
         now = self.replica.clock()
@@ -150,9 +156,10 @@ class Connections:
             return
         replica = self.replica
         pid, room_id, clinic_id = conn.participant_id, conn.room_id, conn.clinic_id
-        if conn.media is not None:
-            with contextlib.suppress(Exception):
-                await conn.media.unsubscribe()
+        for subscription in (conn.media, conn.quality):
+            if subscription is not None:
+                with contextlib.suppress(Exception):
+                    await subscription.unsubscribe()
         here = replica.local.get(room_id, {})
         if here.get(pid) is conn:
             del here[pid]
