@@ -83,6 +83,10 @@ STOP_TIMEOUT_S = 30.0
 """How long ``stop`` waits for the child to finish the file."""
 KEYFRAME_REQUEST_S = 1.0
 """How often to ask again for a keyframe a source's video is waiting for."""
+GAP_S = 0.5
+"""A participant whose pictures stop for longer than this (reconnecting, camera off, a stalled
+network) shows black in their tile, which stays where it was; longer for a camera that sends
+few pictures (three of its usual intervals), so that it does not flicker."""
 CLOCK_DRIFT = 0.0005
 """How far a sender's audio clock may drift from ours (500 ppm) with its voice kept in place."""
 SAMPLE_RATE = 48_000
@@ -582,7 +586,9 @@ class _Composition:
         if frame.mime.startswith("video/"):
             camera = self.cameras.get(frame.source)
             if camera is None or camera.left_at is not None or camera.codec != decoder:
-                camera = self.cameras[frame.source] = _Camera(decoder)
+                # Another codec (a reconnect): the same tile, black until its keyframe.
+                keep_tile = camera is not None and camera.left_at is None and camera.in_layout
+                camera = self.cameras[frame.source] = _Camera(decoder, in_layout=keep_tile)
             self.decode_errors += camera.decode(frame.data, frame.keyframe, frame.arrived)
             return
         voice = self.voices.get(frame.source)
@@ -628,8 +634,9 @@ class _Composition:
                 del self.cameras[source]
             else:
                 camera.advance(at)
-        pictures = [c.picture for c in self.cameras.values() if c.picture is not None]
-        frame = self.grid.compose(pictures)
+        # Everyone who has shown a picture keeps a tile, black while their pictures stop.
+        tiles = [c.tile(at) for c in self.cameras.values() if c.in_layout]
+        frame = self.grid.compose(tiles)
         frame.pts = self.frames_out
         frame.time_base = Fraction(1, self.fps)
         self.container.mux(self.video.encode(frame))
@@ -721,7 +728,7 @@ _CODECS = {
 class _Camera:
     """One participant's video: a decoder and the pictures it gave, in arrival order."""
 
-    def __init__(self, decoder: str) -> None:
+    def __init__(self, decoder: str, *, in_layout: bool = False) -> None:
         self.codec = decoder
         self.decoder = cast(av.VideoCodecContext, av.CodecContext.create(decoder, "r"))
         self.decoder.thread_count = 1  # frame threads would hold pictures back
@@ -729,6 +736,10 @@ class _Camera:
         self.arrived: deque[tuple[float, av.VideoFrame]] = deque()
         self.picture: av.VideoFrame | None = None
         self.left_at: float | None = None
+        self.in_layout = in_layout
+        """Has a tile: has shown a picture."""
+        self.shown_at = -math.inf  # when the picture shown arrived
+        self.interval = 0.0  # the usual time between two pictures (a moving average)
 
     def decode(self, data: bytes, keyframe: bool, arrived: float) -> int:
         """Decode one frame; the number of decode errors (0 or 1)."""
@@ -747,7 +758,19 @@ class _Camera:
     def advance(self, at: float) -> None:
         """Show the latest picture that had arrived by ``at``."""
         while self.arrived and self.arrived[0][0] <= at:
-            self.picture = self.arrived.popleft()[1]
+            arrived, self.picture = self.arrived.popleft()
+            if self.in_layout and self.shown_at > -math.inf:
+                # A long gap (camera off for minutes) counts as 2 s: it is not the usual.
+                since = min(arrived - self.shown_at, 2.0)
+                self.interval += (since - self.interval) * 0.1
+            self.shown_at = arrived
+            self.in_layout = True
+
+    def tile(self, at: float) -> av.VideoFrame | None:
+        """What its tile shows at ``at``: its latest picture, or black (None) in a gap."""
+        if at - self.shown_at > max(GAP_S, 3 * self.interval):
+            return None
+        return self.picture
 
 
 class _Grid:
@@ -755,10 +778,11 @@ class _Grid:
 
     def __init__(self, width: int, height: int) -> None:
         self.width, self.height = width, height
-        self.shown: list[av.VideoFrame] = []
+        self.shown: list[av.VideoFrame | None] = []
         self.frame = self._paint([])
 
-    def compose(self, pictures: list[av.VideoFrame]) -> av.VideoFrame:
+    def compose(self, pictures: list[av.VideoFrame | None]) -> av.VideoFrame:
+        """The canvas with ``pictures`` in their cells (None: a black cell)."""
         # The encoder takes its own reference, so an unchanged canvas is sent again as it is.
         if len(pictures) != len(self.shown) or any(
             a is not b for a, b in zip(pictures, self.shown, strict=True)
@@ -767,12 +791,14 @@ class _Grid:
             self.shown = pictures
         return self.frame
 
-    def _paint(self, pictures: list[av.VideoFrame]) -> av.VideoFrame:
+    def _paint(self, pictures: list[av.VideoFrame | None]) -> av.VideoFrame:
         frame = av.VideoFrame(self.width, self.height, "yuv420p")
         planes = [_plane_array(plane) for plane in frame.planes]
         for plane, value in zip(planes, BLACK, strict=True):
             plane[:] = value
         for picture, cell in zip(pictures, self.cells(len(pictures)), strict=True):
+            if picture is None:
+                continue
             x, y, w, h = _fit(picture, cell)
             tile = picture.reformat(width=w, height=h, format="yuv420p")
             for scale, plane, part in zip((1, 2, 2), planes, tile.planes, strict=True):

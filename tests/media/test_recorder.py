@@ -595,3 +595,45 @@ async def test_a_recorder_killed_midway_leaves_a_playable_partial_file(tmp_path:
     assert outcome.size_bytes == path.stat().st_size
     assert lit(written.pictures[-1][1]) == {"top left", "top right", "bottom left", "bottom right"}
     assert heard(written.sound, 440, 0.2, audio_s - 0.2).within(18, 32)
+
+
+async def test_a_participant_without_pictures_is_a_black_tile_in_place_and_in_sync(
+    tmp_path: Path,
+) -> None:
+    # Amy's connection drops at 1.0 s and is back at 2.0 s (a new SSRC, from a keyframe); her
+    # voice goes on throughout. Bob's voice drops for the same second; his camera does not.
+    schedule: list[Packet | Leaves] = [
+        *packetized(camera("amy", 0.0, 1.0, (200, 80, 80))),
+        *packetized(camera("amy", 2.0, 3.5, (200, 80, 80))),
+        *packetized(voice("amy", 0.0, 3.5, 440)),
+        *packetized(camera("bob", 0.0, 3.5, (80, 80, 200))),
+        *packetized(voice("bob", 0.0, 1.0, 660)),
+        *packetized(voice("bob", 2.0, 3.5, 660)),
+    ]
+    path = tmp_path / "gaps.mp4"
+    recorder = Recorder(path)
+    started = time.monotonic()
+    recorder.start()
+    await play(recorder, started, schedule)
+    await asyncio.sleep(max(0.0, started + 3.5 - time.monotonic()))
+    outcome = await recorder.stop()
+
+    assert (outcome.decode_errors, outcome.dropped) == (0, 0)
+    written = read(path)
+    assert written.decode_errors == 0
+    # Her last picture stays for a moment, then her tile is black where it was: Bob's stays
+    # on the right, not alone in the middle.
+    assert lit(at(written, 0.5)) == {"left", "right"}
+    assert lit(at(written, 1.2)) == {"left", "right"}
+    assert all(lit(at(written, t)) == {"right"} for t in (1.6, 1.8, 1.95))
+    assert lit(at(written, 2.3)) == {"left", "right"}
+    assert lit(at(written, 3.4)) == {"left", "right"}
+    # Sound and picture last as long, within a frame or two, and each voice is where it was.
+    video_s, audio_s = playable_s(written)
+    assert abs(video_s - audio_s) <= 2 / FPS
+    assert video_s == pytest.approx(3.5, abs=0.3)
+    spoken, silent = (18, 32), (0, 1)
+    assert heard(written.sound, 440, 0.1, 3.4).within(*spoken)
+    assert heard(written.sound, 660, 0.1, 0.95).within(*spoken)
+    assert heard(written.sound, 660, 1.05, 1.95).within(*silent)
+    assert heard(written.sound, 660, 2.1, 3.4).within(*spoken)
