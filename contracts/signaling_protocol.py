@@ -14,6 +14,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from contracts.media import Negotiation, ParticipantQuality
+from contracts.network_test import Direction
 from contracts.signaling import CallRole, EndedBecause
 
 PROTOCOL_VERSION = 1
@@ -56,6 +57,32 @@ class Check(_Link):
     closed. Nobody knocks: a join page asks it before it asks for a name and a camera."""
 
     type: Literal["check"] = "check"
+
+
+class NetworkTest(_Link):
+    """Test the network to the media node that will host this link's call, before joining:
+    answered with ``network_test_ready`` (or ``refused``); then the browser offers media in
+    ``signal`` frames, measures for ``duration_s`` and sends ``network_test_report``; the
+    answer is ``network_test_result``, then the socket is closed. Nobody knocks and no seat
+    is taken (docs/signaling.md, "Pre-call network test")."""
+
+    type: Literal["network_test"] = "network_test"
+
+
+class DownlinkReport(Direction):
+    """What the browser received of the node's echo (``getStats()`` inbound-rtp)."""
+
+
+class NetworkTestReport(_Message):
+    """The browser's half of a network test's figures, sent when it has measured."""
+
+    type: Literal["network_test_report"] = "network_test_report"
+    connected: bool = Field(description="ICE and DTLS reached connected.")
+    rtt_ms: float | None = Field(
+        default=None, ge=0, le=60_000, description="The selected candidate pair's round trip."
+    )
+    relayed: bool | None = Field(default=None, description="The media went through TURN.")
+    downlink: DownlinkReport | None = None
 
 
 class _OnParticipant(_Message):
@@ -134,6 +161,8 @@ class Ping(_Message):
 ClientMessage = Annotated[
     Join
     | Check
+    | NetworkTest
+    | NetworkTestReport
     | Admit
     | Deny
     | Hold
@@ -308,6 +337,42 @@ class Quality(_Message):
     participants: list[ParticipantQuality]
 
 
+class NetworkTestReady(_Message):
+    """The answer to ``network_test``: offer media now (``signal`` frames), measure for
+    ``duration_s``, then report. The node closes the test's connection ``max_s`` after the
+    offer whatever happens, and refuses an offer after ``expires_at``."""
+
+    type: Literal["network_test_ready"] = "network_test_ready"
+    test_id: UUID
+    media_node: str = Field(description="The node the call would be on.")
+    placed: bool = Field(description="The call's room is on that node already.")
+    duration_s: float = Field(description="How long to measure once media is connected.")
+    max_s: float
+    expires_at: datetime
+
+
+class NetworkVerdict(StrEnum):
+    good = "good"
+    may_be_choppy = "may_be_choppy"
+    video_will_not_work = "video_will_not_work"
+
+
+class NetworkTestResult(_Message):
+    """The verdict of a network test, with both directions' figures and what to do."""
+
+    type: Literal["network_test_result"] = "network_test_result"
+    verdict: NetworkVerdict
+    headline: str = Field(description="A sentence to show.")
+    advice: list[str] = Field(description="What to do, one sentence each (empty when good).")
+    reasons: list[str] = Field(
+        description="Which figures fell short: loss, rtt, jitter, bitrate, no_media."
+    )
+    rtt_ms: float | None
+    uplink: Direction | None = Field(description="Browser to node, as the node received it.")
+    downlink: Direction | None = Field(description="Node to browser, as the browser reported.")
+    relayed: bool | None
+
+
 class Error(_Message):
     """The last frame could not be done; the connection stays (until abuse closes it, 1008)."""
 
@@ -335,6 +400,8 @@ ServerMessage = Annotated[
     | SeatRefused
     | Recording
     | Quality
+    | NetworkTestReady
+    | NetworkTestResult
     | Signal
     | Error
     | Pong,

@@ -12,7 +12,7 @@ import structlog
 from contracts.events import Event
 from contracts.links import RESOLVE_SUBJECT, Decision, ResolveRequest
 from contracts.signaling import CallRole
-from contracts.signaling_protocol import Check, Join, LinkReady, Refused, Welcome
+from contracts.signaling_protocol import Check, Join, LinkReady, NetworkTest, Refused, Welcome
 from runtime import refusals
 from runtime.ratelimit import RateLimiter
 from runtime.rpc import RpcError, call
@@ -85,7 +85,7 @@ class Joining:
         if message.resume:
             await self._resume(conn, message.resume)
             return
-        decision = await self._allowed(conn, message)
+        decision = await self.allowed(conn, message)
         if decision is None:
             return
         room_id = decision.room_id or decision.session_id
@@ -231,7 +231,7 @@ class Joining:
     async def check(self, conn: Connection, message: Check) -> None:
         """Whether a link may join now, without a knock; the socket closes after the answer.
         It counts towards the address's join limit, as the join that follows does."""
-        decision = await self._allowed(conn, message)
+        decision = await self.allowed(conn, message)
         if decision is not None:
             conn.send(
                 LinkReady(
@@ -244,7 +244,9 @@ class Joining:
             )
         conn.close()
 
-    async def _allowed(self, conn: Connection, message: Join | Check) -> Decision | None:
+    async def allowed(
+        self, conn: Connection, message: Join | Check | NetworkTest
+    ) -> Decision | None:
         """The links service's yes to a link; None once the browser has been told no."""
         wait = self.knocks_by_address.retry_after(conn.address)
         if wait is not None:
@@ -269,7 +271,9 @@ class Joining:
         )
         conn.close()
 
-    async def _resolve(self, conn: Connection, message: Join | Check) -> Decision | None:
+    async def _resolve(
+        self, conn: Connection, message: Join | Check | NetworkTest
+    ) -> Decision | None:
         request = ResolveRequest(
             token=message.token,
             clinic_slug=message.clinic,

@@ -5,6 +5,7 @@ shows must play (a picture, and frames that keep coming), not just exist.
 """
 
 import asyncio
+import re
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -74,6 +75,14 @@ async def test_a_host_admits_two_guests_everyone_sees_everyone_and_the_host_ends
         ["You", "Dr Demo", "Casey Client"], timeout=10_000
     )
     await people.shoot("three-in-the-call")
+    # Network quality: the host sees signal bars on every tile, a guest only on their own,
+    # each read out as a grade and the figures behind it.
+    quality = re.compile(r"^Connection (excellent|good|fair|poor|bad), [1-5] of 5")
+    await expect(host.get_by_role("img", name=quality)).to_have_count(3, timeout=20_000)
+    await expect(guest.locator("#tile-me").get_by_role("img", name=quality)).to_have_count(
+        1, timeout=20_000
+    )
+    await expect(guest.locator(".tile.remote .signal:not([hidden])")).to_have_count(0)
 
     await guest.click("#leave")
     await screen(guest, "ended")

@@ -230,6 +230,7 @@ class Call {
     this.names = new Map();
     this.away = new Set(); // participant_ids whose connection dropped (signaling's `disconnected`)
     this.tiles = new Map();
+    this.quality = new Map(); // participant_id -> latest network quality (hosts: all; guests: own)
     this.recording = false;
     this.room = null;
     this.stream = null;
@@ -361,6 +362,14 @@ class Call {
     tile.querySelector("figcaption .state").textContent = away ? "reconnecting…" : "";
   }
 
+  // Network quality from the media node, every few seconds while it changes: a host gets
+  // everyone in the call, a guest only themselves. Signal bars on each tile, figures as text.
+  on_quality(frame) {
+    for (const q of frame.participants) this.quality.set(q.participant_id, q);
+    for (const [pid, tile] of this.tiles) showQuality(tile, this.quality.get(pid));
+    if ($("tile-me")) showQuality($("tile-me"), this.quality.get(this.me), true);
+  }
+
   on_room(frame) {
     this.room = frame;
     this.on_participants(frame);
@@ -476,6 +485,7 @@ class Call {
     if ($("tile-me")) return;
     const tile = makeTile("tile-me", "You", true);
     tile.querySelector("video").srcObject = this.stream || null;
+    showQuality(tile, this.quality.get(this.me), true);
     $("grid").prepend(tile);
   }
 
@@ -486,6 +496,7 @@ class Call {
         tile = makeTile(`tile-${pid}`, this.names.get(pid) || "Guest", false);
         this.tiles.set(pid, tile);
         this.label(pid, tile);
+        showQuality(tile, this.quality.get(pid));
         $("grid").append(tile);
         watchFirstFrame(tile.querySelector("video"));
       }
@@ -516,10 +527,56 @@ function makeTile(id, name, local) {
   const who = span("name", name);
   const state = span("state", ""); // "reconnecting…" while their connection is down
   state.setAttribute("role", "status");
-  caption.append(who, state);
+  const signal = span("signal", ""); // network quality bars, once measured (showQuality)
+  signal.setAttribute("role", "img");
+  signal.hidden = true;
+  for (let bar = 0; bar < 5; bar++) signal.append(span("bar", ""));
+  caption.append(who, signal, state);
   video.setAttribute("aria-label", local ? "Your video" : `Video of ${name}`);
   tile.append(video, caption);
+  if (local) {
+    const note = document.createElement("p"); // said once when your own connection turns poor
+    note.className = "quality-note";
+    note.setAttribute("role", "status");
+    tile.append(note);
+  }
   return tile;
+}
+
+const GRADES = { 5: "excellent", 4: "good", 3: "fair", 2: "poor", 1: "bad" };
+
+// One direction's figures, e.g. "2.5% lost, jitter 12 ms" (what was measured).
+function directionText(d) {
+  const parts = [];
+  if (d.loss_pct !== null) parts.push(`${d.loss_pct}% lost`);
+  if (d.jitter_ms !== null) parts.push(`jitter ${Math.round(d.jitter_ms)} ms`);
+  return parts.join(", ");
+}
+
+function qualityText(q) {
+  const details = [];
+  if (q.rtt_ms !== null) details.push(`round trip ${Math.round(q.rtt_ms)} ms`);
+  const sending = directionText(q.sending);
+  const receiving = directionText(q.receiving);
+  if (sending) details.push(`sending: ${sending}`);
+  if (receiving) details.push(`receiving: ${receiving}`);
+  return `Connection ${GRADES[q.grade]}, ${q.grade} of 5${details.length ? `. ${details.join("; ")}` : ""}`;
+}
+
+// A tile's signal bars: as many filled as the grade, the figures as their text alternative.
+function showQuality(tile, q, own = false) {
+  const signal = tile.querySelector(".signal");
+  const measured = Boolean(q && q.grade);
+  signal.hidden = !measured;
+  if (own) {
+    const poor = measured && q.grade <= 2;
+    tile.querySelector(".quality-note").textContent = poor ? "Your connection is poor" : "";
+  }
+  if (!measured) return;
+  signal.dataset.grade = String(q.grade);
+  const text = qualityText(q);
+  signal.setAttribute("aria-label", text);
+  signal.title = text;
 }
 
 function watchFirstFrame(video) {
