@@ -270,3 +270,28 @@ async def test_a_node_that_restarts_finishes_what_its_earlier_life_was_recording
         assert [k for k, _ in await media_events_with_data(postgres_dsn, str(lost))] == [
             "RecordingFailed"
         ]
+
+
+async def test_the_last_one_out_ends_the_call_and_its_recording(
+    calls: Calls, postgres_dsn: str
+) -> None:
+    call = await host_and_admitted_guest(calls)
+    await call.host.send("start_recording")
+    await call.guest.next("recording", on=True)
+    room_id = call.welcome["room_id"]
+    for browser in (call.guest, call.host):
+        await browser.send("leave")
+        assert await browser.closed() == 1000
+
+    async def ended() -> bool:
+        return "SessionEnded" in [t for t, _ in await room_events(postgres_dsn, room_id)]
+
+    await eventually(ended, what="the call ended")
+    events = await room_events(postgres_dsn, room_id)
+    types = [t for t, _ in events]
+    assert types.index("RecordingStopped") < types.index("SessionEnded")
+    stopped = next(d for t, d in events if t == "RecordingStopped")
+    assert stopped["because"] == "session_ended"
+    assert next(d for t, d in events if t == "SessionEnded")["because"] == "last_left"
+    await recording_available(postgres_dsn, stopped["recording_id"])
+    assert await media_events(postgres_dsn, stopped["recording_id"]) == ["RecordingAvailable"]
