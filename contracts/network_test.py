@@ -43,6 +43,7 @@ class ProbeHost(BaseModel):
     node_id: str | None
     media_url: str | None = None
     placed: bool = Field(description="The room is on that node already (else it would go there).")
+    max_s: float = Field(default=12.0, description="The node closes a test connection by then.")
 
 
 class ProbeAction(StrEnum):
@@ -56,6 +57,7 @@ class ProbeSignal(BaseModel):
     """One step of a test, relayed by signaling."""
 
     test_id: UUID
+    room_id: UUID = Field(description="The room the test is for (the token's).")
     test_token: str = Field(description="The JWT signaling minted for this test.")
     client_address: str = Field(
         default="",
@@ -70,12 +72,18 @@ class ProbeSignal(BaseModel):
 
 
 class Direction(BaseModel):
-    """What one direction of the test carried, as its receiving end saw it."""
+    """What one direction of the test carried, as its receiving end saw it. Packets are
+    those of the track that lost the largest share (audio is never repaired; video's
+    retransmissions hide part of its loss)."""
 
-    packets_received: int = Field(ge=0)
-    packets_lost: int = Field(ge=0)
-    jitter_ms: float = Field(ge=0, description="RFC 3550 interarrival jitter (the worst track).")
-    peak_kbps: float = Field(ge=0, description="The best one-second bitrate that arrived.")
+    packets_received: int = Field(ge=0, le=10_000_000)
+    packets_lost: int = Field(ge=0, le=10_000_000)
+    jitter_ms: float = Field(
+        ge=0, le=60_000, description="RFC 3550 interarrival jitter (the worst track)."
+    )
+    peak_kbps: float = Field(
+        ge=0, le=10_000_000, description="The best one-second bitrate that arrived."
+    )
 
     @property
     def loss(self) -> float:

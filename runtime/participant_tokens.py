@@ -60,8 +60,10 @@ def mint(
     node_id: str,
     ttl_s: float,
     now: float | None = None,
+    audience: str = PARTICIPANT_TOKEN_AUDIENCE,
 ) -> tuple[str, int]:
-    """A signed token and its expiry (epoch seconds)."""
+    """A signed token and its expiry (epoch seconds); ``audience`` says what it opens (a
+    seat's media connection, or a pre-call network test: ``NETWORK_TEST_AUDIENCE``)."""
     issued = int(now if now is not None else time.time())
     expires = issued + max(1, int(ttl_s))
     claims = ParticipantClaims(
@@ -72,18 +74,27 @@ def mint(
         node=node_id,
         nbf=issued,
         exp=expires,
+        aud=audience,
     )
     return jwt.encode(claims.model_dump(mode="json"), key, PARTICIPANT_TOKEN_ALGORITHM), expires
 
 
-def verify(key: str, token: str, *, room_id: str, node_id: str | None = None) -> ParticipantClaims:
-    """The claims of a token for ``room_id``; raises :class:`ParticipantTokenError` otherwise."""
+def verify(
+    key: str,
+    token: str,
+    *,
+    room_id: str,
+    node_id: str | None = None,
+    audience: str = PARTICIPANT_TOKEN_AUDIENCE,
+) -> ParticipantClaims:
+    """The claims of a token for ``room_id`` and ``audience``; raises
+    :class:`ParticipantTokenError` otherwise."""
     try:
         raw = jwt.decode(
             token,
             key,
             algorithms=[PARTICIPANT_TOKEN_ALGORITHM],
-            audience=PARTICIPANT_TOKEN_AUDIENCE,
+            audience=audience,
             issuer=PARTICIPANT_TOKEN_ISSUER,
             leeway=LEEWAY_S,
             options={"require": ["exp", "nbf", "aud", "iss", "sub"]},

@@ -20,11 +20,17 @@ from contracts.media import (
     record_subject,
     signal_subject,
 )
+from contracts.network_test import (
+    NETWORK_TEST_HOST_SUBJECT,
+    ProbeHostRequest,
+    ProbeSignal,
+    probe_subject,
+)
 from contracts.scheduling import AUTHENTICATE_SUBJECT
 from runtime.nats_permissions import BusAccess
 from runtime.rpc import Endpoint, answering
 from runtime.service import ServiceDefinition
-from services.media import api, handlers
+from services.media import api, handlers, network_test
 from services.media.node import Media
 from services.media.placement import NODES_BUCKET, ROOMS_BUCKET
 
@@ -45,6 +51,7 @@ def build(media: Media | None = None) -> ServiceDefinition:
     """The service around one media node (settings, clock); tests build several."""
     media = media or Media()
     node = media.node_id
+    probes = network_test.Probes(media.settings, lambda: media.key, node)
     return ServiceDefinition(
         name="media",
         default_port=8104,
@@ -86,6 +93,18 @@ def build(media: Media | None = None) -> ServiceDefinition:
                 "WebRTC negotiation with a participant (relayed by signaling).",
             ),
             Endpoint(
+                NETWORK_TEST_HOST_SUBJECT,
+                answering(ProbeHostRequest, partial(network_test.answer_host, media.placement)),
+                "Which node a room's pre-call network test runs against (nothing placed).",
+                callers=SIGNALING,
+            ),
+            Endpoint(
+                probe_subject(node),
+                answering(ProbeSignal, probes.answer),
+                "A pre-call network test on this node: offer, candidate, finish.",
+                callers=SIGNALING,
+            ),
+            Endpoint(
                 record_subject(node),
                 answering(RecordingCommand, media.record),
                 "Start or stop recording a room this node holds.",
@@ -94,7 +113,13 @@ def build(media: Media | None = None) -> ServiceDefinition:
         ],
         migrations_package="services.media.sql",
         routes=partial(routes, media=media),
-        tasks=[media.keep_alive, media.journal.run, media.run_sfu, media.publish_quality],
+        tasks=[
+            media.keep_alive,
+            media.journal.run,
+            media.run_sfu,
+            media.publish_quality,
+            probes.run,
+        ],
         bus=BusAccess(
             # A node forwards a seat or a release to the node that owns the room; recording
             # and negotiation come from signaling alone.

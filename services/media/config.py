@@ -106,6 +106,17 @@ class MediaSettings(BaseSettings):
         description="The most a publisher's video is asked to send (REMB), whatever its "
         "subscribers could take.",
     )
+    network_test_max_s: float = Field(
+        default=12.0,
+        gt=0,
+        le=30,
+        description="A pre-call network test's connection is closed after this long at most.",
+    )
+    network_tests_at_once: int = Field(
+        default=4, ge=0, description="Network tests this node runs at once (0: none)."
+    )
+    network_tests_per_address_per_minute: float = Field(default=6.0, gt=0)
+    network_tests_per_address_burst: int = Field(default=3, ge=1)
     recordings_dir: Path = Field(
         default=Path("recordings"), description="Where recordings are written (one MP4 each)."
     )

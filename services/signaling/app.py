@@ -13,6 +13,7 @@ from contracts.media import (
     RELEASE_SUBJECT,
     SEAT_SUBJECT,
 )
+from contracts.network_test import NETWORK_TEST_HOST_SUBJECT
 from contracts.signaling import signaling_events
 from runtime.nats_permissions import BusAccess
 from runtime.service import ServiceDefinition
@@ -45,6 +46,7 @@ def build(signaling: Signaling | None = None) -> ServiceDefinition:
                 SEAT_SUBJECT,
                 RELEASE_SUBJECT,
                 LIVE_NODES_SUBJECT,
+                NETWORK_TEST_HOST_SUBJECT,
                 ALL_NODE_SUBJECTS,
             ),
             publishes=(ALL_ROOM_SUBJECTS,),

@@ -36,6 +36,7 @@ from services.signaling.connections import Connections
 from services.signaling.failover import MediaFailover
 from services.signaling.joining import Joining
 from services.signaling.negotiation import MediaNegotiation
+from services.signaling.network_test import NetworkTests
 from services.signaling.recording import RecordingControl
 from services.signaling.replica import Replica
 from services.signaling.rooms import Rooms
@@ -61,6 +62,7 @@ class Signaling:
         self.connections = Connections(self.replica, self.negotiation)
         self.failover = MediaFailover(self.replica, self.seats)
         self.joining = Joining(self.replica, self.connections, self.seats, self.negotiation)
+        self.network_tests = NetworkTests(self.replica, self.seats, self.joining)
         self.commands = Commands(
             self.replica, self.connections, self.seats, self.negotiation, self.recording
         )
@@ -147,4 +149,6 @@ class Signaling:
         await self.commands.command(conn, message)
 
     async def dropped(self, conn: Connection) -> None:
+        if conn.network_test is not None:
+            await self.network_tests.abandoned(conn)
         await self.connections.dropped(conn)

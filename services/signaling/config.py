@@ -24,6 +24,19 @@ class SignalingSettings(BaseSettings):
     knocks_per_address_burst: int = Field(default=20, ge=1)
     knocks_per_link_per_minute: float = Field(default=60.0, gt=0)
     knocks_per_link_burst: int = Field(default=60, ge=1)
+    network_tests_per_address_per_minute: float = Field(
+        default=6.0, gt=0, description="Pre-call network tests one address may start."
+    )
+    network_tests_per_address_burst: int = Field(default=3, ge=1)
+    network_test_duration_s: float = Field(
+        default=8.0, ge=2, le=10, description="How long a browser measures a network test."
+    )
+    network_test_window_s: float = Field(
+        default=15.0,
+        ge=5,
+        le=60,
+        description="A network test's token lets its offer in for this long after it starts.",
+    )
     token_ttl_s: float = Field(
         default=120.0, ge=5, description="Lifetime of a participant token (to connect media)."
     )

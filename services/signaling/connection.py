@@ -2,6 +2,7 @@
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from uuid import UUID
 
 from fastapi import WebSocket
@@ -9,6 +10,9 @@ from nats.aio.subscription import Subscription
 from pydantic import BaseModel
 
 from contracts.signaling import CallRole
+
+if TYPE_CHECKING:
+    from services.signaling.network_test import NetworkTestRun
 
 MAX_QUEUED = 1000
 """Frames waiting for a browser that does not read them, before it is disconnected."""
@@ -36,6 +40,8 @@ class Connection:
     """Gone for good (left, denied, removed, ended, replaced): no rejoin grace on close."""
     last_sent: dict[str, str] = field(default_factory=dict)
     media: Subscription | None = None
+    network_test: "NetworkTestRun | None" = None
+    """A pre-call network test under way on this socket (it never joins)."""
     quality: Subscription | None = None
     """The room's network quality from its media node (``quality.py``)."""
 

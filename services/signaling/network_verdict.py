@@ -21,7 +21,8 @@ can carry no more than the uplink brought; the downlink is judged by its loss an
 """
 
 from dataclasses import dataclass
-from enum import StrEnum
+
+from contracts.signaling_protocol import NetworkVerdict as Verdict
 
 GOOD_LOSS = 0.02
 VIDEO_LOSS = 0.10
@@ -30,12 +31,6 @@ USABLE_RTT_MS = 800.0
 GOOD_JITTER_MS = 30.0
 GOOD_KBPS = 1000.0
 VIDEO_KBPS = 250.0
-
-
-class Verdict(StrEnum):
-    good = "good"
-    may_be_choppy = "may_be_choppy"
-    video_will_not_work = "video_will_not_work"
 
 
 HEADLINES = {

@@ -21,8 +21,11 @@ from contracts.signaling_protocol import (
     Check,
     Error,
     Join,
+    NetworkTest,
+    NetworkTestReport,
     Ping,
     Pong,
+    Signal,
     client_messages,
 )
 from runtime.client_address import client_address_of
@@ -87,9 +90,14 @@ async def _read(signaling: Signaling, conn: Connection) -> None:
 
     while not conn.closing:
         try:
-            async with asyncio.timeout_at(None if conn.participant_id else join_by):
+            async with asyncio.timeout_at(_deadline(conn, join_by)):
                 received = await conn.websocket.receive()
         except TimeoutError:
+            if conn.network_test is not None:
+                conn.send(Error(code="test_timeout", message="The network test was not reported."))
+                conn.close(1008, "no report", done=False)
+                await signaling.network_tests.abandoned(conn)
+                return
             conn.send(Error(code="join_timeout", message="Send a join first, within seconds."))
             conn.close(1008, "no join", done=False)
             return
@@ -120,13 +128,27 @@ async def _read(signaling: Signaling, conn: Connection) -> None:
             conn.send(Pong())
             continue
         if conn.participant_id is None:
+            if conn.network_test is not None:
+                if not isinstance(message, Signal | NetworkTestReport):
+                    strike("test_running", "Only the network test's frames, until it ends.")
+                    continue
+                try:
+                    await signaling.network_tests.step(conn, message)
+                except Exception:
+                    log.exception("a network test frame could not be handled", type=message.type)
+                    conn.send(Error(code="internal", message="The network test failed here."))
+                    conn.close(1011, "network test failed", done=False)
+                continue
             if isinstance(message, Check):
                 await signaling.check(conn, message)
+                continue
+            if isinstance(message, NetworkTest):
+                await signaling.network_tests.start(conn, message)
                 continue
             if not isinstance(message, Join):
                 strike("join_first", "Send a join (or a check) before anything else.")
                 continue
-        elif isinstance(message, Join | Check):
+        elif isinstance(message, Join | Check | NetworkTest | NetworkTestReport):
             strike("already_joined", "This connection has already joined.")
             continue
         elif message.type in HOST_ONLY and conn.role is not CallRole.host:
@@ -140,6 +162,13 @@ async def _read(signaling: Signaling, conn: Connection) -> None:
         except Exception:
             log.exception("a frame could not be handled", type=message.type)
             conn.send(Error(code="internal", message="Something went wrong here; try again."))
+
+
+def _deadline(conn: Connection, join_by: float) -> float | None:
+    """A joined socket has none; a network test's is its report's; any other, the join's."""
+    if conn.participant_id is not None:
+        return None
+    return conn.network_test.deadline if conn.network_test is not None else join_by
 
 
 def _explain(exc: ValidationError) -> str:
