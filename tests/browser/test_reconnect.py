@@ -3,6 +3,13 @@
 Both come back to the same place in the call within the rejoin grace: no knock, nothing for
 the host to do, and the videos play again on both sides (docs/web.md, "Reloads and lost
 connections").
+
+The network is cut with DevTools' network emulation (offline, then online). Chromium applies
+it to the page's requests and to what the page is told (``navigator.onLine``, the ``offline``
+and ``online`` events), but not to open WebSockets or to WebRTC's UDP (crbug.com/563644; its
+WebRTC packet loss field has no effect here either), so what this test proves is the page's
+answer to a network that went and came back: "Reconnecting…" while it is gone, and on its
+return a new peer connection on the same seat that the others receive on the same tracks.
 """
 
 import asyncio
@@ -17,30 +24,12 @@ from tests.browser.test_call import link_of, waiting_guest
 
 pytestmark = pytest.mark.slow
 
-# DevTools' offline mode alone reaches HTTP and WebSockets, not WebRTC's UDP: its packet loss
-# (an experimental field of the same command) drops every WebRTC packet too.
-OFFLINE = {
-    "offline": True,
-    "latency": 0,
-    "downloadThroughput": -1,
-    "uploadThroughput": -1,
-    "packetLoss": 100,
-}
-ONLINE = {
-    "offline": False,
-    "latency": 0,
-    "downloadThroughput": -1,
-    "uploadThroughput": -1,
-    "packetLoss": 0,
-}
+OFFLINE = {"offline": True, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1}
+ONLINE = {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1}
 
 TRACKS_OF = """(pid) => {
     const video = document.querySelector(`#tile-${pid} video`);
     return video && video.srcObject ? video.srcObject.getTracks().map((t) => t.id) : [];
-}"""
-FRAMES_OF = """(pid) => {
-    const video = document.querySelector(`#tile-${pid} video`);
-    return video ? video.getVideoPlaybackQuality().totalVideoFrames : 0;
 }"""
 
 
@@ -105,24 +94,25 @@ async def test_media_comes_back_after_the_network_is_cut_for_five_seconds(
 ) -> None:
     session, host, guest = await host_and_admitted_guest(platform, people)
     guest_id = await guest.evaluate("window.antechamber.participantId")
+    guest_on_host = await host.evaluate(TRACKS_OF, guest_id)
+    connections = await guest.evaluate("window.antechamber.mediaConnections()")
     cdp = await guest.context.new_cdp_session(guest)
     await cdp.send("Network.enable")
 
     await cdp.send("Network.emulateNetworkConditions", OFFLINE)
-    await asyncio.sleep(1.5)
-    cut_at = await host.evaluate(FRAMES_OF, guest_id)
-    await asyncio.sleep(3.5)
-    # The cut is real: nothing of the guest's reached the host meanwhile, and both say so.
-    assert await host.evaluate(FRAMES_OF, guest_id) <= cut_at + 2
     await expect(guest.locator("#call-state")).to_have_text(
         "Reconnecting… your place in the call is kept."
     )
     await people.shoot("offline")
+    await asyncio.sleep(5)
     await cdp.send("Network.emulateNetworkConditions", ONLINE)
 
     for page in (guest, host):
         await remote_videos_playing(page, 1, timeout_s=45)
     await expect(guest.locator("#call-state")).to_be_hidden(timeout=20_000)
+    # Media came back on a new peer connection, which the host receives on the same tracks.
+    assert await guest.evaluate("window.antechamber.mediaConnections()") > connections
+    assert await host.evaluate(TRACKS_OF, guest_id) == guest_on_host
     await expect(host.locator(f"#tile-{guest_id} figcaption .state")).to_have_text("")
     assert len(await platform.room_events(session["session_id"], "GuestKnocked")) == 1
     await people.shoot("back-online")

@@ -91,13 +91,23 @@ const link = linkOfPage(window.location);
 let role = null;
 
 // This person's place in the call, kept in the tab's sessionStorage (gone when the tab closes)
-// under the link's address, so that a reload comes back with the resume token instead of
-// joining (and knocking) again. `until`: when the rejoin grace would run out had the page gone
-// now; renewed while the page lives.
-const PLACE_KEY = `antechamber.place:${window.location.pathname}${window.location.search}`;
+// under a digest of the link's address (not the link itself), so that a reload comes back with
+// the resume token instead of joining (and knocking) again. `until`: when the rejoin grace
+// would run out had the page gone now; renewed while the page lives.
 const PLACE_RENEW_MS = 15000;
+let PLACE_KEY = null; // set by placeKey() before anything is read or kept
+async function placeKey() {
+  const address = new TextEncoder().encode(`${window.location.pathname}${window.location.search}`);
+  try {
+    const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", address));
+    PLACE_KEY = `antechamber.place:${Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("")}`;
+  } catch {
+    PLACE_KEY = null; // no digest on an insecure page (no camera there either): nothing kept
+  }
+}
 const place = {
   read() {
+    if (!PLACE_KEY) return null;
     try {
       const kept = JSON.parse(sessionStorage.getItem(PLACE_KEY) || "null");
       return kept && typeof kept.resume === "string" && kept.until > Date.now() ? kept : null;
@@ -106,6 +116,7 @@ const place = {
     }
   },
   keep(fields) {
+    if (!PLACE_KEY) return;
     try {
       const kept = JSON.parse(sessionStorage.getItem(PLACE_KEY) || "null") || {};
       sessionStorage.setItem(PLACE_KEY, JSON.stringify({ ...kept, ...fields }));
@@ -114,6 +125,7 @@ const place = {
     }
   },
   forget() {
+    if (!PLACE_KEY) return;
     try {
       sessionStorage.removeItem(PLACE_KEY);
     } catch {
@@ -226,6 +238,8 @@ class Call {
     this.graceMs = 0;
     this.deadline = null; // while the connection is down: when the place lapses (ms)
     this.retrying = false;
+    this.wake = null; // ends the drop loop's current wait early (the network is back)
+    this.offline = false; // the browser says there is no network
     this.renewTimer = null;
     this.names = new Map();
     this.away = new Set(); // participant_ids whose connection dropped (signaling's `disconnected`)
@@ -292,7 +306,7 @@ class Call {
 
   // "Reconnecting…" on the page while signaling or media is being brought back.
   reconnecting(on) {
-    const state = on || this.deadline !== null;
+    const state = on || this.deadline !== null || this.offline;
     observed.reconnecting = state;
     $("call-state").hidden = !state;
     $("call-state").textContent = state ? "Reconnecting… your place in the call is kept." : "";
@@ -467,7 +481,11 @@ class Call {
     this.retrying = true;
     try {
       for (let delay = firstDelay; Date.now() < this.deadline; delay = Math.min(Math.max(delay * 2, 500), 8000)) {
-        await new Promise((r) => setTimeout(r, delay));
+        await new Promise((r) => {
+          this.wake = r;
+          setTimeout(r, delay);
+        });
+        this.wake = null;
         try {
           await this.connection.open({ type: "join", resume: this.resume });
           return; // `welcome` ends the drop; a close before it comes back here
@@ -479,6 +497,17 @@ class Call {
       this.retrying = false;
     }
     this.end("The connection was lost", "Your place has lapsed; open your link again to rejoin.");
+  }
+
+  // The browser lost its network (`offline`) or has it back (`online`, perhaps another one):
+  // say so at once, and on its return try at once rather than at the end of a back-off.
+  networkChanged(online) {
+    this.offline = !online;
+    if (!this.resume) return; // not in a call or a waiting room
+    this.reconnecting(false);
+    if (!online) return;
+    if (this.wake) this.wake();
+    else if (this.media) this.media.renew();
   }
 
   showLocal() {
@@ -699,6 +728,9 @@ function renderManager(room, me, recording) {
 
 const call = new Call();
 observed.voices = () => (call.media ? call.media.voices() : Promise.resolve({}));
+observed.mediaConnections = () => (call.media ? call.media.connections : 0);
+window.addEventListener("offline", () => call.networkChanged(false));
+window.addEventListener("online", () => call.networkChanged(true));
 
 $("knocks-toggle").addEventListener("click", () => {
   call.connection.send(call.room && call.room.knocks_muted ? "unmute_knocks" : "mute_knocks");
@@ -759,6 +791,8 @@ $("camera-toggle").addEventListener("click", () => {
 
 // Closing or reloading the page is a drop, not a leave (a page cannot tell the two apart):
 // the place is kept for the rejoin grace, and a reload takes it back. Leave is the button.
-const kept = link ? place.read() : null;
-if (kept) call.rejoin(kept);
-else check();
+placeKey().then(() => {
+  const kept = link ? place.read() : null;
+  if (kept) call.rejoin(kept);
+  else check();
+});

@@ -30,6 +30,7 @@ export class Media {
     this.restarts = 0; // in a row, since the last time the connection was up
     this.timer = null;
     this.active = false; // between start() and stop()
+    this.connections = 0; // peer connections made: read by tests
   }
 
   // A new connection for the call (after `admitted`): the count of restarts starts again.
@@ -61,8 +62,17 @@ export class Media {
     }, delay);
   }
 
+  // The network is back or changed (the browser's `online`): the old connection's path may
+  // be gone, so a new connection at once, with the back-off starting again.
+  renew() {
+    if (!this.active) return;
+    this.restarts = 0;
+    this.restart();
+  }
+
   async connect() {
     this.close();
+    this.connections += 1;
     const localStream = this.localStream;
     const pc = new RTCPeerConnection({ iceServers: this.iceServers, bundlePolicy: "max-bundle" });
     this.pc = pc;
