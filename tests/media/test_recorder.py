@@ -637,3 +637,36 @@ async def test_a_participant_without_pictures_is_a_black_tile_in_place_and_in_sy
     assert heard(written.sound, 660, 0.1, 0.95).within(*spoken)
     assert heard(written.sound, 660, 1.05, 1.95).within(*silent)
     assert heard(written.sound, 660, 2.1, 3.4).within(*spoken)
+
+
+async def test_a_reconnect_mid_picture_shows_black_until_its_keyframe_never_garbage(
+    tmp_path: Path,
+) -> None:
+    # Ned's new connection (1.0 s, a new SSRC) starts between keyframes: none of its pictures
+    # can be decoded until the next keyframe, which the recorder asks for. Until then his
+    # tile is black, in its place; then it shows his whole picture, never a grey smear.
+    before = camera("ned", 0.0, 0.9, (200, 80, 80))
+    after = camera("ned", 1.0, 3.0, (200, 80, 80))
+    after = [replace(s, due=s.due - 5 / FPS) for s in after[5:]]
+    assert not is_keyframe("video/VP8", after[0].data)
+    shows = next(s.due for s in after if is_keyframe("video/VP8", s.data))
+    assert shows > 1.6
+    asked: list[str] = []
+    path = tmp_path / "midway.mp4"
+    recorder = Recorder(path, want_keyframe=asked.append)
+    started = time.monotonic()
+    recorder.start()
+    await play(recorder, started, [*packetized(before), *packetized(after)])
+    await asyncio.sleep(max(0.0, started + 3.0 - time.monotonic()))
+    outcome = await recorder.stop()
+
+    assert asked == ["ned"]
+    assert (outcome.decode_errors, outcome.dropped) == (0, 0)
+    written = read(path)
+    assert written.decode_errors == 0
+    red = 115  # his picture's luma
+    assert tile(at(written, 0.5)) == pytest.approx(red, abs=6)
+    assert is_black(at(written, shows - 0.1))
+    for time_s, luma in written.pictures:
+        if time_s >= shows + 0.1:
+            assert tile(luma) == pytest.approx(red, abs=6), time_s
