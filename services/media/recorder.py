@@ -13,7 +13,12 @@ Linux), which starts when the recording does: a file lasts as long as the record
 late people came or early they left. A video frame is composed every ``1/fps`` from each
 participant's latest picture; voices are placed by their RTP timestamps, anchored on arrival,
 and summed. A frame arrived when the last of its packets did. Both run ``MARGIN_S`` behind the
-newest packet so that late frames still land.
+newest packet so that late frames still land. A participant's tile appears with their first
+keyframe and stays where it is until they leave, black while their pictures stop (``GAP_S``).
+
+The file is fragmented MP4, written a fragment at a time (``FRAGMENT_S``): a child killed
+outright leaves a file that plays up to its last fragment, which :meth:`Recorder.stop` keeps
+as a *partial* recording, measured with :func:`playable_duration`.
 """
 
 import asyncio
@@ -158,7 +163,7 @@ class _Failed(NamedTuple):
 
 
 class Recorder:
-    """One room's recording, composed in a child process into an H.264 + AAC MP4 file.
+    """One room's recording, composed in a child process into a fragmented H.264 + AAC MP4.
 
     ``add_packet`` and ``remove`` are for the event loop: they never block. Each ``source``
     is one picture and one voice; a person who sends two videos needs two sources. A video

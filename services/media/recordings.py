@@ -21,6 +21,7 @@ from functools import partial
 from pathlib import Path
 from uuid import UUID
 
+import asyncpg
 import structlog
 
 from contracts.media import (
@@ -178,7 +179,16 @@ class Recordings:
 
     async def recover(self, ctx: ServiceContext) -> None:
         """At start: recordings this node left under way in an earlier life (it was killed
-        or crashed) are finished as partial, or failed if nothing in their file plays."""
+        or crashed) are finished as partial, or failed if nothing in their file plays.
+
+        If that cannot be done now (the database is away), it is logged and left for the next
+        start: the calls this node is about to carry come first."""
+        try:
+            await self._recover(ctx)
+        except (OSError, asyncpg.PostgresError):
+            log.exception("recordings of an earlier life not finished; the next start retries")
+
+    async def _recover(self, ctx: ServiceContext) -> None:
         booted = self.clock()
         rows = await ctx.pool.fetch(
             "SELECT recording_id, clinic_id, room_id, started_at FROM recordings "
