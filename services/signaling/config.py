@@ -41,6 +41,16 @@ class SignalingSettings(BaseSettings):
         default=120.0, ge=5, description="Lifetime of a participant token (to connect media)."
     )
     sweep_s: float = Field(default=1.0, gt=0, description="How often lapsed places are swept.")
+    page_gone_grace_s: float = Field(
+        default=30.0,
+        ge=0,
+        description=(
+            "How long a place is kept for a browser that closed its socket as its page went "
+            "away (1001 Going Away: a reload, or a closed tab), when that is less than the "
+            "clinic's rejoin grace: long enough for a reload to take it back, short enough "
+            "that a closed tab does not hold a seat for minutes."
+        ),
+    )
     replica_timeout_s: float = Field(
         default=10.0, gt=0, description="A replica silent this long has lost its connections."
     )

@@ -38,6 +38,8 @@ class Connection:
     closing: bool = False
     done: bool = False
     """Gone for good (left, denied, removed, ended, replaced): no rejoin grace on close."""
+    page_gone: bool = False
+    """The browser closed the socket with 1001 (Going Away): its page was reloaded or closed."""
     last_sent: dict[str, str] = field(default_factory=dict)
     media: Subscription | None = None
     network_test: "NetworkTestRun | None" = None

@@ -169,7 +169,10 @@ class Connections:
             if conn.done:
                 return
             now = replica.clock()
-            until = now + timedelta(seconds=conn.grace_s)
+            grace_s = conn.grace_s
+            if conn.page_gone:  # a reload comes back within seconds; a closed tab never does
+                grace_s = min(grace_s, replica.settings.page_gone_grace_s)
+            until = now + timedelta(seconds=grace_s)
             row = await replica.ctx.pool.fetchrow(
                 "UPDATE connections SET replica_id = NULL, grace_until = $3, updated_at = now() "
                 "WHERE participant_id = $1 AND replica_id = $2 RETURNING participant_id",
@@ -179,7 +182,7 @@ class Connections:
             )
             if row is None:
                 return  # they came back elsewhere already
-            if conn.grace_s <= 0:
+            if grace_s <= 0:
                 await self.end_place(
                     room_id,
                     clinic_id,

@@ -36,6 +36,8 @@ from services.signaling.connection import Connection
 log = structlog.get_logger(__name__)
 router = APIRouter()
 WRITER_GRACE_S = 2.0
+GOING_AWAY = 1001
+"""The close code a browser sends for the sockets of a page that is unloading (RFC 6455)."""
 
 
 @router.websocket(WEBSOCKET_PATH)
@@ -102,6 +104,7 @@ async def _read(signaling: Signaling, conn: Connection) -> None:
             conn.close(1008, "no join", done=False)
             return
         if received["type"] == "websocket.disconnect":
+            conn.page_gone = received.get("code") == GOING_AWAY
             return
         text = received.get("text")
         if text is None:

@@ -8,6 +8,7 @@ its sockets go, so it records nothing.
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -179,6 +180,38 @@ async def test_a_place_lapses_when_the_grace_runs_out(calls: Calls, postgres_dsn
     refused = await late.next("refused")
     assert (refused["reason"], refused["status"]) == ("resume_expired", 410)
     assert await late.closed() == 1000
+
+
+async def test_a_page_that_went_away_keeps_its_place_long_enough_for_a_reload(
+    calls: Calls, postgres_dsn: str
+) -> None:
+    call = await host_and_admitted_guest(calls)  # the default grace: 5 minutes
+    gone_at = calls.clock()
+    await call.guest.ws.close(code=1001)  # what a browser sends as its page unloads
+    await call.host.latest("room", participants=lambda p: connected(p, call.guest_id) is False)
+    events = await room_events(postgres_dsn, call.welcome["room_id"])
+    (away,) = [d for t, d in events if t == "ParticipantDisconnected"]
+    until = datetime.fromisoformat(away["grace_until"])
+    assert until - gone_at == timedelta(seconds=30)  # not the clinic's 5 minutes
+
+    # A reload within it takes the place back, as from any drop.
+    calls.clock.advance(seconds=20)
+    await asyncio.sleep(0.6)
+    reloaded = await calls.open(replica=1)
+    await reloaded.send("join", resume=call.welcome["resume_token"])
+    assert (await reloaded.next("welcome"))["participant_id"] == call.guest_id
+    await reloaded.next("admitted")
+    await call.host.latest("room", participants=lambda p: connected(p, call.guest_id) is True)
+
+    # Closed for good: the place lapses 30 s later, not 5 minutes later.
+    await reloaded.ws.close(code=1001)
+    await call.host.latest("room", participants=lambda p: connected(p, call.guest_id) is False)
+    calls.clock.advance(seconds=31)
+    gone = await call.host.latest("room", participants=lambda p: len(p) == 1)
+    assert connected(gone["participants"], call.guest_id) is None
+    events = await room_events(postgres_dsn, call.welcome["room_id"])
+    left = [d for t, d in events if t == "ParticipantLeft"]
+    assert [(d["participant_id"], d["reason"]) for d in left] == [(call.guest_id, "disconnected")]
 
 
 async def test_a_hosts_brief_drop_ends_nothing(calls: Calls, postgres_dsn: str) -> None:

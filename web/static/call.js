@@ -315,7 +315,8 @@ class Call {
   // What a reload needs to take this place back, renewed while the page lives.
   keepPlace(fields = {}) {
     if (!this.resume || this.graceMs <= 0) return;
-    place.keep({ resume: this.resume, grace_ms: this.graceMs, until: Date.now() + this.graceMs, ...fields });
+    const until = this.deadline || Date.now() + this.graceMs; // while dropped: the drop's own
+    place.keep({ resume: this.resume, grace_ms: this.graceMs, until, ...fields });
   }
 
   on(frame) {
