@@ -70,6 +70,10 @@ With ``drop_video_every: N`` it throws away every N-th new packet of each receiv
 stream (from its second packet on; never a retransmission, nor RTX) as it comes off the
 network, before SRTP as a lossy network would: aiortc NACKs the gap, and the node should send
 the packet again (as RTX when negotiated).
+
+With ``drop_sent_video_every: N`` it throws away every N-th new packet of the video it sends,
+after SRTP, as a lossy uplink would (``dropped_sent_on_purpose`` counts them): the node sees
+the gap, NACKs it, and gets it again as RTX.
 """
 
 import asyncio
@@ -120,6 +124,7 @@ from antechamber.peer_hooks import (
     EncodedFrame,
     check_aiortc,
     filter_datagrams,
+    filter_sent,
     leave_out_rtx,
     on_keyframe_request,
     stamp_audio_level,
@@ -211,6 +216,12 @@ class PeerConfig(BaseModel):
         ge=2,
         description="Throw away every N-th new packet of each received video stream as it "
         "comes off the network, so that aiortc NACKs it.",
+    )
+    drop_sent_video_every: int | None = Field(
+        default=None,
+        ge=2,
+        description="Throw away every N-th new packet of the video it sends as it leaves for "
+        "the network, so that the node NACKs it.",
     )
     duration_s: float | None = Field(default=None, gt=0)
     report_every_s: float = Field(default=1.0, gt=0)
@@ -585,6 +596,7 @@ class Participant:
         self._decoders: set[asyncio.Task[None]] = set()
         self._decode_errors = DecodeErrors()
         self._losses = LossInjector()
+        self._sent_losses = Wire(drop_every=config.drop_sent_video_every)
         self._joined_at = time.monotonic()
         self._renegotiations = 0
         self._failed_renegotiations = 0
@@ -639,6 +651,10 @@ class Participant:
             raise RuntimeError(f"the node accepted the offer without an answer: {reply}")
         self._learn(reply.answer.streams)
         await self._pc.setRemoteDescription(RTCSessionDescription(reply.answer.sdp, "answer"))
+        if self.config.drop_sent_video_every is not None and "video" in self._tracks:
+            # After the answer: BUNDLE has settled which transport the video leaves on.
+            video = next(t.sender for t in self._pc.getTransceivers() if t.kind == "video")
+            filter_sent(video.transport, functools.partial(self._keep_sent, video._ssrc))
         if "audio" in self._tracks and AUDIO_LEVEL_URI not in reply.answer.sdp:
             logger.warning("the node's answer leaves out %s: no audio levels sent", AUDIO_LEVEL_URI)
         say("ready")
@@ -806,6 +822,15 @@ class Participant:
     def _connection_changed(self) -> None:
         say("connection_state", state=self._pc.connectionState)
 
+    def _keep_sent(self, ssrc: int, data: bytes) -> bool:
+        """Whether a datagram leaving is sent: all but every N-th new packet of the video."""
+        # SRTP leaves the RTP header in the clear (RFC 3711 3.1).
+        if len(data) < 12 or not 128 <= data[0] < 192 or is_rtcp(data):
+            return True
+        if int.from_bytes(data[8:12], "big") != ssrc:
+            return True  # audio, or RTX: a retransmission is never dropped
+        return not self._sent_losses.drop(ssrc, int.from_bytes(data[2:4], "big"))
+
     def _summary(self) -> dict[str, Any]:
         now = time.monotonic()
         receptions = self._receptions.values()
@@ -813,6 +838,7 @@ class Participant:
             "tracks": {r.mid: r.summary(now) for r in receptions},
             "published": {kind: dataclasses.asdict(f) for kind, f in self._published.items()},
             **{name: sum(getattr(r.wire, name) for r in receptions) for name in LOSS_FIELDS},
+            "dropped_sent_on_purpose": self._sent_losses.dropped_on_purpose,
             "decode_errors": self._decode_errors.count,
             "renegotiations": self._renegotiations,
             "failed_renegotiations": self._failed_renegotiations,

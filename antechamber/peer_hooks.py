@@ -17,6 +17,7 @@ nothing after an upgrade:
   and ``_send_rtcp_nack``, and reads ``RTCRtpReceiver.__codecs`` and ``__rtx_ssrc``;
 - :func:`filter_datagrams` wraps ``RTCIceTransport._recv``, where the DTLS transport reads
   datagrams off the network, still SRTP-protected;
+- :func:`filter_sent` wraps ``RTCIceTransport._send``, where it writes them, SRTP-protected;
 - :func:`leave_out_rtx` filters ``RTCRtpTransceiver._codecs`` (what an answer offers back).
 """
 
@@ -203,6 +204,20 @@ def filter_datagrams(transport: RTCDtlsTransport, keep: Callable[[bytes], bool])
                 return data
 
     ice._recv = filtered
+
+
+def filter_sent(transport: RTCDtlsTransport, keep: Callable[[bytes], bool]) -> None:
+    """Throw away the datagrams ``transport`` sends for which ``keep`` says False, as a lossy
+    uplink would: after SRTP, so the receiver sees a gap, asks for it (NACK), and gets it again
+    as RTX (the sender keeps its history). ``keep`` sees every datagram, as above."""
+    ice = transport.transport
+    send: Callable[[bytes], Awaitable[None]] = _private(ice, "_send")
+
+    async def filtered(data: bytes) -> None:
+        if keep(data):
+            await send(data)
+
+    ice._send = filtered
 
 
 def leave_out_rtx(transceiver: RTCRtpTransceiver) -> None:
