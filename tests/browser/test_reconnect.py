@@ -16,7 +16,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from playwright.async_api import Page, expect
+from playwright.async_api import Page, Route, expect
 
 from bench.browser import new_session
 from tests.browser.conftest import People, Platform, join, remote_videos_playing, screen
@@ -61,7 +61,19 @@ async def test_a_guest_who_reloads_mid_call_is_back_without_knocking(
     guest_on_host = await host.evaluate(TRACKS_OF, guest_id)
     await people.shoot("before-the-reload")
 
-    await guest.reload()
+    # A slow reload (its script takes 3 s to come): meanwhile the host sees the guest's tile,
+    # their last picture, say "reconnecting…".
+    async def slowly(route: Route) -> None:
+        await asyncio.sleep(3)
+        await route.continue_()
+
+    await guest.route("**/static/call.js", slowly)
+    reloading = asyncio.create_task(guest.reload())
+    away = host.locator(f"#tile-{guest_id} figcaption .state")
+    await expect(away).to_have_text("reconnecting…")
+    await people.shoot("while-the-guest-reloads")
+    await reloading
+    await guest.unroute("**/static/call.js", slowly)
     await screen(guest, "call")
     assert await guest.evaluate("window.antechamber.rejoinedAfterReload")
     assert await guest.evaluate("window.antechamber.participantId") == guest_id
