@@ -113,7 +113,10 @@ class MediaSettings(BaseSettings):
         description="A pre-call network test's connection is closed after this long at most.",
     )
     network_tests_at_once: int = Field(
-        default=4, ge=0, description="Network tests this node runs at once (0: none)."
+        default=2,
+        ge=0,
+        description="Network tests this node runs at once (0: none); each decodes and encodes "
+        "the video it echoes (about as much CPU as a transcoded participant).",
     )
     network_tests_per_address_per_minute: float = Field(default=6.0, gt=0)
     network_tests_per_address_burst: int = Field(default=3, ge=1)

@@ -15,6 +15,7 @@ browser's receiver reports of the echo. The browser measures the downlink from i
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -196,7 +197,7 @@ class Probes:
             raise ProbeRefused("sdp_invalid", "The test's media offer could not be used.") from exc
         probe.sampler = asyncio.create_task(self._sample(probe))
         log.info("network test started", test_id=str(signal.test_id))
-        return pc.localDescription.sdp
+        return unthrottled(pc.localDescription.sdp)
 
     def _check_token(self, signal: ProbeSignal) -> None:
         try:
@@ -305,6 +306,35 @@ class Probes:
         await asyncio.gather(
             *(self._close(p) for p in list(self.running.values())), return_exceptions=True
         )
+
+
+START_KBPS = 1500
+"""Where a browser's sender starts its estimate of the uplink (``x-google-start-bitrate``)."""
+REMB = re.compile(r"a=rtcp-fb:\d+ goog-remb")
+VIDEO_RTPMAP = re.compile(r"a=rtpmap:(\d+) (?:VP8|H264)/90000")
+FMTP = re.compile(r"a=fmtp:(\d+) ")
+
+
+def unthrottled(sdp: str) -> str:
+    """The answer, so a browser sends what the path can carry, within the test's seconds.
+
+    A browser's sender starts at 300 kbit/s and, with only a receiver's REMB to go by, climbs
+    about 8% a second: 8 s would measure the ramp, not the network. So this answer offers no
+    REMB (the browser adapts to loss alone) and asks the sender to start at 1.5 Mbit/s
+    (``x-google-start-bitrate``, which Chromium reads from the remote description; other
+    browsers ignore it)."""
+    start = f"x-google-start-bitrate={START_KBPS}"
+    lines = [line for line in sdp.split("\r\n") if not REMB.match(line)]
+    video = {m.group(1) for line in lines if (m := VIDEO_RTPMAP.match(line))}
+    with_fmtp = {m.group(1) for line in lines if (m := FMTP.match(line))}
+    out: list[str] = []
+    for line in lines:
+        fmtp = FMTP.match(line)
+        out.append(f"{line};{start}" if fmtp and fmtp.group(1) in video else line)
+        rtpmap = VIDEO_RTPMAP.match(line)
+        if rtpmap and rtpmap.group(1) not in with_fmtp:
+            out.append(f"a=fmtp:{rtpmap.group(1)} {start}")
+    return "\r\n".join(out)
 
 
 def _bytes_received(report: RTCStatsReport) -> int:

@@ -3,6 +3,7 @@
 import { Connection, ask, linkOfPage, readConfig } from "./signaling.js";
 import { Media } from "./media.js";
 import { Devices } from "./devices.js";
+import { testNetwork } from "./network.js";
 
 const config = readConfig();
 const $ = (id) => document.getElementById(id);
@@ -15,6 +16,7 @@ const observed = (window.antechamber = {
   joinClickedMs: null,
   firstRemoteFrameMs: null,
   participantId: null, // random, per call
+  networkVerdict: null, // the pre-call network test's verdict, once it ran
   rejoinedAfterReload: false, // this page took its place back with a kept resume token
   reconnecting: false, // "Reconnecting…" is shown: signaling or media is being brought back
 });
@@ -212,6 +214,78 @@ const devices = new Devices({
 
 $("refusal-retry").addEventListener("click", () => check());
 
+// --- the pre-call network test --------------------------------------------------------------
+
+const VERDICT_CLASSES = { good: "good", may_be_choppy: "choppy", video_will_not_work: "bad" };
+
+function percent(direction) {
+  if (!direction) return null;
+  const all = direction.packets_received + direction.packets_lost;
+  return all ? `${Math.round((1000 * direction.packets_lost) / all) / 10}%` : null;
+}
+
+function figures(result) {
+  const parts = [];
+  if (result.rtt_ms !== null) parts.push(`round trip ${Math.round(result.rtt_ms)} ms`);
+  const up = percent(result.uplink);
+  const down = percent(result.downlink);
+  if (up !== null || down !== null) parts.push(`lost: ${up ?? "?"} sending, ${down ?? "?"} receiving`);
+  if (result.uplink) parts.push(`sending up to ${(result.uplink.peak_kbps / 1000).toFixed(1)} Mbit/s`);
+  if (result.relayed) parts.push("through a relay server");
+  return parts.length ? `Measured: ${parts.join("; ")}.` : "";
+}
+
+async function runNetworkTest() {
+  const button = $("network-test");
+  const progress = $("network-progress");
+  button.disabled = true;
+  progress.hidden = false;
+  progress.value = 0;
+  $("network-verdict").className = "verdict";
+  $("network-verdict").textContent = "Testing your connection…";
+  $("network-advice").replaceChildren();
+  $("network-figures").textContent = "";
+  observed.networkVerdict = null;
+  let result;
+  try {
+    await devices.settled.catch(() => {});
+    result = await testNetwork({
+      url: config.signaling_url,
+      link,
+      iceServers: config.ice_servers,
+      stream: devices.stream,
+      onProgress: (fraction, step) => {
+        progress.value = fraction;
+        $("network-step").textContent = step;
+      },
+    });
+  } catch (error) {
+    result = { type: "refused", message: `The test could not finish: ${error.message}. Try again.` };
+  }
+  progress.hidden = true;
+  $("network-step").textContent = "";
+  if (result.type === "network_test_result") {
+    observed.networkVerdict = result.verdict;
+    $("network-verdict").className = `verdict ${VERDICT_CLASSES[result.verdict] || ""}`;
+    $("network-verdict").textContent = result.headline;
+    $("network-advice").replaceChildren(
+      ...result.advice.map((sentence) => {
+        const item = document.createElement("li");
+        item.textContent = sentence;
+        return item;
+      }),
+    );
+    $("network-figures").textContent = figures(result);
+  } else {
+    observed.networkVerdict = "not_tested";
+    $("network-verdict").textContent = result.message || "The test could not run. Try again.";
+  }
+  button.textContent = "Test again";
+  button.disabled = false;
+}
+
+$("network-test").addEventListener("click", () => runNetworkTest());
+
 $("join-form").addEventListener("submit", (event) => {
   event.preventDefault();
   const name = $("name").value.trim();
@@ -308,8 +382,10 @@ class Call {
   reconnecting(on) {
     const state = on || this.deadline !== null || this.offline;
     observed.reconnecting = state;
-    $("call-state").hidden = !state;
-    $("call-state").textContent = state ? "Reconnecting… your place in the call is kept." : "";
+    for (const [id, place] of [["call-state", "in the call"], ["waiting-state", "in the waiting room"]]) {
+      $(id).hidden = !state;
+      $(id).textContent = state ? `Reconnecting… your place ${place} is kept.` : "";
+    }
   }
 
   // What a reload needs to take this place back, renewed while the page lives.
