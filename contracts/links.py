@@ -13,7 +13,7 @@ from uuid import UUID
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from contracts.events import Event, EventRegistry
-from contracts.personal import secret
+from contracts.personal import personal_data, secret
 from contracts.signaling import CallRole
 
 links_events = EventRegistry("links")
@@ -183,6 +183,13 @@ class Decision(BaseModel):
     session_id: UUID | None = None
     room_id: UUID | None = None
     practitioner_id: UUID | None = None
+    room_title: str | None = personal_data(
+        default=None,
+        description="Allowed, for a call held in a room (a room link, or a session held in "
+        "one): the room's title as the practitioner chose it, to show on the join page. "
+        "May name the client; never log it. None when the room has none, its client was "
+        "erased, or scheduling could not open it in time.",
+    )
     admission: str | None = Field(default=None, description="waiting_room | direct")
     opens_at: datetime | None = None
     closes_at: datetime | None = None

@@ -8,13 +8,14 @@ first; everything else follows from the answer. The JSON schema of both directio
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from contracts.media import Negotiation, ParticipantQuality
 from contracts.network_test import Direction
+from contracts.personal import personal_data
 from contracts.signaling import CallRole, EndedBecause
 
 PROTOCOL_VERSION = 1
@@ -187,6 +188,15 @@ HOST_ONLY = frozenset(
 # --- signaling to browser -------------------------------------------------------------------
 
 
+def _room_title() -> Any:
+    return personal_data(
+        default=None,
+        description="The title the practitioner gave the room the call is held in, to show "
+        "on the page; null for a session with a link of its own, when it cannot be told (the "
+        "client was erased, or it could not be opened in time), and in a resumed welcome.",
+    )
+
+
 class Welcome(_Message):
     type: Literal["welcome"] = "welcome"
     v: Literal[1] = 1
@@ -197,6 +207,7 @@ class Welcome(_Message):
     resume_token: str = Field(description="Send it in a join to come back after a drop.")
     rejoin_grace_s: float
     warning: str | None = Field(default=None, description="E.g. a retired link's sunset.")
+    room_title: str | None = _room_title()
 
 
 class WaitingState(StrEnum):
@@ -218,6 +229,7 @@ class LinkReady(_Message):
     live: bool = Field(description="Someone is in the call already.")
     closes_at: datetime | None = None
     warning: str | None = Field(default=None, description="E.g. a retired link's sunset.")
+    room_title: str | None = _room_title()
 
 
 class Waiting(_Message):

@@ -130,7 +130,7 @@ async def resolve_link(request: Request) -> Response:
         session_id=query.session_id,
         client_address=client_address_of(request),
     )
-    return answer(request, await resolve(await links_of(request), ctx.pool, resolved))
+    return answer(request, await resolve(await links_of(request), ctx, ctx.pool, resolved))
 
 
 class LinkView(BaseModel):

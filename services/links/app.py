@@ -5,7 +5,7 @@ from functools import partial
 from fastapi import FastAPI
 
 from contracts.links import RESOLVE_SUBJECT, links_events
-from contracts.scheduling import AUTHENTICATE_SUBJECT, scheduling_events
+from contracts.scheduling import AUTHENTICATE_SUBJECT, UNSEAL_SUBJECT, scheduling_events
 from contracts.signaling import signaling_events
 from runtime.consumer import Consumer
 from runtime.nats_permissions import BusAccess
@@ -21,7 +21,9 @@ SCHEDULING_EVENTS = (
     "ClinicSuspended",
     "ClinicReinstated",
     "PractitionerAdded",
+    "ClientErased",
     "RoomCreated",
+    "RoomRenamed",
     "RoomDeleted",
     "SessionScheduled",
     "SessionRescheduled",
@@ -76,7 +78,8 @@ def build(links: Links | None = None) -> ServiceDefinition:
             )
         ],
         tasks=[links.flush_resolutions, links.watch_changes],
-        bus=BusAccess(calls=(AUTHENTICATE_SUBJECT,)),
+        # Scheduling opens client rooms' titles for it (services/links/titles.py).
+        bus=BusAccess(calls=(AUTHENTICATE_SUBJECT, UNSEAL_SUBJECT)),
         description=(
             "Every join link: token hashes, kinds, windows and states; decides who may join now."
         ),

@@ -55,6 +55,14 @@ class HostSession:
     window: SessionWindow
 
 
+@dataclass(frozen=True)
+class StoredTitle:
+    """A room's title as ``rooms.title`` holds it: plain, sealed for its client, or None
+    (its client was erased, it was deleted, or it was created before titles were kept)."""
+
+    title: str | None
+
+
 def link_tags(found: Found) -> list[str]:
     tags = [f"link:{found.link_id}", f"clinic:{found.clinic_id}"]
     if found.session is not None:
@@ -78,11 +86,21 @@ class ResolutionCache:
         self.host_sessions: TaggedCache[UUID, HostSession] = TaggedCache(
             SERVICE, "host_session", entries
         )
+        self.room_titles: TaggedCache[tuple[str, UUID], StoredTitle] = TaggedCache(
+            SERVICE, "room_title", entries
+        )
+        """Rooms' titles as stored, by (clinic id, room id); opened per request."""
         self._changes: Invalidations | None = None
 
     @property
     def caches(self) -> list[TaggedCache[Any, Any]]:
-        return [self.by_token, self.by_room_path, self.room_sessions, self.host_sessions]
+        return [
+            self.by_token,
+            self.by_room_path,
+            self.room_sessions,
+            self.host_sessions,
+            self.room_titles,
+        ]
 
     async def watch(self, dsn: str) -> None:
         """Listen for the links schema's change notices until cancelled (a service task)."""

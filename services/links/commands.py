@@ -91,5 +91,5 @@ async def answer_resolve(links: Links, ctx: ServiceContext, data: bytes) -> byte
     request = parse(ResolveRequest, data)
     if isinstance(request, bytes):
         return request
-    decision = await resolve(links, ctx.pool, request)
+    decision = await resolve(links, ctx, ctx.pool, request)
     return decision.model_dump_json().encode()

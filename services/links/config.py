@@ -30,4 +30,11 @@ class LinksSettings(BaseSettings):
         "for one answer (ANTECHAMBER_SIGNALING_RPC_WAIT_S / 2: 1.5 s), so that signaling "
         "hears the refusal.",
     )
+    resolve_room_title_wait_s: float = Field(
+        default=0.3,
+        ge=0,
+        description="How long a resolution waits for scheduling to open a client room's title "
+        "before it answers without it. With the new-session wait it must stay below "
+        "signaling's wait for one answer (1.5 s).",
+    )
     audit_flush_s: float = Field(default=1.0, gt=0, description="How often counts are saved.")

@@ -22,6 +22,7 @@ from contracts.links import LinkKind, RevokedBecause, Role, links_events
 from contracts.scheduling import (
     AttendeeInvited,
     AttendeeRemoved,
+    ClientErased,
     ClinicRegistered,
     ClinicReinstated,
     ClinicSettingsChanged,
@@ -32,6 +33,7 @@ from contracts.scheduling import (
     RoomCreated,
     RoomDeleted,
     RoomKind,
+    RoomRenamed,
     SessionCancelled,
     SessionCompleted,
     SessionRescheduled,
@@ -52,6 +54,7 @@ from services.links import domain
 from services.links.cache import ResolutionCache
 from services.links.config import LinksSettings
 from services.links.domain import NewLink, Slot
+from services.links.titles import RoomTitles
 
 log = structlog.get_logger(__name__)
 
@@ -79,6 +82,10 @@ class Links:
     async def watch_changes(self, ctx: ServiceContext) -> None:
         """Background task: keep ``cache`` honest with the links schema's change notices."""
         await self.cache.watch(ctx.settings.database_url.get_secret_value())
+
+    @cached_property
+    def titles(self) -> RoomTitles:
+        return RoomTitles(self.settings.resolve_room_title_wait_s)
 
     @cached_property
     def unknown_tokens(self) -> RateLimiter:
@@ -254,9 +261,24 @@ async def on_scheduling(
             )
         case RoomCreated():
             await _room_created(ctx, links, conn, envelope, event)
+        case RoomRenamed():
+            await conn.execute(
+                "UPDATE rooms SET title = $3 WHERE room_id = $1 AND clinic_id = $2",
+                event.room_id,
+                clinic,
+                event.title,  # as published: a client room's sealed (services/links/titles.py)
+            )
+        case ClientErased():
+            await conn.execute(
+                "UPDATE rooms SET title = NULL WHERE clinic_id = $1 AND client_id = $2",
+                clinic,
+                event.client_id,
+            )
+            links.titles.forget([event.client_id])
         case RoomDeleted():
             await conn.execute(
-                "UPDATE rooms SET deleted = true WHERE room_id = $1 AND clinic_id = $2",
+                "UPDATE rooms SET deleted = true, title = NULL "
+                "WHERE room_id = $1 AND clinic_id = $2",
                 event.room_id,
                 clinic,
             )
@@ -320,14 +342,15 @@ async def _room_created(
     ctx: ServiceContext, links: Links, conn: Executor, envelope: RawEnvelope, event: RoomCreated
 ) -> None:
     await conn.execute(
-        "INSERT INTO rooms (room_id, clinic_id, kind, practitioner_id, client_id, slug) "
-        "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (room_id) DO NOTHING",
+        "INSERT INTO rooms (room_id, clinic_id, kind, practitioner_id, client_id, slug, title) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (room_id) DO NOTHING",
         event.room_id,
         envelope.clinic_id,
         event.kind.value,
         event.practitioner_id,
         event.client_id,
         event.slug,
+        event.title,  # as published: a client room's sealed (services/links/titles.py)
     )
     slot = f"room-{event.room_id}"
     if event.kind is RoomKind.practitioner:

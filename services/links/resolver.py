@@ -1,5 +1,6 @@
 """Answering a resolve request (over HTTP or NATS): look the link up (in the replica's cache,
-else in Postgres), decide with the current time, count."""
+else in Postgres), decide with the current time, count; a call held in a room gets the room's
+title (``services.links.titles``)."""
 
 import asyncio
 import contextlib
@@ -14,6 +15,7 @@ import asyncpg
 
 from contracts.links import Decision, LinkKind, Refusal, ResolveRequest, RevokedBecause, Role
 from contracts.scheduling import ClinicSettings
+from runtime.context import ServiceContext
 from runtime.db import Queryable
 from runtime.sealing import secret_digest
 from services.links.cache import (
@@ -22,6 +24,7 @@ from services.links.cache import (
     HostSession,
     ResolutionCache,
     RoomSessions,
+    StoredTitle,
     link_tags,
 )
 from services.links.domain import State
@@ -57,6 +60,7 @@ ROOM_SESSIONS = (
     f"ORDER BY starts_at LIMIT {ROOM_SESSIONS_READ}"
 )
 """A room's appointments whose window is open at some moment from $2 to $3."""
+ROOM_TITLE = "SELECT title FROM rooms WHERE room_id = $1 AND clinic_id = $2"
 _ROOMS = frozenset({LinkKind.practitioner_room, LinkKind.client_room})
 RECHECK_S = 0.25
 """While waiting for a new session: how often it is read again without a notice."""
@@ -214,7 +218,22 @@ async def _room_sessions(
     return read
 
 
-async def resolve(links: Links, db: Queryable, request: ResolveRequest) -> Decision:
+async def _stored_title(
+    db: Queryable, cache: ResolutionCache, clinic_id: str, room_id: UUID
+) -> str | None:
+    async def read() -> tuple[StoredTitle, list[str]] | None:
+        row = await db.fetchrow(ROOM_TITLE, room_id, clinic_id)
+        return None if row is None else (StoredTitle(row["title"]), [f"room:{room_id}"])
+
+    stored = await cache.room_titles.read_through((clinic_id, room_id), read)
+    return stored.title if stored is not None else None
+
+
+async def resolve(
+    links: Links, ctx: ServiceContext, db: Queryable, request: ResolveRequest
+) -> Decision:
+    """The decision for ``request``, reading what is stored from ``db`` (the service's pool)
+    and asking scheduling through ``ctx`` to open a client room's title."""
     address = request.client_address
     if address is not None and (wait := links.unknown_tokens.blocked(address)) is not None:
         return refused(
@@ -230,4 +249,8 @@ async def resolve(links: Links, db: Queryable, request: ResolveRequest) -> Decis
         links.resolutions[(decision.link_id, outcome)] += 1
     elif address is not None:
         links.unknown_tokens.retry_after(address)  # one try spent
+    if decision.allowed and decision.room_id is not None and decision.clinic_id is not None:
+        stored = await _stored_title(db, links.cache, decision.clinic_id, decision.room_id)
+        title = await links.titles.open(ctx, decision.clinic_id, stored)
+        decision = decision.model_copy(update={"room_title": title})
     return decision

@@ -116,7 +116,8 @@ def build(
                 UNSEAL_SUBJECT,
                 answering(SealedValues, handlers.unseal),
                 "Personal values sealed for one clinic's people, opened (or: erased).",
-                callers=frozenset({"notify"}),  # plain personal data: for the mails alone
+                # Plain personal data: for the mails, and for rooms' titles on join pages.
+                callers=frozenset({"notify", "links"}),
             ),
         ],
         tasks=[keys.listen, integrators.keep_nats_in_step],

@@ -117,6 +117,7 @@ class Joining:
                 resume_token=conn.resume_token,
                 rejoin_grace_s=conn.grace_s,
                 warning=decision.warning,
+                room_title=decision.room_title,
             )
         )
         pid, clinic_id = conn.participant_id, decision.clinic_id
@@ -240,6 +241,7 @@ class Joining:
                     live=decision.live,
                     closes_at=decision.closes_at,
                     warning=decision.warning,
+                    room_title=decision.room_title,
                 )
             )
         conn.close()

@@ -10,6 +10,7 @@ import asyncpg
 import pytest
 
 from contracts.links import Decision, ResolveRequest
+from runtime.context import ServiceContext
 from runtime.db import Queryable, create_pool
 from runtime.embedded import NatsServer
 from services.links.handlers import Links
@@ -24,6 +25,7 @@ from tests.support import eventually, serving
 class Replica:
     clinic: LinkedClinic
     links: Links
+    ctx: ServiceContext
 
 
 @dataclass
@@ -67,8 +69,9 @@ async def replicas(
 
             await eventually(live, what="the replica listening for changes")
         clinic = await register_clinic(scheduling)
-        a = Replica(LinkedClinic(clinic, links_a), both[0])
-        b = Replica(LinkedClinic(clinic, links_b), both[1])
+        ctxs = [app.state.runtime.context for app in apps]
+        a = Replica(LinkedClinic(clinic, links_a), both[0], ctxs[0])
+        b = Replica(LinkedClinic(clinic, links_b), both[1], ctxs[1])
         yield Replicas(a, b, db)
     await db.close()
 
@@ -187,9 +190,10 @@ class Counted:
         return await self.pool.fetch(query, *args)
 
 
-async def queries_of(links: Links, db: Counted, **request: Any) -> tuple[int, Decision]:
+async def queries_of(replica: Replica, db: Counted, **request: Any) -> tuple[int, Decision]:
     before = db.queries
-    decision = await resolve(links, cast(Queryable, db), ResolveRequest(**request))
+    asked = ResolveRequest(**request)
+    decision = await resolve(replica.links, replica.ctx, cast(Queryable, db), asked)
     return db.queries - before, decision
 
 
@@ -210,25 +214,25 @@ async def test_a_resolution_served_from_the_cache_asks_postgres_nothing(
     clock.set(moment(session))
 
     # A token: one query, then none.
-    assert (await queries_of(links, db, token=token_of(guest)))[0] == 1
-    count, decision = await queries_of(links, db, token=token_of(guest))
+    assert (await queries_of(a, db, token=token_of(guest)))[0] == 1
+    count, decision = await queries_of(a, db, token=token_of(guest))
     assert (count, decision.allowed) == (0, True)
 
     # A host naming one of their sessions: the link, then the session; then nothing.
-    assert (await queries_of(links, db, token=token_of(host), session_id=sid))[0] == 2
-    count, decision = await queries_of(links, db, token=token_of(host), session_id=sid)
+    assert (await queries_of(a, db, token=token_of(host), session_id=sid))[0] == 2
+    count, decision = await queries_of(a, db, token=token_of(host), session_id=sid)
     assert (count, decision.allowed, str(decision.session_id)) == (0, True, sid)
 
-    # A readable room link: the link, then the room's sessions; then nothing.
+    # A readable room link: the link, the room's sessions, its title; then nothing.
     path = {"clinic_slug": a.clinic.clinic.slug, "room_slug": practitioner["room_slug"]}
-    assert (await queries_of(links, db, **path))[0] == 2
-    count, decision = await queries_of(links, db, **path)
+    assert (await queries_of(a, db, **path))[0] == 3
+    count, decision = await queries_of(a, db, **path)
     assert (count, decision.allowed) == (0, True)
 
     # An unknown token is asked every time and never kept.
     kept = len(links.cache.by_token)
     for _ in range(3):
-        count, decision = await queries_of(links, db, token="x" * 43)
+        count, decision = await queries_of(a, db, token="x" * 43)
         assert (count, decision.allowed) == (1, False)
     assert len(links.cache.by_token) == kept
 
@@ -237,7 +241,7 @@ async def test_a_cached_room_ties_the_call_to_the_session_open_at_each_moment(
     replicas: Replicas, clock: Clock
 ) -> None:
     a = replicas.a
-    links, db = a.links, Counted(replicas.db)
+    db = Counted(replicas.db)
     c = a.clinic.clinic
     practitioner = await c.practitioner()
     client = await c.client()
@@ -261,8 +265,8 @@ async def test_a_cached_room_ties_the_call_to_the_session_open_at_each_moment(
     token = token_of(link)
 
     clock.set(moment(first, minutes=-30))  # before the first opens (10 minutes early)
-    count, decision = await queries_of(links, db, token=token)
-    assert (count, decision.allowed, decision.session_id) == (2, True, None)
+    count, decision = await queries_of(a, db, token=token)  # the link, sessions, title
+    assert (count, decision.allowed, decision.session_id) == (3, True, None)
     # From then on the room's sessions come from the cache; which one is open is decided at
     # each moment.
     for at, expected in (
@@ -273,10 +277,10 @@ async def test_a_cached_room_ties_the_call_to_the_session_open_at_each_moment(
         (moment(second, "ends_at", minutes=20), None),
     ):
         clock.set(at)
-        count, decision = await queries_of(links, db, token=token)
+        count, decision = await queries_of(a, db, token=token)
         session_id = str(decision.session_id) if decision.session_id else None
         assert (count, session_id) == (0, expected and expected["session_id"]), at
     # Earlier than the read: read again, not answered from what was read for later.
     clock.set(moment(first, minutes=-40))
-    count, decision = await queries_of(links, db, token=token)
+    count, decision = await queries_of(a, db, token=token)
     assert (count, decision.session_id) == (1, None)

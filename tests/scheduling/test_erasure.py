@@ -235,8 +235,19 @@ async def as_notify(nats_server: NatsServer) -> AsyncIterator[NATS]:
     await nc.drain()
 
 
+@pytest.fixture
+async def as_links(nats_server: NatsServer) -> AsyncIterator[NATS]:
+    """A connection whose requests carry links' signed claim (it shows rooms' titles)."""
+    nc = signing_as(
+        await connect_nats(nats_server.url, "tests-as-links"),
+        Identity.load(harness_auth().creds("links")),
+    )
+    yield nc
+    await nc.drain()
+
+
 async def test_notify_opens_values_for_one_clinic_only(
-    app: FastAPI, clinic: ClinicHandle, as_notify: NATS, nc: NATS
+    app: FastAPI, clinic: ClinicHandle, as_notify: NATS, as_links: NATS, nc: NATS
 ) -> None:
     person = Person()
     client = await client_with_everything(clinic, person)
@@ -251,6 +262,7 @@ async def test_notify_opens_values_for_one_clinic_only(
         (Opening.opened, person.email),
         (Opening.refused, None),
     ]
+    assert await call(as_links, UNSEAL_SUBJECT, asked, OpenedValues) == answer
     other = await register_clinic(clinic.api)
     elsewhere = await call(
         as_notify,
@@ -268,7 +280,7 @@ async def test_notify_opens_values_for_one_clinic_only(
     too_many = SealedValues.model_construct(clinic_id=clinic.clinic_id, values=values * 200)
     with pytest.raises(RpcError, match="malformed request"):
         await call(as_notify, UNSEAL_SUBJECT, too_many, OpenedValues)
-    # Any other service (here: a request signed as signaling) is refused.
+    # Any other service than notify and links (here: a request signed as signaling) is refused.
     with pytest.raises(RpcError, match="refused"):
         await call(nc, UNSEAL_SUBJECT, asked, OpenedValues)
 

@@ -295,6 +295,7 @@ async def test_a_check_tells_a_page_what_a_link_would_do_without_knocking(
             "live": False,
             "closes_at": None,
             "warning": None,
+            "room_title": "Dr Ada Lovelace's room",
         }
         assert await browser.closed() == 1000
         assert not browser.seen("welcome")
@@ -304,6 +305,25 @@ async def test_a_check_tells_a_page_what_a_link_would_do_without_knocking(
     _, welcome = await knocking_guest(calls, room, replica=0)
     events = await room_events(postgres_dsn, welcome["room_id"])
     assert [kind for kind, _ in events] == ["GuestKnocked"], "checks knock on no door"
+
+
+async def test_a_client_rooms_title_comes_with_the_check_and_the_welcome(calls: Calls) -> None:
+    """The title the practitioner chose, sealed for the client on the bus, reaches the join
+    page opened: before the client joins (``link_ready``) and when they do (``welcome``)."""
+    clinic = await calls.clinic()
+    c = clinic.clinic
+    practitioner = await c.practitioner()
+    client = await c.client()
+    room = await c.client_room(client, practitioner, title="Weekly check-in with Dr Lovelace")
+    link = await clinic.link("client_room", room_id=room["room_id"])
+    token = link["url"].rsplit("/", 1)[1]
+    check = await calls.open(replica=1)
+    await check.send("check", token=token)
+    ready = await check.next("link_ready")
+    assert ready["room_title"] == "Weekly check-in with Dr Lovelace"
+    guest = await calls.join(link["url"], "Grace", replica=0)
+    welcome = await guest.next("welcome")
+    assert welcome["room_title"] == "Weekly check-in with Dr Lovelace"
 
 
 async def test_the_replica_serves_after_a_mix_of_abuse(calls: Calls) -> None:
