@@ -83,6 +83,7 @@ async def test_a_host_admits_two_guests_everyone_sees_everyone_and_the_host_ends
         1, timeout=20_000
     )
     await expect(guest.locator(".tile.remote .signal:not([hidden])")).to_have_count(0)
+    await people.shoot("network-quality")
 
     await guest.click("#leave")
     await screen(guest, "ended")

@@ -636,7 +636,7 @@ function makeTile(id, name, local) {
   const signal = span("signal", ""); // network quality bars, once measured (showQuality)
   signal.setAttribute("role", "img");
   signal.hidden = true;
-  for (let bar = 0; bar < 5; bar++) signal.append(span("bar", ""));
+  for (let bar = 0; bar < 5; bar++) signal.append(span("signal-bar", ""));
   caption.append(who, signal, state);
   video.setAttribute("aria-label", local ? "Your video" : `Video of ${name}`);
   tile.append(video, caption);
