@@ -128,3 +128,32 @@ async def test_media_comes_back_after_the_network_is_cut_for_five_seconds(
     await expect(host.locator(f"#tile-{guest_id} figcaption .state")).to_have_text("")
     assert len(await platform.room_events(session["session_id"], "GuestKnocked")) == 1
     await people.shoot("back-online")
+
+
+async def test_a_waiting_guest_who_reloads_keeps_their_place_in_the_waiting_room(
+    platform: Platform, people: People
+) -> None:
+    session = await new_session(platform.web, guest_admission="waiting_room")
+    host = await people.open("host", session["host_url"])
+    await join(host, "Dr Demo")
+    await screen(host, "call")
+    guest = await people.open("guest", link_of(session, "guest"))
+    await join(guest, "Gita Guest")
+    await screen(guest, "waiting")
+    await waiting_guest(host, "Gita Guest")
+
+    await guest.reload()
+    await screen(guest, "waiting")
+    assert await guest.evaluate("window.antechamber.rejoinedAfterReload")
+    await expect(guest.locator("#waiting-title")).to_have_text("The host has been notified")
+    await expect(guest.locator("#waiting-state")).to_be_hidden()
+    item = host.locator("#waiting-list li", has_text="Gita Guest")
+    await expect(item).to_have_count(1)
+    await expect(item.locator(".badge.disconnected")).to_have_count(0)
+    assert len(await platform.room_events(session["session_id"], "GuestKnocked")) == 1
+    await people.shoot("still-waiting-after-the-reload")
+
+    await item.get_by_role("button", name="Admit Gita Guest").click()
+    await screen(guest, "call")
+    for page in (host, guest):
+        await remote_videos_playing(page, 1)
