@@ -10,7 +10,7 @@ import weakref
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -95,3 +95,11 @@ def observe_quality(node: str, links: "list[LinkQuality]") -> None:
                 quality_jitter.labels(node, direction).observe(measured.jitter_s)
     for grade, count in grades.items():
         quality_grades.labels(node, grade).set(count)
+
+
+network_tests = Counter(
+    "antechamber_media_network_tests_total",
+    "Pre-call network test offers, by outcome: started, or the refusal's reason (node_busy, "
+    "rate_limited, token_invalid, sdp_invalid, ...).",
+    ["node", "outcome"],
+)

@@ -44,6 +44,7 @@ from contracts.network_test import (
 from runtime.context import ServiceContext
 from runtime.participant_tokens import ParticipantTokenError, verify
 from runtime.ratelimit import RateLimiter
+from services.media import metrics
 from services.media.config import MediaSettings
 from services.media.placement import Placement, least_loaded
 
@@ -151,7 +152,13 @@ class Probes:
         try:
             match signal.action:
                 case ProbeAction.offer:
-                    return ProbeReply(ok=True, answer_sdp=await self._offer(signal))
+                    try:
+                        answer = await self._offer(signal)
+                    except ProbeRefused as refused:
+                        metrics.network_tests.labels(self.node_id, refused.reason).inc()
+                        raise
+                    metrics.network_tests.labels(self.node_id, "started").inc()
+                    return ProbeReply(ok=True, answer_sdp=answer)
                 case ProbeAction.candidate:
                     await self._candidate(signal)
                     return ProbeReply(ok=True)

@@ -11,6 +11,7 @@ from typing import Any
 
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
+from prometheus_client import REGISTRY
 
 from contracts.media import MediaSignal, MediaSignalReply, SignalKind
 from contracts.network_test import (
@@ -247,6 +248,14 @@ async def test_tests_at_once_and_per_address_are_limited(
             await finish(second)
             _, limited = await offer(2)
             assert (limited.ok, limited.reason) == (False, "rate_limited")
+            counted = {
+                outcome: REGISTRY.get_sample_value(
+                    "antechamber_media_network_tests_total",
+                    {"node": n.media.node_id, "outcome": outcome},
+                )
+                for outcome in ("started", "node_busy", "rate_limited")
+            }
+            assert counted == {"started": 2, "node_busy": 1, "rate_limited": 1}
             elsewhere, ok = await offer(3, address="198.51.100.7")
             assert ok.ok, ok  # another address has its own allowance
             await finish(elsewhere)
