@@ -45,8 +45,16 @@ reports one JSON object a line on stdout (errors go to stderr):
   exit code 0.
 
 It leaves on SIGTERM or SIGINT, or after ``duration_s``: a ``bye`` to the node, then ``done``
-and exit code 0. With ``vanish`` it sends nothing and exits at once after ``done``: a
-publisher whose machine died.
+and exit code 0.
+
+With ``follow_moves`` it reads orders from stdin, one JSON object a line, ``{"node_id": ...,
+"participant_token": ...}``, as a browser follows a fresh ``admitted`` frame (its call moved
+to another node): it closes its peer connection without a word to the old node, says
+``moved`` (``node_id``), and joins the new node with a new peer connection, sending the same
+tracks; the events after ``moved`` are the new connection's.
+
+With ``vanish`` it sends nothing and exits at once after ``done``: a publisher whose machine
+died.
 
 What it sends (``source``): ``live`` encodes a moving picture and a 440 Hz tone with aiortc's
 own encoders; ``loop`` encodes four seconds of them once at start and sends those packets
@@ -136,6 +144,7 @@ from antechamber.peer_hooks import (
 from antechamber.peer_media import (
     LOOP_SECONDS,
     VIDEO_MIME_TYPES,
+    EncodedLoop,
     Kind,
     LoopTrack,
     Picture,
@@ -224,6 +233,9 @@ class PeerConfig(BaseModel):
         "the network, so that the node NACKs it.",
     )
     duration_s: float | None = Field(default=None, gt=0)
+    follow_moves: bool = Field(
+        default=False, description="Read orders to join another node from stdin."
+    )
     report_every_s: float = Field(default=1.0, gt=0)
     vanish: bool = False
 
@@ -246,8 +258,13 @@ class PeerConfig(BaseModel):
 # --- What it publishes ----------------------------------------------------------------------
 
 
-def synthetic_tracks(config: PeerConfig, speech: Speech) -> dict[str, MediaStreamTrack]:
-    """The tracks ``config`` publishes, by kind (a loop is encoded here, before joining)."""
+def synthetic_tracks(
+    config: PeerConfig, speech: Speech, loops: dict[str, EncodedLoop] | None = None
+) -> dict[str, MediaStreamTrack]:
+    """The tracks ``config`` publishes, by kind (a loop is encoded here, before joining, or
+    taken from ``loops``, where it is kept for the next tracks: one per peer connection, as
+    a closed connection ends its tracks)."""
+    loops = {} if loops is None else loops
     tracks: dict[str, MediaStreamTrack] = {}
     picture = Picture(config.width, config.height, noise_only=config.source == "big")
     for kind in config.publish:
@@ -257,10 +274,15 @@ def synthetic_tracks(config: PeerConfig, speech: Speech) -> dict[str, MediaStrea
             )
         elif kind == "video":
             seconds = BIG_LOOP_SECONDS if config.source == "big" else LOOP_SECONDS
-            loop = video_loop(picture, config.fps, config.loop_bitrate, seconds, config.video_codec)
-            tracks[kind] = LoopTrack(loop)
+            if kind not in loops:
+                loops[kind] = video_loop(
+                    picture, config.fps, config.loop_bitrate, seconds, config.video_codec
+                )
+            tracks[kind] = LoopTrack(loops[kind])
         else:
-            tracks[kind] = LoopTrack(audio_loop(), speech)
+            if kind not in loops:
+                loops[kind] = audio_loop()
+            tracks[kind] = LoopTrack(loops[kind], speech)
     return tracks
 
 
@@ -564,7 +586,7 @@ def say(event: str, **fields: Any) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Ending:
-    by: Literal["node", "signal", "duration"]
+    by: Literal["node", "signal", "duration", "moved"]
     reason: str | None = None
     message: str | None = None
 
@@ -578,9 +600,13 @@ class Participant:
         nc: NATS,
         tracks: dict[str, MediaStreamTrack],
         speech: Speech,
+        moves: "asyncio.Queue[MoveOrder] | None" = None,
     ) -> None:
-        """``speech`` is the one the audio track follows, for the levels sent with it."""
+        """``speech`` is the one the audio track follows, for the levels sent with it;
+        ``moves`` the orders to join another node, if it follows them."""
         self.config = config
+        self.moves = moves
+        self.moved_to: MoveOrder | None = None
         self._nc = nc
         self._tracks = tracks
         self._speech = speech
@@ -629,6 +655,8 @@ class Participant:
                 asyncio.create_task(self._answer_offers()),
                 asyncio.create_task(self._report_every()),
             ]
+            if self.moves is not None:
+                workers.append(asyncio.create_task(self._follow(self.moves)))
             try:
                 await self._leave(await self._ending)
             finally:
@@ -636,6 +664,10 @@ class Participant:
                     task.cancel()
                 await subscription.unsubscribe()
         return 0
+
+    async def _follow(self, moves: "asyncio.Queue[MoveOrder]") -> None:
+        self.moved_to = await moves.get()
+        self._end(Ending(by="moved"))
 
     def _end(self, ending: Ending) -> None:
         if not self._ending.done():
@@ -851,6 +883,9 @@ class Participant:
             say("stats", **self._summary())
 
     async def _leave(self, ending: Ending) -> None:
+        if ending.by == "moved":  # the old node is gone: nothing to tell it
+            await self._pc.close()
+            return
         if ending.by == "node":
             say("bye", reason=ending.reason, message=ending.message)
         elif self.config.vanish:
@@ -864,14 +899,50 @@ class Participant:
         say("done", ended=ending.by, **self._summary())
 
 
+class MoveOrder(BaseModel):
+    """One line on stdin with ``follow_moves``: join this node now, with this token."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    node_id: str
+    participant_token: str
+
+
+async def read_moves(moves: "asyncio.Queue[MoveOrder]") -> None:
+    """Put every order read from stdin in ``moves``, until stdin closes."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    async for line in reader:
+        try:
+            moves.put_nowait(MoveOrder.model_validate_json(line))
+        except ValidationError as exc:
+            sys.stderr.write(f"bad move order: {exc}\n")
+
+
 async def take_part(config: PeerConfig) -> int:
     check_aiortc()
     speech = Speech(config.speaking, config.voice_level)
-    tracks = synthetic_tracks(config, speech)
+    loops: dict[str, EncodedLoop] = {}
+    tracks = synthetic_tracks(config, speech, loops)
     nc = await nats.connect(nats_servers(config.nats_url), **identity_options())
+    moves: asyncio.Queue[MoveOrder] | None = None
+    reading = None
+    if config.follow_moves:
+        moves = asyncio.Queue()
+        reading = asyncio.create_task(read_moves(moves))
     try:
-        return await Participant(config, nc, tracks, speech).attend()
+        while True:
+            participant = Participant(config, nc, tracks, speech, moves)
+            code = await participant.attend()
+            if participant.moved_to is None:
+                return code
+            config = config.model_copy(update=participant.moved_to.model_dump())
+            tracks = synthetic_tracks(config, speech, loops)
+            say("moved", node_id=config.node_id)
     finally:
+        if reading is not None:
+            reading.cancel()
         await nc.close()
 
 

@@ -102,6 +102,17 @@ class PeerProcess:
             raise PeerFailed(await self.explain(f"stopped with exit code {code}, no done report"))
         return done
 
+    async def move(self, node_id: str, participant_token: str) -> int:
+        """Order a peer started with ``follow_moves`` to join ``node_id`` on a new peer
+        connection (as a browser follows a fresh ``admitted``); the index of its next event,
+        the first that can be the new connection's."""
+        assert self.process.stdin is not None, "started without a way to order it"
+        order = {"node_id": node_id, "participant_token": participant_token}
+        start = len(self.events)
+        self.process.stdin.write((json.dumps(order) + "\n").encode())
+        await self.process.stdin.drain()
+        return start
+
     def kill(self) -> None:
         """SIGKILL: the peer vanishes without a word (no bye, no report)."""
         if self.process.returncode is None:
@@ -226,6 +237,7 @@ async def peer_process(config: dict[str, Any]) -> AsyncIterator[PeerProcess]:
         "antechamber.peer",
         json.dumps(config, default=str),
         cwd=REPO,
+        stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         limit=1 << 20,
