@@ -109,7 +109,15 @@ export class Media {
       }
     };
     this.timer = setTimeout(() => pc === this.pc && this.restart(), CONNECT_WAIT_MS);
-    await pc.setLocalDescription(await pc.createOffer());
+    try {
+      await pc.setLocalDescription(await pc.createOffer());
+    } catch (error) {
+      if (pc !== this.pc) return; // replaced meanwhile: nothing to restart
+      throw error;
+    }
+    // A fresh `admitted` (the call moved to another media node) may have replaced this
+    // connection while its offer was made: that offer must not reach the new node.
+    if (pc !== this.pc) return;
     this.send({ kind: "offer", sdp: pc.localDescription.sdp });
   }
 
