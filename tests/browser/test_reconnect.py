@@ -157,3 +157,29 @@ async def test_a_waiting_guest_who_reloads_keeps_their_place_in_the_waiting_room
     await screen(guest, "call")
     for page in (host, guest):
         await remote_videos_playing(page, 1)
+
+
+async def test_the_call_opened_in_a_duplicated_tab_moves_there_without_a_tug_of_war(
+    platform: Platform, people: People
+) -> None:
+    session, host, guest = await host_and_admitted_guest(platform, people)
+    guest_id = await guest.evaluate("window.antechamber.participantId")
+    # A duplicated tab starts with a copy of the tab's sessionStorage: the same kept place.
+    kept = await guest.evaluate("JSON.stringify(Object.entries(sessionStorage))")
+    copy = await guest.context.new_page()
+    await copy.add_init_script(
+        f"for (const [k, v] of {kept}) if (!sessionStorage.getItem(k)) "
+        "sessionStorage.setItem(k, v);"
+    )
+    await copy.goto(guest.url)
+    await screen(copy, "call")
+    assert await copy.evaluate("window.antechamber.participantId") == guest_id
+
+    await screen(guest, "ended")
+    await expect(guest.locator("#ended-title")).to_have_text("You are in this call in another tab")
+    await asyncio.sleep(3)  # neither takes the place back from the other
+    await expect(guest.locator("#ended")).to_be_visible()
+    for page in (copy, host):
+        await remote_videos_playing(page, 1)
+    assert len(await platform.room_events(session["session_id"], "GuestKnocked")) == 1
+    await expect(host.locator("#participant-list li")).to_have_count(2)

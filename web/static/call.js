@@ -354,7 +354,9 @@ class Call {
     });
     this.connection = new Connection(config.signaling_url, {
       onFrame: (frame) => this.on(frame),
-      onDrop: () => this.dropped(),
+      // 4001: signaling replaced this socket with a newer one of the same person (the call
+      // opened in a duplicated tab): resuming here would take it back, and so on for ever.
+      onDrop: (event) => (event && event.code === 4001 ? this.replaced() : this.dropped()),
     });
   }
 
@@ -541,6 +543,10 @@ class Call {
     if ($("tile-me")) $("tile-me").remove();
     $("join-button").disabled = false;
     devices.stop();
+  }
+
+  replaced() {
+    this.end("You are in this call in another tab", "The call carries on there; this page stopped.");
   }
 
   // A drop that was not an ending: come back with the resume token, with back-off, until the
