@@ -79,7 +79,7 @@ class Direction(BaseModel):
     packets_received: int = Field(ge=0, le=10_000_000)
     packets_lost: int = Field(ge=0, le=10_000_000)
     jitter_ms: float = Field(
-        ge=0, le=60_000, description="RFC 3550 interarrival jitter (the worst track)."
+        ge=0, le=60_000, description="RFC 3550 interarrival jitter: audio's, else video's."
     )
     peak_kbps: float = Field(
         ge=0, le=10_000_000, description="The best one-second bitrate that arrived."

@@ -145,7 +145,9 @@ class Measures {
   report(connected) {
     const tracks = this.final || [];
     let worst = { received: 0, lost: 0 };
-    let jitter = 0;
+    // Audio's jitter where there is audio: a video frame's packets leave in a burst, which
+    // reads as jitter nobody sees or hears.
+    const jitters = {};
     for (const t of tracks) {
       const lost = Math.max(0, t.packetsLost || 0);
       const received = t.packetsReceived || 0;
@@ -153,8 +155,9 @@ class Measures {
       if (lost * (worst.received + worst.lost) >= worst.lost * (received + lost)) {
         worst = { received, lost };
       }
-      jitter = Math.max(jitter, (t.jitter || 0) * 1000);
+      jitters[t.kind] = Math.max(jitters[t.kind] || 0, (t.jitter || 0) * 1000);
     }
+    const jitter = jitters.audio ?? jitters.video ?? 0;
     const sorted = [...this.rtts].sort((a, b) => a - b);
     const rtt = sorted.length ? sorted[Math.floor(sorted.length / 2)] : null;
     return {
