@@ -269,3 +269,24 @@ def test_relay_rewrites_only_candidates() -> None:
         "v=0\r\na=candidate:1 1 udp 2130706431 10.0.0.2 7 typ host\r\nm=x\r\n"
     )
     assert without_candidates(sdp) == "v=0\r\nm=x\r\n"
+
+
+async def test_a_socket_that_goes_ends_its_test_on_the_node_at_once(calls: Calls) -> None:
+    room = await practitioner_room(calls)
+    browser = await calls.open()
+    await browser.send("network_test", **link_fields(room.room_url))
+    ready = await browser.next("network_test_ready")
+    async with peer() as pc:
+        await pc.setLocalDescription(await pc.createOffer())
+        await browser.send("signal", kind="offer", sdp=pc.localDescription.sdp)
+        answer = await browser.next("signal", kind="answer")
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+        async with asyncio.timeout(10):
+            while pc.connectionState != "connected":
+                await asyncio.sleep(0.05)
+        dropped = time.monotonic()
+        await browser.drop()
+        async with asyncio.timeout(ready["max_s"]):
+            while pc.connectionState not in ("closed", "failed"):
+                await asyncio.sleep(0.05)
+        assert time.monotonic() - dropped < ready["max_s"] / 2
