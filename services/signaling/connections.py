@@ -4,6 +4,7 @@ replica's heartbeat stops), and ended when that grace runs out."""
 
 import asyncio
 import contextlib
+import time
 from datetime import timedelta
 from functools import partial
 from uuid import UUID
@@ -37,6 +38,8 @@ class Connections:
     def __init__(self, replica: Replica, negotiation: MediaNegotiation) -> None:
         self.replica = replica
         self.negotiation = negotiation
+        self._beat_at: float | None = None
+        self._steady_since: float | None = None
 
     async def heartbeat(self) -> None:
         await self.replica.ctx.pool.execute(
@@ -44,16 +47,31 @@ class Connections:
             "ON CONFLICT (replica_id) DO UPDATE SET seen_at = now()",
             self.replica.replica_id,
         )
+        now = time.monotonic()
+        if self._beat_at is None or now - self._beat_at > self.replica.settings.replica_timeout_s:
+            # Starting, or back after being unable to write a heartbeat for longer than the
+            # timeout (Postgres away): the other replicas could not write theirs either.
+            self._steady_since = now
+        self._beat_at = now
+
+    def judges_others(self) -> bool:
+        """Whether this replica has written its heartbeat without a gap for the whole
+        timeout: only then does another's silence mean that one died. After Postgres was
+        away, every replica's heartbeat is old, and none is dead for that."""
+        steady = self._steady_since
+        timeout = self.replica.settings.replica_timeout_s
+        return steady is not None and time.monotonic() - steady >= timeout
 
     async def sweep(self) -> None:
         """Heartbeat; take over the places of dead replicas; end places whose grace ran out."""
         await self.heartbeat()
         now = self.replica.clock()
-        await self._drop_places(
-            "c.replica_id <> $2 AND NOT EXISTS (SELECT 1 FROM replicas r"
-            " WHERE r.replica_id = c.replica_id AND r.seen_at > now() - make_interval(secs => $3))",
-            self.replica.settings.replica_timeout_s,
-        )
+        if self.judges_others():
+            await self._drop_places(
+                "c.replica_id <> $2 AND NOT EXISTS (SELECT 1 FROM replicas r WHERE "
+                "r.replica_id = c.replica_id AND r.seen_at > now() - make_interval(secs => $3))",
+                self.replica.settings.replica_timeout_s,
+            )
         lapsed = await self.replica.ctx.pool.fetch(
             "SELECT participant_id, clinic_id, room_id FROM connections "
             "WHERE replica_id IS NULL AND grace_until <= $1",
