@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 
+import asyncpg
 import structlog
 from fastapi import APIRouter, WebSocket
 from pydantic import ValidationError
@@ -25,6 +26,7 @@ from contracts.signaling_protocol import (
     NetworkTestReport,
     Ping,
     Pong,
+    Refused,
     Signal,
     client_messages,
 )
@@ -38,6 +40,14 @@ router = APIRouter()
 WRITER_GRACE_S = 2.0
 GOING_AWAY = 1001
 """The close code a browser sends for the sockets of a page that is unloading (RFC 6455)."""
+DATABASE_AWAY = (
+    OSError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up
+)
+"""What a frame's handling raises while Postgres restarts or fails over."""
+BRIEFLY_UNAVAILABLE = "The service is briefly unavailable; please try again in a moment."
 
 
 @router.websocket(WEBSOCKET_PATH)
@@ -162,6 +172,21 @@ async def _read(signaling: Signaling, conn: Connection) -> None:
                 await signaling.join(conn, message)
             else:
                 await signaling.command(conn, message)
+        except DATABASE_AWAY as exc:
+            # Not a fault of the frame: the client sends it again in a moment, as with any 503.
+            log.warning("a frame waits for Postgres", type=message.type, error=repr(exc))
+            if isinstance(message, Join):
+                conn.send(
+                    Refused(
+                        reason="unavailable",
+                        status=503,
+                        message=BRIEFLY_UNAVAILABLE,
+                        retry_after_s=1.0,
+                    )
+                )
+                conn.close(done=False)
+            else:
+                conn.send(Error(code="unavailable", message=BRIEFLY_UNAVAILABLE))
         except Exception:
             log.exception("a frame could not be handled", type=message.type)
             conn.send(Error(code="internal", message="Something went wrong here; try again."))
