@@ -134,6 +134,32 @@ class ChaosPlatform:
         await service_ready(replica.process, replica.url, within=90)
         return time.monotonic() - started
 
+    async def restart_postgres(self, down_s: float) -> float:
+        """Stop Postgres (a fast shutdown: sessions are ended), keep it down ``down_s``, start
+        it again on the same data (same socket, same DSN); the monotonic time it was back."""
+        await asyncio.to_thread(self.postgres.stop)
+        await asyncio.sleep(down_s)
+        await asyncio.to_thread(self.postgres.start)
+        return time.monotonic()
+
+    async def all_ready(self, within: float = 90.0) -> dict[str, float]:
+        """Poll every process's ``/readyz`` until each answers 200; the monotonic time each
+        did, by name."""
+
+        async def ready(replica: Replica) -> float:
+            deadline = time.monotonic() + within
+            async with httpx.AsyncClient(timeout=2) as client:
+                while time.monotonic() < deadline:
+                    with contextlib.suppress(httpx.HTTPError):
+                        if (await client.get(f"{replica.url}/readyz")).status_code == 200:
+                            return time.monotonic()
+                    await asyncio.sleep(0.1)
+            raise TimeoutError(f"{replica.name} is not ready after {within}s")
+
+        names = list(self.replicas)
+        times = await asyncio.gather(*(ready(self.replicas[n]) for n in names))
+        return dict(zip(names, times, strict=True))
+
     async def relay_leader(self, service: str, within: float = 30.0) -> Replica:
         """The replica whose relay leads (``antechamber_relay_leader`` 1 in its /metrics)."""
         deadline = time.monotonic() + within

@@ -1,6 +1,8 @@
 """Whole-system chaos: the scaled-out platform (tests/chaos/platform.py) under the workload
 (tests/chaos/workload.py) while processes are killed with SIGKILL, one at a time: one NATS
-node, one replica of each service, the relay leader of each service, one media node.
+node, one replica of each service, the relay leader of each service, one media node; and
+Postgres is stopped and started again on the same data (down ``POSTGRES_DOWN_S``), after which
+every process must be ready again within ``READY_AFTER_POSTGRES_GOAL_S`` (its **back**).
 
 Each fault: flows start; the process is killed; a probe flow (booking to admission, through
 whatever is still up) is run until one succeeds: **recovered** is the kill to that probe's
@@ -57,6 +59,9 @@ NODE_TTL_S = MediaSettings.model_fields["node_ttl_s"].default
 SWEEP_S = SignalingSettings.model_fields["sweep_s"].default
 CROWD_GUESTS = 3  # with a cap of 3 (the host and two guests): one is refused a seat
 PROBE_ATTEMPTS = 6
+POSTGRES_DOWN_S = 5.0
+"""Longer than the platform's replica timeout (4 s): every heartbeat is stale when it is back."""
+READY_AFTER_POSTGRES_GOAL_S = 10.0
 MOVED_BACK_WITHIN_S = 60.0
 MEDIA_FAILOVER_GOAL_S = 8.0
 
@@ -324,6 +329,7 @@ async def _faults(platform: ChaosPlatform, call_node: str, moved_node: str) -> l
         faults.append(Fault(f"{other.name} (replica)", *process(other.name)))
     for service in SERVICES:
         faults.append(Fault(f"{service} relay leader", *_leader_fault(platform, service)))
+    faults.append(_postgres_fault(platform))
     victim = next(r for r in platform.of("media") if r.name != f"media-{call_node}")
     assert victim.name == f"media-{moved_node}", "the moved call is on the node that is killed"
     leader = await platform.relay_leader("media")
@@ -331,6 +337,28 @@ async def _faults(platform: ChaosPlatform, call_node: str, moved_node: str) -> l
     name = f"{victim.name} node{also}"
     faults.append(Fault(name, *process(victim.name), media=False, kills_moved_call=True))
     return faults
+
+
+POSTGRES_FAULT = "Postgres (stopped, started again on the same data)"
+
+
+def _postgres_fault(platform: ChaosPlatform) -> Fault:
+    """Postgres stops (sessions ended) and starts again ``POSTGRES_DOWN_S`` later; the restart
+    column is from Postgres being back to every process ready again."""
+    readiness: list[asyncio.Task[dict[str, float]]] = []
+    back_at: list[float] = []
+
+    async def kill() -> float:
+        stopped_at = time.monotonic()
+        back_at.append(await platform.restart_postgres(POSTGRES_DOWN_S))
+        readiness.append(asyncio.create_task(platform.all_ready()))
+        return stopped_at
+
+    async def restart() -> float:
+        ready = await readiness[-1]
+        return max(ready.values()) - back_at[-1]
+
+    return Fault(POSTGRES_FAULT, kill, restart)
 
 
 def _leader_fault(
@@ -378,11 +406,12 @@ def _report(
         f"old links refused after regenerate: {record.refused_old_links}",
         f"reconnections with a resume token: {record.resumes}",
         f"joins refused with 503 and made again: {record.joins_retried}; "
-        f"admits answered 'not available' and sent again: {record.admits_retried}",
+        f"admits answered 'not available' and sent again: {record.admits_retried}; "
+        f"other host commands: {record.commands_retried}",
         "",
         f"probe visit before any fault (baseline): median {statistics.median(baseline):.2f} s",
         "",
-        "| fault (SIGKILL) | recovered | probe attempts | restarted and ready |",
+        "| fault (SIGKILL unless said) | recovered | probe attempts | restarted and ready |",
         "| --- | --- | --- | --- |",
     ]
     lines += [
@@ -403,6 +432,12 @@ def _report(
         f"failed renegotiations {c.failed_renegotiations}"
         for c in calls
     ]
+    lines += [
+        f"Postgres stopped, down {POSTGRES_DOWN_S:g} s, started again: every service ready "
+        f"{o.back_s:.2f} s after it was back (goal ≤ {READY_AFTER_POSTGRES_GOAL_S:g} s)"
+        for o in outcomes
+        if o.fault == POSTGRES_FAULT
+    ]
     if failover is not None:
         lines += [
             "",
@@ -421,6 +456,9 @@ def _report(
     if retried:
         lines += ["", "probe attempts retried:"] + [f"- {k}: {v}" for k, v in retried.items()]
     failures = [f"flow {k}: {v}" for k, v in failed.items()]
+    for o in outcomes:
+        if o.fault == POSTGRES_FAULT and o.back_s > READY_AFTER_POSTGRES_GOAL_S:
+            failures.append(f"services ready {o.back_s:.2f} s after Postgres was back")
     if lost or duplicated:
         failures.append(f"events lost {lost}, duplicated {duplicated}")
     if not all(s.replicas_current for s in streams):

@@ -257,6 +257,8 @@ class Record:
     joins_retried: int = 0
     """Joins refused with 503 ("try again in a moment") and made again."""
     admits_retried: int = 0
+    commands_retried: int = 0
+    """Host commands answered "not available right now" and sent again."""
 
 
 class Workload:
@@ -334,7 +336,7 @@ class Workload:
         def refusal(frame: Frame) -> bool:
             if frame["type"] == "seat_refused":
                 return str(frame["participant_id"]) == participant_id
-            return frame.get("reason") in RETRYABLE  # an error frame
+            return frame.get("code") in RETRYABLE  # an error frame
 
         for _ in range(MAX_RETRIES_AFTER_503):
             mark = len(host.frames)
@@ -356,6 +358,23 @@ class Workload:
             self.record.admits_retried += 1
             await asyncio.sleep(1.0)
         raise FlowFailed(f"{guest.name} was never admitted")
+
+    async def command(self, person: Person, kind: str, answer: str, **fields: Any) -> Frame:
+        """Send ``kind`` and wait for ``answer``; sent again while the answer is an error
+        saying "not available right now" (Postgres restarting: a person would click again)."""
+
+        def outcome(frame: Frame) -> bool:
+            return frame["type"] == answer or frame.get("code") in RETRYABLE
+
+        for _ in range(MAX_RETRIES_AFTER_503):
+            mark = len(person.frames)
+            await person.send(kind, **fields)
+            frame = await person.next(answer, "error", match=outcome, after=mark)
+            if frame["type"] == answer:
+                return frame
+            self.record.commands_retried += 1
+            await asyncio.sleep(1.0)
+        raise FlowFailed(f"{person.name}: {kind} was never done")
 
     # -- flows ----------------------------------------------------------------------------------
 
@@ -431,8 +450,7 @@ class Workload:
                     for peer in peers:
                         await peer.stop()
             await guest.leave()
-            await host.send("end_for_all", message="Thank you")
-            await host.next("ended")
+            await self.command(host, "end_for_all", "ended", message="Thank you")
             steps["ended"] = time.monotonic() - start
         finally:
             await self.done_with(people)
@@ -506,8 +524,7 @@ class Workload:
                 raise FlowFailed(f"crowd: {admitted} admitted + {refused} refused != {guests}")
             for guest in people[1:]:
                 await guest.leave()
-            await host.send("end_for_all")
-            await host.next("ended")
+            await self.command(host, "end_for_all", "ended")
         finally:
             await self.done_with(people)
 
