@@ -263,18 +263,7 @@ def admit(
     _host(room, by)
     guest = _waiting(room, participant_id)
     _check_seat(room, cap, guest.role)
-    ids = {**_ids(room, guest), "participant_id": participant_id}
-    events: list[Event] = [
-        ParticipantAdmitted(**ids, by=by, media_node=media_node, media_url=media_url),
-        ParticipantJoined(
-            **ids,
-            role=guest.role,
-            display_name=guest.display_name,
-            link_id=guest.link_id,
-            media_node=media_node,
-            media_url=media_url,
-        ),
-    ]
+    events = _seated(room, guest, by, media_node, media_url)
     if not room.admitted_any and not room.knocks_muted:
         events.append(KnocksMuted(**_ids(room), by=None))
     return events
@@ -297,9 +286,16 @@ def let_in(
     if not guest.direct:
         raise NOT_WAITING
     _check_seat(room, cap, guest.role)
-    ids = {**_ids(room, guest), "participant_id": participant_id}
+    return _seated(room, guest, None, media_node, media_url)
+
+
+def _seated(
+    room: Room, guest: Person, by: UUID | None, media_node: str, media_url: str | None
+) -> list[Event]:
+    """A waiting guest let in (by a host, or by no one for a direct link) and in the call."""
+    ids = {**_ids(room, guest), "participant_id": guest.participant_id}
     return [
-        ParticipantAdmitted(**ids, by=None, media_node=media_node, media_url=media_url),
+        ParticipantAdmitted(**ids, by=by, media_node=media_node, media_url=media_url),
         ParticipantJoined(
             **ids,
             role=guest.role,
