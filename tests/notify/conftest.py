@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import httpx
 import icalendar
@@ -21,6 +22,7 @@ from runtime.service import build_app
 from services.notify import app as notify_app
 from services.notify.config import NotifySettings
 from services.notify.handlers import Notify
+from services.notify.ical import session_uid
 from tests.links.conftest import Clock, LinkedClinic, linked_clinic, links_service
 from tests.notify.smtp import Received, SmtpSink
 from tests.scheduling.conftest import SEALER, scheduling_app
@@ -155,6 +157,25 @@ async def clinic_of(platform: Platform, **clinic_settings: Any) -> Clinic:
 
 def mails_to(sink: SmtpSink, address: str) -> list[Received]:
     return [m for m in sink.messages if address in m.rcpt_tos]
+
+
+def mails_about(sink: SmtpSink, session_id: str) -> list[Received]:
+    """The messages about one session, by the UID of their calendar. Only these say what the
+    test did: a message an earlier test left unsent may arrive once this test's notify starts,
+    before the test can tell the sink anything."""
+    uid = session_uid(UUID(session_id))
+    about = []
+    for received in sink.messages:
+        for part in received.message.iter_attachments():
+            if part.get_content_type() != "text/calendar":
+                continue
+            raw = part.get_payload(decode=True)
+            assert isinstance(raw, bytes)
+            events = icalendar.Calendar.from_ical(raw).walk("VEVENT")
+            if any(str(e.get("UID")) == uid for e in events):
+                about.append(received)
+                break
+    return about
 
 
 def body_of(message: EmailMessage, subtype: str = "plain") -> str:

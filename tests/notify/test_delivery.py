@@ -17,6 +17,7 @@ from tests.notify.conftest import (
     RunningClock,
     body_of,
     clinic_of,
+    mails_about,
     mails_to,
     notify_service,
 )
@@ -104,7 +105,7 @@ async def test_a_refused_recipient_is_recorded_as_failed_and_not_tried_again(
     assert "mailbox unavailable" in failed["detail"]
     assert failed["attempts"] == 1
     assert CLIENT not in failed["detail"]
-    assert platform.sink.messages == []
+    assert mails_about(platform.sink, session["session_id"]) == []
 
 
 async def test_temporary_failures_are_retried_and_the_message_sent_once(
@@ -123,6 +124,7 @@ async def test_temporary_failures_are_retried_and_the_message_sent_once(
     assert sent["attempts"] == 3
     assert platform.sink.attempts == 3
     assert len(mails_to(platform.sink, CLIENT)) == 1
+    assert len(mails_about(platform.sink, session["session_id"])) == 1
 
 
 async def test_a_server_that_hangs_after_the_dot_gets_the_message_at_most_once(
@@ -180,7 +182,7 @@ async def test_a_client_without_an_address_is_skipped_without_a_failure_event(
     finally:
         await conn.close()
     assert reported == 0
-    assert platform.sink.messages == []
+    assert mails_about(platform.sink, session["session_id"]) == []
 
 
 # -- templates ---------------------------------------------------------------------------------
