@@ -80,14 +80,16 @@ async def test_hosts_see_everyones_network_guests_their_own_and_loss_grades_down
             timeout=60,
             participants=lambda ps: (
                 {p["participant_id"] for p in ps} == set(ids.values())
-                and all(p["grade"] is not None for p in ps)
+                # a round trip needs a sender report to come back: a few report intervals
+                and all(p["grade"] is not None and p["rtt_ms"] is not None for p in ps)
                 and next(p for p in ps if p["participant_id"] == ids[lossy])["receiving"][
                     "loss_pct"
                 ]
                 not in (None, 0)
             ),
         )
-        assert peers[2].find(lambda e: e.get("event") == "stats") is not None
+        # The lossy peer really ran (its first stats may come after the quality frame).
+        await peers[2].wait_for(lambda e: e.get("event") == "stats", timeout=30)
     quality = of(everyone)
     bad, good = quality[ids[lossy]], quality[ids[clean]]
     assert bad["receiving"]["loss_pct"] >= 5, bad
