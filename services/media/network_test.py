@@ -47,6 +47,7 @@ from runtime.ratelimit import RateLimiter
 from services.media import metrics
 from services.media.config import MediaSettings
 from services.media.placement import Placement, least_loaded
+from services.media.sfu import SignalRefused
 
 log = structlog.get_logger(__name__)
 
@@ -54,13 +55,6 @@ CLOCK_RATES = {"audio": 48_000, "video": 90_000}
 KEPT_S = 60.0
 """How long a finished test's figures wait for signaling to ask for them."""
 SAMPLE_S = 1.0
-
-
-class ProbeRefused(Exception):
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
 
 
 async def probe_host(placement: Placement, request: ProbeHostRequest) -> ProbeHost:
@@ -154,7 +148,7 @@ class Probes:
                 case ProbeAction.offer:
                     try:
                         answer = await self._offer(signal)
-                    except ProbeRefused as refused:
+                    except SignalRefused as refused:
                         metrics.network_tests.labels(self.node_id, refused.reason).inc()
                         raise
                     metrics.network_tests.labels(self.node_id, "started").inc()
@@ -164,20 +158,20 @@ class Probes:
                     return ProbeReply(ok=True)
                 case ProbeAction.finish:
                     return ProbeReply(ok=True, uplink=await self._finish(signal.test_id))
-        except ProbeRefused as refused:
+        except SignalRefused as refused:
             return ProbeReply(ok=False, reason=refused.reason, message=refused.message)
         return ProbeReply(ok=False, reason="invalid", message="Unknown action.")
 
     async def _offer(self, signal: ProbeSignal) -> str:
         self._check_token(signal)
         if signal.test_id in self.running or signal.test_id in self.finished:
-            raise ProbeRefused("test_used", "This test has run already; start another.")
+            raise SignalRefused("test_used", "This test has run already; start another.")
         if not signal.sdp:
-            raise ProbeRefused("sdp_missing", "An offer needs its session description.")
+            raise SignalRefused("sdp_missing", "An offer needs its session description.")
         if len(self.running) >= self.settings.network_tests_at_once:
-            raise ProbeRefused("node_busy", "The video server is busy; try the test again soon.")
+            raise SignalRefused("node_busy", "The video server is busy; try the test again soon.")
         if signal.client_address and self.by_address.retry_after(signal.client_address):
-            raise ProbeRefused("rate_limited", "Too many network tests from here; wait a minute.")
+            raise SignalRefused("rate_limited", "Too many network tests from here; wait a minute.")
         pc = RTCPeerConnection(self._configuration())
         probe = Probe(signal.test_id, pc, time.monotonic())
         self.running[signal.test_id] = probe
@@ -191,17 +185,17 @@ class Probes:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=signal.sdp, type="offer"))
             kinds = [t.kind for t in pc.getTransceivers()]
             if not kinds or len(kinds) > 2 or len(set(kinds)) != len(kinds):
-                raise ProbeRefused(
+                raise SignalRefused(
                     "sdp_invalid", "A network test sends at most one audio and one video track."
                 )
             await pc.setLocalDescription(await pc.createAnswer())
-        except ProbeRefused:
+        except SignalRefused:
             await self._close(probe)
             raise
         except Exception as exc:  # aiortc raises many kinds for an offer it cannot use
             await self._close(probe)
             log.info("network test offer refused", error=repr(exc))
-            raise ProbeRefused("sdp_invalid", "The test's media offer could not be used.") from exc
+            raise SignalRefused("sdp_invalid", "The test's media offer could not be used.") from exc
         probe.sampler = asyncio.create_task(self._sample(probe))
         log.info("network test started", test_id=str(signal.test_id))
         return unthrottled(pc.localDescription.sdp)
@@ -216,15 +210,15 @@ class Probes:
                 audience=NETWORK_TEST_AUDIENCE,
             )
         except ParticipantTokenError as exc:
-            raise ProbeRefused("token_invalid", f"Network test refused: {exc}.") from exc
+            raise SignalRefused("token_invalid", f"Network test refused: {exc}.") from exc
         if claims.sub != str(signal.test_id):
-            raise ProbeRefused("token_invalid", "Network test refused: the token is another's.")
+            raise SignalRefused("token_invalid", "Network test refused: the token is another's.")
 
     async def _candidate(self, signal: ProbeSignal) -> None:
         self._check_token(signal)
         probe = self.running.get(signal.test_id)
         if probe is None:
-            raise ProbeRefused("not_running", "This network test is not running.")
+            raise SignalRefused("not_running", "This network test is not running.")
         if not signal.candidate:
             return
         try:
@@ -233,7 +227,7 @@ class Probes:
             parsed.sdpMLineIndex = signal.sdp_mline_index
             await probe.pc.addIceCandidate(parsed)
         except Exception as exc:
-            raise ProbeRefused("candidate_invalid", "This ICE candidate cannot be used.") from exc
+            raise SignalRefused("candidate_invalid", "This ICE candidate cannot be used.") from exc
 
     async def _finish(self, test_id: UUID) -> Uplink:
         self._forget_old()
@@ -242,7 +236,7 @@ class Probes:
             return await self._close(probe)
         kept = self.finished.get(test_id)
         if kept is None:
-            raise ProbeRefused("unknown_test", "No such network test on this node.")
+            raise SignalRefused("unknown_test", "No such network test on this node.")
         return kept[1]
 
     def _configuration(self) -> RTCConfiguration:

@@ -46,6 +46,11 @@ class Arrival:
     session_id: UUID | None
 
 
+def call_role(decision: Decision) -> CallRole:
+    """The role a link gives in the call: a host link's is host, every other is a guest."""
+    return CallRole.host if decision.role == "host" else CallRole.guest
+
+
 def refused_frame(decision: Decision) -> Refused:
     return Refused(
         reason=decision.reason.value if decision.reason else "refused",
@@ -93,7 +98,7 @@ class Joining:
             conn.send(Refused(reason="unknown", status=404, message=decision.message))
             conn.close()
             return
-        role = CallRole.host if decision.role == "host" else CallRole.guest
+        role = call_role(decision)
         direct = role is CallRole.host or decision.admission == "direct"
         if role is CallRole.guest and decision.link_id is not None:
             wait = self.knocks_by_link.retry_after(str(decision.link_id))
@@ -236,7 +241,7 @@ class Joining:
         if decision is not None:
             conn.send(
                 LinkReady(
-                    role=CallRole.host if decision.role == "host" else CallRole.guest,
+                    role=call_role(decision),
                     admission="direct" if decision.admission == "direct" else "waiting_room",
                     live=decision.live,
                     closes_at=decision.closes_at,

@@ -28,7 +28,6 @@ from contracts.network_test import (
     Uplink,
     probe_subject,
 )
-from contracts.signaling import CallRole
 from contracts.signaling_protocol import (
     Error,
     NetworkTest,
@@ -41,7 +40,7 @@ from contracts.signaling_protocol import (
 from runtime.participant_tokens import mint
 from runtime.ratelimit import RateLimiter
 from services.signaling.connection import Connection
-from services.signaling.joining import Joining
+from services.signaling.joining import Joining, call_role
 from services.signaling.network_verdict import Figures, judge
 from services.signaling.replica import Replica
 from services.signaling.seats import MediaSeats, Unavailable
@@ -113,7 +112,7 @@ class NetworkTests:
             return
         s = self.replica.settings
         test_id = uuid4()
-        role = CallRole.host if decision.role == "host" else CallRole.guest
+        role = call_role(decision)
         token, expires = mint(
             self.replica.key,
             participant_id=str(test_id),
