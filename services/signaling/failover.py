@@ -21,11 +21,9 @@ import structlog
 
 from contracts.media import (
     LIVE_NODES_SUBJECT,
-    SEAT_SUBJECT,
     LiveNodes,
     NodesQuery,
     SeatAnswer,
-    SeatRequest,
 )
 from runtime import refusals
 from services.signaling import domain
@@ -152,12 +150,6 @@ class MediaFailover:
         cap, loudest = settings.get(
             person.participant_id, max(known, key=known.count) if known else (16, None)
         )
-        request = SeatRequest(
-            clinic_id=clinic_id,
-            room_id=room_id,
-            participant_id=person.participant_id,
-            role=person.role,
-            cap=cap,
-            loudest_speakers=loudest,
+        return await self.seats.seat_in(
+            clinic_id, room_id, person.participant_id, person.role, cap, loudest
         )
-        return await self.seats.ask(SEAT_SUBJECT, request, SeatAnswer, attempts=2)

@@ -52,14 +52,28 @@ class MediaSeats:
         self.replica = replica
 
     async def seat(self, conn: Connection, participant_id: UUID, role: CallRole) -> SeatAnswer:
+        """A seat in ``conn``'s room, with its connection's cap and loudest speakers."""
         _, room_id, clinic_id, _ = conn.place()
+        return await self.seat_in(
+            clinic_id, room_id, participant_id, role, conn.cap, conn.loudest_speakers
+        )
+
+    async def seat_in(
+        self,
+        clinic_id: str,
+        room_id: UUID,
+        participant_id: UUID,
+        role: CallRole,
+        cap: int,
+        loudest_speakers: int | None,
+    ) -> SeatAnswer:
         request = SeatRequest(
             clinic_id=clinic_id,
             room_id=room_id,
             participant_id=participant_id,
             role=role,
-            cap=conn.cap,
-            loudest_speakers=conn.loudest_speakers,
+            cap=cap,
+            loudest_speakers=loudest_speakers,
         )
         # Asking again for the same participant returns the same seat: safe to send twice.
         return await self.ask(SEAT_SUBJECT, request, SeatAnswer, attempts=2)
