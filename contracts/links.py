@@ -14,7 +14,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from contracts.events import Event, EventRegistry
 from contracts.personal import personal_data, secret
-from contracts.signaling import CallRole
+from contracts.signaling import CallFeatures, CallRole
 
 links_events = EventRegistry("links")
 
@@ -197,6 +197,9 @@ class Decision(BaseModel):
     max_participants: int | None = None
     loudest_speakers: int | None = None
     rejoin_grace_minutes: int | None = None
+    call: CallFeatures | None = Field(
+        default=None, description="Allowed: what the clinic allows in its calls."
+    )
     replaced_by_hint: str | None = Field(
         default=None, description="Refused old links: where the newest link can be found."
     )

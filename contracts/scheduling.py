@@ -23,6 +23,7 @@ from pydantic_core import PydanticCustomError
 
 from contracts.events import Event, EventRegistry
 from contracts.personal import personal_data
+from contracts.signaling import CallFeatures
 
 scheduling_events = EventRegistry("scheduling")
 
@@ -210,6 +211,11 @@ class ClinicSettings(BaseModel):
         le=MAX_PARTICIPANTS,
         description="Voices a call forwards at once: the loudest this many speakers, and every "
         "host who speaks (0: everyone's, always).",
+    )
+    call: CallFeatures = Field(
+        default_factory=CallFeatures,
+        description="What people may do in the clinic's calls: waiting-room messages, chat "
+        "retention, screen sharing, recording consent.",
     )
 
 

@@ -7,9 +7,10 @@ counts who is inside (a session stays open past its end while anyone is in the c
 """
 
 from enum import StrEnum
+from typing import Annotated
 from uuid import UUID
 
-from pydantic import AwareDatetime, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from contracts.events import Event, EventRegistry
 from contracts.personal import personal_data
@@ -41,6 +42,53 @@ class LeftBecause(StrEnum):
     seat_lapsed = "seat_lapsed"
     """Their media never connected and their seat on the media node lapsed; their place went
     to someone else (or could not be renewed), and they were told to join again."""
+
+
+class RecordingConsent(StrEnum):
+    all = "all"
+    """A recording starts only once everyone in the call has consented."""
+    notice = "notice"
+    """A recording starts at once; everyone is told, and may leave."""
+
+
+DEFAULT_WAITING_MESSAGES = (
+    "I'll be with you in about 5 minutes.",
+    "I'm running late, please stay on this page.",
+)
+MAX_WAITING_MESSAGE_LENGTH = 200
+
+
+class CallFeatures(BaseModel):
+    """What a clinic allows in its calls (part of its settings; links hands them to signaling
+    with every allowed link, and a connection keeps those it joined with)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    waiting_messages: tuple[
+        Annotated[str, Field(min_length=1, max_length=MAX_WAITING_MESSAGE_LENGTH)], ...
+    ] = Field(
+        default=DEFAULT_WAITING_MESSAGES,
+        max_length=10,
+        description="Canned messages a host can send to people in the waiting room.",
+    )
+    guest_replies: bool = Field(
+        default=False, description="People in the waiting room may answer a host's message."
+    )
+    guest_screen_share: bool = Field(
+        default=False, description="Guests may share their screen (hosts always may)."
+    )
+    recording_consent: RecordingConsent = Field(
+        default=RecordingConsent.all,
+        description="all: a recording starts once everyone consented; notice: at once, "
+        "with a notice.",
+    )
+    chat_retention_days: int = Field(
+        default=0,
+        ge=0,
+        le=3650,
+        description="0: chat is never stored. Otherwise it is kept with the session this "
+        "many days, then deleted.",
+    )
 
 
 class _InRoom(Event):

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from contracts.media import Negotiation, ParticipantQuality
 from contracts.network_test import Direction
 from contracts.personal import personal_data
-from contracts.signaling import CallRole, EndedBecause
+from contracts.signaling import CallFeatures, CallRole, EndedBecause
 
 PROTOCOL_VERSION = 1
 WEBSOCKET_PATH = "/v1/signaling"
@@ -208,6 +208,11 @@ class Welcome(_Message):
     rejoin_grace_s: float
     warning: str | None = Field(default=None, description="E.g. a retired link's sunset.")
     room_title: str | None = _room_title()
+    call: CallFeatures | None = Field(
+        default=None,
+        description="What the clinic allows in this call (canned waiting-room messages, "
+        "guest replies, guest screen sharing, recording consent, chat retention).",
+    )
 
 
 class WaitingState(StrEnum):

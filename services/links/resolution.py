@@ -229,4 +229,5 @@ def _allowed(f: Found, warning: str | None) -> Decision:
         max_participants=f.settings.max_participants,
         loudest_speakers=f.settings.loudest_speakers,
         rejoin_grace_minutes=f.settings.rejoin_grace_minutes,
+        call=f.settings.call,
     )

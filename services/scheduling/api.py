@@ -48,7 +48,11 @@ async def change_settings(
     access: Annotated[Access, Depends(access_of)],
 ) -> ClinicView:
     """Change some settings; the others keep their values."""
-    merged = caller.settings.model_dump() | body.model_dump(exclude_unset=True)
+    merged = caller.settings.model_dump() | body.model_dump(exclude_unset=True, exclude={"call"})
+    if body.call is not None:
+        merged["call"] = caller.settings.call.model_dump() | body.call.model_dump(
+            exclude_unset=True
+        )
     try:
         settings = ClinicSettings.model_validate(merged)
     except ValidationError as exc:

@@ -20,6 +20,7 @@ from contracts.scheduling import (
     TimeZoneName,
     VideoMode,
 )
+from contracts.signaling import RecordingConsent
 
 
 class Body(BaseModel):
@@ -71,6 +72,16 @@ class IssuedApiKey(ApiKeyView):
 # -- clinic ------------------------------------------------------------------------------------
 
 
+class CallFeaturesPatch(Body):
+    """Only the call features given change; see CallFeatures for each one's meaning."""
+
+    waiting_messages: list[SingleLine] | None = None
+    guest_replies: bool | None = None
+    guest_screen_share: bool | None = None
+    recording_consent: RecordingConsent | None = None
+    chat_retention_days: int | None = None
+
+
 class SettingsPatch(Body):
     """Only the settings given change; see ClinicSettings for each one's meaning and range."""
 
@@ -83,6 +94,8 @@ class SettingsPatch(Body):
     guest_admission: GuestAdmission | None = None
     max_participants: int | None = None
     public_booking: bool | None = None
+    loudest_speakers: int | None = None
+    call: CallFeaturesPatch | None = None
 
 
 class PractitionerCreate(Body):

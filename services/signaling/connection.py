@@ -9,7 +9,7 @@ from fastapi import WebSocket
 from nats.aio.subscription import Subscription
 from pydantic import BaseModel
 
-from contracts.signaling import CallRole
+from contracts.signaling import CallFeatures, CallRole
 
 if TYPE_CHECKING:
     from services.signaling.network_test import NetworkTestRun
@@ -30,6 +30,8 @@ class Connection:
     role: CallRole | None = None
     cap: int = 16
     loudest_speakers: int | None = None
+    features: CallFeatures = field(default_factory=CallFeatures)
+    """What the clinic allows in its calls, as links told it when this person arrived."""
     grace_s: float = 0.0
     resume_token: str | None = None
     outbox: "asyncio.Queue[str | None]" = field(default_factory=asyncio.Queue)

@@ -28,9 +28,9 @@ RECORD_CONNECTION = (
     # and flushing that commit flushes this earlier one too.
     "WITH asynchronous AS (SELECT set_config('synchronous_commit', 'off', true)) "
     "INSERT INTO connections (participant_id, clinic_id, room_id, resume_digest, grace_s, "
-    "cap, loudest_speakers, replica_id) "
+    "cap, loudest_speakers, replica_id, call_features) "
     "SELECT $1::uuid, $2::text, $3::uuid, $4::bytea, $5::real, $6::smallint, $7::smallint, "
-    "$8::text FROM asynchronous"
+    "$8::text, $9::jsonb FROM asynchronous"
 )
 
 
@@ -146,6 +146,7 @@ class Connections:
                     conn.cap,
                     conn.loudest_speakers,
                     replica.replica_id,
+                    conn.features.model_dump(mode="json"),
                 ),
             )
 

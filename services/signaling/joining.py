@@ -11,7 +11,7 @@ import structlog
 
 from contracts.events import Event
 from contracts.links import RESOLVE_SUBJECT, Decision, ResolveRequest
-from contracts.signaling import CallRole
+from contracts.signaling import CallFeatures, CallRole
 from contracts.signaling_protocol import Check, Join, LinkReady, NetworkTest, Refused, Welcome
 from runtime import refusals
 from runtime.ratelimit import RateLimiter
@@ -110,6 +110,7 @@ class Joining:
         conn.role = role
         conn.cap = min(decision.max_participants or 16, 16)
         conn.loudest_speakers = decision.loudest_speakers
+        conn.features = decision.call or CallFeatures()
         conn.grace_s = float((decision.rejoin_grace_minutes or 0) * 60)
         conn.resume_token = secrets.token_urlsafe(32)
         await self.connections.attach(conn, new=True)
@@ -123,6 +124,7 @@ class Joining:
                 rejoin_grace_s=conn.grace_s,
                 warning=decision.warning,
                 room_title=decision.room_title,
+                call=conn.features,
             )
         )
         pid, clinic_id = conn.participant_id, decision.clinic_id
@@ -314,7 +316,8 @@ class Joining:
         row = await replica.ctx.pool.fetchrow(
             "UPDATE connections SET replica_id = $2, grace_until = NULL, updated_at = now() "
             "WHERE resume_digest = $1 "
-            "RETURNING participant_id, clinic_id, room_id, grace_s, cap, loudest_speakers",
+            "RETURNING participant_id, clinic_id, room_id, grace_s, cap, loudest_speakers, "
+            "call_features",
             secret_digest(token),
             replica.replica_id,
         )
@@ -334,6 +337,8 @@ class Joining:
         conn.role, conn.grace_s, conn.resume_token = person.role, row["grace_s"], token
         conn.cap = row["cap"]
         conn.loudest_speakers = row["loudest_speakers"]
+        if row["call_features"] is not None:
+            conn.features = CallFeatures.model_validate(row["call_features"])
         await self.connections.attach(conn, new=False)
         await replica.rooms.announce_notice(
             room_id, {"kind": "superseded", "participant_id": str(pid), "by": replica.replica_id}
@@ -346,6 +351,7 @@ class Joining:
                 session_id=person.session_id or room.session_id,
                 resume_token=token,
                 rejoin_grace_s=conn.grace_s,
+                call=conn.features,
             )
         )
         if person.status is Status.in_call and person.media_node:

@@ -43,6 +43,16 @@ async def test_a_clinic_gets_default_settings_and_a_unique_slug(api: httpx.Async
         "max_participants": 16,
         "public_booking": False,
         "loudest_speakers": 3,
+        "call": {
+            "waiting_messages": [
+                "I'll be with you in about 5 minutes.",
+                "I'm running late, please stay on this page.",
+            ],
+            "guest_replies": False,
+            "guest_screen_share": False,
+            "recording_consent": "all",
+            "chat_retention_days": 0,
+        },
     }
     again = await api.post(
         "/v1/clinics", headers=OPERATOR, json={"name": "Copy", "slug": clinic.slug}

@@ -424,3 +424,20 @@ async def test_a_guest_cannot_run_the_call(calls: Calls, postgres_dsn: str) -> N
     view = await call.host.latest("room")
     assert (view["locked"], len(view["participants"]), len(view["waiting"])) == (False, 2, 1)
     assert not other.seen("admitted")
+
+
+async def test_a_person_keeps_the_call_features_they_arrived_with_when_they_resume(
+    calls: Calls,
+) -> None:
+    """The clinic's call features reach the page in the welcome, and a resume (on the other
+    replica, which never saw the links decision) tells the same."""
+    features = {"guest_replies": True, "recording_consent": "notice", "chat_retention_days": 7}
+    call = await host_and_admitted_guest(calls, call=features)
+    assert call.welcome["call"]["guest_replies"] is True
+    assert call.welcome["call"]["recording_consent"] == "notice"
+    await call.guest.drop()
+    back = await calls.open(0)
+    await back.send("join", resume=call.welcome["resume_token"])
+    again = await back.next("welcome")
+    assert again["call"] == call.welcome["call"]
+    assert again["call"]["chat_retention_days"] == 7
