@@ -29,6 +29,7 @@ from contracts.signaling import (
 from contracts.signaling_protocol import Check, Join
 from runtime.clock import Clock, system_clock
 from runtime.context import ServiceContext
+from services.signaling.admission import Admission
 from services.signaling.commands import Commands
 from services.signaling.config import SignalingSettings
 from services.signaling.connection import Connection
@@ -63,8 +64,14 @@ class Signaling:
         self.failover = MediaFailover(self.replica, self.seats)
         self.joining = Joining(self.replica, self.connections, self.seats, self.negotiation)
         self.network_tests = NetworkTests(self.replica, self.seats, self.joining)
+        self.admission = Admission(self.replica, self.seats)
         self.commands = Commands(
-            self.replica, self.connections, self.seats, self.negotiation, self.recording
+            self.replica,
+            self.connections,
+            self.seats,
+            self.negotiation,
+            self.recording,
+            self.admission,
         )
 
     @property

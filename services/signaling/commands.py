@@ -3,11 +3,9 @@ end, lock, recording, knock alerts), leaving, and media negotiation; the domain'
 become error frames."""
 
 from functools import partial
-from uuid import UUID
 
 from pydantic import BaseModel
 
-from contracts.signaling import CallRole
 from contracts.signaling_protocol import (
     Admit,
     Deny,
@@ -26,14 +24,14 @@ from contracts.signaling_protocol import (
 )
 from runtime import refusals
 from services.signaling import domain
+from services.signaling.admission import Admission
 from services.signaling.connection import Connection
 from services.signaling.connections import Connections
-from services.signaling.domain import Status
 from services.signaling.negotiation import MediaNegotiation
 from services.signaling.recording import RecordingControl
 from services.signaling.replica import Replica
 from services.signaling.rooms import Decide
-from services.signaling.seats import MediaSeats, announce_seat_refused
+from services.signaling.seats import MediaSeats
 
 
 class Commands:
@@ -44,12 +42,14 @@ class Commands:
         seats: MediaSeats,
         negotiation: MediaNegotiation,
         recording: RecordingControl,
+        admission: Admission,
     ) -> None:
         self.replica = replica
         self.connections = connections
         self.seats = seats
         self.negotiation = negotiation
         self.recording = recording
+        self.admission = admission
 
     async def command(self, conn: Connection, message: BaseModel) -> None:
         """Run one frame of a joined person; the domain's refusals become error frames."""
@@ -59,7 +59,7 @@ class Commands:
         try:
             match message:
                 case Admit():
-                    await self._admit(conn, message.participant_id)
+                    await self.admission.admit(conn, message.participant_id)
                     return
                 case Leave():
                     await self.connections.leave(conn)
@@ -95,44 +95,3 @@ class Commands:
             await self.replica.rooms.run(room_id, clinic_id, decide)
         except refusals.Refused as exc:
             conn.send(Error(code=exc.code, message=exc.detail))
-
-    async def _admit(self, conn: Connection, guest: UUID) -> None:
-        rooms, now = self.replica.rooms, self.replica.clock()
-        me, room_id, clinic_id, _ = conn.place()
-        full: domain.RoomFull | None = None
-        before = await rooms.state(room_id, clinic_id)
-        try:
-            await rooms.check(
-                room_id, clinic_id, lambda r: domain.check_admit(r, me, guest, conn.cap)
-            )
-        except domain.RoomFull as exc:
-            full = exc  # by the room's own count; the media node may know of lapsed seats
-        seat = await self.seats.seat(conn, guest, CallRole.guest)
-        freed = full is not None and await self.seats.free_lapsed(
-            room_id, clinic_id, before, seat, now
-        )
-        if full is not None and not freed:
-            # Full indeed (the usual case: the seats are all in use): the guest keeps their
-            # place and both sides are told.
-            if seat.granted:
-                await self.seats.release(clinic_id, room_id, guest)
-            await announce_seat_refused(rooms, room_id, guest, full.detail)
-            return
-        if not seat.granted:
-            await announce_seat_refused(rooms, room_id, guest, seat.message)
-            return
-        try:
-            await rooms.run(
-                room_id,
-                clinic_id,
-                lambda r: domain.admit(r, me, guest, seat.node_id or "", seat.media_url, conn.cap),
-            )
-        except refusals.Refused as exc:
-            # Another host may have let them in meanwhile (media answered both of us with
-            # the same seat): their seat is then in use, not ours to give back.
-            person = (await rooms.state(room_id, clinic_id)).people.get(guest)
-            if person is None or person.status is not Status.in_call:
-                await self.seats.release(clinic_id, room_id, guest)
-            if not isinstance(exc, domain.RoomFull):
-                raise
-            await announce_seat_refused(rooms, room_id, guest, exc.detail)
