@@ -51,6 +51,23 @@ class RecordingConsent(StrEnum):
     """A recording starts at once; everyone is told, and may leave."""
 
 
+class ConsentStatus(StrEnum):
+    """Where a request to record stands (the hosts' ``consent_state`` frame)."""
+
+    asking = "asking"
+    """Waiting for answers; it starts once everyone in the call consented."""
+    recording = "recording"
+    """The recording it asked for is on (people who arrive meanwhile are asked too)."""
+    declined = "declined"
+    """Someone declined: it did not start, or it stopped."""
+    lapsed = "lapsed"
+    """Not everyone in the call answered in time: it did not start."""
+    cancelled = "cancelled"
+    """A host withdrew it before it started."""
+    stopped = "stopped"
+    """The recording it started is over (a host stopped it, the call ended)."""
+
+
 DEFAULT_WAITING_MESSAGES = (
     "I'll be with you in about 5 minutes.",
     "I'm running late, please stay on this page.",
@@ -239,11 +256,40 @@ class KnocksUnmuted(_InRoom):
     by: UUID
 
 
+@signaling_events.register
+class WaitingRoomMessaged(_InRoom):
+    """A host wrote to people in the waiting room. The text itself is never recorded: it
+    reaches the people of the room only."""
+
+    by: UUID = Field(description="The host's participant id.")
+    participant_ids: list[UUID] = Field(description="The waiting guests it was sent to.")
+    canned: bool = Field(description="The text is one of the clinic's canned messages.")
+
+
+@signaling_events.register
+class WaitingGuestReplied(_Person):
+    """A waiting guest answered the hosts (the clinic allows replies); the text is not
+    recorded."""
+
+
+@signaling_events.register
+class ParticipantSentToWaitingRoom(_Person):
+    """A host moved a guest from the call back to the waiting room: their seat on the media
+    node is released and their media stops; they wait (keeping their arrival time) and can be
+    admitted again."""
+
+    by: UUID = Field(description="The host's participant id.")
+    message: str = personal_data(default="", description="What the host told the guest.")
+
+
 class RecordingStoppedBecause(StrEnum):
     host_stopped = "host_stopped"
     session_ended = "session_ended"
     media_node_lost = "media_node_lost"
     """The media node that recorded died; the call moved on (``MediaMoved``) unrecorded."""
+    consent_declined = "consent_declined"
+    """Someone asked to consent (a person who joined during the recording, or one who had
+    consented) declined (``RecordingConsentDeclined``)."""
 
 
 @signaling_events.register
@@ -253,6 +299,11 @@ class RecordingStarted(_InRoom):
     recording_id: UUID
     media_node: str = Field(description="The media node that records it.")
     by: UUID
+    request_id: UUID | None = Field(
+        default=None,
+        description="The request it follows (``RecordingRequested``): under the policy "
+        "``all``, started once everyone asked had consented; under ``notice``, at once.",
+    )
 
 
 @signaling_events.register
@@ -266,9 +317,129 @@ class RecordingStopped(_InRoom):
 
 
 @signaling_events.register
+class RecordingRequested(_InRoom):
+    """A host asked to record the call, under the clinic's recording consent policy: with
+    ``all``, everyone ``asked`` must consent and the recording starts only then (or never:
+    a decline, or the request lapses at ``answer_by``); with ``notice``, it starts at once
+    (``asked`` is empty) and everyone is told."""
+
+    request_id: UUID
+    by: UUID = Field(description="The host who asked (their consent is implied by asking).")
+    policy: RecordingConsent
+    asked: list[UUID] = Field(
+        description="Everyone else in the room when it was asked, in the call or waiting."
+    )
+    answer_by: AwareDatetime = Field(
+        description="When the request lapses if someone in the call has not answered by then."
+    )
+
+
+@signaling_events.register
+class RecordingConsentAsked(_Person):
+    """Someone arrived (knocked, or entered directly) while a recording was asked for or under
+    way with the policy ``all``: they are asked too, before they enter."""
+
+    request_id: UUID
+
+
+@signaling_events.register
+class RecordingConsentGiven(_Person):
+    """``participant_id`` consented to be recorded."""
+
+    request_id: UUID
+
+
+@signaling_events.register
+class RecordingConsentDeclined(_Person):
+    """``participant_id`` declined to be recorded: the recording does not start, or stops
+    (``RecordingStopped`` with ``consent_declined`` follows)."""
+
+    request_id: UUID
+
+
+@signaling_events.register
+class RecordingRequestLapsed(_InRoom):
+    """Not everyone in the call answered by ``answer_by``: the recording does not start."""
+
+    request_id: UUID
+    unanswered: list[UUID] = Field(description="Who had not answered.")
+
+
+@signaling_events.register
+class RecordingRequestCancelled(_InRoom):
+    """A host withdrew a request that was still waiting for answers."""
+
+    request_id: UUID
+    by: UUID
+
+
+@signaling_events.register
 class SessionEnded(_InRoom):
     """The call in a room is over."""
 
     because: EndedBecause
     ended_at: AwareDatetime
     message: str = personal_data(default="", description="What the host told everyone.")
+    chat_messages: int = Field(
+        default=0, ge=0, description="How many chat messages were sent in this call."
+    )
+
+
+class ScreenShareStoppedBecause(StrEnum):
+    stopped = "stopped"
+    """The sharer stopped it (their own button, or their browser's "stop sharing")."""
+    host_stopped = "host_stopped"
+    """A host stopped someone else's share."""
+    left = "left"
+    """The sharer is no longer in the call: they left, dropped for good, were removed or
+    sent back to the waiting room."""
+    session_ended = "session_ended"
+    media_node_lost = "media_node_lost"
+    """The media node that forwarded it died; the call moved on (``MediaMoved``) unshared."""
+
+
+@signaling_events.register
+class ScreenShareStarted(_Person):
+    """Someone in the call began sharing their screen (at most one at a time); the media
+    node forwards it to everyone as a second video track."""
+
+    media_node: str = Field(description="The media node that forwards the share.")
+
+
+@signaling_events.register
+class ScreenShareStopped(_Person):
+    """The screen share of ``participant_id`` ended, for ``because``."""
+
+    by: UUID | None = Field(
+        default=None, description="Who stopped it: the sharer or a host; none when it ended."
+    )
+    because: ScreenShareStoppedBecause
+    media_node: str = Field(description="The media node that forwarded it.")
+
+
+@signaling_events.register
+class ChatMessageSent(_Person):
+    """Someone in the call (``participant_id``) sent a chat message to everyone in it. The
+    text is never in an event: it reaches the people in the call only, and is kept with the
+    session only when the clinic keeps chat (``CallFeatures.chat_retention_days``)."""
+
+    message_id: UUID = Field(description="The message, as the chat frames name it.")
+    count: int = Field(
+        ge=1,
+        description="This call's running number of chat messages, this one included (the "
+        "count restarts with each call; ``SessionEnded.chat_messages`` has the total).",
+    )
+
+
+@signaling_events.register
+class ParticipantMediaChanged(_Person):
+    """Someone in the call turned their microphone or camera on or off, or (``by``) a host
+    muted their microphone. A host's mute holds on the media node (their audio is not
+    forwarded) until they turn their microphone on again themselves; no one else can."""
+
+    audio_on: bool = Field(description="Their microphone is on.")
+    video_on: bool = Field(description="Their camera is on.")
+    by: UUID | None = Field(
+        default=None,
+        description="The host who muted their microphone; none when they changed it themselves.",
+    )

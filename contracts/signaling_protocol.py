@@ -16,7 +16,13 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from contracts.media import Negotiation, ParticipantQuality
 from contracts.network_test import Direction
 from contracts.personal import personal_data
-from contracts.signaling import CallFeatures, CallRole, EndedBecause
+from contracts.signaling import (
+    CallFeatures,
+    CallRole,
+    ConsentStatus,
+    EndedBecause,
+    RecordingConsent,
+)
 
 PROTOCOL_VERSION = 1
 WEBSOCKET_PATH = "/v1/signaling"
@@ -159,6 +165,119 @@ class Ping(_Message):
     type: Literal["ping"] = "ping"
 
 
+# --- the waiting room (docs/signaling.md, "Talking to the waiting room") ---------------------
+
+MAX_WAITING_REPLY_LENGTH = 200
+
+
+class MessageWaiting(_Message):
+    """Host only: a message to one guest in the waiting room, or to everyone waiting."""
+
+    type: Literal["message_waiting"] = "message_waiting"
+    participant_id: UUID | None = Field(
+        default=None, description="The waiting guest; null: everyone waiting (on hold too)."
+    )
+    text: str = Field(max_length=MAX_MESSAGE_LENGTH, description="1 to 500 characters.")
+
+
+class ReplyWaiting(_Message):
+    """A waiting guest answers the hosts (only when the clinic allows replies)."""
+
+    type: Literal["reply_waiting"] = "reply_waiting"
+    text: str = Field(max_length=MAX_WAITING_REPLY_LENGTH, description="1 to 200 characters.")
+
+
+class AdmitAll(_Message):
+    """Host only: admit everyone waiting (on hold too, not those whose connection is down),
+    in the order they came, while places last."""
+
+    type: Literal["admit_all"] = "admit_all"
+
+
+class SendToWaitingRoom(_OnParticipant):
+    """Host only: a guest in the call goes back to the waiting room (their media stops)."""
+
+    type: Literal["send_to_waiting_room"] = "send_to_waiting_room"
+    message: str = Field(default="", max_length=MAX_MESSAGE_LENGTH)
+
+
+# --- screen sharing (docs/signaling.md, "Screen sharing") ------------------------------------
+
+
+class StartScreenShare(_Message):
+    """Share my screen (any host; a guest when the clinic allows it). At most one share in a
+    call at a time; the media node then offers a mid to send it on (``screen_mid``)."""
+
+    type: Literal["start_screen_share"] = "start_screen_share"
+
+
+class StopScreenShare(_Message):
+    """Stop my own share (no ``participant_id``), or, as a host, someone else's."""
+
+    type: Literal["stop_screen_share"] = "stop_screen_share"
+    participant_id: UUID | None = Field(
+        default=None, description="The sharer (a host stopping another's share); null: mine."
+    )
+
+
+# --- in-call chat (docs/signaling.md, "Chat") -----------------------------------------------
+
+MAX_CHAT_LENGTH = 1000
+
+
+class Chat(_Message):
+    """A chat message to everyone in the call (hosts and admitted guests). Answered by the
+    ``chat`` frame that everyone in the call gets, the sender too; a longer text is refused
+    with ``chat_too_long``, too many at once with ``chat_rate_limited``."""
+
+    type: Literal["chat"] = "chat"
+    text: str = Field(
+        description=f"1 to {MAX_CHAT_LENGTH} characters once the spaces around it are trimmed.",
+        # Documented for clients, checked by signaling itself so that a long message gets its
+        # own refusal (chat_too_long) instead of a generic invalid_message.
+        json_schema_extra={"maxLength": MAX_CHAT_LENGTH},
+    )
+
+
+# --- microphone and camera (docs/signaling.md, "Mute state") ---------------------------------
+
+
+class MediaState(_Message):
+    """My microphone and camera, as I turned them (true: on): sent when I am in the call and
+    whenever I change either. Everyone in the call sees it (``Present``)."""
+
+    type: Literal["media_state"] = "media_state"
+    audio: bool = Field(description="My microphone is on.")
+    video: bool = Field(description="My camera is on.")
+
+
+class Mute(_OnParticipant):
+    """Host only: mute someone's microphone (anyone else in the call, hosts too). Their page
+    is told and the media node stops forwarding their audio until they unmute themselves."""
+
+    type: Literal["mute"] = "mute"
+
+
+class AskUnmute(_OnParticipant):
+    """Host only: ask someone whose microphone is off to turn it on (a host can never turn
+    it on for them)."""
+
+    type: Literal["ask_unmute"] = "ask_unmute"
+
+
+# --- recording consent (docs/signaling.md, "Recording consent") ------------------------------
+
+
+class RecordingConsentAnswer(_Message):
+    """My answer to a ``consent_request`` (anyone asked, in the call or waiting). A decline
+    stops the recording, or keeps it from starting; consenting cannot be taken back by a
+    second consent, but a decline later still stops it."""
+
+    type: Literal["recording_consent"] = "recording_consent"
+    request_id: UUID
+    given: bool = Field(description="true: I consent to be recorded; false: I decline.")
+
+
 ClientMessage = Annotated[
     Join
     | Check
@@ -177,12 +296,25 @@ ClientMessage = Annotated[
     | StartRecording
     | StopRecording
     | Signal
-    | Ping,
+    | Ping
+    | MessageWaiting
+    | ReplyWaiting
+    | AdmitAll
+    | SendToWaitingRoom
+    | StartScreenShare
+    | StopScreenShare
+    | Chat
+    | MediaState
+    | Mute
+    | AskUnmute
+    | RecordingConsentAnswer,
     Field(discriminator="type"),
 ]
 HOST_ONLY = frozenset(
     {"admit", "deny", "hold", "remove", "lock", "unlock", "mute_knocks", "unmute_knocks"}
     | {"end_for_all", "start_recording", "stop_recording"}
+    | {"message_waiting", "admit_all", "send_to_waiting_room"}
+    | {"mute", "ask_unmute"}
 )
 
 # --- signaling to browser -------------------------------------------------------------------
@@ -221,6 +353,8 @@ class WaitingState(StrEnum):
     on_hold = "on_hold"
     room_full = "room_full"
     """The host tried to let them in but the call is full; they keep their place."""
+    sent_back = "sent_back"
+    """A host moved them from the call back to the waiting room; they can be admitted again."""
 
 
 class LinkReady(_Message):
@@ -293,6 +427,11 @@ class WaitingGuest(BaseModel):
     muted: bool = Field(description="Knocked while knocks were muted: listed, no alert.")
     on_hold: bool
     disconnected: bool
+    attended: bool = Field(
+        default=False,
+        description="A host has turned to them since they began waiting: written to them, "
+        "or sent them back from the call. The reference client alerts only for the others.",
+    )
 
 
 class Present(BaseModel):
@@ -300,6 +439,18 @@ class Present(BaseModel):
     display_name: str
     role: CallRole
     disconnected: bool
+    audio_on: bool = Field(
+        default=True,
+        description="Their microphone is on (as their page last said; on until it says).",
+    )
+    video_on: bool = Field(
+        default=True, description="Their camera is on (as their page last said; on until it says)."
+    )
+    muted_by_host: bool = Field(
+        default=False,
+        description="A host muted their microphone and they have not turned it on since: "
+        "the media node forwards none of their audio.",
+    )
 
 
 class RoomView(_Message):
@@ -338,12 +489,98 @@ class SeatRefused(_Message):
     message: str
 
 
+class WaitingMessage(_Message):
+    """A message in the waiting room: a host's to a waiting guest (or to everyone waiting),
+    or a guest's reply. The guest concerned and every host in the call get it."""
+
+    type: Literal["waiting_message"] = "waiting_message"
+    message_id: UUID
+    from_role: CallRole
+    participant_id: UUID | None = Field(
+        description="The waiting guest it is to or from; null: a host's message to everyone "
+        "waiting."
+    )
+    sender_name: str = personal_data(description="The name of whoever wrote it.")
+    text: str = personal_data(description="What they wrote (never stored, never in events).")
+    sent_at: datetime
+
+
+class ScreenShare(_Message):
+    """Everyone in the call: who shares their screen now (null: nobody). Their screen comes
+    as a video track the node's offer labels ``kind: "screen"``; show it large."""
+
+    type: Literal["screen_share"] = "screen_share"
+    participant_id: UUID | None
+    sender_name: str | None = personal_data(
+        default=None, description="The sharer's name, to show with the share."
+    )
+
+
+class MutedByHost(_Message):
+    """To the person a host muted: their microphone is off (turn the track off; the media
+    node forwards none of their audio until they turn it on again themselves)."""
+
+    type: Literal["muted_by_host"] = "muted_by_host"
+    by_name: str = personal_data(description="The name of the host who muted them.")
+
+
+class UnmuteRequested(_Message):
+    """To someone whose microphone is off: a host asks them to turn it on (only they can)."""
+
+    type: Literal["unmute_requested"] = "unmute_requested"
+    by_name: str = personal_data(description="The name of the host who asks.")
+
+
 class Recording(_Message):
     """Everyone in the room: the call is being recorded (``on``), or no longer."""
 
     type: Literal["recording"] = "recording"
     on: bool
     message: str
+
+
+class ConsentRequest(_Message):
+    """To each person asked to consent to a recording (in the call or waiting; under the
+    policy ``all``): answer with ``recording_consent``. The page asks before it connects
+    media (docs/signaling.md, "Recording consent")."""
+
+    type: Literal["consent_request"] = "consent_request"
+    request_id: UUID
+    requested_by: str = personal_data(description="The name of the host who asks.")
+    message: str = Field(description="The question to show.")
+
+
+class ConsentClosed(_Message):
+    """To someone who was asked: their question is settled (they answered, or the request
+    is over); ``message`` says how it stands."""
+
+    type: Literal["consent_closed"] = "consent_closed"
+    request_id: UUID
+    message: str
+
+
+class ConsentPerson(BaseModel):
+    participant_id: UUID
+    display_name: str = personal_data(description="Their name, as the call shows it.")
+    waiting: bool = Field(description="In the waiting room, not in the call.")
+
+
+class ConsentState(_Message):
+    """Hosts: where the latest request to record stands, sent as it changes (who consented,
+    who declined, who has yet to answer). A decline names who declined in ``message``."""
+
+    type: Literal["consent_state"] = "consent_state"
+    request_id: UUID
+    status: ConsentStatus
+    policy: RecordingConsent
+    requested_by: str = personal_data(description="The name of the host who asked.")
+    answer_by: datetime = Field(description="When it lapses if someone has not answered.")
+    consented: list[ConsentPerson]
+    declined: list[ConsentPerson]
+    pending: list[ConsentPerson] = Field(
+        description="Asked and not answered yet; the waiting among them do not hold it back."
+    )
+    message: str = Field(description="A sentence to show the host.")
 
 
 class Quality(_Message):
@@ -390,6 +627,23 @@ class NetworkTestResult(_Message):
     relayed: bool | None
 
 
+class ChatMessage(_Message):
+    """A chat message, to everyone in the call (its sender too, as the confirmation). Across
+    replicas two messages may arrive in another order than they were sent: ``number`` is the
+    order."""
+
+    type: Literal["chat"] = "chat"
+    message_id: UUID
+    number: int = Field(
+        description="The message's place in this call's chat: 1, 2, 3… (restarts each call)."
+    )
+    participant_id: UUID = Field(description="Who sent it.")
+    sender_name: str = personal_data(description="Their name, as the call shows it.")
+    role: CallRole
+    text: str = personal_data(description="What they wrote (never in events).")
+    sent_at: datetime
+
+
 class Error(_Message):
     """The last frame could not be done; the connection stays (until abuse closes it, 1008)."""
 
@@ -415,13 +669,21 @@ ServerMessage = Annotated[
     | Participants
     | Knock
     | SeatRefused
+    | WaitingMessage
     | Recording
+    | ScreenShare
     | Quality
     | NetworkTestReady
     | NetworkTestResult
     | Signal
+    | ChatMessage
     | Error
-    | Pong,
+    | Pong
+    | MutedByHost
+    | UnmuteRequested
+    | ConsentRequest
+    | ConsentClosed
+    | ConsentState,
     Field(discriminator="type"),
 ]
 

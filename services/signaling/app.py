@@ -14,10 +14,11 @@ from contracts.media import (
     SEAT_SUBJECT,
 )
 from contracts.network_test import NETWORK_TEST_HOST_SUBJECT
+from contracts.scheduling import AUTHENTICATE_SUBJECT
 from contracts.signaling import signaling_events
 from runtime.nats_permissions import BusAccess
 from runtime.service import ServiceDefinition
-from services.signaling import ws
+from services.signaling import chat_api, ws
 from services.signaling.calls import Signaling
 from services.signaling.rooms import ALL_ROOM_SUBJECTS
 
@@ -26,6 +27,7 @@ def routes(app: FastAPI, signaling: Signaling) -> None:
     signaling.key  # noqa: B018 - without a participant key the service must not start
     app.state.signaling = signaling
     app.include_router(ws.router)
+    app.include_router(chat_api.router)
 
 
 def build(signaling: Signaling | None = None) -> ServiceDefinition:
@@ -48,6 +50,7 @@ def build(signaling: Signaling | None = None) -> ServiceDefinition:
                 LIVE_NODES_SUBJECT,
                 NETWORK_TEST_HOST_SUBJECT,
                 ALL_NODE_SUBJECTS,
+                AUTHENTICATE_SUBJECT,  # the clinic API (kept chat) accepts clinic keys
             ),
             publishes=(ALL_ROOM_SUBJECTS,),
             subscribes=(ALL_ROOM_SUBJECTS, ALL_PARTICIPANT_SUBJECTS, ALL_QUALITY_SUBJECTS),

@@ -24,23 +24,28 @@ from contracts.signaling import (
     ParticipantDenied,
     ParticipantLeft,
     RecordingStopped,
+    ScreenShareStopped,
     SessionEnded,
 )
 from contracts.signaling_protocol import Check, Join
 from runtime.clock import Clock, system_clock
 from runtime.context import ServiceContext
 from services.signaling.admission import Admission
+from services.signaling.chat import InCallChat
 from services.signaling.commands import Commands
 from services.signaling.config import SignalingSettings
 from services.signaling.connection import Connection
 from services.signaling.connections import Connections
+from services.signaling.consent import RecordingConsents
 from services.signaling.failover import MediaFailover
 from services.signaling.joining import Joining
+from services.signaling.mute import Microphones
 from services.signaling.negotiation import MediaNegotiation
 from services.signaling.network_test import NetworkTests
 from services.signaling.recording import RecordingControl
 from services.signaling.replica import Replica
 from services.signaling.rooms import Rooms
+from services.signaling.screen_share import ScreenSharing
 from services.signaling.seats import MediaSeats
 from services.signaling.views import RoomViews
 
@@ -59,19 +64,26 @@ class Signaling:
         self.seats = MediaSeats(self.replica)
         self.negotiation = MediaNegotiation(self.replica, self.seats)
         self.recording = RecordingControl(self.replica, self.seats)
+        self.consents = RecordingConsents(self.replica, self.recording)
         self.views = RoomViews(self.replica, self.negotiation)
         self.connections = Connections(self.replica, self.negotiation)
         self.failover = MediaFailover(self.replica, self.seats)
         self.joining = Joining(self.replica, self.connections, self.seats, self.negotiation)
         self.network_tests = NetworkTests(self.replica, self.seats, self.joining)
         self.admission = Admission(self.replica, self.seats)
+        self.chat = InCallChat(self.replica)
+        self.screen_sharing = ScreenSharing(self.replica, self.seats)
+        self.microphones = Microphones(self.replica, self.seats)
         self.commands = Commands(
             self.replica,
             self.connections,
             self.seats,
             self.negotiation,
-            self.recording,
+            self.consents,
             self.admission,
+            chat=self.chat,
+            screen_sharing=self.screen_sharing,
+            microphones=self.microphones,
         )
 
     @property
@@ -99,14 +111,25 @@ class Signaling:
             replica.settings.room_linger_s,
         )
         rooms.after_append(self._after_append)
+        rooms.after_append(self.consents.after_append)
+        rooms.after_append(self.microphones.after_append)
         replica.start(ctx, rooms)
         await self.connections.heartbeat()
         await self.connections.disown_an_earlier_life()
         self.ready.set()
         sweeps = 0
+        chat_purged = asyncio.get_running_loop().time() - replica.settings.chat_purge_s
         while True:
             await asyncio.sleep(replica.settings.sweep_s)
             sweeps += 1
+            if asyncio.get_running_loop().time() - chat_purged >= replica.settings.chat_purge_s:
+                chat_purged = asyncio.get_running_loop().time()
+                try:
+                    await self.chat.purge()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("deleting chat past its retention failed; trying again")
             try:
                 await self.connections.sweep()
                 if sweeps % 5 == 0:
@@ -121,6 +144,12 @@ class Signaling:
                 raise
             except Exception:
                 log.exception("moving calls off dead media nodes failed; trying again")
+            try:
+                await self.consents.sweep()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("lapsing requests to record failed; trying again")
 
     def _after_append(self, room_id: UUID, clinic_id: str, events: list[Event]) -> None:
         """Free the seats and resume tokens of whoever is gone for good."""
@@ -143,6 +172,8 @@ class Signaling:
                 replica.spawn(self.seats.release(clinic_id, room_id, None))
             elif isinstance(event, RecordingStopped):
                 replica.spawn(self.recording.stopped(clinic_id, event))
+            elif isinstance(event, ScreenShareStopped):
+                replica.spawn(self.screen_sharing.stopped(clinic_id, event))
 
     # --- what the WebSocket endpoint calls ----------------------------------------------------
 

@@ -20,6 +20,12 @@ class SignalingSettings(BaseSettings):
     strikes: int = Field(
         default=5, ge=1, description="Bad frames on one connection before it is closed (1008)."
     )
+    media_states_per_minute: float = Field(
+        default=60.0,
+        gt=0,
+        description="media_state frames one person may send (each change is an event).",
+    )
+    media_state_burst: int = Field(default=10, ge=1)
     knocks_per_address_per_minute: float = Field(default=20.0, gt=0)
     knocks_per_address_burst: int = Field(default=20, ge=1)
     knocks_per_link_per_minute: float = Field(default=60.0, gt=0)
@@ -54,6 +60,12 @@ class SignalingSettings(BaseSettings):
     replica_timeout_s: float = Field(
         default=10.0, gt=0, description="A replica silent this long has lost its connections."
     )
+    recording_consent_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="How long a request to record waits for everyone in the call to answer "
+        "(clinic policy all) before it lapses and the hosts are told.",
+    )
     rpc_wait_s: float = Field(default=3.0, gt=0, description="Wait for links and media answers.")
     room_linger_s: float = Field(
         default=60.0,
@@ -62,4 +74,15 @@ class SignalingSettings(BaseSettings):
             "How long a replica keeps a room current after the last of its people there left: "
             "a knock within that time decides on it without reading the room's events."
         ),
+    )
+    chat_per_minute: float = Field(
+        default=60.0, gt=0, description="Chat messages one person may send a minute, sustained."
+    )
+    chat_burst: int = Field(
+        default=5, ge=1, description="Chat messages one person may send at once."
+    )
+    chat_purge_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="How often kept chat past its retention is deleted (one indexed DELETE).",
     )

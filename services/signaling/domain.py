@@ -14,6 +14,8 @@ from uuid import UUID
 from contracts.events import Event
 from contracts.signaling import (
     CallRole,
+    ChatMessageSent,
+    ConsentStatus,
     EndedBecause,
     GuestKnocked,
     GuestPutOnHold,
@@ -27,15 +29,29 @@ from contracts.signaling import (
     ParticipantDisconnected,
     ParticipantJoined,
     ParticipantLeft,
+    ParticipantMediaChanged,
     ParticipantReconnected,
     ParticipantRemoved,
+    ParticipantSentToWaitingRoom,
+    RecordingConsent,
+    RecordingConsentAsked,
+    RecordingConsentDeclined,
+    RecordingConsentGiven,
+    RecordingRequestCancelled,
+    RecordingRequested,
+    RecordingRequestLapsed,
     RecordingStarted,
     RecordingStopped,
     RecordingStoppedBecause,
     RoomLocked,
     RoomUnlocked,
+    ScreenShareStarted,
+    ScreenShareStopped,
+    ScreenShareStoppedBecause,
     SessionEnded,
     SessionStarted,
+    WaitingGuestReplied,
+    WaitingRoomMessaged,
 )
 from runtime.refusals import Conflict, Forbidden, NotFound, Refused
 
@@ -61,6 +77,15 @@ class Person:
     media_node: str | None = None
     direct: bool = False
     """Came by a direct-admission link before any host: let in when the first host enters."""
+    audio_on: bool = True
+    """Their microphone, as their page last said (on until it says)."""
+    video_on: bool = True
+    muted_by: UUID | None = None
+    """The host who muted their microphone, until they turn it on again themselves."""
+    attended: bool = False
+    """Waiting, and a host has turned to them since: written to them, or sent them back."""
+    sent_back: bool = False
+    """Waiting because a host sent them back from the call (``hold_message``: what they said)."""
 
     @property
     def waiting(self) -> bool:
@@ -79,6 +104,13 @@ class Room:
     recording: UUID | None = None
     """The recording under way, if any, and the media node that makes it."""
     recording_node: str = ""
+    screen_share: UUID | None = None
+    """Who shares their screen (at most one), and the media node that forwards it."""
+    screen_share_node: str = ""
+    chat_messages: int = 0
+    """Chat messages sent in this call so far (``ChatMessageSent.count``)."""
+    consent: "ConsentRequest | None" = None
+    """The latest request to record, kept once settled so that hosts see how it ended."""
 
     def in_call(self) -> list[Person]:
         return [p for p in self.people.values() if p.status is Status.in_call]
@@ -92,6 +124,10 @@ class Room:
     def host_in_call(self) -> bool:
         """A host holds a place in the call (connected or within their rejoin grace)."""
         return any(p.role is CallRole.host for p in self.in_call())
+
+    def waiting_in_order(self) -> list[Person]:
+        """Everyone waiting (on hold too), in the order they came."""
+        return sorted(self.waiting(), key=lambda p: (p.since is None, p.since))
 
     def let_in_on_arrival(self) -> list["Person"]:
         """Direct-admission guests who arrived before any host, in the order they came."""
@@ -192,18 +228,17 @@ def knock(
         raise ROOM_LOCKED
     if direct and room.host_in_call():
         raise HostArrived("host_arrived", "A host is in: take a seat instead of waiting.")
-    return [
-        GuestKnocked(
-            room_id=room.room_id,
-            session_id=session_id or room.session_id,
-            participant_id=participant_id,
-            display_name=display_name,
-            link_id=link_id,
-            muted=room.knocks_muted,
-            knocked_at=now,
-            direct=direct,
-        )
-    ]
+    knocked = GuestKnocked(
+        room_id=room.room_id,
+        session_id=session_id or room.session_id,
+        participant_id=participant_id,
+        display_name=display_name,
+        link_id=link_id,
+        muted=room.knocks_muted,
+        knocked_at=now,
+        direct=direct,
+    )
+    return [knocked, *_asked_on_arrival(room, participant_id, knocked.session_id)]
 
 
 def enter(
@@ -246,7 +281,7 @@ def enter(
             media_url=media_url,
         )
     )
-    return events
+    return events + _asked_on_arrival(room, participant_id, session_id)
 
 
 # --- the call manager (hosts) ---------------------------------------------------------------
@@ -343,6 +378,8 @@ def move_media(room: Room, from_node: str, media_node: str, media_url: str | Non
             participant_ids=moved,
         )
     ]
+    if room.screen_share is not None and room.screen_share_node == from_node:
+        events += _share_ends(room, room.screen_share, ScreenShareStoppedBecause.media_node_lost)
     if room.recording is not None and room.recording_node == from_node:
         events.append(
             RecordingStopped(
@@ -384,6 +421,7 @@ def remove(room: Room, by: UUID, participant_id: UUID, message: str, now: dateti
         raise NOT_IN_CALL
     ids = {**_ids(room, person), "participant_id": participant_id}
     return [
+        *_share_ends(room, participant_id, ScreenShareStoppedBecause.left),
         ParticipantRemoved(**ids, message=message, by=by),
         ParticipantLeft(**ids, link_id=person.link_id, reason=LeftBecause.removed),
     ]
@@ -421,6 +459,8 @@ def check_start_recording(room: Room, by: UUID) -> None:
         raise NOT_LIVE
     if room.recording is not None:
         raise ALREADY_RECORDING
+    if room.consent is not None and room.consent.status is ConsentStatus.asking:
+        raise CONSENT_PENDING
 
 
 def start_recording(room: Room, by: UUID, recording_id: UUID, media_node: str) -> list[Event]:
@@ -429,8 +469,12 @@ def start_recording(room: Room, by: UUID, recording_id: UUID, media_node: str) -
 
 
 def stop_recording(room: Room, by: UUID) -> list[Event]:
+    """Stop the recording; before it started, withdraw the request that waits for answers."""
     _host(room, by)
     if room.recording is None:
+        asking = room.consent
+        if asking is not None and asking.status is ConsentStatus.asking:
+            return [RecordingRequestCancelled(**_ids(room), request_id=asking.request_id, by=by)]
         raise NOT_RECORDING
     return [
         RecordingStopped(
@@ -460,6 +504,8 @@ def end_for_all(room: Room, by: UUID, message: str, now: datetime) -> list[Event
     """Only ever a host's explicit act: the server never ends a meeting for all by itself."""
     _host(room, by)
     events: list[Event] = _recording_ends(room)
+    if room.screen_share is not None:
+        events += _share_ends(room, room.screen_share, ScreenShareStoppedBecause.session_ended)
     for person in room.people.values():
         ids = {**_ids(room, person), "participant_id": person.participant_id}
         if person.waiting:
@@ -468,10 +514,477 @@ def end_for_all(room: Room, by: UUID, message: str, now: datetime) -> list[Event
             events.append(ParticipantLeft(**ids, link_id=person.link_id, reason=LeftBecause.ended))
     events.append(
         SessionEnded(
-            **_ids(room), because=EndedBecause.ended_for_all, ended_at=now, message=message
+            **_ids(room),
+            because=EndedBecause.ended_for_all,
+            ended_at=now,
+            message=message,
+            chat_messages=room.chat_messages,
         )
     )
     return events
+
+
+# --- recording consent ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConsentRequest:
+    """A host's request to record, and the answers so far."""
+
+    request_id: UUID
+    by: UUID
+    policy: RecordingConsent
+    answer_by: datetime
+    asked: dict[UUID, str]
+    """Who was asked (the asking host is not: asking is consenting), with their name then."""
+    by_name: str = ""
+    given: frozenset[UUID] = frozenset()
+    declined: frozenset[UUID] = frozenset()
+    status: ConsentStatus = ConsentStatus.asking
+    started: bool = False
+    """The recording it asked for started (a decline then stopped it)."""
+
+    @property
+    def open(self) -> bool:
+        """Asking, or recording: whoever arrives is asked too."""
+        return self.status in (ConsentStatus.asking, ConsentStatus.recording)
+
+    def pending(self) -> list[UUID]:
+        return [p for p in self.asked if p not in self.given and p not in self.declined]
+
+
+CONSENT_PENDING = Conflict(
+    "consent_pending",
+    "A request to record is still waiting for answers: it starts once everyone has "
+    "consented, or stop it first.",
+)
+NOT_ASKED = Conflict("consent_not_asked", "There is no request to record for you to answer.")
+
+
+def _asked_on_arrival(room: Room, participant_id: UUID, session_id: UUID | None) -> list[Event]:
+    """Whoever arrives while a recording is asked for or on (policy ``all``) is asked too,
+    in the same append as their arrival: nobody enters unasked."""
+    asking = room.consent
+    if asking is None or not asking.open or asking.policy is not RecordingConsent.all:
+        return []
+    if participant_id in asking.asked or participant_id == asking.by:
+        return []
+    return [
+        RecordingConsentAsked(
+            room_id=room.room_id,
+            session_id=session_id or room.session_id,
+            participant_id=participant_id,
+            request_id=asking.request_id,
+        )
+    ]
+
+
+def request_recording(room: Room, by: UUID, request_id: UUID, answer_by: datetime) -> list[Event]:
+    """A host asks to record under the policy ``all``: everyone else in the room, in the call
+    or waiting, is asked (those in the call must all consent before it starts)."""
+    check_start_recording(room, by)
+    asked = [pid for pid in room.people if pid != by]
+    return [
+        RecordingRequested(
+            **_ids(room),
+            request_id=request_id,
+            by=by,
+            policy=RecordingConsent.all,
+            asked=asked,
+            answer_by=answer_by,
+        )
+    ]
+
+
+def record_with_notice(
+    room: Room, by: UUID, request_id: UUID, recording_id: UUID, media_node: str, now: datetime
+) -> list[Event]:
+    """A host records at once under the policy ``notice``: everyone is told, nobody asked."""
+    check_start_recording(room, by)
+    ids = _ids(room)
+    return [
+        RecordingRequested(
+            **ids,
+            request_id=request_id,
+            by=by,
+            policy=RecordingConsent.notice,
+            asked=[],
+            answer_by=now,
+        ),
+        RecordingStarted(
+            **ids, recording_id=recording_id, media_node=media_node, by=by, request_id=request_id
+        ),
+    ]
+
+
+def unanswered(room: Room) -> list[Person]:
+    """People in the call asked to consent who have not answered (those waiting do not hold
+    a recording back: they are asked again by their page before their media connects)."""
+    asking = room.consent
+    if asking is None or not asking.open:
+        return []
+    pending = set(asking.pending())
+    return [p for p in room.in_call() if p.participant_id in pending]
+
+
+def ready_to_record(room: Room) -> bool:
+    """Everyone in the call has consented to the request that asks: it may start now."""
+    asking = room.consent
+    return (
+        asking is not None
+        and asking.status is ConsentStatus.asking
+        and room.live
+        and room.recording is None
+        and room.host_in_call()
+        and not unanswered(room)
+    )
+
+
+def start_consented_recording(
+    room: Room, request_id: UUID, recording_id: UUID, media_node: str
+) -> list[Event]:
+    asking = room.consent
+    if (
+        asking is None
+        or asking.request_id != request_id
+        or asking.status is not ConsentStatus.asking
+    ):
+        raise NOT_ASKED
+    if room.recording is not None:
+        raise ALREADY_RECORDING
+    if not ready_to_record(room):
+        raise CONSENT_PENDING
+    return [
+        RecordingStarted(
+            **_ids(room),
+            recording_id=recording_id,
+            media_node=media_node,
+            by=asking.by,
+            request_id=request_id,
+        )
+    ]
+
+
+def answer_consent(room: Room, participant_id: UUID, request_id: UUID, given: bool) -> list[Event]:
+    """Someone asked answers. A decline ends the request, and stops the recording if it is on
+    (someone who consented may still decline later)."""
+    person = room.people.get(participant_id)
+    if person is None:
+        raise NOT_HERE
+    asking = room.consent
+    if (
+        asking is None
+        or asking.request_id != request_id
+        or not asking.open
+        or participant_id not in asking.asked
+    ):
+        raise NOT_ASKED
+    ids = {**_ids(room, person), "participant_id": participant_id, "request_id": request_id}
+    if given:
+        return [] if participant_id in asking.given else [RecordingConsentGiven(**ids)]
+    events: list[Event] = [RecordingConsentDeclined(**ids)]
+    if room.recording is not None:
+        events.append(
+            RecordingStopped(
+                **_ids(room),
+                recording_id=room.recording,
+                media_node=room.recording_node,
+                because=RecordingStoppedBecause.consent_declined,
+                by=participant_id,
+            )
+        )
+    return events
+
+
+def lapse_consent(room: Room, now: datetime) -> list[Event]:
+    """The request's time is up and someone in the call has not answered: it lapses."""
+    asking = room.consent
+    if asking is None or asking.status is not ConsentStatus.asking or asking.answer_by > now:
+        return []
+    late = unanswered(room)
+    if not late:
+        return []  # everyone in the call consented: it starts instead
+    return [
+        RecordingRequestLapsed(
+            **_ids(room),
+            request_id=asking.request_id,
+            unanswered=[p.participant_id for p in late],
+        )
+    ]
+
+
+def _consent_folded(room: Room, event: Event) -> Room:
+    asking = room.consent
+    match event:
+        case RecordingRequested():
+            names = {pid: p.display_name for pid, p in room.people.items()}
+            asked = {pid: names.get(pid, "") for pid in event.asked}
+            request = ConsentRequest(
+                event.request_id,
+                event.by,
+                event.policy,
+                event.answer_by,
+                asked,
+                by_name=names.get(event.by, ""),
+            )
+            return replace(room, consent=request)
+    # RecordingStopped names no request: it ends whichever recording is on.
+    if asking is None or getattr(event, "request_id", asking.request_id) != asking.request_id:
+        return room
+    match event:
+        case RecordingConsentAsked():
+            person = room.people.get(event.participant_id)
+            name = person.display_name if person else ""
+            asking = replace(asking, asked={**asking.asked, event.participant_id: name})
+        case RecordingConsentGiven():
+            asking = replace(asking, given=asking.given | {event.participant_id})
+        case RecordingConsentDeclined():
+            asking = replace(
+                asking,
+                given=asking.given - {event.participant_id},
+                declined=asking.declined | {event.participant_id},
+                status=ConsentStatus.declined,
+            )
+        case RecordingRequestLapsed():
+            asking = replace(asking, status=ConsentStatus.lapsed)
+        case RecordingRequestCancelled():
+            asking = replace(asking, status=ConsentStatus.cancelled)
+        case RecordingStarted():
+            asking = replace(asking, status=ConsentStatus.recording, started=True)
+        case RecordingStopped() if asking.status is ConsentStatus.recording:
+            asking = replace(asking, status=ConsentStatus.stopped)
+    return replace(room, consent=asking)
+
+
+# --- talking to the waiting room (the text itself never reaches the aggregate) ---------------
+
+NOBODY_WAITING = Conflict("nobody_waiting", "Nobody is waiting.")
+REPLIES_OFF = Forbidden("replies_off", "This clinic does not take replies in the waiting room.")
+YOU_ARE_IN = Conflict("not_waiting", "You are in the call: only people waiting can reply here.")
+NO_HOST_TO_READ = Conflict(
+    "no_host_in_call", "No host is in the call to read your reply yet; please keep waiting."
+)
+
+
+def message_waiting(room: Room, by: UUID, participant_id: UUID | None, canned: bool) -> list[Event]:
+    """A host writes to one waiting guest, or (``participant_id`` None) to everyone waiting."""
+    _host(room, by)
+    if participant_id is None:
+        to = [p.participant_id for p in room.waiting_in_order()]
+        if not to:
+            raise NOBODY_WAITING
+    else:
+        to = [_waiting(room, participant_id).participant_id]
+    return [WaitingRoomMessaged(**_ids(room), by=by, participant_ids=to, canned=canned)]
+
+
+def check_reply(room: Room, participant_id: UUID, allowed: bool) -> None:
+    """What ``reply_waiting`` would refuse."""
+    person = room.people.get(participant_id)
+    if person is None:
+        raise NOT_HERE
+    if not allowed:
+        raise REPLIES_OFF
+    if not person.waiting:
+        raise YOU_ARE_IN
+    if not room.hosts_present():
+        raise NO_HOST_TO_READ
+
+
+def reply_waiting(room: Room, participant_id: UUID, allowed: bool) -> list[Event]:
+    """A waiting guest answers the hosts, when the clinic allows replies (``allowed``)."""
+    check_reply(room, participant_id, allowed)
+    person = room.people[participant_id]
+    return [WaitingGuestReplied(**_ids(room, person), participant_id=participant_id)]
+
+
+def to_admit_all(room: Room, by: UUID) -> list[UUID]:
+    """Whom a host's "admit all" lets in, in the order they came: everyone waiting or on
+    hold, except those whose connection is down (they could not take their seat now)."""
+    _host(room, by)
+    queue = [p.participant_id for p in room.waiting_in_order() if p.disconnected_until is None]
+    if not queue:
+        raise NOBODY_WAITING
+    return queue
+
+
+def send_to_waiting_room(room: Room, by: UUID, participant_id: UUID, message: str) -> list[Event]:
+    """A host moves a guest from the call back to the waiting room; hosts stay."""
+    _host(room, by)
+    if participant_id == by:
+        raise Conflict("send_back_self", "You cannot send yourself to the waiting room.")
+    person = room.people.get(participant_id)
+    if person is None:
+        raise NOT_HERE
+    if person.role is CallRole.host:
+        raise Forbidden("cannot_send_back_host", "A host cannot be sent to the waiting room.")
+    if person.waiting:
+        raise NOT_IN_CALL
+    return [
+        *_share_ends(room, participant_id, ScreenShareStoppedBecause.left),
+        ParticipantSentToWaitingRoom(
+            **_ids(room, person), participant_id=participant_id, by=by, message=message
+        ),
+    ]
+
+
+# --- in-call chat (the text itself never reaches the aggregate) -----------------------------
+
+CHAT_NOT_IN_CALL = Conflict(
+    "not_in_call", "You can chat once you are in the call; the waiting room has no chat."
+)
+
+
+def chat(room: Room, by: UUID, message_id: UUID) -> list[Event]:
+    """Someone in the call sends a chat message: counted, never recorded."""
+    person = room.people.get(by)
+    if person is None or person.waiting:
+        raise CHAT_NOT_IN_CALL
+    return [
+        ChatMessageSent(
+            **_ids(room, person),
+            participant_id=by,
+            message_id=message_id,
+            count=room.chat_messages + 1,
+        )
+    ]
+
+
+# --- screen sharing (one at a time; the media node takes a screen from the sharer alone) -----
+
+GUESTS_MAY_NOT_SHARE = Forbidden(
+    "screen_share_not_allowed", "This clinic does not let guests share their screen."
+)
+NOT_SHARING = Conflict("not_sharing", "That person is not sharing their screen.")
+YOU_ARE_NOT_SHARING = Conflict("not_sharing", "You are not sharing your screen.")
+
+
+def check_start_screen_share(room: Room, by: UUID, guests_may_share: bool) -> None:
+    """Whether ``by`` may share their screen now (before the media node is asked)."""
+    person = room.people.get(by)
+    if person is None or person.waiting:
+        raise NOT_IN_CALL
+    if person.role is CallRole.guest and not guests_may_share:
+        raise GUESTS_MAY_NOT_SHARE
+    sharer = room.people.get(room.screen_share) if room.screen_share is not None else None
+    if sharer is not None and sharer.participant_id != by:
+        raise Conflict(
+            "screen_share_busy",
+            f"{sharer.display_name or 'Someone'} is sharing their screen; ask them to stop first.",
+        )
+
+
+def start_screen_share(
+    room: Room, by: UUID, guests_may_share: bool, media_node: str
+) -> list[Event]:
+    check_start_screen_share(room, by, guests_may_share)
+    if room.screen_share == by:
+        return []
+    person = room.people[by]
+    return [ScreenShareStarted(**_ids(room, person), participant_id=by, media_node=media_node)]
+
+
+def stop_screen_share(room: Room, by: UUID, participant_id: UUID | None) -> list[Event]:
+    """The sharer stops their own share; a host stops anyone's."""
+    sharer = participant_id or by
+    if sharer != by:
+        _host(room, by)
+    if room.screen_share != sharer:
+        raise YOU_ARE_NOT_SHARING if sharer == by else NOT_SHARING
+    because = (
+        ScreenShareStoppedBecause.stopped
+        if sharer == by
+        else ScreenShareStoppedBecause.host_stopped
+    )
+    return _share_ends(room, sharer, because, by=by)
+
+
+def _share_ends(
+    room: Room, participant_id: UUID, because: ScreenShareStoppedBecause, by: UUID | None = None
+) -> list[Event]:
+    """The share ends if ``participant_id`` is the one sharing (before they leave the call)."""
+    if room.screen_share != participant_id:
+        return []
+    person = room.people.get(participant_id)
+    return [
+        ScreenShareStopped(
+            **_ids(room, person),
+            participant_id=participant_id,
+            by=by,
+            because=because,
+            media_node=room.screen_share_node,
+        )
+    ]
+
+
+# --- microphone and camera -------------------------------------------------------------------
+
+MUTE_SELF = Conflict("mute_self", "To turn your own microphone off, use your microphone button.")
+ASK_SELF = Conflict("ask_self", "To turn your own microphone on, use your microphone button.")
+MICROPHONE_ON = Conflict("microphone_on", "That person's microphone is already on.")
+STATE_IN_CALL = Conflict(
+    "not_in_call", "Your microphone and camera are shown to others once you are in the call."
+)
+
+
+def _in_call(room: Room, participant_id: UUID) -> Person:
+    person = room.people.get(participant_id)
+    if person is None:
+        raise NOT_HERE
+    if person.waiting:
+        raise NOT_IN_CALL
+    return person
+
+
+def media_state(room: Room, participant_id: UUID, audio_on: bool, video_on: bool) -> list[Event]:
+    """Someone in the call says how their microphone and camera are; nothing when unchanged.
+    Turning the microphone on lifts a host's mute (only they can)."""
+    person = room.people.get(participant_id)
+    if person is None:
+        raise NOT_HERE
+    if person.waiting:
+        raise STATE_IN_CALL
+    if (person.audio_on, person.video_on) == (audio_on, video_on):
+        return []
+    return [
+        ParticipantMediaChanged(
+            **_ids(room, person),
+            participant_id=participant_id,
+            audio_on=audio_on,
+            video_on=video_on,
+        )
+    ]
+
+
+def mute(room: Room, by: UUID, participant_id: UUID) -> list[Event]:
+    """A host mutes someone else's microphone (a host's too); it holds on the media node
+    until they turn it on again. Nothing when a host's mute holds already."""
+    _host(room, by)
+    if participant_id == by:
+        raise MUTE_SELF
+    person = _in_call(room, participant_id)
+    if person.muted_by is not None:
+        return []
+    # Also when their page says it is off already: the page's word is not what silences them.
+    return [
+        ParticipantMediaChanged(
+            **_ids(room, person),
+            participant_id=participant_id,
+            audio_on=False,
+            video_on=person.video_on,
+            by=by,
+        )
+    ]
+
+
+def check_ask_unmute(room: Room, by: UUID, participant_id: UUID) -> None:
+    """Whether ``by`` may ask ``participant_id`` to turn their microphone on (no event: only
+    they can, and the request is not part of the call's record)."""
+    _host(room, by)
+    if participant_id == by:
+        raise ASK_SELF
+    if _in_call(room, participant_id).audio_on:
+        raise MICROPHONE_ON
 
 
 # --- leaving and dropping -------------------------------------------------------------------
@@ -485,11 +998,19 @@ def leave(room: Room, participant_id: UUID, reason: LeftBecause, now: datetime) 
     ids = {**_ids(room, person), "participant_id": participant_id}
     if person.waiting:
         return [KnockWithdrawn(**ids, reason=reason)]
-    events: list[Event] = [ParticipantLeft(**ids, link_id=person.link_id, reason=reason)]
+    events: list[Event] = _share_ends(room, participant_id, ScreenShareStoppedBecause.left)
+    events.append(ParticipantLeft(**ids, link_id=person.link_id, reason=reason))
     others = [p for p in room.in_call() if p.participant_id != participant_id]
     if room.live and not others:
         events += _recording_ends(room)
-        events.append(SessionEnded(**_ids(room), because=EndedBecause.last_left, ended_at=now))
+        events.append(
+            SessionEnded(
+                **_ids(room),
+                because=EndedBecause.last_left,
+                ended_at=now,
+                chat_messages=room.chat_messages,
+            )
+        )
     return events
 
 
@@ -529,6 +1050,8 @@ def _with(room: Room, person: Person) -> Room:
 
 
 def _without(room: Room, participant_id: UUID) -> Room:
+    if room.screen_share == participant_id:  # a sharer who leaves takes the share along
+        room = replace(room, screen_share=None, screen_share_node="")
     return replace(room, people={k: v for k, v in room.people.items() if k != participant_id})
 
 
@@ -601,18 +1124,69 @@ def evolve(room: Room | None, event: Event) -> Room:
             return _without(room, event.participant_id)
         case ParticipantRemoved():
             return room  # the ParticipantLeft that follows takes them out
+        case WaitingRoomMessaged():
+            for pid in event.participant_ids:
+                room = _changed(room, pid, lambda p: replace(p, attended=True))
+            return room
+        case WaitingGuestReplied():
+            return room
+        case ParticipantSentToWaitingRoom():
+            # Waiting again with the arrival time they had, no seat, no alert for the hosts.
+            return _changed(
+                room,
+                event.participant_id,
+                lambda p: replace(
+                    p,
+                    status=Status.waiting,
+                    media_node=None,
+                    direct=False,
+                    attended=True,
+                    sent_back=True,
+                    hold_message=event.message,
+                ),
+            )
+        case ParticipantMediaChanged():
+            # A host's mute holds while the microphone stays off, whatever else changes.
+            return _changed(
+                room,
+                event.participant_id,
+                lambda p: replace(
+                    p,
+                    audio_on=event.audio_on,
+                    video_on=event.video_on,
+                    muted_by=None if event.audio_on else (event.by or p.muted_by),
+                ),
+            )
         case RoomLocked():
             return replace(room, locked=True)
         case RoomUnlocked():
             return replace(room, locked=False)
         case RecordingStarted():
-            return replace(room, recording=event.recording_id, recording_node=event.media_node)
+            room = replace(room, recording=event.recording_id, recording_node=event.media_node)
+            return _consent_folded(room, event)
         case RecordingStopped():
-            return replace(room, recording=None, recording_node="")
+            return _consent_folded(replace(room, recording=None, recording_node=""), event)
+        case (
+            RecordingRequested()
+            | RecordingConsentAsked()
+            | RecordingConsentGiven()
+            | RecordingConsentDeclined()
+            | RecordingRequestLapsed()
+            | RecordingRequestCancelled()
+        ):
+            return _consent_folded(room, event)
+        case ScreenShareStarted():
+            return replace(
+                room, screen_share=event.participant_id, screen_share_node=event.media_node
+            )
+        case ScreenShareStopped():
+            return replace(room, screen_share=None, screen_share_node="")
         case KnocksMuted():
             return replace(room, knocks_muted=True)
         case KnocksUnmuted():
             return replace(room, knocks_muted=False)
+        case ChatMessageSent():
+            return replace(room, chat_messages=event.count)
         case SessionEnded():
             # The room outlives the call: whoever still waits keeps waiting for the next host,
             # and the next call starts unlocked, with knocks alerting again.

@@ -16,7 +16,9 @@ from contracts.signaling import (
     ParticipantDenied,
     ParticipantJoined,
     ParticipantLeft,
+    ParticipantMediaChanged,
     ParticipantRemoved,
+    ParticipantSentToWaitingRoom,
     SessionEnded,
 )
 from contracts.signaling_protocol import (
@@ -29,11 +31,13 @@ from contracts.signaling_protocol import (
     Refused,
     Removed,
     RoomView,
+    ScreenShare,
     SeatRefused,
     Waiting,
     WaitingGuest,
     WaitingState,
 )
+from services.signaling import chat, consent, mute, waiting_room
 from services.signaling.connection import Connection
 from services.signaling.domain import Person, Room, Status
 from services.signaling.negotiation import MediaNegotiation
@@ -43,6 +47,7 @@ HOLD_MESSAGE = "The host asked you to wait a little longer."
 DENIED_MESSAGE = "The host could not let you in this time."
 REMOVED_MESSAGE = "The host removed you from the call."
 ENDED_MESSAGE = "The host ended the meeting for everyone."
+SENT_BACK_MESSAGE = "The host moved you back to the waiting room; they can let you in again."
 SEAT_LAPSED = Refused(
     reason="seat_lapsed",
     status=409,
@@ -90,6 +95,13 @@ class RoomViews:
                 case ParticipantDenied() if conn is not None:
                     conn.send(Denied(message=event.message or DENIED_MESSAGE))
                     conn.close()
+                case ParticipantSentToWaitingRoom() if conn is not None:
+                    # Back to waiting: the sent-back frame (``refresh``) goes even if the same
+                    # one went before, and the call's people again once admitted again.
+                    conn.last_sent.pop("waiting", None)
+                    conn.last_sent.pop("participants", None)
+                case ParticipantMediaChanged() if conn is not None:
+                    mute.muted_by_host(conn, room, event)
                 case ParticipantRemoved() if conn is not None:
                     conn.send(Removed(message=event.message or REMOVED_MESSAGE))
                     conn.close()
@@ -110,6 +122,16 @@ class RoomViews:
     async def on_notice(self, room_id: UUID, notice: dict[str, Any]) -> None:
         here = self.replica.local.get(room_id)
         if not here:
+            return
+        if notice.get("kind") == waiting_room.NOTICE:
+            waiting_room.deliver(here, notice)
+            return
+        if notice.get("kind") == chat.NOTICE:
+            clinic_id = next(iter(here.values())).clinic_id or ""
+            chat.deliver(here, await self.replica.rooms.state(room_id, clinic_id), notice)
+            return
+        if notice.get("kind") == mute.UNMUTE_REQUESTED:
+            await mute.deliver_request(self.replica.rooms, room_id, here, notice)
             return
         pid = UUID(notice["participant_id"])
         match notice.get("kind"):
@@ -145,10 +167,17 @@ def refresh(conn: Connection, room: Room) -> None:
     if room.recording is not None or "recording" in conn.last_sent:
         # Everyone in the room, waiting or not, knows whether they are being recorded.
         on = room.recording is not None
-        conn.send_once("recording", Recording(on=on, message=RECORDING_ON if on else RECORDING_OFF))
+        message = consent.with_notice(room, RECORDING_ON) if on else RECORDING_OFF
+        conn.send_once("recording", Recording(on=on, message=message))
+    consent.show(conn, room, person)  # asked in the waiting room too, before they enter
     if person.waiting:
+        conn.last_sent.pop("screen_share", None)  # told again when they are let in (again)
         if person.status is Status.on_hold:
             return  # the hold message stays until the host acts
+        if person.sent_back:  # so does the host's reason for sending them back
+            message = person.hold_message or SENT_BACK_MESSAGE
+            conn.send_once("waiting", Waiting(state=WaitingState.sent_back, message=message))
+            return
         state = (
             WaitingState.host_notified if room.hosts_present() else WaitingState.waiting_for_host
         )
@@ -169,6 +198,14 @@ def refresh(conn: Connection, room: Room) -> None:
         )
     else:
         conn.send_once("participants", Participants(participants=present))
+    conn.send_once("screen_share", _screen_share(room))
+
+
+def _screen_share(room: Room) -> ScreenShare:
+    sharer = room.people.get(room.screen_share) if room.screen_share is not None else None
+    if sharer is None:
+        return ScreenShare(participant_id=None, sender_name=None)
+    return ScreenShare(participant_id=sharer.participant_id, sender_name=sharer.display_name)
 
 
 def _present(p: Person) -> Present:
@@ -177,6 +214,9 @@ def _present(p: Person) -> Present:
         display_name=p.display_name,
         role=p.role,
         disconnected=p.disconnected_until is not None,
+        audio_on=p.audio_on,
+        video_on=p.video_on,
+        muted_by_host=p.muted_by is not None,
     )
 
 
@@ -188,4 +228,5 @@ def _waiting(p: Person) -> WaitingGuest:
         muted=p.muted,
         on_hold=p.status is Status.on_hold,
         disconnected=p.disconnected_until is not None,
+        attended=p.attended,
     )
