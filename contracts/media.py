@@ -51,6 +51,18 @@ def record_subject(node_id: str) -> str:
     return node_subject(node_id, "record")
 
 
+def share_subject(node_id: str) -> str:
+    """Request/reply on one media node: a :class:`ScreenShareCommand` in, a
+    :class:`ScreenShareReply` out (signaling's alone: a browser's word is never taken)."""
+    return node_subject(node_id, "share")
+
+
+def mute_subject(node_id: str) -> str:
+    """Request/reply on one media node: a :class:`MuteCommand` in, a :class:`MuteReply` out
+    (signaling's alone: a host muted someone, or they turned their microphone on again)."""
+    return node_subject(node_id, "mute")
+
+
 ALL_NODE_SUBJECTS = "rpc.media.node.*.>"
 """Every node's request/reply subjects: signaling's to call."""
 ALL_PARTICIPANT_SUBJECTS = "media.participant.*"
@@ -150,7 +162,9 @@ class MediaStream(BaseModel):
 
     mid: str = Field(max_length=32)
     participant_id: UUID
-    kind: Literal["audio", "video"]
+    kind: Literal["audio", "video", "screen"] = Field(
+        description="screen: the video of the call's screen share (show it large)."
+    )
 
 
 class Negotiation(BaseModel):
@@ -173,6 +187,13 @@ class Negotiation(BaseModel):
     )
     reason: str | None = Field(default=None, description="With a node's bye: why.")
     message: str | None = Field(default=None, description="With a node's bye: a sentence.")
+    screen_mid: str | None = Field(
+        default=None,
+        max_length=32,
+        description="With a node's offer to the person signaling granted the screen share: "
+        "the mid on which the node receives their screen (answer it sendonly with the "
+        "shared surface's track); none otherwise. The node takes a screen from no one else.",
+    )
 
 
 class MediaSignal(Negotiation):
@@ -253,6 +274,44 @@ class RecordingCommand(BaseModel):
 
 
 class RecordingReply(BaseModel):
+    ok: bool
+    reason: str | None = None
+    message: str = ""
+
+
+class ScreenShareAction(StrEnum):
+    grant = "grant"
+    revoke = "revoke"
+
+
+class ScreenShareCommand(BaseModel):
+    """Signaling granted a room's screen share to one participant (the node takes a screen
+    track from them alone, ending any other), or it ended (``revoke``: only if still theirs)."""
+
+    clinic_id: str
+    room_id: UUID
+    participant_id: UUID
+    action: ScreenShareAction
+
+
+class ScreenShareReply(BaseModel):
+    ok: bool
+    reason: str | None = None
+    message: str = ""
+
+
+class MuteCommand(BaseModel):
+    """A host muted a participant's microphone (``muted``): the node that holds the room
+    forwards and records none of their audio, also after they reconnect, until signaling
+    says otherwise (they turned it on again) or their seat is released."""
+
+    clinic_id: str
+    room_id: UUID
+    participant_id: UUID
+    muted: bool
+
+
+class MuteReply(BaseModel):
     ok: bool
     reason: str | None = None
     message: str = ""

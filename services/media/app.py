@@ -11,13 +11,17 @@ from contracts.media import (
     RELEASE_SUBJECT,
     SEAT_SUBJECT,
     MediaSignal,
+    MuteCommand,
     NodesQuery,
     RecordingCommand,
+    ScreenShareCommand,
     SeatRelease,
     SeatRequest,
     media_events,
+    mute_subject,
     node_subject,
     record_subject,
+    share_subject,
     signal_subject,
 )
 from contracts.network_test import (
@@ -105,9 +109,22 @@ def build(media: Media | None = None) -> ServiceDefinition:
                 callers=SIGNALING,
             ),
             Endpoint(
+                mute_subject(node),
+                answering(MuteCommand, media.mute),
+                "Forward none of a participant's audio (a host muted them), or again.",
+                callers=SIGNALING,
+            ),
+            Endpoint(
                 record_subject(node),
                 answering(RecordingCommand, media.record),
                 "Start or stop recording a room this node holds.",
+                callers=SIGNALING,
+            ),
+            Endpoint(
+                share_subject(node),
+                answering(ScreenShareCommand, media.share),
+                "Grant a room's screen share to one participant, or end it (a screen track "
+                "is taken from the granted participant alone).",
                 callers=SIGNALING,
             ),
         ],

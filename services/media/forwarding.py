@@ -95,6 +95,9 @@ class Upstream:
     epoch: int = field(default_factory=lambda: next(_epochs))
     forwarding: bool = True
     """False while the loudest-speakers gate holds this voice back."""
+    muted: bool = False
+    """A host muted this voice: it is neither heard by the gate, nor recorded, nor
+    forwarded, until :meth:`unmute`."""
     stats: ReceiveStats = field(init=False)
     history: list[RtpView | None] = field(init=False)
     received: int = 0
@@ -121,6 +124,8 @@ class Upstream:
         keyframe = self.keyframe_test is not None and self.keyframe_test(view.payload)
         if self.history:
             self.history[view.sequence % HISTORY] = view
+        if self.muted:
+            return gap and self.nack
         if self.level_id is not None:
             level = view.extensions.get(self.level_id)
             if level:
@@ -160,6 +165,17 @@ class Upstream:
         """The gate opened again: downstreams continue their sequence from where they were."""
         self.forwarding = True
         self.epoch = next(_epochs)
+
+    def mute(self) -> None:
+        """A host muted the publisher: their packets still count for the link's quality, and
+        go nowhere else."""
+        self.muted = True
+
+    def unmute(self) -> None:
+        """They turned their microphone on: downstreams continue their sequence."""
+        if self.muted:
+            self.muted = False
+            self.epoch = next(_epochs)
 
 
 class Downstream(Copy):

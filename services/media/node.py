@@ -26,11 +26,16 @@ from contracts.media import (
     LiveNodes,
     MediaSignal,
     MediaSignalReply,
+    MuteCommand,
+    MuteReply,
     NodesQuery,
     RecordingCommand,
     RecordingReply,
     RoomPlaced,
     RoomQuality,
+    ScreenShareAction,
+    ScreenShareCommand,
+    ScreenShareReply,
     SeatAnswer,
     SeatRefusal,
     SeatRefused,
@@ -361,6 +366,29 @@ class Media:
             )
         else:
             reply = await self.recordings.command(ctx, command)
+        return reply.model_dump_json().encode()
+
+    async def mute(self, ctx: ServiceContext, command: MuteCommand) -> bytes:
+        """``rpc.media.node.<id>.mute``: a host muted a participant's audio, or it ended."""
+        if not await self._owns(await self.placement(ctx), command.room_id):
+            reply = MuteReply(
+                ok=False, reason=NOT_OWNER, message="This media node does not hold the room."
+            )
+        else:
+            self.sfu.mute(command.room_id, command.participant_id, command.muted)
+            reply = MuteReply(ok=True)
+        return reply.model_dump_json().encode()
+
+    async def share(self, ctx: ServiceContext, command: ScreenShareCommand) -> bytes:
+        """``rpc.media.node.<id>.share``: signaling granted a room's screen share, or ended it."""
+        if not await self._owns(await self.placement(ctx), command.room_id):
+            reply = ScreenShareReply(
+                ok=False, reason=NOT_OWNER, message="This media node does not hold the room."
+            )
+        else:
+            grant = command.action is ScreenShareAction.grant
+            self.sfu.share(command.room_id, command.clinic_id, command.participant_id, grant)
+            reply = ScreenShareReply(ok=True)
         return reply.model_dump_json().encode()
 
     async def run_sfu(self, ctx: ServiceContext) -> None:

@@ -52,7 +52,7 @@ from aiortc.rtp import (
     RtcpSrPacket,
     unpack_remb_fci,
 )
-from aiortc.sdp import candidate_from_sdp
+from aiortc.sdp import SessionDescription, candidate_from_sdp
 
 from contracts.media import MediaSignal, MediaStream, SignalKind
 from contracts.signaling import CallRole
@@ -72,6 +72,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 Kind = Literal["audio", "video"]
+Source = Literal["audio", "video", "screen"]
+"""What a publication is: a person's microphone, camera, or the call's screen share."""
 Send = Callable[[UUID, MediaSignal], Awaitable[None]]
 
 FORWARDED = {"audio/opus", "video/vp8", "video/h264"}
@@ -100,6 +102,8 @@ class Publication:
     mime_type: str
     receiver: RTCRtpReceiver
     track: MediaStreamTrack
+    screen: bool = False
+    """The call's screen share (a second video of its sharer's)."""
     upstream: Upstream | None = None
     """The packet path (None when transcoding, the benchmark's comparison)."""
     voice: Voice | None = None
@@ -109,8 +113,12 @@ class Publication:
     """Transcoding only: one re-encoding track per subscriber."""
 
     @property
-    def key(self) -> tuple[UUID, Kind]:
-        return self.owner.participant_id, self.kind
+    def source(self) -> Source:
+        return "screen" if self.screen else self.kind
+
+    @property
+    def key(self) -> tuple[UUID, Source]:
+        return self.owner.participant_id, self.source
 
     def want_keyframe(self, interval: float) -> None:
         """Ask the publisher for a keyframe now, or at the end of the throttle interval."""
@@ -152,7 +160,7 @@ class Outgoing:
     downstream: Downstream | None = None
 
     @property
-    def key(self) -> tuple[UUID, Kind]:
+    def key(self) -> tuple[UUID, Source]:
         return self.publication.key
 
 
@@ -193,6 +201,12 @@ class Member:
     closed: bool = False
     link: LinkMeter = field(default_factory=LinkMeter)
     """What their RTCP and packets say of their network (see ``quality.py``)."""
+    screen_slot: RTCRtpTransceiver | None = None
+    """The m-line the node receives their screen share on, while signaling grants it."""
+    screen_ssrcs: tuple[int | None, int | None] = (None, None)
+    """The SSRCs (media, RTX) their answer announced for ``screen_slot``."""
+    shared: bool = False
+    """A screen slot was ever opened: an unknown SSRC is never taken for their camera's."""
 
     def rate_kbps(self, now: float) -> float:
         """What arrived since the last call, per second."""
@@ -215,6 +229,8 @@ class MediaRoom:
     away: set[UUID] = field(default_factory=set)
     """People whose connection was lost while their seat is theirs: the others keep their
     m-lines (silent) for when they come back, with no offer either way."""
+    sharer: UUID | None = None
+    """Whom signaling granted the screen share: the only one a screen is taken from."""
 
     def publications(self) -> list[Publication]:
         return [p for m in self.members.values() for p in m.publications]
@@ -230,6 +246,9 @@ class Sfu:
         self.relay = MediaRelay() if settings.forwarding == "transcode" else None
         self._tasks: set[asyncio.Task[None]] = set()
         self._voice_limits: dict[UUID, int] = {}
+        self._muted: dict[UUID, set[UUID]] = {}
+        """By room: whose audio a host muted (kept across their reconnections, until signaling
+        says they turned it on, or their seat is released)."""
         """Rooms whose clinic says how many voices to forward (others: the node's default)."""
         self._closed_counts: dict[str, int] = {}
         """What connections that have closed counted (see :meth:`counters`)."""
@@ -263,6 +282,28 @@ class Sfu:
         room = self.rooms.get(room_id)
         if room is not None and room.speakers.limit != limit:
             room.speakers.resize(limit, time.monotonic())
+
+    def mute(self, room_id: UUID, participant_id: UUID, muted: bool) -> None:
+        """A host muted ``participant_id`` (``muted``), or they turned their microphone on:
+        their audio is forwarded (and recorded) or not, now and when they reconnect."""
+        held = self._muted.setdefault(room_id, set())
+        if muted:
+            held.add(participant_id)
+        else:
+            held.discard(participant_id)
+            if not held:
+                del self._muted[room_id]
+        room = self.rooms.get(room_id)
+        member = room.members.get(participant_id) if room is not None else None
+        for publication in member.publications if member is not None else []:
+            upstream = publication.upstream
+            if publication.kind != "audio" or upstream is None:
+                continue
+            if muted:
+                upstream.mute()
+            else:
+                upstream.unmute()
+        log.info("audio muted by a host" if muted else "audio unmuted", room_id=str(room_id))
 
     # -- negotiation --------------------------------------------------------------------------
 
@@ -311,7 +352,9 @@ class Sfu:
         if participant_id in room.away:
             room.away.discard(participant_id)
             self._come_back(member)
-        member.stale = any(p.owner is not member for p in room.publications())
+        member.stale = room.sharer == participant_id or any(
+            p.owner is not member for p in room.publications()
+        )
         self._spawn(self._connect_deadline(member))
         for publication in member.publications:
             self._spawn(self._fan_out(publication))
@@ -329,7 +372,10 @@ class Sfu:
         member = self.member(participant_id)
         if member is None or not member.offering:
             raise SignalRefused("no_offer", "There is no offer from the server to answer.")
+        screens = [p for p in member.publications if p.screen]
         try:
+            if member.screen_slot is not None:
+                member.screen_ssrcs = _announced_ssrcs(sdp, member.screen_slot.mid)
             await member.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
         except Exception as exc:
             log.info("answer refused", participant_id=str(participant_id), error=repr(exc))
@@ -341,6 +387,9 @@ class Sfu:
             ) from exc
         member.offering = False
         self._bind_outgoing(member)
+        for publication in member.publications:
+            if publication.screen and publication not in screens:
+                self._spawn(self._fan_out(publication))  # a share began: offer it to everyone
         if member.stale:
             self._spawn(self._renegotiate(member))
 
@@ -382,6 +431,7 @@ class Sfu:
             if not member.connected.is_set():
                 return  # offered once connected (see _state_changed)
             member.stale = False
+            self._sync_screen_slot(member)
             self._sync_outgoing(member)
             try:
                 made = await member.pc.createOffer()
@@ -403,13 +453,72 @@ class Sfu:
                     MediaStream(
                         mid=o.transceiver.mid,
                         participant_id=o.publication.owner.participant_id,
-                        kind=o.publication.kind,
+                        kind=o.publication.source,
                     )
                     for o in member.outgoing
                     if o.transceiver.mid is not None
                 ],
+                screen_mid=member.screen_slot.mid if member.screen_slot is not None else None,
             )
         await self.send(member.participant_id, offer)
+
+    # -- the screen share ---------------------------------------------------------------------
+
+    def share(self, room_id: UUID, clinic_id: str, participant_id: UUID, grant: bool) -> None:
+        """Signaling granted the room's screen share to ``participant_id`` (ending any other),
+        or ended theirs. The sharer is offered an m-line to send it on (``screen_mid``); an
+        ended share stops being forwarded at once, and everyone is offered the room without it."""
+        room = self.rooms.get(room_id)
+        if room is None:
+            if not grant:
+                return
+            room = self.room(room_id, clinic_id)
+        if grant:
+            previous, room.sharer = room.sharer, participant_id
+            if previous is not None and previous != participant_id:
+                self._screen_changed(room, previous)
+            self._screen_changed(room, participant_id)
+        elif room.sharer == participant_id:
+            room.sharer = None
+            self._screen_changed(room, participant_id)
+        if not room.members and room.recorder is None and room.sharer is None:
+            self.rooms.pop(room_id, None)
+
+    def _screen_changed(self, room: MediaRoom, participant_id: UUID) -> None:
+        member = room.members.get(participant_id)
+        if member is None:
+            return  # offered (or not) when they connect
+        if room.sharer != participant_id:
+            self._end_screen(member)
+        member.stale = True
+        self._spawn(self._renegotiate(member))
+
+    def _sync_screen_slot(self, member: Member) -> None:
+        """Before an offer: an m-line to receive the sharer's screen on, and none for anyone
+        else (a slot that is given up stays in the description, inactive)."""
+        sharing = member.room.sharer == member.participant_id
+        if sharing and member.screen_slot is None and self.relay is None:
+            member.screen_slot = member.pc.addTransceiver("video", direction="recvonly")
+            member.shared = True
+        elif not sharing and member.screen_slot is not None:
+            member.screen_slot.direction = "inactive"
+            member.screen_slot = None
+            self._end_screen(member)
+
+    def _end_screen(self, member: Member) -> None:
+        """Stop forwarding ``member``'s screen: its copies stop now, its m-lines go in the
+        next offers. Its SSRCs stay known (to a closed stream), so that packets still on
+        their way are never taken for the camera's."""
+        for publication in [p for p in member.publications if p.screen]:
+            publication.close()
+            member.publications.remove(publication)
+            room = member.room
+            if room.recorder is not None:
+                room.recorder.remove(screen_source(member.participant_id))
+            for other in room.members.values():
+                if other is not member and any(o.key == publication.key for o in other.outgoing):
+                    other.stale = True
+                    self._spawn(self._renegotiate(other))
 
     def _sync_outgoing(self, member: Member) -> None:
         """One sending transceiver per person and kind ``member`` should receive: new ones for
@@ -503,7 +612,15 @@ class Sfu:
         codecs = transceiver._codecs
         mime = codecs[0].mimeType.lower() if codecs else f"{track.kind}/unknown"
         kind: Kind = "audio" if track.kind == "audio" else "video"
-        publication = Publication(member, kind, mime, transceiver.receiver, track)
+        screen = transceiver is member.screen_slot
+        if screen and member.room.sharer != member.participant_id:
+            return  # the share ended while its offer was out: nothing is taken
+        publication = Publication(member, kind, mime, transceiver.receiver, track, screen=screen)
+        if any(p.key == publication.key for p in member.publications):
+            # One microphone and one camera a person; a screen only on the m-line the node
+            # offered the sharer. Anything else a browser sends is not forwarded.
+            log.info("extra track not forwarded", participant_id=str(member.participant_id))
+            return
         member.publications.append(publication)
         if self.relay is not None:
             return  # aiortc receives and decodes; MediaRelay re-encodes per subscriber
@@ -524,9 +641,14 @@ class Sfu:
         interval = self.settings.keyframe_interval_s
         upstream.request_keyframe = lambda: publication.want_keyframe(interval)
         publication.upstream = upstream
-        member.by_payload_type[payload_type] = upstream
-        if upstream.rtx_payload_type is not None:
-            member.by_payload_type[upstream.rtx_payload_type] = upstream
+        if screen:
+            # The camera has the same payload type: the screen is told apart by the SSRCs
+            # the sharer's answer announced for this m-line.
+            self._route_screen(member, upstream)
+        else:
+            member.by_payload_type[payload_type] = upstream
+            if upstream.rtx_payload_type is not None:
+                member.by_payload_type[upstream.rtx_payload_type] = upstream
         if member.rtcp_ssrc == 0:
             member.rtcp_ssrc = aiortc_hooks.receiver_ssrc(transceiver.receiver) or 0
         aiortc_hooks.on_receiver_rtcp(transceiver.receiver, self._report_handler(member))
@@ -542,6 +664,8 @@ class Sfu:
                 voice, activity, level, now
             )
             speakers.join(voice)
+        if kind == "audio" and member.participant_id in self._muted.get(member.room.room_id, ()):
+            upstream.mute()  # they reconnected while a host's mute holds
         recorder = member.room.recorder
         if recorder is not None:
             self._record(publication, recorder)
@@ -560,7 +684,10 @@ class Sfu:
             if upstream is None:
                 member.malformed += 1
                 return
-            if view.payload_type == upstream.rtx_payload_type:
+            rtx = view.payload_type == upstream.rtx_payload_type
+            if member.shared and (upstream.rtx_ssrc if rtx else upstream.ssrc) is not None:
+                return  # a screen's packet before its answer was applied: not the camera's
+            if rtx:
                 upstream.rtx_ssrc = view.ssrc
             else:
                 upstream.ssrc = view.ssrc
@@ -582,6 +709,24 @@ class Sfu:
             return
         if upstream.receive(view, data, now):
             self._nack(member, upstream, now)
+
+    def _route_screen(self, member: Member, upstream: Upstream) -> None:
+        """The screen's packets go to ``upstream`` by the SSRCs the answer announced (taken
+        back from the camera if some came before the answer and were taken for its)."""
+        for ssrc, rtx in zip(member.screen_ssrcs, (False, True), strict=True):
+            if ssrc is None:
+                continue
+            taken = member.by_ssrc.get(ssrc)
+            if taken is not None and taken is not upstream:
+                if taken.ssrc == ssrc:
+                    taken.ssrc = None
+                if taken.rtx_ssrc == ssrc:
+                    taken.rtx_ssrc = None
+            if rtx:
+                upstream.rtx_ssrc = ssrc
+            else:
+                upstream.ssrc = ssrc
+            member.by_ssrc[ssrc] = upstream
 
     def _nack(self, member: Member, upstream: Upstream, now: float) -> None:
         lost = upstream.stats.due_nacks(now)
@@ -712,6 +857,7 @@ class Sfu:
             room.away.add(member.participant_id)
         elif room.recorder is not None and successor is None:
             room.recorder.remove(str(member.participant_id))
+            room.recorder.remove(screen_source(member.participant_id))
         with contextlib.suppress(Exception):
             await member.pc.close()
         counts = _counts(member)
@@ -784,6 +930,9 @@ class Sfu:
         """Seats were released: close the connections that held them."""
         if participant_id is None:
             self._voice_limits.pop(room_id, None)
+            self._muted.pop(room_id, None)
+        elif room_id in self._muted:
+            self.mute(room_id, participant_id, False)
         room = self.rooms.get(room_id)
         if room is None:
             return
@@ -795,6 +944,7 @@ class Sfu:
             if participant_id is None or gone == participant_id:
                 if room.recorder is not None:
                     room.recorder.remove(str(gone))
+                    room.recorder.remove(screen_source(gone))
                 self._gone(room, gone)
         if not room.members and room.recorder is None:
             self.rooms.pop(room.room_id, None)
@@ -861,7 +1011,8 @@ class Sfu:
         upstream = publication.upstream
         if upstream is None:
             return
-        source = str(publication.owner.participant_id)
+        owner = publication.owner.participant_id
+        source = screen_source(owner) if publication.screen else str(owner)
         mime = publication.mime_type
 
         def record(packet: bytes, keyframe: bool, now: float) -> None:
@@ -870,11 +1021,14 @@ class Sfu:
         upstream.record = record
 
     def keyframe_for_recording(self, room_id: UUID, source: str) -> None:
-        """The recorder lost a participant's picture: ask their camera for a keyframe."""
+        """The recorder lost a participant's picture: ask their camera (or screen) for a
+        keyframe."""
         room = self.rooms.get(room_id)
-        member = room.members.get(UUID(source)) if room is not None else None
+        screen = is_screen_source(source)
+        owner = UUID(source.removesuffix(SCREEN_SOURCE_SUFFIX))
+        member = room.members.get(owner) if room is not None else None
         for publication in member.publications if member is not None else []:
-            if publication.kind == "video":
+            if publication.kind == "video" and publication.screen == screen:
                 publication.want_keyframe(self.settings.keyframe_interval_s)
 
     def stop_recording(self, room_id: UUID) -> "Recorder | None":
@@ -936,6 +1090,34 @@ def _counts(member: Member) -> dict[str, int]:
         "repaired": member.repaired,
         "unprotect_failures": member.wire.unprotect_failures if member.wire is not None else 0,
     }
+
+
+SCREEN_SOURCE_SUFFIX = ":screen"
+
+
+def screen_source(participant_id: UUID) -> str:
+    """A sharer's screen as a recording's source (their camera's is their id)."""
+    return f"{participant_id}{SCREEN_SOURCE_SUFFIX}"
+
+
+def is_screen_source(source: str) -> bool:
+    return source.endswith(SCREEN_SOURCE_SUFFIX)
+
+
+def _announced_ssrcs(sdp: str, mid: str | None) -> tuple[int | None, int | None]:
+    """The SSRCs (media, RTX) an answer announces for the m-line ``mid`` (``a=ssrc`` and
+    ``a=ssrc-group:FID``); none where it announces nothing."""
+    try:
+        parsed = SessionDescription.parse(sdp)
+    except Exception:  # aiortc's parser raises many kinds; the answer is refused later
+        return None, None
+    media = next((m for m in parsed.media if m.rtp.muxId == mid), None)
+    if media is None or not media.ssrc:
+        return None, None
+    fid = next((g.items for g in media.ssrc_group if g.semantic == "FID"), None)
+    if fid is not None and len(fid) == 2:
+        return int(fid[0]), int(fid[1])
+    return media.ssrc[0].ssrc, None
 
 
 def _unwrapped(view: RtpView) -> bytes:
