@@ -99,6 +99,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from uuid import UUID
 
+import av
 import nats
 from aiortc import (
     MediaStreamTrack,
@@ -149,6 +150,7 @@ from antechamber.peer_media import (
     LoopTrack,
     Picture,
     PictureTrack,
+    ScreenPicture,
     Speech,
     ToneTrack,
     VideoCodec,
@@ -238,10 +240,23 @@ class PeerConfig(BaseModel):
     )
     report_every_s: float = Field(default=1.0, gt=0)
     vanish: bool = False
+    share_screen: bool = Field(
+        default=False,
+        description="When the node offers a mid for a screen share (signaling granted one), "
+        "send a screen there: a flat magenta picture (ScreenPicture) of screen_width x "
+        "screen_height; says screen_offered.",
+    )
+    screen_width: int = Field(default=640, ge=16, le=3840)
+    screen_height: int = Field(default=360, ge=16, le=2160)
+    extra_video: bool = Field(
+        default=False,
+        description="Publish a second video (the screen picture) in the first offer, as a "
+        "browser claiming a screen share it was never granted would.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "PeerConfig":
-        if self.width % 2 or self.height % 2:
+        if self.width % 2 or self.height % 2 or self.screen_width % 2 or self.screen_height % 2:
             raise ValueError("width and height must be even (4:2:0 video)")
         if len(set(self.publish)) != len(self.publish):
             raise ValueError("publish lists a kind twice")
@@ -284,6 +299,19 @@ def synthetic_tracks(
                 loops[kind] = audio_loop()
             tracks[kind] = LoopTrack(loops[kind], speech)
     return tracks
+
+
+def screen_track(config: PeerConfig, loops: dict[str, EncodedLoop]) -> MediaStreamTrack:
+    """The screen it shares (or publishes as an extra video): live, or a loop like its
+    camera's."""
+    picture = ScreenPicture(config.screen_width, config.screen_height)
+    if config.source == "live":
+        return PictureTrack(picture, config.fps)
+    if "screen" not in loops:
+        loops["screen"] = video_loop(
+            picture, config.fps, config.loop_bitrate, LOOP_SECONDS, config.video_codec
+        )
+    return LoopTrack(loops["screen"])
 
 
 def live_encoder(codec: VideoCodec, bitrate: int) -> Encoder:
@@ -504,6 +532,10 @@ class Reception:
     kind: str
     participant_id: UUID | None
     appeared: float
+    source: str | None = None
+    """What the node said the mid carries: audio, video, or screen."""
+    size: tuple[int, int] | None = None
+    """The latest decoded picture's width and height."""
     frames: int = 0
     keyframes: int | None = 0
     """None when unknown: aiortc's decoders do not mark the frames they decode."""
@@ -540,7 +572,9 @@ class Reception:
         last = self.last_frame_at
         return {
             "kind": self.kind,
+            "source": self.source,
             "participant_id": self.participant_id and str(self.participant_id),
+            "size": self.size,
             "frames": self.frames,
             "keyframes": self.keyframes,
             "first_frame_s": self.first_frame_s,
@@ -617,6 +651,9 @@ class Participant:
         self._inbox: asyncio.Queue[MediaSignal] = asyncio.Queue()
         self._ending: asyncio.Future[Ending] = asyncio.get_running_loop().create_future()
         self._publishers: dict[str, UUID] = {}
+        self._sources: dict[str, str] = {}
+        self._screen: MediaStreamTrack | None = None
+        self._screen_loops: dict[str, EncodedLoop] = {}
         self._receptions: dict[str, Reception] = {}
         self._published: dict[str, Feedback] = {}
         self._decoders: set[asyncio.Task[None]] = set()
@@ -712,6 +749,12 @@ class Participant:
             elif kind == "video" and self.config.video_bitrate is not None:
                 encoder = live_encoder(self.config.video_codec, self.config.video_bitrate)
                 start_encoder_at(sender, encoder)
+        if self.config.extra_video:
+            extra = self._pc.addTrack(screen_track(self.config, self._screen_loops))
+            extra_transceiver = next(t for t in self._pc.getTransceivers() if t.sender is extra)
+            prefer_codec(
+                extra_transceiver, VIDEO_MIME_TYPES[self.config.video_codec], self.config.rtx
+            )
         receiving = []
         if not self._tracks:
             for kind in ("audio", "video"):
@@ -763,22 +806,26 @@ class Participant:
             if message.kind is not SignalKind.offer or message.sdp is None:
                 continue  # aiortc's descriptions carry every candidate already
             try:
-                await self._renegotiate(message.sdp, message.streams)
+                await self._renegotiate(message.sdp, message.streams, message.screen_mid)
             except Exception:
                 # Stay for the final report: the test reads the failure there and on stderr.
                 self._failed_renegotiations += 1
                 logger.exception("renegotiation failed")
 
-    async def _renegotiate(self, sdp: str, streams: list[MediaStream]) -> None:
+    async def _renegotiate(
+        self, sdp: str, streams: list[MediaStream], screen_mid: str | None = None
+    ) -> None:
         self._learn(streams)
-        reply = await self._signal(SignalKind.answer, await self._answer(sdp))
+        reply = await self._signal(SignalKind.answer, await self._answer(sdp, screen_mid))
         if not reply.ok:
             raise RuntimeError(f"the node refused the answer: {reply.reason}: {reply.message}")
         self._renegotiations += 1
 
-    async def _answer(self, offer: str) -> str:
+    async def _answer(self, offer: str, screen_mid: str | None = None) -> str:
         """Apply an offer; the answer, applied too."""
         await self._pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
+        if screen_mid is not None:
+            self._share_on(screen_mid)
         if not self.config.rtx:
             for transceiver in self._pc.getTransceivers():
                 leave_out_rtx(transceiver)
@@ -786,12 +833,29 @@ class Participant:
         answer: str = self._pc.localDescription.sdp
         return answer
 
+    def _share_on(self, mid: str) -> None:
+        """The node offered ``mid`` for this peer's screen: send it there (when sharing)."""
+        transceiver = next((t for t in self._pc.getTransceivers() if t.mid == mid), None)
+        say("screen_offered", mid=mid)
+        if transceiver is None or not self.config.share_screen:
+            return
+        if transceiver.sender.track is None:
+            if self._screen is None:
+                self._screen = screen_track(self.config, self._screen_loops)
+            transceiver.sender.replaceTrack(self._screen)
+            if isinstance(self._screen, LoopTrack):
+                on_keyframe_request(transceiver.sender, self._screen.want_keyframe)
+        transceiver.direction = "sendonly"
+
     def _learn(self, streams: list[MediaStream]) -> None:
         """Who each mid carries, from the node's latest description; a mid that now carries
         someone else starts its counts again."""
         now = time.monotonic()
         for stream in streams:
             self._publishers[stream.mid] = stream.participant_id
+            self._sources[stream.mid] = stream.kind
+            if (reception := self._receptions.get(stream.mid)) is not None:
+                reception.source = stream.kind
             reception = self._receptions.get(stream.mid)
             if reception is None or reception.participant_id == stream.participant_id:
                 continue
@@ -804,7 +868,9 @@ class Participant:
     def _track_arrived(self, track: MediaStreamTrack) -> None:
         transceiver = next(t for t in self._pc.getTransceivers() if t.receiver.track is track)
         mid = transceiver.mid or ""
-        reception = Reception(mid, track.kind, self._publishers.get(mid), time.monotonic())
+        reception = Reception(
+            mid, track.kind, self._publishers.get(mid), time.monotonic(), self._sources.get(mid)
+        )
         if track.kind == "video" and self.config.drop_video_every is not None:
             reception.wire.drop_every = self.config.drop_video_every
             reception.losses = self._losses
@@ -813,7 +879,13 @@ class Participant:
             reception.keyframes = None
         self._receptions[mid] = reception
         watch_receiver(transceiver.receiver, reception)
-        say("track", mid=mid, kind=track.kind, participant_id=reception.participant_id)
+        say(
+            "track",
+            mid=mid,
+            kind=track.kind,
+            source=reception.source,
+            participant_id=reception.participant_id,
+        )
         if self.config.decode:
             task = asyncio.create_task(self._decode(track, reception))
             self._decoders.add(task)
@@ -828,9 +900,11 @@ class Participant:
     async def _decode(self, track: MediaStreamTrack, reception: Reception) -> None:
         while True:
             try:
-                await track.recv()  # a decoded frame: only its arrival matters
+                frame = await track.recv()  # a decoded frame: its arrival and size matter
             except MediaStreamError:
                 return
+            if isinstance(frame, av.VideoFrame):
+                reception.size = (frame.width, frame.height)
             self._count(reception, keyframe=track.kind == "audio", first=True)
 
     def _count(self, reception: Reception, keyframe: bool, first: bool) -> None:

@@ -149,6 +149,30 @@ def tone_frame(tone: bytes, n: int) -> av.AudioFrame:
     return frame
 
 
+SCREEN_COLOUR = (105, 212, 234)
+"""The screen picture's Y, U, V: a saturated magenta no camera picture here comes near."""
+
+
+class ScreenPicture(Picture):
+    """A shared screen as a test sees it: one flat, distinctive colour (``SCREEN_COLOUR``)
+    with a small square of noise moving across it, so that every frame says something."""
+
+    def frame(self, n: int) -> av.VideoFrame:
+        frame = av.VideoFrame(self.width, self.height, "yuv420p")
+        for plane, value in zip(frame.planes, SCREEN_COLOUR, strict=True):
+            plane.update(bytes([value]) * plane.buffer_size)
+        luma = frame.planes[0]
+        side = max(2, min(self.width, self.height) // 16)
+        left = 8 * n % max(1, self.width - side)
+        rows = bytearray(luma.buffer_size)
+        rows[:] = bytes([SCREEN_COLOUR[0]]) * luma.buffer_size
+        for row in range(side):
+            start = row * luma.line_size + left
+            rows[start : start + side] = os.urandom(side)
+        luma.update(bytes(rows))
+        return frame
+
+
 class PictureTrack(VideoStreamTrack):
     """:class:`Picture` frames at ``fps``, for aiortc to encode."""
 
