@@ -17,9 +17,10 @@ class Admission:
         self.replica = replica
         self.seats = seats
 
-    async def admit(self, conn: Connection, guest: UUID) -> bool:
-        """``conn``'s host lets ``guest`` in; False when the call is full (the guest keeps
-        their place, and they and the hosts are told). Other refusals are raised."""
+    async def admit(self, conn: Connection, guest: UUID) -> str | None:
+        """``conn``'s host lets ``guest`` in: None once they are seated; when the call is full
+        (or no media node can take it), the sentence the guest, who keeps their place, and
+        the hosts were told. Other refusals are raised."""
         rooms, now = self.replica.rooms, self.replica.clock()
         me, room_id, clinic_id, _ = conn.place()
         full: domain.RoomFull | None = None
@@ -40,10 +41,10 @@ class Admission:
             if seat.granted:
                 await self.seats.release(clinic_id, room_id, guest)
             await announce_seat_refused(rooms, room_id, guest, full.detail)
-            return False
+            return full.detail
         if not seat.granted:
             await announce_seat_refused(rooms, room_id, guest, seat.message)
-            return False
+            return seat.message
         try:
             await rooms.run(
                 room_id,
@@ -59,5 +60,5 @@ class Admission:
             if not isinstance(exc, domain.RoomFull):
                 raise
             await announce_seat_refused(rooms, room_id, guest, exc.detail)
-            return False
-        return True
+            return exc.detail
+        return None
