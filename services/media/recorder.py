@@ -97,6 +97,17 @@ CLOCK_DRIFT = 0.0005
 SAMPLE_RATE = 48_000
 AAC_FRAME = 1024
 BLACK = (16, 128, 128)  # Y, U, V in the limited range H.264 players expect
+SCREEN_SUFFIX = ":screen"
+"""A source named ``<participant>:screen`` is a screen share: while it shows, it is the main
+tile and everyone's camera goes to a strip below it."""
+STRIP = 0.2
+"""The share of the picture's height the strip of cameras takes under a screen share."""
+
+
+def screen_source(participant: object) -> str:
+    """The recording source of someone's screen share (their camera's is their id)."""
+    return f"{participant}{SCREEN_SUFFIX}"
+
 
 Samples = npt.NDArray[np.float32]
 Plane = npt.NDArray[np.uint8]
@@ -639,9 +650,13 @@ class _Composition:
                 del self.cameras[source]
             else:
                 camera.advance(at)
-        # Everyone who has shown a picture keeps a tile, black while their pictures stop.
-        tiles = [c.tile(at) for c in self.cameras.values() if c.in_layout]
-        frame = self.grid.compose(tiles)
+        # Everyone who has shown a picture keeps a tile, black while their pictures stop; a
+        # screen share that has shown one is the main tile, over a strip of the cameras.
+        shown = [(s, c) for s, c in self.cameras.items() if c.in_layout]
+        screen = next((c.tile(at) for s, c in shown if s.endswith(SCREEN_SUFFIX)), None)
+        sharing = any(s.endswith(SCREEN_SUFFIX) for s, _ in shown)
+        tiles = [c.tile(at) for s, c in shown if not s.endswith(SCREEN_SUFFIX)]
+        frame = self.grid.compose([screen, *tiles] if sharing else tiles, stage=sharing)
         frame.pts = self.frames_out
         frame.time_base = Fraction(1, self.fps)
         self.container.mux(self.video.encode(frame))
@@ -779,29 +794,35 @@ class _Camera:
 
 
 class _Grid:
-    """Pictures tiled on a black canvas: n tiles in ceil(sqrt(n)) columns."""
+    """Pictures tiled on a black canvas: n tiles in ceil(sqrt(n)) columns; or, on a stage,
+    the first picture large above a strip of the others."""
 
     def __init__(self, width: int, height: int) -> None:
         self.width, self.height = width, height
         self.shown: list[av.VideoFrame | None] = []
-        self.frame = self._paint([])
+        self.staged = False
+        self.frame = self._paint([], stage=False)
 
-    def compose(self, pictures: list[av.VideoFrame | None]) -> av.VideoFrame:
-        """The canvas with ``pictures`` in their cells (None: a black cell)."""
+    def compose(self, pictures: list[av.VideoFrame | None], stage: bool = False) -> av.VideoFrame:
+        """The canvas with ``pictures`` in their cells (None: a black cell); with ``stage``,
+        the first is the main tile."""
         # The encoder takes its own reference, so an unchanged canvas is sent again as it is.
-        if len(pictures) != len(self.shown) or any(
-            a is not b for a, b in zip(pictures, self.shown, strict=True)
+        if (
+            stage != self.staged
+            or len(pictures) != len(self.shown)
+            or any(a is not b for a, b in zip(pictures, self.shown, strict=True))
         ):
-            self.frame = self._paint(pictures)
-            self.shown = pictures
+            self.frame = self._paint(pictures, stage)
+            self.shown, self.staged = pictures, stage
         return self.frame
 
-    def _paint(self, pictures: list[av.VideoFrame | None]) -> av.VideoFrame:
+    def _paint(self, pictures: list[av.VideoFrame | None], stage: bool) -> av.VideoFrame:
         frame = av.VideoFrame(self.width, self.height, "yuv420p")
         planes = [_plane_array(plane) for plane in frame.planes]
         for plane, value in zip(planes, BLACK, strict=True):
             plane[:] = value
-        for picture, cell in zip(pictures, self.cells(len(pictures)), strict=True):
+        cells = self.stage(len(pictures)) if stage else self.cells(len(pictures))
+        for picture, cell in zip(pictures, cells, strict=True):
             if picture is None:
                 continue
             x, y, w, h = _fit(picture, cell)
@@ -822,6 +843,22 @@ class _Grid:
         return [
             (column * cell_w, row * cell_h, cell_w, cell_h)
             for row, column in (divmod(i, columns) for i in range(count))
+        ]
+
+    def stage(self, count: int) -> list[tuple[int, int, int, int]]:
+        """The main tile (the whole width, above the strip) and ``count - 1`` cells of 4:3
+        at most, side by side and centred in the strip at the bottom."""
+        if count == 0:
+            return []
+        strip = _even(self.height * STRIP)
+        main = (0, 0, self.width, self.height - strip)
+        others = count - 1
+        if others == 0:
+            return [main]
+        cell_w = _even(min(self.width / others, strip * 4 / 3))
+        left = _even((self.width - cell_w * others) / 2)
+        return [main] + [
+            (left + i * cell_w, self.height - strip, cell_w, strip) for i in range(others)
         ]
 
 

@@ -63,6 +63,7 @@ from services.media.forwarding import NTP_EPOCH_OFFSET, Downstream, Upstream, nt
 from services.media.keyframes import keyframe_test
 from services.media.offers import Terms, with_opus_dtx
 from services.media.quality import LinkMeter
+from services.media.recorder import SCREEN_SUFFIX, screen_source
 from services.media.reports import send_reports
 from services.media.rtp import AUDIO_LEVEL, HEADER, MalformedRtp, RtpView, parse
 from services.media.speakers import LoudestSpeakers, Voice
@@ -1024,8 +1025,8 @@ class Sfu:
         """The recorder lost a participant's picture: ask their camera (or screen) for a
         keyframe."""
         room = self.rooms.get(room_id)
-        screen = is_screen_source(source)
-        owner = UUID(source.removesuffix(SCREEN_SOURCE_SUFFIX))
+        screen = source.endswith(SCREEN_SUFFIX)
+        owner = UUID(source.removesuffix(SCREEN_SUFFIX))
         member = room.members.get(owner) if room is not None else None
         for publication in member.publications if member is not None else []:
             if publication.kind == "video" and publication.screen == screen:
@@ -1090,18 +1091,6 @@ def _counts(member: Member) -> dict[str, int]:
         "repaired": member.repaired,
         "unprotect_failures": member.wire.unprotect_failures if member.wire is not None else 0,
     }
-
-
-SCREEN_SOURCE_SUFFIX = ":screen"
-
-
-def screen_source(participant_id: UUID) -> str:
-    """A sharer's screen as a recording's source (their camera's is their id)."""
-    return f"{participant_id}{SCREEN_SOURCE_SUFFIX}"
-
-
-def is_screen_source(source: str) -> bool:
-    return source.endswith(SCREEN_SOURCE_SUFFIX)
 
 
 def _announced_ssrcs(sdp: str, mid: str | None) -> tuple[int | None, int | None]:
