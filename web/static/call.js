@@ -4,6 +4,11 @@ import { Connection, ask, linkOfPage, readConfig } from "./signaling.js";
 import { Media } from "./media.js";
 import { Devices } from "./devices.js";
 import { testNetwork } from "./network.js";
+import { WaitingRoomTalk } from "./waiting_room.js";
+import { KnockAlerts } from "./alerts.js";
+import { Microphones } from "./mute.js";
+import { ChatPanel } from "./chat.js";
+import { ScreenSharing } from "./share.js";
 
 const config = readConfig();
 const $ = (id) => document.getElementById(id);
@@ -322,6 +327,8 @@ class Call {
     this.recording = false;
     this.room = null;
     this.stream = null;
+    this.chat = new ChatPanel({ send: (text) => this.connection.send("chat", { text }) });
+    this.screens = new ScreenSharing({ send: (type, fields) => this.connection.send(type, fields), toast });
   }
 
   async join(name) {
@@ -351,6 +358,8 @@ class Call {
         toast(sentence);
       },
       onState: (state) => this.reconnecting(state === "reconnecting"),
+      screen: () => this.screens.track(),
+      onScreen: (track) => this.screens.arrived(track),
     });
     this.connection = new Connection(config.signaling_url, {
       onFrame: (frame) => this.on(frame),
@@ -415,13 +424,30 @@ class Call {
     this.renewTimer = setInterval(() => this.keepPlace(), PLACE_RENEW_MS);
     $("manager").hidden = frame.role !== "host";
     showRoomTitle(frame.room_title);
+    this.chat.welcome(frame);
+    this.screens.welcome(frame);
+    talk.welcome(frame);
     if (frame.warning) toast(frame.warning);
   }
 
   on_waiting(frame) {
+    if (frame.state === "sent_back") this.sentBack();
     $("waiting-title").textContent = WAITING_TITLES[frame.state] || "Waiting room";
     $("waiting-message").textContent = frame.message;
     if (observed.screen !== "waiting") show("waiting");
+  }
+
+  // A host sent this person back to the waiting room: their media stops (the node released
+  // their seat), the call's tiles go; an admit brings a new `admitted` and media again.
+  sentBack() {
+    if (this.media) this.media.stop();
+    for (const tile of this.tiles.values()) tile.remove();
+    this.tiles.clear();
+    if ($("tile-me")) $("tile-me").remove();
+  }
+
+  on_waiting_message(frame) {
+    talk.received(frame);
   }
 
   on_admitted() {
@@ -444,7 +470,21 @@ class Call {
       this.names.set(p.participant_id, p.display_name);
       if (p.disconnected) this.away.add(p.participant_id);
     }
+    microphones.update(frame.participants);
     for (const [pid, tile] of this.tiles) this.label(pid, tile);
+    if ($("tile-me")) microphones.decorate($("tile-me"), this.me);
+  }
+
+  // A host muted this page's microphone: it goes off here too (the media node forwards none
+  // of it anyway), and the person is told.
+  on_muted_by_host(frame) {
+    for (const t of this.stream ? this.stream.getAudioTracks() : []) t.enabled = false;
+    syncControls(this.stream);
+    microphones.mutedByHost(frame);
+  }
+
+  on_unmute_requested(frame) {
+    microphones.unmuteRequested(frame);
   }
 
   // A tile's caption: the person's name, and "reconnecting…" while their connection is down.
@@ -453,6 +493,7 @@ class Call {
     const away = this.away.has(pid);
     tile.classList.toggle("away", away);
     tile.querySelector("figcaption .state").textContent = away ? "reconnecting…" : "";
+    microphones.decorate(tile, pid);
   }
 
   // Network quality from the media node, every few seconds while it changes: a host gets
@@ -465,6 +506,8 @@ class Call {
 
   on_room(frame) {
     this.room = frame;
+    talk.room(frame);
+    knockAlerts.update(frame);
     this.on_participants(frame);
     renderManager(frame, this.me, this.recording);
   }
@@ -487,7 +530,19 @@ class Call {
     if (this.room) renderManager(this.room, this.me, this.recording);
   }
 
+  on_chat(frame) {
+    this.chat.received(frame);
+  }
+
+  on_screen_share(frame) {
+    this.screens.received(frame);
+  }
+
   on_error(frame) {
+    if (talk.refused(frame)) return; // shown by its form
+    if (microphones.refused(frame)) return; // sent again shortly
+    if (this.chat.refused(frame)) return; // shown by the chat box
+    if (this.screens.refused(frame)) return; // the picked screen is let go
     toast(frame.message);
   }
 
@@ -538,6 +593,9 @@ class Call {
     if (this.media) this.media.stop();
     if (this.stream) for (const t of this.stream.getTracks()) t.stop();
     this.stream = null;
+    microphones.stop();
+    this.screens.finish();
+    knockAlerts.stop();
     for (const tile of this.tiles.values()) tile.remove();
     this.tiles.clear();
     if ($("tile-me")) $("tile-me").remove();
@@ -598,6 +656,7 @@ class Call {
     const tile = makeTile("tile-me", "You", true);
     tile.querySelector("video").srcObject = this.stream || null;
     showQuality(tile, this.quality.get(this.me), true);
+    microphones.decorate(tile, this.me);
     $("grid").prepend(tile);
   }
 
@@ -722,7 +781,7 @@ function span(className, text) {
 function personItem(participantId, name, flags) {
   const item = document.createElement("li");
   item.dataset.participantId = participantId;
-  item.append(span("who", name), " ", ...flags.map((flag) => span(`badge ${flag.replace(" ", "-")}`, flag)));
+  item.append(span("who", name), " ", ...flags.map((flag) => span(`badge ${flag.replaceAll(" ", "-")}`, flag)));
   return item;
 }
 
@@ -741,6 +800,7 @@ function renderManager(room, me, recording) {
       actions.className = "actions";
       actions.append(
         button("Admit", () => call.connection.send("admit", { participant_id: guest.participant_id }), "primary"),
+        talk.guestAction(guest, button),
         button("Hold", async () => {
           const message = await confirmWithMessage(
             `Put ${name} on hold?`,
@@ -782,6 +842,7 @@ function renderManager(room, me, recording) {
       const flags = [];
       if (person.role === "host") flags.push("host");
       if (person.disconnected) flags.push("disconnected");
+      flags.push(...microphones.flags(person));
       const you = person.participant_id === me;
       const item = personItem(person.participant_id, you ? `${person.display_name} (you)` : person.display_name, flags);
       if (person.participant_id !== me) {
@@ -796,7 +857,9 @@ function renderManager(room, me, recording) {
         remove.setAttribute("aria-label", `Remove ${person.display_name}`);
         const actions = document.createElement("span");
         actions.className = "actions";
-        actions.append(remove);
+        actions.append(microphones.action(person, button), remove);
+        const back = talk.participantAction(person, button);
+        if (back) remove.before(back);
         item.append(actions);
       }
       return item;
@@ -810,6 +873,21 @@ function renderManager(room, me, recording) {
 }
 
 const call = new Call();
+const talk = new WaitingRoomTalk({
+  send: (type, fields) => call.connection && call.connection.send(type, fields),
+  confirm: confirmWithMessage,
+});
+const knockAlerts = new KnockAlerts();
+const microphones = new Microphones({
+  send: (type, fields) => call.connection && call.connection.send(type, fields),
+  unmute: () => setMicrophone(true),
+  notice: $("mute-notice"),
+  prompt: $("unmute-prompt"),
+  promptText: $("unmute-prompt-text"),
+  promptAccept: $("unmute-accept"),
+  promptDismiss: $("unmute-dismiss"),
+});
+observed.mediaStates = () => microphones.snapshot();
 observed.voices = () => (call.media ? call.media.voices() : Promise.resolve({}));
 observed.mediaConnections = () => (call.media ? call.media.connections : 0);
 window.addEventListener("offline", () => call.networkChanged(false));
@@ -847,6 +925,12 @@ function syncControls(stream) {
   $("camera-toggle").textContent = off ? "Start camera" : "Stop camera";
   $("camera-toggle").disabled = video.length === 0;
   call.keepPlace({ muted, camera_off: off }); // a reload comes back as it was
+  microphones.report(!muted, !off); // everyone in the call sees it
+}
+
+function setMicrophone(on) {
+  for (const t of call.stream ? call.stream.getAudioTracks() : []) t.enabled = on;
+  syncControls(call.stream);
 }
 
 // The camera and microphone a stream uses, for a reload to ask for the same.
@@ -861,9 +945,7 @@ function streamDevices(stream) {
 
 $("mute").addEventListener("click", () => {
   const tracks = call.stream ? call.stream.getAudioTracks() : [];
-  const muted = tracks.some((t) => t.enabled);
-  for (const t of tracks) t.enabled = !muted;
-  syncControls(call.stream);
+  setMicrophone(!tracks.some((t) => t.enabled));
 });
 $("camera-toggle").addEventListener("click", () => {
   const tracks = call.stream ? call.stream.getVideoTracks() : [];
