@@ -23,7 +23,7 @@ from pydantic_core import PydanticCustomError
 
 from contracts.events import Event, EventRegistry
 from contracts.personal import personal_data
-from contracts.signaling import CallFeatures
+from contracts.signaling import CallFeatures, RecordingConsent, RecordingStoppedBecause
 
 scheduling_events = EventRegistry("scheduling")
 
@@ -512,6 +512,78 @@ class SessionEndedEarly(Event):
 class SessionCompleted(Event):
     session_id: UUID
     because: CompletedBecause
+
+
+# The session's audit trail of recording consent, from signaling's events of its call
+# (participant ids are signaling's: one person's presence in the call).
+
+
+@scheduling_events.register
+class SessionRecordingRequested(Event):
+    """A host asked to record the session's call (signaling's ``RecordingRequested``)."""
+
+    session_id: UUID
+    request_id: UUID
+    by: UUID = Field(description="The host who asked (their consent is implied).")
+    policy: RecordingConsent
+    asked: list[UUID] = Field(description="Everyone else in the room, asked to consent.")
+
+
+@scheduling_events.register
+class SessionRecordingConsentAsked(Event):
+    """Someone who arrived while the recording was asked for or on was asked too."""
+
+    session_id: UUID
+    request_id: UUID
+    participant_id: UUID
+
+
+@scheduling_events.register
+class SessionRecordingConsentGiven(Event):
+    session_id: UUID
+    request_id: UUID
+    participant_id: UUID
+
+
+@scheduling_events.register
+class SessionRecordingConsentDeclined(Event):
+    session_id: UUID
+    request_id: UUID
+    participant_id: UUID
+
+
+@scheduling_events.register
+class SessionRecordingRequestLapsed(Event):
+    """Not everyone in the call answered in time: the recording did not start."""
+
+    session_id: UUID
+    request_id: UUID
+    unanswered: list[UUID]
+
+
+@scheduling_events.register
+class SessionRecordingRequestCancelled(Event):
+    session_id: UUID
+    request_id: UUID
+    by: UUID
+
+
+@scheduling_events.register
+class SessionRecordingStarted(Event):
+    session_id: UUID
+    recording_id: UUID
+    request_id: UUID | None = Field(
+        default=None, description="The request it follows (none for a recording before consent)."
+    )
+    by: UUID
+
+
+@scheduling_events.register
+class SessionRecordingStopped(Event):
+    session_id: UUID
+    recording_id: UUID
+    because: RecordingStoppedBecause
+    by: UUID | None = None
 
 
 # -- request/reply -----------------------------------------------------------------------------

@@ -70,9 +70,23 @@ calls = Consumer(
     handlers={
         "SessionStarted": handlers.on_call_started,
         "SessionEnded": handlers.on_call_ended,
+        **{
+            kind: handlers.on_recording
+            for kind in (
+                "RecordingRequested",
+                "RecordingConsentAsked",
+                "RecordingConsentGiven",
+                "RecordingConsentDeclined",
+                "RecordingRequestLapsed",
+                "RecordingRequestCancelled",
+                "RecordingStarted",
+                "RecordingStopped",
+            )
+        },
     },
 )
-"""Sessions go live, end early or complete as signaling reports their calls."""
+"""Sessions go live, end early or complete as signaling reports their calls; requests to
+record them, the answers and the recordings go into their audit trail (their history)."""
 
 join_links = Consumer(
     name="join-links",

@@ -449,6 +449,17 @@ async def on_call_ended(
         )
 
 
+async def on_recording(
+    ctx: ServiceContext, conn: Executor, event: Event, envelope: RawEnvelope
+) -> None:
+    """A request to record a session's call, an answer, a recording: into its audit trail."""
+    session_id = getattr(event, "session_id", None)
+    if session_id is not None:
+        await _session_reaction(
+            ctx, conn, session_id, envelope, lambda s: sessions.recording_noted(s, event)
+        )
+
+
 async def _session_reaction(
     ctx: ServiceContext,
     conn: Executor,

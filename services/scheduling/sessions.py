@@ -24,13 +24,31 @@ from contracts.scheduling import (
     SessionCancelled,
     SessionCompleted,
     SessionEndedEarly,
+    SessionRecordingConsentAsked,
+    SessionRecordingConsentDeclined,
+    SessionRecordingConsentGiven,
+    SessionRecordingRequestCancelled,
+    SessionRecordingRequested,
+    SessionRecordingRequestLapsed,
+    SessionRecordingStarted,
+    SessionRecordingStopped,
     SessionRescheduled,
     SessionScheduled,
     SessionSource,
     SessionWentLive,
     VideoMode,
 )
-from contracts.signaling import EndedBecause
+from contracts.signaling import (
+    EndedBecause,
+    RecordingConsentAsked,
+    RecordingConsentDeclined,
+    RecordingConsentGiven,
+    RecordingRequestCancelled,
+    RecordingRequested,
+    RecordingRequestLapsed,
+    RecordingStarted,
+    RecordingStopped,
+)
 from runtime.refusals import Conflict, Invalid, not_found
 from services.scheduling.domain import NotInPlan, Room
 
@@ -320,3 +338,71 @@ def call_ended(state: Session | None, because: EndedBecause, ended_at: datetime)
             )
         ]
     return [SessionEndedEarly(session_id=state.session_id)]
+
+
+def recording_noted(state: Session | None, event: Event) -> list[Event]:
+    """The session's audit trail of recording consent: each request to record its call, each
+    answer and each recording, as signaling reported them."""
+    if state is None:
+        return []
+    sid = state.session_id
+    match event:
+        case RecordingRequested():
+            return [
+                SessionRecordingRequested(
+                    session_id=sid,
+                    request_id=event.request_id,
+                    by=event.by,
+                    policy=event.policy,
+                    asked=event.asked,
+                )
+            ]
+        case RecordingConsentAsked():
+            return [
+                SessionRecordingConsentAsked(
+                    session_id=sid, request_id=event.request_id, participant_id=event.participant_id
+                )
+            ]
+        case RecordingConsentGiven():
+            return [
+                SessionRecordingConsentGiven(
+                    session_id=sid, request_id=event.request_id, participant_id=event.participant_id
+                )
+            ]
+        case RecordingConsentDeclined():
+            return [
+                SessionRecordingConsentDeclined(
+                    session_id=sid, request_id=event.request_id, participant_id=event.participant_id
+                )
+            ]
+        case RecordingRequestLapsed():
+            return [
+                SessionRecordingRequestLapsed(
+                    session_id=sid, request_id=event.request_id, unanswered=event.unanswered
+                )
+            ]
+        case RecordingRequestCancelled():
+            return [
+                SessionRecordingRequestCancelled(
+                    session_id=sid, request_id=event.request_id, by=event.by
+                )
+            ]
+        case RecordingStarted():
+            return [
+                SessionRecordingStarted(
+                    session_id=sid,
+                    recording_id=event.recording_id,
+                    request_id=event.request_id,
+                    by=event.by,
+                )
+            ]
+        case RecordingStopped():
+            return [
+                SessionRecordingStopped(
+                    session_id=sid,
+                    recording_id=event.recording_id,
+                    because=event.because,
+                    by=event.by,
+                )
+            ]
+    return []

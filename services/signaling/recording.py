@@ -1,16 +1,17 @@
-"""Recording control: a host asks the room's media node to record, and to stop."""
+"""Recording control: the room's media node is asked to record, and to stop (whether it
+may start is ``consent``'s to decide)."""
 
 import contextlib
-from functools import partial
+from collections.abc import Callable
 from uuid import UUID, uuid4
 
 import structlog
 
+from contracts.events import Event
 from contracts.media import RecordingAction, RecordingCommand, RecordingReply, record_subject
 from contracts.signaling import RecordingStopped
 from runtime import refusals
 from services.signaling import domain
-from services.signaling.connection import Connection
 from services.signaling.replica import Replica
 from services.signaling.seats import MediaSeats
 
@@ -22,23 +23,21 @@ class RecordingControl:
         self.replica = replica
         self.seats = seats
 
-    async def start(self, conn: Connection) -> None:
-        """Check, ask the room's media node to record, then record that it is on; if the
-        room changed meanwhile, the node is told to stop again."""
-        rooms = self.replica.rooms
-        me, room_id, clinic_id, _ = conn.place()
-        await rooms.check(room_id, clinic_id, partial(domain.check_start_recording, by=me))
-        host = (await rooms.state(room_id, clinic_id)).people.get(me)
-        node = host.media_node if host is not None else None
-        if not node:
-            raise refusals.Conflict("not_in_call", "Join the call before recording it.")
+    async def start(
+        self,
+        clinic_id: str,
+        room_id: UUID,
+        node: str,
+        decide: Callable[[domain.Room, UUID], list[Event]],
+    ) -> None:
+        """Ask ``node`` to record (a new recording id), then append what ``decide`` makes of
+        the room with that id (the recording's start); if the room refuses meanwhile, the
+        node is told to stop again."""
         recording_id = uuid4()
         await self._record(node, clinic_id, room_id, recording_id, RecordingAction.start)
         try:
-            await rooms.run(
-                room_id,
-                clinic_id,
-                partial(domain.start_recording, by=me, recording_id=recording_id, media_node=node),
+            await self.replica.rooms.run(
+                room_id, clinic_id, lambda room: decide(room, recording_id)
             )
         except refusals.Refused:
             with contextlib.suppress(refusals.Refused):

@@ -147,6 +147,19 @@ class Rooms:
                 raise
             return decide(cached.room)
 
+    def known(self, room_id: UUID) -> Room | None:
+        """The room as last folded here, without waiting for its lock (None: not cached)."""
+        cached = self._rooms.get(room_id)
+        return cached.room if cached is not None else None
+
+    def followed(self) -> list[tuple[UUID, str, Room]]:
+        """(room, clinic, state) of every room kept current here by announcements."""
+        return [
+            (room_id, cached.clinic_id, cached.room)
+            for room_id, cached in self._rooms.items()
+            if cached.subscription is not None and cached.clinic_id is not None
+        ]
+
     async def state(self, room_id: UUID, clinic_id: str) -> Room:
         """The room as this replica knows it."""
         cached = self._cached(room_id)

@@ -32,6 +32,10 @@ from tests.signaling.conftest import (
 )
 from tests.support import assert_problem, eventually
 
+AT_ONCE = {"recording_consent": "notice"}
+"""The clinic's recording policy in these tests of the recording itself: it starts at once,
+with a notice (test_recording_consent.py asks everyone first)."""
+
 
 async def recording_available(dsn: str, recording_id: str, status: str = "available") -> None:
     """Wait until the node has written the recording's file (and it is ``status``)."""
@@ -67,7 +71,7 @@ def recorder_of(recording_id: str) -> multiprocessing.process.BaseProcess:
 async def test_a_host_records_everyone_is_told_and_the_clinic_downloads_the_mp4(
     calls: Calls, postgres_dsn: str
 ) -> None:
-    call = await host_and_admitted_guest(calls)
+    call = await host_and_admitted_guest(calls, call=AT_ONCE)
     waiting, _ = await knocking_guest(calls, call.room, name="Later", replica=0)
 
     await call.guest.send("start_recording")
@@ -77,7 +81,7 @@ async def test_a_host_records_everyone_is_told_and_the_clinic_downloads_the_mp4(
     await call.host.send("start_recording")
     for browser in (call.host, call.guest, waiting):
         told = await browser.next("recording", on=True)
-        assert told["message"] == "This call is being recorded."
+        assert told["message"].startswith("This call is being recorded.")
     await call.host.send("start_recording")
     assert (await call.host.next("error"))["code"] == "already_recording"
 
@@ -123,7 +127,7 @@ async def test_a_host_records_everyone_is_told_and_the_clinic_downloads_the_mp4(
 async def test_download_urls_are_signed_expire_and_stay_in_their_clinic(
     calls: Calls, postgres_dsn: str
 ) -> None:
-    call = await host_and_admitted_guest(calls)
+    call = await host_and_admitted_guest(calls, call=AT_ONCE)
     await call.host.send("start_recording")
     await call.host.next("recording", on=True)
     events = await room_events(postgres_dsn, call.welcome["room_id"])
@@ -166,7 +170,7 @@ async def test_download_urls_are_signed_expire_and_stay_in_their_clinic(
 
 
 async def test_ending_the_call_stops_the_recording(calls: Calls, postgres_dsn: str) -> None:
-    call = await host_and_admitted_guest(calls)
+    call = await host_and_admitted_guest(calls, call=AT_ONCE)
     await call.host.send("start_recording")
     await call.guest.next("recording", on=True)
     await call.host.send("end_for_all")
@@ -183,7 +187,7 @@ async def test_ending_the_call_stops_the_recording(calls: Calls, postgres_dsn: s
 async def test_a_recording_whose_recorder_is_killed_is_kept_as_partial(
     calls: Calls, postgres_dsn: str
 ) -> None:
-    call = await host_and_admitted_guest(calls)
+    call = await host_and_admitted_guest(calls, call=AT_ONCE)
     await call.host.send("start_recording")
     await call.host.next("recording", on=True)
     events = await room_events(postgres_dsn, call.welcome["room_id"])
@@ -275,7 +279,7 @@ async def test_a_node_that_restarts_finishes_what_its_earlier_life_was_recording
 async def test_the_last_one_out_ends_the_call_and_its_recording(
     calls: Calls, postgres_dsn: str
 ) -> None:
-    call = await host_and_admitted_guest(calls)
+    call = await host_and_admitted_guest(calls, call=AT_ONCE)
     await call.host.send("start_recording")
     await call.guest.next("recording", on=True)
     room_id = call.welcome["room_id"]
