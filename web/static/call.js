@@ -50,6 +50,7 @@ const WAITING_TITLES = {
   host_notified: "The host has been notified",
   on_hold: "On hold",
   room_full: "The call is full right now",
+  sent_back: "Back in the waiting room",
 };
 
 const localTime = new Intl.DateTimeFormat(undefined, { dateStyle: "full", timeStyle: "short" });
