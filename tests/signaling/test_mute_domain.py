@@ -1,16 +1,26 @@
 """Microphones and cameras in the room aggregate: given events -> command -> events."""
 
+from collections.abc import Coroutine
+from typing import Any
+from uuid import UUID
+
 import pytest
 
+from contracts.events import Event
+from contracts.media import MuteCommand, MuteReply, mute_subject
 from contracts.signaling import ParticipantMediaChanged
 from runtime.refusals import Conflict, Forbidden, NotFound
 from services.signaling import domain
+from services.signaling.config import SignalingSettings
+from services.signaling.mute import Microphones
 from tests.signaling.test_domain import (
     GUEST,
     HOST,
     IDS,
+    NODE,
     OTHER_GUEST,
     OTHER_HOST,
+    ROOM,
     fold,
     given,
     guest_enters,
@@ -93,3 +103,61 @@ def test_asking_to_unmute_changes_nothing_and_needs_a_microphone_that_is_off() -
         domain.check_ask_unmute(fold(history), GUEST, HOST)
     with pytest.raises(Conflict):
         domain.check_ask_unmute(fold(history), HOST, HOST)
+
+
+# --- what signaling tells the media node (``mute.Microphones.after_append``) -----------------
+
+
+class FakeRooms:
+    def __init__(self, room: domain.Room) -> None:
+        self.room = room
+
+    async def state(self, room_id: object, clinic_id: str) -> domain.Room:
+        return self.room
+
+
+class FakeReplica:
+    def __init__(self, room: domain.Room) -> None:
+        self.settings = SignalingSettings()
+        self.rooms = FakeRooms(room)
+        self.spawned: list[Coroutine[Any, Any, None]] = []
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        self.spawned.append(work)
+
+
+class FakeSeats:
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, MuteCommand]] = []
+
+    async def ask(self, subject: str, request: MuteCommand, answer: type[MuteReply]) -> MuteReply:
+        self.asked.append((subject, request))
+        return MuteReply(ok=True)
+
+
+async def told(history: list[Event], events: list[Event]) -> list[tuple[str, UUID, bool]]:
+    """What the node hears after ``events`` were appended to ``history``."""
+    replica, seats = FakeReplica(fold(history + events)), FakeSeats()
+    microphones = Microphones(replica, seats)  # type: ignore[arg-type]
+    microphones.after_append(ROOM, "clinic", events)
+    for work in replica.spawned:
+        await work
+    return [(subject, c.participant_id, c.muted) for subject, c in seats.asked]
+
+
+async def test_the_node_hears_of_a_mute_its_end_and_after_a_move_only_of_mutes_that_hold() -> None:
+    history = given(host_enters(), guest_enters(), guest_enters(OTHER_GUEST))
+    muted = domain.mute(fold(history), HOST, GUEST)
+    assert await told(history, muted) == [(mute_subject(NODE), GUEST, True)]
+    history += muted
+    # Their own camera going off: nothing for the node.
+    off = domain.media_state(fold(history), GUEST, audio_on=False, video_on=False)
+    assert await told(history, off) == []
+    history += off
+    # The call moves to another node: the mute that holds goes with it, nobody else's.
+    moved = domain.move_media(fold(history), NODE, "media-2", None)
+    assert await told(history, moved) == [(mute_subject("media-2"), GUEST, True)]
+    history += moved
+    # They turn the microphone on: the node lets their voice through again.
+    on = domain.media_state(fold(history), GUEST, audio_on=True, video_on=False)
+    assert await told(history, on) == [(mute_subject("media-2"), GUEST, False)]
