@@ -67,6 +67,7 @@ async def test_pages_and_files_carry_the_protective_headers(web: httpx.AsyncClie
         assert csp["connect-src"] == "'self' wss://video.example.test"
         assert csp["frame-ancestors"] == "'none'"
         assert "camera=(self)" in h["permissions-policy"]
+        assert "display-capture=(self)" in h["permissions-policy"]  # screen sharing
 
 
 async def test_no_page_or_file_loads_anything_from_elsewhere(web: httpx.AsyncClient) -> None:
@@ -77,6 +78,8 @@ async def test_no_page_or_file_loads_anything_from_elsewhere(web: httpx.AsyncCli
         "call.js",
         "media.js",
         "devices.js",
+        "chat.js",
+        "share.js",
         "signaling.js",
         "demo.js",
         "style.css",
