@@ -316,7 +316,7 @@ async def test_a_clinic_that_keeps_chat_reads_it_sealed_at_rest_until_it_is_dele
     await chat.purge()
     assert len(await kept_rows(postgres_dsn, session_id)) == 3
     calls.clock.advance(days=1)
-    assert await chat.purge() >= 3
+    await chat.purge()  # (or the sweep, if it came first: either deletes what is due)
     assert await kept_rows(postgres_dsn, session_id) == []
     async with httpx.AsyncClient(base_url=calls.replicas[0]) as signaling:
         gone = await signaling.get(f"/v1/sessions/{session_id}/chat", headers=mine)
