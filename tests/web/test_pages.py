@@ -80,6 +80,7 @@ async def test_no_page_or_file_loads_anything_from_elsewhere(web: httpx.AsyncCli
         "devices.js",
         "chat.js",
         "share.js",
+        "consent.js",
         "signaling.js",
         "demo.js",
         "style.css",

@@ -9,6 +9,7 @@ import { KnockAlerts } from "./alerts.js";
 import { Microphones } from "./mute.js";
 import { ChatPanel } from "./chat.js";
 import { ScreenSharing } from "./share.js";
+import { RecordingConsent } from "./consent.js";
 
 const config = readConfig();
 const $ = (id) => document.getElementById(id);
@@ -455,10 +456,14 @@ class Call {
     if (observed.screen !== "call") show("call");
     this.showLocal();
     syncControls(this.stream);
-    this.media.start(this.stream).catch((error) => {
-      console.warn("the media connection could not start", error);
-      toast("Your camera and microphone could not be connected to the call.");
-    });
+    // Asked to consent to a recording and not answered yet: media connects after the answer.
+    consent
+      .answered()
+      .then(() => this.media.start(this.stream))
+      .catch((error) => {
+        console.warn("the media connection could not start", error);
+        toast("Your camera and microphone could not be connected to the call.");
+      });
   }
 
   on_signal(frame) {
@@ -535,6 +540,19 @@ class Call {
     this.chat.received(frame);
   }
 
+  on_consent_request(frame) {
+    consent.request(frame);
+  }
+
+  on_consent_closed(frame) {
+    consent.closed(frame);
+  }
+
+  on_consent_state(frame) {
+    consent.state(frame);
+    if (this.room) renderManager(this.room, this.me, this.recording);
+  }
+
   on_screen_share(frame) {
     this.screens.received(frame);
   }
@@ -544,6 +562,7 @@ class Call {
     if (microphones.refused(frame)) return; // sent again shortly
     if (this.chat.refused(frame)) return; // shown by the chat box
     if (this.screens.refused(frame)) return; // the picked screen is let go
+    if (consent.refused(frame)) return; // said by the consent module
     toast(frame.message);
   }
 
@@ -595,6 +614,7 @@ class Call {
     if (this.stream) for (const t of this.stream.getTracks()) t.stop();
     this.stream = null;
     microphones.stop();
+    consent.finish();
     this.screens.finish();
     knockAlerts.stop();
     for (const tile of this.tiles.values()) tile.remove();
@@ -869,7 +889,11 @@ function renderManager(room, me, recording) {
   $("participant-count").textContent = `${room.participants.length} of ${room.max_participants}`;
   $("lock").textContent = room.locked ? "Unlock the room" : "Lock the room";
   $("lock").setAttribute("aria-pressed", String(room.locked));
-  $("record").textContent = recording ? "Stop recording" : "Start recording";
+  $("record").textContent = recording
+    ? "Stop recording"
+    : consent.asking
+      ? "Withdraw the request to record"
+      : "Start recording";
   $("record").setAttribute("aria-pressed", String(recording));
 }
 
@@ -879,6 +903,18 @@ const talk = new WaitingRoomTalk({
   confirm: confirmWithMessage,
 });
 const knockAlerts = new KnockAlerts();
+const consent = new RecordingConsent({
+  send: (type, fields) => call.connection && call.connection.send(type, fields),
+  toast,
+  dialog: $("consent-dialog"),
+  question: $("consent-question"),
+  consentButton: $("consent-give"),
+  declineButton: $("consent-decline"),
+  panel: $("consent-panel"),
+  panelTitle: $("consent-panel-title"),
+  panelStatus: $("consent-status"),
+  lists: { consented: $("consent-consented"), declined: $("consent-declined"), pending: $("consent-pending") },
+});
 const microphones = new Microphones({
   send: (type, fields) => call.connection && call.connection.send(type, fields),
   unmute: () => setMicrophone(true),
@@ -901,7 +937,8 @@ $("lock").addEventListener("click", () => {
   call.connection.send(call.room && call.room.locked ? "unlock" : "lock");
 });
 $("record").addEventListener("click", () => {
-  call.connection.send(call.recording ? "stop_recording" : "start_recording");
+  // Stop recording, or withdraw a request that still waits for answers (stop_recording too).
+  call.connection.send(call.recording || consent.asking ? "stop_recording" : "start_recording");
 });
 $("end-all").addEventListener("click", async () => {
   const message = await confirmWithMessage(
