@@ -55,7 +55,8 @@ class SecurityHeaders:
             (b"x-content-type-options", b"nosniff"),
             (b"x-robots-tag", b"noindex, nofollow"),
             (b"cross-origin-opener-policy", b"same-origin"),
-            (b"permissions-policy", b"camera=(self), microphone=(self), display-capture=()"),
+            # display-capture: the call page shares a screen (share.js); nothing else may.
+            (b"permissions-policy", b"camera=(self), microphone=(self), display-capture=(self)"),
         ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

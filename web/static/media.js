@@ -17,12 +17,23 @@ const RESTART_DELAYS_MS = [0, 1000, 2000, 4000, 8000, 8000];
 const RECOVERABLE = ["connection_lost", "connect_timeout", "media_timeout", "server_error", "sdp_invalid"];
 
 export class Media {
-  constructor({ iceServers, send, onRemote, onFailed, onState = () => {} }) {
+  constructor({
+    iceServers,
+    send,
+    onRemote,
+    onFailed,
+    onState = () => {},
+    screen = () => null,
+    onScreen = () => {},
+  }) {
     this.iceServers = iceServers;
     this.send = send; // (fields) => a `signal` frame to signaling
     this.onRemote = onRemote; // (Map participant_id -> MediaStreamTrack[]) on every change
     this.onFailed = onFailed; // (sentence) when the connection cannot go on
     this.onState = onState; // ("connecting" | "connected" | "reconnecting") on every change
+    this.screen = screen; // () => this page's screen track while it shares (share.js), or null
+    this.onScreen = onScreen; // (track | null, participant_id | null): the call's screen share
+    this.kinds = new Map(); // mid -> "audio" | "video" | "screen"
     this.pc = null;
     this.owners = new Map(); // mid -> participant_id
     this.queue = Promise.resolve();
@@ -146,6 +157,7 @@ export class Media {
     // An offer says everything the node sends; an answer may say nothing yet.
     if (frame.kind === "offer" || (frame.streams || []).length) this.learn(frame.streams || []);
     await pc.setRemoteDescription({ type: frame.kind, sdp: frame.sdp });
+    if (frame.kind === "offer" && frame.screen_mid) await this.sendScreenOn(pc, frame.screen_mid);
     if (frame.kind === "offer") {
       await pc.setLocalDescription(await pc.createAnswer());
       this.send({ kind: "answer", sdp: pc.localDescription.sdp });
@@ -155,21 +167,38 @@ export class Media {
 
   learn(streams) {
     this.owners = new Map(streams.map((s) => [s.mid, s.participant_id]));
+    this.kinds = new Map(streams.map((s) => [s.mid, s.kind]));
     this.learned = true;
+  }
+
+  // Signaling granted this page the screen share: the node offers a mid to send it on.
+  async sendScreenOn(pc, mid) {
+    const transceiver = pc.getTransceivers().find((t) => t.mid === mid);
+    if (!transceiver) return;
+    const track = this.screen();
+    transceiver.direction = track ? "sendonly" : "inactive";
+    await transceiver.sender.replaceTrack(track);
   }
 
   // Whose tracks arrive now, by participant: only mids the node says it sends.
   report() {
     if (!this.pc || !this.learned) return;
     const people = new Map();
+    let screen = null;
+    let sharer = null;
     for (const transceiver of this.pc.getTransceivers()) {
       const owner = this.owners.get(transceiver.mid);
       const direction = transceiver.currentDirection || "";
       if (!owner || !direction.includes("recv") || !transceiver.receiver.track) continue;
+      if (this.kinds.get(transceiver.mid) === "screen") {
+        [screen, sharer] = [transceiver.receiver.track, owner]; // shown large, not in a tile
+        continue;
+      }
       if (!people.has(owner)) people.set(owner, []);
       people.get(owner).push(transceiver.receiver.track);
     }
     this.onRemote(people);
+    this.onScreen(screen, sharer);
   }
 
   // Audio packets received so far from each remote person, by participant id: which voices
