@@ -101,3 +101,34 @@ async def test_a_decline_keeps_the_recording_from_starting_and_all_consenting_st
     await host.click("#record")
     for page in (host, ana, ben):
         await expect(page.locator("#recording")).to_be_hidden(timeout=15_000)
+
+
+async def test_a_guest_who_knocks_during_a_recording_is_asked_in_the_waiting_room(
+    platform: Platform, people: People
+) -> None:
+    session = await new_session(platform.web, guest_admission="waiting_room")
+    host = await people.open("host", session["host_url"])
+    await join(host, "Dr Demo")
+    await screen(host, "call")
+    await host.click("#record")  # nobody else to ask: it records at once
+    await expect(host.locator("#recording")).to_be_visible(timeout=15_000)
+
+    guest = await people.open("guest", link_of(session, "guest"))
+    await join(guest, "Kim")
+    await screen(guest, "waiting")
+    await expect(guest.locator("#recording")).to_be_visible(timeout=15_000)
+    await expect(host.locator("#consent-pending li")).to_have_text(["Kim (waiting room)"])
+    await people.shoot("asked-while-waiting")
+    await answer_consent(guest, True)
+    await expect(host.locator("#consent-consented li")).to_have_text(["Kim (waiting room)"])
+
+    item = host.locator("#waiting-list li", has_text="Kim")
+    await item.get_by_role("button", name="Admit Kim").click()
+    await screen(guest, "call")
+    await remote_videos_playing(guest, 1)
+    await remote_videos_playing(host, 1)
+    await expect(host.locator("#consent-status")).to_have_text(
+        "Everyone consented: this call is being recorded."
+    )
+    for page in (host, guest):
+        await expect(page.locator("#recording")).to_be_visible()
