@@ -181,10 +181,11 @@ def show(conn: Connection, room: Room, person: Person) -> None:
                 "consent",
                 ConsentClosed(request_id=asking.request_id, message=_settled(asking, me)),
             )
-    elif _last_request(conn) is not None:  # its call ended, or a new request left them out
+    elif (open_question := _last_request(conn)) is not None:
+        # Its call ended, or a new request left them out: the page's question is over.
         conn.send_once(
             "consent",
-            ConsentClosed(request_id=_last_request(conn), message="The request to record is over."),
+            ConsentClosed(request_id=open_question, message="The request to record is over."),
         )
     if asking is not None and person.role is CallRole.host and not person.waiting:
         conn.send_once("consent_state", _state(room, asking))
