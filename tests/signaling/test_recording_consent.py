@@ -302,3 +302,18 @@ async def test_consents_and_declines_are_in_the_sessions_audit_trail(calls: Call
     assert by_type["SessionRecordingConsentDeclined"]["participant_id"] == bob
     assert by_type["SessionRecordingStopped"]["because"] == "consent_declined"
     assert by_type["SessionRecordingRequested"]["policy"] == "all"
+
+
+async def test_someone_who_comes_back_while_asked_is_asked_again(calls: Calls) -> None:
+    call = await host_and_admitted_guest(calls)
+    await call.host.send("start_recording")
+    asked = await call.guest.next("consent_request")
+    await call.guest.drop()
+    back = await calls.open(0)  # on the other replica
+    await back.send("join", resume=call.welcome["resume_token"])
+    await back.next("welcome")
+    again = await back.next("consent_request")
+    assert again["request_id"] == asked["request_id"]
+    await back.send("recording_consent", request_id=again["request_id"], given=True)
+    await call.host.next("recording", on=True)
+    await back.next("recording", on=True)
