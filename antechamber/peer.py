@@ -671,6 +671,9 @@ class Participant:
             loop.add_signal_handler(signum, self._end, Ending(by="signal"))
         if self.config.duration_s is not None:
             loop.call_later(self.config.duration_s, self._end, Ending(by="duration"))
+        if self.config.share_screen:
+            # Ready before joining: encoding a loop here would hold the connection up later.
+            self._screen = screen_track(self.config, self._screen_loops)
         # Before the offer: the node may offer again as soon as it has answered.
         subscription = await self._nc.subscribe(
             participant_subject(self.config.participant_id), cb=self._received

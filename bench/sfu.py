@@ -3,7 +3,7 @@ aiortc's MediaRelay measured in the same run; from it a full room of 16 and two-
 per core; a late joiner's first frame.
 
     python bench/sfu.py [--quick] [--seconds S] [--publishers P] [--relay-publishers R]
-                        [--calls N] [--flowing K] [--joins J] [--results PATH]
+                        [--calls N] [--flowing K] [--joins J] [--screen-only] [--results PATH]
 
 One media node runs as a process of its own (``antechamber serve media``, a fresh one per
 measurement) on its own nats-server and Postgres; every participant is an aiortc peer in a
@@ -46,6 +46,19 @@ come from two of its own stats reports about ``S`` apart (per track: ``frames``,
    video frame from each publisher after its first offer (``since_join_s`` of the peer's
    ``first_frame`` events), ``J`` joins one after another; once with VP8 publishers (and
    joiner), once with H.264 (``video_codec: "h264"``).
+
+7. Screen share: the fan-out room of 2. again (packet path, ``P`` publishers, the first of
+   them able to share), measured once with cameras only, then again on the same node once
+   signaling's grant (``rpc.media.node.<id>.share``) has the first publisher send a screen
+   (a flat 1280x720 picture with a square of noise moving across it, a loop at the camera's
+   15 fps, asked for 300 kbit/s like the cameras: a screen is mostly still, and its packet
+   rate is printed next to a camera's) and every subscriber receives it.
+   The screen's added node CPU is compared with what one camera stream forwarded to every
+   subscriber costs in the same run (its packet rate at the first window's CPU per sent
+   packet), and per packet with the cameras' packets: the goal is that a share adds no more
+   than one forwarded stream per subscriber. The budget of a full room of 16 cameras plus
+   one screen is computed as in 4., with the screen's 15 streams added. ``--screen-only``
+   runs the floor and this alone.
 
 Decode errors are those of the two decoding subscribers over their whole stay and of every
 late joiner (MediaRelay's decoding subscribers are reported apart). Each measurement also
@@ -106,7 +119,15 @@ from bench.support import (
     signaling_identity,
     start_service,
 )
-from contracts.media import SEAT_SUBJECT, SeatAnswer, SeatRequest
+from contracts.media import (
+    SEAT_SUBJECT,
+    ScreenShareAction,
+    ScreenShareCommand,
+    ScreenShareReply,
+    SeatAnswer,
+    SeatRequest,
+    share_subject,
+)
 from contracts.signaling import CallRole
 from runtime.caller import signing_as
 from runtime.embedded import free_port
@@ -125,6 +146,7 @@ FLOOR_GOAL = 4.0  # times the raw sendto floor, per sent packet
 CALLS_GOAL = 100  # two-person calls per core
 FIRST_FRAME_GOAL_MS = 300
 FPS_GOAL = 14.5  # "full frame rate": 15 fps, less one frame in 30 for the window's edges
+SCREEN_GOAL = 1.0  # a screen share costs no more than one forwarded stream per subscriber
 
 Event = dict[str, Any]
 
@@ -304,6 +326,7 @@ class Track:
     peer: int
     publisher: str
     kind: str
+    source: str | None  # audio, video or screen, as the node labelled the mid
     fps: float
     pps: float  # RTP packets per second
     gaps: int
@@ -365,6 +388,7 @@ def track_rates(index: int, before: tuple[float, Event], after: tuple[float, Eve
                 peer=index,
                 publisher=now["participant_id"],
                 kind=now["kind"],
+                source=now.get("source"),
                 fps=(now["frames"] - then["frames"]) / elapsed,
                 pps=(now["packets"] - then["packets"]) / elapsed,
                 gaps=now["gaps"] - then["gaps"],
@@ -481,6 +505,152 @@ async def fan_out(
         decoded.add(f"{forwarding} fan-out peer {n}", done)
     speakers = {str(c["participant_id"]) for c in configs[: min(SPEAKERS, publishers)]}
     return FanOut(forwarding, people, publishers, measured, speakers, decoded)
+
+
+@dataclass
+class ShareRun:
+    """The fan-out room measured with cameras only, then with one of them sharing a screen."""
+
+    people: int
+    publishers: int
+    cameras: Window
+    shared: Window
+    sharer: str
+
+    def camera_pps(self) -> float:
+        """One camera's video packets per second, at one subscriber (first window)."""
+        video = [t.pps for t in self.cameras.video()]
+        return statistics.mean(video) if video else 0.0
+
+    def screen_pps(self) -> float:
+        """The screen's packets per second, at one subscriber."""
+        screen = [t.pps for t in self.shared.tracks if t.source == "screen"]
+        return statistics.mean(screen) if screen else 0.0
+
+    def screen_fps(self) -> float:
+        return min((t.fps for t in self.shared.tracks if t.source == "screen"), default=0.0)
+
+    def added_cores(self) -> float:
+        return self.shared.cores - self.cameras.cores
+
+    def stream_cores(self) -> float:
+        """One camera stream forwarded to every subscriber, at the first window's CPU per
+        sent packet."""
+        fan = self.people - 1
+        return self.cameras.us_per_sent() * self.camera_pps() * fan / 1e6
+
+    def per_stream(self) -> float:
+        """The screen's added CPU in forwarded streams per subscriber (goal <= 1)."""
+        return self.added_cores() / max(self.stream_cores(), 1e-9)
+
+    def per_packet(self) -> float:
+        """The screen's added CPU per added packet sent, over the cameras' CPU per packet."""
+        added = self.shared.sent_rate - self.cameras.sent_rate
+        return self.added_cores() / max(added, 1e-9) * 1e6 / max(self.cameras.us_per_sent(), 1e-9)
+
+    def room_with_screen_cores(self) -> float:
+        """A full room of 16 cameras (3 voices) and one screen, computed as in 4."""
+        fan = FULL_ROOM - 1
+        audio = [t.pps for t in self.cameras.tracks if t.kind == "audio" and t.pps > 10]
+        audio_pps = statistics.mean(audio) if audio else 0.0
+        packets = fan * (FULL_ROOM * self.camera_pps() + SPEAKERS * audio_pps + self.screen_pps())
+        return self.cameras.us_per_sent() * packets / 1e6
+
+
+async def screen_share(folder: Path, dsn: str, nats_url: str, sizes: Sizes) -> ShareRun:
+    """The fan-out room without, then with, a screen share of its first publisher's."""
+    people, publishers = sizes.room, sizes.publishers
+    async with (
+        media_node(folder, dsn, nats_url, "packets") as node,
+        contextlib.AsyncExitStack() as stack,
+    ):
+        room = uuid.uuid4()
+        configs = [
+            await node.config(
+                room,
+                publish=["audio", "video"] if n < publishers else [],
+                speaking=None if n < SPEAKERS else [],
+                share_screen=n == 0,
+                screen_width=1280,
+                screen_height=720,
+            )
+            for n in range(people)
+        ]
+        peers = await start(stack, configs)
+        await flowing(peers, [publishers - (n < publishers) for n in range(people)])
+        await asyncio.sleep(sizes.settle)
+        cameras = await window(node, peers, sizes.seconds)
+        sharer = configs[0]["participant_id"]
+        command = ScreenShareCommand(
+            clinic_id=CLINIC,
+            room_id=room,
+            participant_id=sharer,
+            action=ScreenShareAction.grant,
+        )
+        reply = await call(node.nc, share_subject(node.node_id), command, ScreenShareReply, 5.0)
+        if not reply.ok:
+            raise RuntimeError(f"the share was not granted: {reply.message}")
+        await flowing(peers, [publishers - (n < publishers) + (n > 0) for n in range(people)])
+        await asyncio.sleep(sizes.settle)
+        shared = await window(node, peers, sizes.seconds)
+        await leave(peers)
+    return ShareRun(people, publishers, cameras, shared, str(sharer))
+
+
+def report_screen(run: ShareRun) -> None:
+    c, s = run.cameras, run.shared
+    fan = run.people - 1
+    print(
+        f"Screen share: {run.publishers} publishers x {fan} subscribers in a room of "
+        f"{run.people}, then the first of them also sharing a screen (1280x720, "
+        f"{run.screen_pps():.1f} packets/s at a subscriber; a camera {run.camera_pps():.1f})"
+    )
+    print(
+        f"  node CPU:                   {c.cores:.3f} cores with cameras, {s.cores:.3f} with the "
+        f"screen too: +{run.added_cores():.3f}"
+    )
+    print(
+        f"  one camera stream to every subscriber: {run.stream_cores():.3f} cores (at "
+        f"{c.us_per_sent():.1f} us per sent packet)"
+    )
+    print(
+        f"  the screen costs:           {run.per_stream():.2f} forwarded streams per subscriber "
+        f"(goal <= {SCREEN_GOAL:.0f}); per added packet {run.per_packet():.2f}x a camera's"
+    )
+    print(
+        f"  screen at every subscriber: lowest {run.screen_fps():.1f} fps over "
+        f"{len([t for t in s.tracks if t.source == 'screen'])} tracks"
+    )
+    print(
+        f"  full room of 16 cameras + 1 screen, computed: {run.room_with_screen_cores():.2f} cores"
+    )
+    print(received(s))
+    print(machine(c))
+    print(machine(s))
+
+
+def screen_figures(run: ShareRun) -> list[Figure]:
+    return [
+        Figure(
+            "sfu",
+            f"screen share's added node CPU, in forwarded camera streams per subscriber "
+            f"(fan-out {run.people - 1}, {run.publishers} publishers)",
+            run.per_stream(),
+            "streams",
+            "one camera stream forwarded to every subscriber, same run",
+            1.0,
+            goal=f"<= {SCREEN_GOAL:.0f}",
+            met=run.per_stream() <= SCREEN_GOAL,
+        ),
+        Figure(
+            "sfu",
+            "full room of 16 cameras + 1 screen, computed",
+            run.room_with_screen_cores(),
+            "cores",
+            None,
+            None,
+        ),
+    ]
 
 
 async def two_person_calls(folder: Path, dsn: str, nats_url: str, sizes: Sizes) -> Window:
@@ -626,6 +796,7 @@ class Results:
     relay: FanOut
     calls: Window
     joins: list[LateJoins]
+    screen: ShareRun
 
     @property
     def floor(self) -> float:
@@ -923,7 +1094,13 @@ def describe(run: FanOut) -> str:
     )
 
 
-async def main(sizes: Sizes, results: Path | None) -> int:
+async def main(sizes: Sizes, results: Path | None, screen_only: bool = False) -> int:
+    if screen_only:
+        with servers() as (folder, nats, postgres):
+            shared = await screen_share(folder, postgres.dsn, nats.url, sizes)
+        report_screen(shared)
+        write_results(results, screen_figures(shared))
+        return 0
     with servers() as (folder, nats, postgres):
         load = " ".join(f"{x:.2f}" for x in os.getloadavg())
         print(
@@ -940,9 +1117,11 @@ async def main(sizes: Sizes, results: Path | None) -> int:
         relay = await fan_out(folder, dsn, url, "transcode", sizes, sizes.relay_publishers)
         calls = await two_person_calls(folder, dsn, url, sizes)
         joins = [await late_joiner(folder, dsn, url, codec, sizes) for codec in ("vp8", "h264")]
-    measured = Results(sizes, raw, copies, packets, relay, calls, joins)
+        shared = await screen_share(folder, dsn, url, sizes)
+    measured = Results(sizes, raw, copies, packets, relay, calls, joins, shared)
     report(measured)
-    write_results(results, figures(measured))
+    report_screen(shared)
+    write_results(results, [*figures(measured), *screen_figures(shared)])
     return 0
 
 
@@ -960,6 +1139,9 @@ if __name__ == "__main__":
         "--flowing", type=int, help=f"K publishers before the late joiner ({FULL.flowing})"
     )
     parser.add_argument("--joins", type=int, help=f"J late joiners per codec ({FULL.joins})")
+    parser.add_argument(
+        "--screen-only", action="store_true", help="only the screen share's measurement (7.)"
+    )
     add_results_option(parser)
     args = parser.parse_args()
     base = QUICK if args.quick else FULL
@@ -976,4 +1158,4 @@ if __name__ == "__main__":
         seconds=args.seconds or base.seconds,
         settle=base.settle,
     )
-    raise SystemExit(asyncio.run(main(chosen, args.results)))
+    raise SystemExit(asyncio.run(main(chosen, args.results, args.screen_only)))

@@ -54,6 +54,15 @@ def screens(peer: PeerProcess) -> list[dict[str, Any]]:
     return [t for t in stats["tracks"].values() if t["source"] == "screen"]
 
 
+def camera_frames(peer: PeerProcess, publisher: PeerProcess) -> int:
+    stats = peer.latest_stats() or {"tracks": {}}
+    return sum(
+        t["frames"]
+        for t in stats["tracks"].values()
+        if t["participant_id"] == publisher.config["participant_id"] and t["source"] == "video"
+    )
+
+
 async def a_screen_from(peer: PeerProcess, sharer: PeerProcess, frames: int = 10) -> None:
     """``peer`` decodes ``frames`` pictures of ``sharer``'s screen, at the screen's size."""
 
@@ -77,6 +86,13 @@ async def test_a_granted_share_reaches_everyone_and_stops_when_it_ends(
         await tell(nc, node, room, sharer, ScreenShareAction.grant)
         await sharer.wait_for("screen_offered", timeout=10)
         await a_screen_from(viewer, sharer)
+        # The cameras keep coming while the screen does, the sharer's too.
+        before = camera_frames(viewer, sharer)
+
+        async def still_coming() -> bool:
+            return camera_frames(viewer, sharer) >= before + 15
+
+        await eventually(still_coming, timeout=10, what="the sharer's camera still coming")
         # Someone who comes in mid-share gets a picture at once (the node asks for a keyframe).
         async with room.peer(publish=[]) as late:
             await late.wait_for(

@@ -108,6 +108,10 @@ export class ScreenSharing {
       this.toast("Your screen share was stopped by the host.");
     }
     this.granted = this.sharer === this.me;
+    if (this.granted && !this.local) {
+      // Shared before a reload: the surface went with the old page, so the share ends.
+      this.send("stop_screen_share", {});
+    }
     this.show();
   }
 
