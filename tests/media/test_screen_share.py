@@ -6,18 +6,26 @@ node offers the sharer an m-line to send their screen on, forwards it to everyon
 picture of 640x360, their camera 320x240: what a subscriber decodes tells them apart.
 """
 
+import asyncio
+import io
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import av
+import numpy as np
 import pytest
 from nats.aio.client import Client as NATS
 
 from contracts.media import (
+    RecordingAction,
+    RecordingCommand,
+    RecordingReply,
     ScreenShareAction,
     ScreenShareCommand,
     ScreenShareReply,
+    record_subject,
     share_subject,
 )
 from runtime.embedded import NatsServer
@@ -174,3 +182,49 @@ async def test_the_node_takes_a_screen_only_from_the_one_granted(node: Node, nc:
         for peer in (claimant, granted, viewer):
             report = await peer.stop()
             assert report["decode_errors"] == 0
+
+
+def is_magenta(rgb: "np.typing.NDArray[np.float64]") -> bool:
+    red, green, blue = (int(v) for v in rgb)
+    return red > 180 and blue > 180 and green < 80
+
+
+async def test_a_share_while_recording_is_the_recordings_main_tile(node: Node, nc: NATS) -> None:
+    """Through the node: the share is recorded as its own source and laid out large; the
+    sharer's screen (ScreenPicture) is a flat magenta no camera picture comes near."""
+    room = Room(node, nats_url_of(node))
+    recording_id = uuid.uuid4()
+    command = RecordingCommand(
+        clinic_id=CLINIC,
+        room_id=room.room_id,
+        recording_id=recording_id,
+        action=RecordingAction.start,
+    )
+    async with room.peer(**SCREEN) as sharer, room.peer() as viewer:
+        await receiving(viewer, [sharer.config["participant_id"]], frames=5)
+        reply = await nc.request(record_subject(node.node_id), command.model_dump_json().encode())
+        assert RecordingReply.model_validate_json(reply.data).ok
+        await asyncio.sleep(2)
+        await tell(nc, node, room, sharer, ScreenShareAction.grant)
+        await a_screen_from(viewer, sharer, frames=30)
+        stop = command.model_copy(update={"action": RecordingAction.stop})
+        await nc.request(record_subject(node.node_id), stop.model_dump_json().encode())
+    path = node.media.recordings.path_of(CLINIC, recording_id)
+
+    async def written() -> bool:
+        row = await node.ctx.pool.fetchrow(
+            "SELECT status FROM recordings WHERE recording_id = $1", recording_id
+        )
+        return row is not None and row["status"] == "available"
+
+    await eventually(written, timeout=30, what="the recording's MP4")
+    with av.open(io.BytesIO(path.read_bytes())) as container:
+        pictures = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    first, last = pictures[5], pictures[-3]
+    main = last[40:536, 320:960].reshape(-1, 3)
+    # The main tile is the screen: magenta (red and blue high, green low).
+    assert is_magenta(np.median(main, axis=0))
+    # Before the share, no magenta in the middle: the cameras' grid.
+    assert not is_magenta(np.median(first[40:536, 320:960].reshape(-1, 3), axis=0))
+    # The cameras are in the strip below the share.
+    assert last[600:700].max() > 60
