@@ -206,8 +206,9 @@ class Member:
     """The m-line the node receives their screen share on, while signaling grants it."""
     screen_ssrcs: tuple[int | None, int | None] = (None, None)
     """The SSRCs (media, RTX) their answer announced for ``screen_slot``."""
-    shared: bool = False
-    """A screen slot was ever opened: an unknown SSRC is never taken for their camera's."""
+    pinned: bool = False
+    """They send (or may send) a second video of the camera's payload type (a screen, or an
+    extra track not forwarded): an unknown SSRC is never taken for a known stream's."""
 
     def rate_kbps(self, now: float) -> float:
         """What arrived since the last call, per second."""
@@ -500,7 +501,7 @@ class Sfu:
         sharing = member.room.sharer == member.participant_id
         if sharing and member.screen_slot is None and self.relay is None:
             member.screen_slot = member.pc.addTransceiver("video", direction="recvonly")
-            member.shared = True
+            member.pinned = True
         elif not sharing and member.screen_slot is not None:
             member.screen_slot.direction = "inactive"
             member.screen_slot = None
@@ -621,6 +622,7 @@ class Sfu:
             # One microphone and one camera a person; a screen only on the m-line the node
             # offered the sharer. Anything else a browser sends is not forwarded.
             log.info("extra track not forwarded", participant_id=str(member.participant_id))
+            member.pinned = True
             return
         member.publications.append(publication)
         if self.relay is not None:
@@ -686,8 +688,8 @@ class Sfu:
                 member.malformed += 1
                 return
             rtx = view.payload_type == upstream.rtx_payload_type
-            if member.shared and (upstream.rtx_ssrc if rtx else upstream.ssrc) is not None:
-                return  # a screen's packet before its answer was applied: not the camera's
+            if member.pinned and (upstream.rtx_ssrc if rtx else upstream.ssrc) is not None:
+                return  # another video's packet (a screen before its answer): not this one's
             if rtx:
                 upstream.rtx_ssrc = view.ssrc
             else:
