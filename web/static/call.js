@@ -446,6 +446,7 @@ class Call {
     for (const tile of this.tiles.values()) tile.remove();
     this.tiles.clear();
     if ($("tile-me")) $("tile-me").remove();
+    this.screens.finish(); // a share went with their place in the call
   }
 
   on_waiting_message(frame) {
