@@ -3,13 +3,17 @@ and the share ends with its sharer. Everyone in the call sees ``screen_share`` (
 the events say who, never what was shown."""
 
 import pytest
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
+from contracts.media import ScreenShareAction, ScreenShareCommand, share_subject
 from tests.signaling.conftest import (
     Calls,
     host_and_admitted_guest,
     knocking_guest,
     room_events,
 )
+from tests.support import eventually
 
 pytestmark = pytest.mark.timeout(120)
 ALLOW_GUESTS = {"call": {"guest_screen_share": True}}
@@ -103,12 +107,31 @@ async def test_a_host_stops_a_guests_share_and_a_guest_cannot_stop_a_hosts(
     await call.guest.latest("screen_share", participant_id=host_id)
 
 
-async def test_the_share_ends_when_the_sharer_leaves(calls: Calls, postgres_dsn: str) -> None:
+async def test_the_share_ends_when_the_sharer_leaves(
+    calls: Calls, postgres_dsn: str, nc: NATS
+) -> None:
+    # What the media node is told, read off the wire (the node answers; this only listens).
+    told: list[ScreenShareCommand] = []
+
+    async def heard(msg: Msg) -> None:
+        told.append(ScreenShareCommand.model_validate_json(msg.data))
+
+    listening = await nc.subscribe(share_subject("mtest"), cb=heard)
+    await nc.flush()
     call = await host_and_admitted_guest(calls, **ALLOW_GUESTS)
     await call.guest.send("start_screen_share")
     await call.host.latest("screen_share", participant_id=call.guest_id)
+    assert [(str(c.participant_id), c.action) for c in told] == [
+        (call.guest_id, ScreenShareAction.grant)
+    ]
     await call.guest.send("leave")
     await call.host.latest("screen_share", participant_id=None)
+
+    async def revoked() -> bool:
+        return [c.action for c in told] == [ScreenShareAction.grant, ScreenShareAction.revoke]
+
+    await eventually(revoked, what="the node told that the share ended")
+    await listening.unsubscribe()
     events = await room_events(postgres_dsn, str(call.welcome["room_id"]))
     kinds = [kind for kind, _ in events]
     # Before they leave, so that a reader of the stream never sees a share without a sharer.
