@@ -106,6 +106,17 @@ async def test_a_hosts_share_is_seen_large_by_the_others_and_ends_with_it(
         await shown_share(page, None, None)
     await people.shoot("share-over")
 
+    # Shared again, then ended by the browser's own "Stop sharing" (the track ends).
+    await host.click("#share-toggle")
+    await shown_share(client, me, SCREEN)
+    await host.evaluate(
+        """() => document.getElementById("screen-video").srcObject.getVideoTracks()[0]
+            .dispatchEvent(new Event("ended"))"""
+    )
+    for page in (host, client, guest):
+        await shown_share(page, None, None)
+    await expect(host.locator("#share-toggle")).to_have_text("Share screen")
+
 
 async def test_a_host_stops_a_guests_share(
     platform: Platform, people: People, guests_may_share: None
