@@ -627,6 +627,26 @@ def unanswered(room: Room) -> list[Person]:
     return [p for p in room.in_call() if p.participant_id in pending]
 
 
+def awaiting_consent(room: Room, participant_id: UUID) -> bool:
+    """A recording is on under the policy ``all`` and this person, asked, has not answered:
+    their media may not connect yet (a page asks first; signaling refuses their offers)."""
+    asking = room.consent
+    return (
+        room.recording is not None
+        and asking is not None
+        and asking.policy is RecordingConsent.all
+        and asking.status is ConsentStatus.recording
+        and participant_id in asking.pending()
+    )
+
+
+CONSENT_NEEDED = Conflict(
+    "consent_needed",
+    "This call is being recorded: answer whether you consent before your camera and "
+    "microphone connect.",
+)
+
+
 def ready_to_record(room: Room) -> bool:
     """Everyone in the call has consented to the request that asks: it may start now."""
     asking = room.consent

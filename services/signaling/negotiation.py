@@ -66,6 +66,8 @@ class MediaNegotiation:
         me = room.people.get(pid)
         if me is None or me.status is not Status.in_call or not me.media_node:
             raise refusals.Conflict("not_in_call", "Media can only be set up once you are in.")
+        if message.kind is SignalKind.offer and domain.awaiting_consent(room, pid):
+            raise domain.CONSENT_NEEDED  # enforced here, not only by the page
         reply = await self._relay(conn, me.media_node, message)
         if not reply.ok and reply.reason in SEAT_GONE and message.kind is SignalKind.offer:
             # The node holds no seat for them: their reservation lapsed before their media

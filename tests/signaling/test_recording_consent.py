@@ -317,3 +317,30 @@ async def test_someone_who_comes_back_while_asked_is_asked_again(calls: Calls) -
     await back.send("recording_consent", request_id=again["request_id"], given=True)
     await call.host.next("recording", on=True)
     await back.next("recording", on=True)
+
+
+async def test_media_of_someone_asked_during_a_recording_waits_for_their_answer(
+    calls: Calls,
+) -> None:
+    """The page asks before it connects media, and signaling holds to it too: an offer from
+    someone who entered during a recording and has not answered is refused, so a page that
+    ignores the question sends nothing to be recorded."""
+    host_url, guest_url, session_id = await direct_session(calls, cap=4)
+    host = await calls.join(host_url, "Dr Ada", session_id=session_id)
+    await host.next("admitted")
+    await host.send("start_recording")
+    await host.next("recording", on=True)
+
+    guest = await calls.join(guest_url, "Ines", replica=1)
+    asked = await guest.next("consent_request")
+    await guest.next("admitted")
+    offer = {"kind": "offer", "sdp": "v=0\r\n"}
+    await guest.send("signal", **offer)
+    refused = await guest.next("error", code="consent_needed")
+    assert "answer whether you consent" in refused["message"]
+
+    await guest.send("recording_consent", request_id=asked["request_id"], given=True)
+    await host.latest("consent_state", pending=[])
+    await guest.send("signal", **offer)  # now relayed: the node judges the offer itself
+    answer = await guest.next("error")
+    assert answer["code"] != "consent_needed"

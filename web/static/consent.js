@@ -76,7 +76,7 @@ export class RecordingConsent {
 
   // An error frame; true if it was about consent (shown here).
   refused(frame) {
-    if (frame.code !== "consent_not_asked" && frame.code !== "consent_pending") return false;
+    if (!["consent_not_asked", "consent_pending", "consent_needed"].includes(frame.code)) return false;
     this.toast(frame.message);
     return true;
   }
