@@ -1,0 +1,176 @@
+"""A room's waiting room and call, as an event-sourced aggregate (stream ``room-<room_id>``).
+
+Who waits, who is on hold, who is in the call, whether the room is locked and knocks muted.
+Commands check the rules and return events; ``evolve`` folds them. No I/O: the seat itself
+comes from the media node (which enforces the cap too), the caller passes what it answered.
+
+One module per concept: ``room`` (the state and the rules they share), ``arriving``,
+``hosts`` (the call manager), ``media_nodes``, ``recording``, ``consent``, ``waiting_room``,
+``chatting``, ``screen_share``, ``microphones``, ``leaving`` and ``folding`` (``evolve``).
+Callers use the names gathered here (``domain.admit``, ``domain.Room``).
+"""
+
+# Callers name why someone leaves through the domain too (``domain.LeftBecause.left``).
+from contracts.signaling import LeftBecause
+from services.signaling.domain.arriving import enter, knock
+from services.signaling.domain.chatting import CHAT_NOT_IN_CALL, chat
+from services.signaling.domain.consent import (
+    CONSENT_NEEDED,
+    NOT_ASKED,
+    ConsentRequest,
+    answer_consent,
+    awaiting_consent,
+    lapse_consent,
+    ready_to_record,
+    record_with_notice,
+    request_recording,
+    start_consented_recording,
+    unanswered,
+)
+from services.signaling.domain.folding import evolve
+from services.signaling.domain.hosts import (
+    admit,
+    check_admit,
+    deny,
+    hold,
+    let_in,
+    lock,
+    mute_knocks,
+    remove,
+    unlock,
+    unmute_knocks,
+)
+from services.signaling.domain.leaving import disconnected, end_for_all, expire, leave, reconnected
+from services.signaling.domain.media_nodes import move_media, on_dead_nodes, seat_lapsed
+from services.signaling.domain.microphones import (
+    ASK_SELF,
+    MICROPHONE_ON,
+    MUTE_SELF,
+    STATE_IN_CALL,
+    check_ask_unmute,
+    media_state,
+    mute,
+)
+from services.signaling.domain.recording import (
+    ALREADY_RECORDING,
+    CONSENT_PENDING,
+    NOT_LIVE,
+    NOT_RECORDING,
+    check_start_recording,
+    start_recording,
+    stop_recording,
+)
+from services.signaling.domain.room import (
+    NOT_HERE,
+    NOT_IN_CALL,
+    NOT_WAITING,
+    ONLY_HOSTS,
+    ROOM_LOCKED,
+    HostArrived,
+    Locked,
+    NoHostYet,
+    Person,
+    Room,
+    RoomFull,
+    Status,
+    room_full,
+)
+from services.signaling.domain.screen_share import (
+    GUESTS_MAY_NOT_SHARE,
+    NOT_SHARING,
+    YOU_ARE_NOT_SHARING,
+    check_start_screen_share,
+    start_screen_share,
+    stop_screen_share,
+)
+from services.signaling.domain.waiting_room import (
+    NO_HOST_TO_READ,
+    NOBODY_WAITING,
+    REPLIES_OFF,
+    YOU_ARE_IN,
+    check_reply,
+    message_waiting,
+    reply_waiting,
+    send_to_waiting_room,
+    to_admit_all,
+)
+
+__all__ = [
+    "ALREADY_RECORDING",
+    "ASK_SELF",
+    "CHAT_NOT_IN_CALL",
+    "CONSENT_NEEDED",
+    "CONSENT_PENDING",
+    "GUESTS_MAY_NOT_SHARE",
+    "MICROPHONE_ON",
+    "MUTE_SELF",
+    "NOBODY_WAITING",
+    "NOT_ASKED",
+    "NOT_HERE",
+    "NOT_IN_CALL",
+    "NOT_LIVE",
+    "NOT_RECORDING",
+    "NOT_SHARING",
+    "NOT_WAITING",
+    "NO_HOST_TO_READ",
+    "ONLY_HOSTS",
+    "REPLIES_OFF",
+    "ROOM_LOCKED",
+    "STATE_IN_CALL",
+    "YOU_ARE_IN",
+    "YOU_ARE_NOT_SHARING",
+    "ConsentRequest",
+    "HostArrived",
+    "LeftBecause",
+    "Locked",
+    "NoHostYet",
+    "Person",
+    "Room",
+    "RoomFull",
+    "Status",
+    "admit",
+    "answer_consent",
+    "awaiting_consent",
+    "chat",
+    "check_admit",
+    "check_ask_unmute",
+    "check_reply",
+    "check_start_recording",
+    "check_start_screen_share",
+    "deny",
+    "disconnected",
+    "end_for_all",
+    "enter",
+    "evolve",
+    "expire",
+    "hold",
+    "knock",
+    "lapse_consent",
+    "leave",
+    "let_in",
+    "lock",
+    "media_state",
+    "message_waiting",
+    "move_media",
+    "mute",
+    "mute_knocks",
+    "on_dead_nodes",
+    "ready_to_record",
+    "reconnected",
+    "record_with_notice",
+    "remove",
+    "reply_waiting",
+    "request_recording",
+    "room_full",
+    "seat_lapsed",
+    "send_to_waiting_room",
+    "start_consented_recording",
+    "start_recording",
+    "start_screen_share",
+    "stop_recording",
+    "stop_screen_share",
+    "to_admit_all",
+    "unanswered",
+    "unlock",
+    "unmute_knocks",
+]
