@@ -61,6 +61,8 @@ PRINTED = {
         "bare NATS request/reply (baseline)",
         "goal knock p99 <= 20 ms:",
         "goal admit p99 <= 20 ms:",
+        "host's message -> guest sees it",
+        "goal message p99 <= 100 ms:",
         "all at once:",
         "paced,",
         "NATS authentication's cost",
@@ -94,6 +96,8 @@ PRINTED = {
         "late joiner's first frame, H.264,",
         "decode errors:",
         "lowest video frame rate:",
+        "the screen costs:",
+        "full room of 16 cameras + 1 screen, computed:",
     ),
     "web": (
         "guest link -> first remote frame (direct admission, host in the call):",
@@ -131,7 +135,11 @@ RECORDED = {
         *(
             f"{path} p{p}, {mode}"
             for mode in ("all at once", "paced")
-            for path in ("knock -> host sees it", "admit -> guest admitted")
+            for path in (
+                "knock -> host sees it",
+                "admit -> guest admitted",
+                "host's message -> guest sees it",
+            )
             for p in (50, 99)
         ),
         "knock -> host sees it p50, NATS auth on",
@@ -149,6 +157,8 @@ RECORDED = {
         "late joiner's first frame, H.264",
         "decode errors",
         "lowest video frame rate",
+        "screen share's added node CPU",
+        "full room of 16 cameras + 1 screen",
     ),
     "web": ("guest link -> first remote frame", "page reload -> remote video playing again"),
 }
