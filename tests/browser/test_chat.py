@@ -43,7 +43,9 @@ BURST = """(count) => {
 
 async def received(page: Page, count: int) -> None:
     """Wait until the page has received ``count`` chat messages."""
-    await page.wait_for_function(f"window.antechamber.chatMessages === {count}", timeout=10_000)
+    await page.wait_for_function(
+        f"() => window.antechamber.chatMessages === {count}", timeout=10_000
+    )
 
 
 async def admit(host: Page, name: str) -> None:

@@ -88,7 +88,10 @@ async def test_sender_reports_follow_each_tracks_clock_and_publishers_get_receiv
     for kind in ("audio", "video"):
         assert published[kind]["receiver_reports"] >= 2, published
         assert published[kind]["fraction_lost"] == 0
-    assert published["video"]["remb_bps"] == node.media.settings.max_forward_kbps * 1000
+    # The node's REMB is the least of its cap and its viewers' own estimates: the cap while
+    # the viewer's estimate is above it, the viewer's when it dips (as under load).
+    cap = node.media.settings.max_forward_kbps * 1000
+    assert 0 < published["video"]["remb_bps"] <= cap, published["video"]
 
 
 async def test_only_the_loudest_voices_are_forwarded_and_a_quiet_one_resumes_cleanly(
