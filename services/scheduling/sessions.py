@@ -340,11 +340,27 @@ def call_ended(state: Session | None, because: EndedBecause, ended_at: datetime)
     return [SessionEndedEarly(session_id=state.session_id)]
 
 
+_RECORDING_TRAIL: dict[type[Event], type[Event]] = {
+    RecordingRequested: SessionRecordingRequested,
+    RecordingConsentAsked: SessionRecordingConsentAsked,
+    RecordingConsentGiven: SessionRecordingConsentGiven,
+    RecordingConsentDeclined: SessionRecordingConsentDeclined,
+    RecordingRequestLapsed: SessionRecordingRequestLapsed,
+    RecordingRequestCancelled: SessionRecordingRequestCancelled,
+    RecordingStarted: SessionRecordingStarted,
+    RecordingStopped: SessionRecordingStopped,
+}
+"""Signaling's recording event -> the session's own, whose fields it copies by name."""
+
+
 def recording_noted(state: Session | None, event: Event) -> list[Event]:
     """The session's audit trail of recording consent: each request to record its call, each
     answer and each recording, as signaling reported them."""
-    if state is None:
+    noted = _RECORDING_TRAIL.get(type(event))
+    if state is None or noted is None:
         return []
+    copied = {name: getattr(event, name) for name in noted.model_fields if name != "session_id"}
+    return [noted.model_validate({**copied, "session_id": state.session_id})]
     sid = state.session_id
     match event:
         case RecordingRequested():
